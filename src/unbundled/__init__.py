@@ -1,0 +1,43 @@
+"""unbundled: the database, unbundled.
+
+A durable append-only log at the centre; event store, idempotency keys,
+change data capture, stream processing and consistency models on top.
+"""
+
+from .errors import BackendError as BackendError
+from .errors import Closed as Closed
+from .errors import ConflictError as ConflictError
+from .errors import CorruptionError as CorruptionError
+from .errors import Error as Error
+from .errors import Fenced as Fenced
+from .errors import LimitExceeded as LimitExceeded
+from .errors import NotFound as NotFound
+from .errors import NotSupported as NotSupported
+from .errors import OffsetOutOfRange as OffsetOutOfRange
+from .errors import OutOfOrderSequence as OutOfOrderSequence
+from .errors import PartitionNotFound as PartitionNotFound
+from .errors import ProducerFenced as ProducerFenced
+from .errors import RecordTooLarge as RecordTooLarge
+from .errors import StaleGeneration as StaleGeneration
+from .errors import Timeout as Timeout
+from .errors import TopicExists as TopicExists
+from .errors import TopicNotFound as TopicNotFound
+from .errors import Unavailable as Unavailable
+from .errors import UsageError as UsageError
+from .log import AsyncConsumer as AsyncConsumer
+from .log import AsyncLog as AsyncLog
+from .log import AsyncProducer as AsyncProducer
+from .log import AsyncTransaction as AsyncTransaction
+from .log import Consumer as Consumer
+from .log import GroupInfo as GroupInfo
+from .log import Log as Log
+from .log import Message as Message
+from .log import Position as Position
+from .log import Producer as Producer
+from .log import Record as Record
+from .log import TopicConfig as TopicConfig
+from .log import TopicInfo as TopicInfo
+from .log import TopicPartition as TopicPartition
+from .log import Transaction as Transaction
+
+__version__ = "0.1.0"

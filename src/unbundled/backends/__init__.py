@@ -1,0 +1,65 @@
+"""Backends: one module per storage engine, each implementing every concept
+protocol it can serve. Choose one by construction, or by URL with :func:`open_backend`.
+
+* ``memory://`` — :class:`MemoryBackend`, the reference model; no durability.
+* ``sqlite:///path.db`` or a plain path — :class:`SqliteBackend`, the embedded default.
+* ``postgresql://``, ``nats://``, ``redis://`` — not available for the log yet:
+  ``NotSupported``, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import NotSupported, UsageError
+from ..log._core import now_ms
+from ..log._protocol import LogBackend, SyncLevel
+from .memory import MemoryBackend as MemoryBackend
+from .sqlite import SqliteBackend as SqliteBackend
+
+_SERVER_SCHEMES = {
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "nats": "nats",
+    "redis": "redis",
+}
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:///...`` URL (``sqlite:////abs`` for absolute),
+    or of a plain path."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") :]
+    if url.startswith("sqlite://"):
+        raise UsageError(
+            f"bad SQLite URL {url!r}: write sqlite:///relative.db or sqlite:////absolute.db",
+            url=url,
+        )
+    return url
+
+
+def open_backend(
+    url: str | os.PathLike[str],
+    *,
+    sync: SyncLevel = "full",
+    clock: Callable[[], int] = now_ms,
+    **options: Any,
+) -> LogBackend:
+    """Open the log backend a URL names. A plain path means SQLite."""
+    text = os.fspath(url)
+    if not isinstance(text, str) or not text:
+        raise UsageError(f"a backend URL or path is required, got {url!r}", url=url)
+    scheme = text.split("://", 1)[0] if "://" in text else ""
+    if scheme == "memory":
+        return MemoryBackend(clock=clock)
+    if scheme in ("", "sqlite"):
+        return SqliteBackend(sqlite_path(text), sync=sync, clock=clock, **options)
+    if scheme in _SERVER_SCHEMES:
+        raise NotSupported(
+            f"the {_SERVER_SCHEMES[scheme]} backend does not serve the log yet "
+            f"(url {text!r}); use sqlite:///path.db or memory://",
+            url=text,
+        )
+    raise UsageError(f"unknown backend URL scheme {scheme!r} in {text!r}", url=text)

@@ -1,0 +1,206 @@
+"""The SQLite file format: schema, format checks, connection setup, and the
+translation of ``sqlite3`` errors into unbundled's typed errors.
+
+See docs/reference/format.md for the on-disk format this creates.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from ...errors import BackendError, CorruptionError, Error, NotSupported, Unavailable
+
+# 'unbd' in the SQLite header: tools like `file` and our open() recognise it.
+APPLICATION_ID = 0x756E6264
+FORMAT_VERSION = 1
+BUSY_TIMEOUT_MS = 60_000
+
+SYNC_PRAGMA = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+
+SCHEMA = """
+CREATE TABLE meta(
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE topics(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    partitions INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE partitions(
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition)
+) WITHOUT ROWID;
+CREATE TABLE producers(
+    producer_id TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    last_sequence INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE producer_window(
+    producer_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    positions TEXT NOT NULL,
+    PRIMARY KEY (producer_id, sequence)
+) WITHOUT ROWID;
+CREATE TABLE groups(
+    name TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE group_members(
+    grp TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    topics TEXT NOT NULL,
+    lease_ms INTEGER NOT NULL,
+    lease_until_ms INTEGER NOT NULL,
+    acked_generation INTEGER NOT NULL,
+    PRIMARY KEY (grp, member_id)
+) WITHOUT ROWID;
+CREATE TABLE group_assignments(
+    grp TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    prev_owner TEXT,
+    prev_generation INTEGER,
+    PRIMARY KEY (grp, topic, partition)
+) WITHOUT ROWID;
+CREATE TABLE group_offsets(
+    grp TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    committed_ms INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, partition)
+) WITHOUT ROWID;
+"""
+
+EXPECTED_TABLES = {
+    "meta",
+    "topics",
+    "partitions",
+    "producers",
+    "producer_window",
+    "groups",
+    "group_members",
+    "group_assignments",
+    "group_offsets",
+}
+
+
+def records_table(topic_id: int, partition: int) -> str:
+    """One table per partition, its rowid the offset: appends go to the end of
+    one B-tree and reads are rowid range scans, as fast as SQLite gets."""
+    return f"log_{int(topic_id)}_{int(partition)}"
+
+
+def records_ddl(topic_id: int, partition: int, compact: bool) -> list[str]:
+    table = records_table(topic_id, partition)
+    ddl = [
+        f"CREATE TABLE {table}("
+        "offset INTEGER PRIMARY KEY, key BLOB, value BLOB, headers BLOB, "
+        "ts INTEGER NOT NULL, crc INTEGER NOT NULL)"
+    ]
+    if compact:
+        ddl.append(f"CREATE INDEX {table}_key ON {table}(key)")
+    return ddl
+
+
+T = TypeVar("T")
+
+
+def translate(exc: sqlite3.Error, path: str) -> Error:
+    """Map a ``sqlite3`` error to a typed one (the caller chains ``from exc``)."""
+    text = str(exc)
+    lowered = text.lower()
+    if "malformed" in lowered or "not a database" in lowered or "corrupt" in lowered:
+        return CorruptionError(f"{path}: the database file is damaged: {text}", path=path)
+    if "locked" in lowered or "busy" in lowered:
+        return Unavailable(f"{path}: the database stayed locked: {text}", path=path)
+    return BackendError(f"{path}: SQLite failed: {text}", path=path)
+
+
+@contextmanager
+def translated(path: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise translate(exc, path) from exc
+
+
+def connect(path: str, sync: str, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in WAL mode, autocommit off (we issue BEGIN ourselves)."""
+    with translated(path):
+        conn = sqlite3.connect(
+            path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            cached_statements=1024,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA synchronous = {SYNC_PRAGMA[sync]}")
+        if readonly:
+            conn.execute("PRAGMA query_only = 1")
+        return conn
+
+
+def open_file(conn: sqlite3.Connection, path: str, now_ms: Callable[[], int]) -> None:
+    """Check the file is ours and current, creating the schema in a new file.
+
+    Raises ``CorruptionError`` for a file that is not SQLite or not ours (we
+    never write into someone else's database) and ``NotSupported`` for a file
+    written by a newer format version.
+    """
+    with translated(path):
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if app_id == 0 and not tables:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Re-check under the write lock: another process may have won.
+                if conn.execute("PRAGMA application_id").fetchone()[0] == 0:
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO meta VALUES ('format', 'unbundled'), ('created_ms', ?)",
+                        (str(now_ms()),),
+                    )
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return
+        if app_id != APPLICATION_ID or not tables >= EXPECTED_TABLES:
+            raise CorruptionError(
+                f"{path} is an SQLite database but not an unbundled one "
+                f"(application_id {app_id:#x}); refusing to touch it",
+                path=path,
+            )
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > FORMAT_VERSION:
+            raise NotSupported(
+                f"{path} has format version {version}; this unbundled reads up to "
+                f"{FORMAT_VERSION}: upgrade unbundled",
+                path=path,
+            )
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise BackendError(f"{path}: could not switch to WAL mode (got {mode})", path=path)

@@ -1,0 +1,400 @@
+"""Group commit: one writer thread owns the write connection and turns every
+queued request into part of one transaction and one sync.
+
+Callers enqueue and block (or await); while the writer commits one batch the
+next one accumulates, so under load each fsync carries many requests. Each
+request is atomic on its own: requests that can fail after validation run in
+a SAVEPOINT, so one failure rolls back that request alone. Across processes
+on the same file, SQLite's write lock serialises the writers' batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+import threading
+from collections.abc import Callable
+from itertools import chain, repeat
+from typing import Any
+
+import msgspec
+
+from ... import limits
+from ..._waiters import complete_all
+from ...errors import Closed, CorruptionError, Error, TopicNotFound
+from ...log import _core
+from ...log._protocol import Position, TopicConfig, ValueRun, Waiter, WriteBatch
+from ._schema import records_table, translate
+
+_crc32 = _core._crc32
+_encode_headers = msgspec.msgpack.encode
+_decode_config = msgspec.json.Decoder(TopicConfig).decode
+
+Call = Callable[[sqlite3.Connection, "Stage"], object]
+
+
+class Request:
+    __slots__ = ("batch", "call", "done", "records")
+
+    def __init__(self, batch: WriteBatch | None, call: Call | None, done: Waiter) -> None:
+        self.batch = batch
+        self.call = call
+        self.done = done
+        if batch is None:
+            self.records = 1
+        elif len(batch.appends) == 1:
+            self.records = len(next(iter(batch.appends.values())))
+        else:
+            self.records = sum(len(v) for v in batch.appends.values())
+
+
+# Rows per multi-row INSERT. One statement per chunk, not per row: the sqlite3
+# module releases the GIL on every step, and with many threads waiting for the
+# GIL each release can cost the writer a whole time slice.
+_CHUNK_MAX = 512 if sqlite3.sqlite_version_info >= (3, 32) else 128
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
+
+
+class Stage:
+    """The records and counters of the transaction being built.
+
+    Topic ids and partition end offsets are cached across transactions and
+    trusted only while ``PRAGMA data_version`` shows no commit from another
+    connection (another process) since our last one. Rows are inserted at
+    :meth:`flush`, in multi-row INSERTs of power-of-two sizes (so a handful of
+    prepared statements serve every batch size).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.topics: dict[str, tuple[int, TopicConfig]] = {}
+        self.ends: dict[tuple[int, int], int] = {}
+        self.deltas: dict[tuple[int, int], list[int]] = {}
+        self.rows: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
+        self._version = -1
+        self._sql: dict[tuple[int, int, int], str] = {}
+
+    def begin(self) -> None:
+        """Called right after BEGIN IMMEDIATE: drop caches another process made stale."""
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self.invalidate()
+            self._version = version
+
+    def invalidate(self) -> None:
+        self.topics.clear()
+        self.ends.clear()
+        self.deltas.clear()
+        self.rows.clear()
+
+    def topic(self, name: str) -> tuple[int, TopicConfig]:
+        found = self.topics.get(name)
+        if found is None:
+            row = self.conn.execute(
+                "SELECT id, config FROM topics WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise TopicNotFound(f"topic {name!r} does not exist", topic=name)
+            found = (row[0], _decode_config(row[1]))
+            self.topics[name] = found
+        return found
+
+    def end(self, key: tuple[int, int]) -> int:
+        end = self.ends.get(key)
+        if end is None:
+            row = self.conn.execute(
+                "SELECT end_offset FROM partitions WHERE topic_id = ? AND partition = ?", key
+            ).fetchone()
+            if row is None:
+                raise CorruptionError(f"partition row {key} is missing", key=key)
+            end = self.ends[key] = row[0]
+        if key not in self.rows:
+            self.deltas[key] = [0, 0]
+            self.rows[key] = []
+        return end
+
+    def stage(self, batch: WriteBatch) -> list[Position]:
+        """Assign offsets and queue rows; all-or-nothing for this batch."""
+        for name, items in batch.appends.items():
+            _, config = self.topic(name)
+            if type(items) is ValueRun:
+                _core.check_partition(name, items.partition, config.partitions)
+                continue
+            for item in items:
+                _core.check_partition(name, item.partition, config.partitions)
+        positions: list[Position] = []
+        for name, items in batch.appends.items():
+            tid, _ = self.topic(name)
+            if type(items) is ValueRun:
+                positions.extend(self._stage_run(name, tid, items))
+                continue
+            for part, key, value, headers, ts in items:
+                slot = (tid, part)
+                off = self.end(slot)
+                hblob = _encode_headers(headers) if headers else None
+                crc = _crc32(hblob or b"", (off ^ ts) & 0xFFFFFFFF)
+                if key is not None:
+                    crc = _crc32(key, crc)
+                if value is not None:
+                    crc = _crc32(value, crc)
+                self.rows[slot].append((off, key, value, hblob, ts, crc))
+                self.ends[slot] = off + 1
+                delta = self.deltas[slot]
+                delta[0] += 1
+                delta[1] += _core.payload_size(key, value)
+                positions.append(Position(name, part, off))
+        return positions
+
+    def _stage_run(self, name: str, tid: int, run: ValueRun) -> list[Position]:
+        slot = (tid, run.partition)
+        first = self.end(slot)
+        values = run.values
+        ts = run.timestamp
+        offsets = range(first, first + len(values))
+        crcs = [_crc32(v, (o ^ ts) & 0xFFFFFFFF) for o, v in zip(offsets, values, strict=True)]
+        self.rows[slot].extend(
+            zip(offsets, repeat(None), values, repeat(None), repeat(ts), crcs, strict=False)
+        )
+        self.ends[slot] = first + len(values)
+        delta = self.deltas[slot]
+        delta[0] += len(values)
+        delta[1] += sum(map(len, values))
+        part = run.partition
+        return [Position(name, part, o) for o in offsets]
+
+    def mark(
+        self,
+    ) -> tuple[
+        dict[tuple[int, int], int], dict[tuple[int, int], list[int]], dict[tuple[int, int], int]
+    ]:
+        return (
+            dict(self.ends),
+            {k: list(v) for k, v in self.deltas.items()},
+            {k: len(v) for k, v in self.rows.items()},
+        )
+
+    def reset(
+        self,
+        mark: tuple[
+            dict[tuple[int, int], int], dict[tuple[int, int], list[int]], dict[tuple[int, int], int]
+        ],
+    ) -> None:
+        ends, deltas, lengths = mark
+        self.ends = ends
+        self.deltas = deltas
+        for key in list(self.rows):
+            if key not in lengths:
+                del self.rows[key]
+            else:
+                del self.rows[key][lengths[key] :]
+
+    def _insert_sql(self, tid: int, part: int, count: int) -> str:
+        sql = self._sql.get((tid, part, count))
+        if sql is None:
+            sql = self._sql[(tid, part, count)] = (
+                f"INSERT INTO {records_table(tid, part)} VALUES "
+                + ",".join(["(?,?,?,?,?,?)"] * count)
+            )
+        return sql
+
+    def flush(self) -> None:
+        conn = self.conn
+        for (tid, part), rows in self.rows.items():
+            total = len(rows)
+            done = 0
+            while done < total:
+                count = _CHUNK_MAX
+                while count > total - done:
+                    count >>= 1
+                conn.execute(
+                    self._insert_sql(tid, part, count),
+                    list(chain.from_iterable(rows[done : done + count])),
+                )
+                done += count
+            rows.clear()
+        updates = [
+            (tid, part, self.ends[(tid, part)], delta[0], delta[1])
+            for (tid, part), delta in self.deltas.items()
+            if delta[0]
+        ]
+        if len(updates) > 1 and _UPDATE_FROM:
+            conn.execute(
+                "UPDATE partitions SET end_offset = v.column3, records = records + v.column4, "
+                "bytes = bytes + v.column5 FROM (VALUES "
+                + ",".join(["(?,?,?,?,?)"] * len(updates))
+                + ") AS v WHERE partitions.topic_id = v.column1 "
+                "AND partitions.partition = v.column2",
+                list(chain.from_iterable(updates)),
+            )
+        else:
+            for tid, part, end, records, size in updates:
+                conn.execute(
+                    "UPDATE partitions SET end_offset = ?, records = records + ?, "
+                    "bytes = bytes + ? WHERE topic_id = ? AND partition = ?",
+                    (end, records, size, tid, part),
+                )
+        for delta in self.deltas.values():
+            delta[0] = delta[1] = 0
+
+    def forget_topics(self) -> None:
+        """After DDL or maintenance: re-read topics and counters on next use."""
+        self.flush()
+        self.invalidate()
+
+
+ApplyFull = Callable[[sqlite3.Connection, Stage, WriteBatch], object]
+
+
+class Writer:
+    """The group-commit thread of one process for one database file."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: str,
+        apply_full: ApplyFull,
+        on_commit: Callable[[], None],
+        idle: Callable[[], None] | None = None,
+    ) -> None:
+        self._conn = conn
+        self._path = path
+        self._apply_full = apply_full
+        self._on_commit = on_commit
+        self._idle = idle
+        self._queue: collections.deque[Request | None] = collections.deque()
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._closed = False
+        self.transactions = 0  # committed transactions, for tests and benchmarks
+        self._stage = Stage(conn)
+        self._thread = threading.Thread(
+            target=self._run, name=f"unbundled-writer:{path}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, request: Request) -> None:
+        if self._closed:
+            raise Closed(f"the log at {self._path} is closed")
+        self._queue.append(request)
+        if self._sleeping:  # waking a busy writer would only cost a futex call
+            self._wake.set()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.append(None)
+            self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                # Announce sleep, then re-check: a submit that saw us awake
+                # has already queued its request, and one that sees us
+                # sleeping sets the event, so no wake-up is lost.
+                self._sleeping = True
+                if not queue:
+                    self._wake.wait(1.0 if self._idle else None)
+                self._sleeping = False
+                self._wake.clear()
+                if not queue:
+                    if self._idle is not None:
+                        self._idle()
+                    continue
+            batch: list[Request] = []
+            records = 0
+            stop = False
+            while queue and len(batch) < limits.commit_requests_max:
+                request = queue.popleft()
+                if request is None:
+                    stop = True
+                    break
+                batch.append(request)
+                records += request.records
+                if records >= limits.commit_records_max:
+                    break
+            if batch:
+                try:
+                    self._commit(batch)
+                except BaseException as exc:
+                    self._rollback()
+                    complete_all((r.done, exc) for r in batch)
+            if stop:
+                self._fail_rest()
+                return
+            if self._idle is not None:
+                self._idle()
+
+    def _fail_rest(self) -> None:
+        rest = [r for r in self._queue if r is not None]
+        self._queue.clear()
+        complete_all((r.done, Closed(f"the log at {self._path} was closed")) for r in rest)
+
+    def _commit(self, batch: list[Request]) -> None:
+        try:
+            results = self._transaction(batch)
+        except sqlite3.Error as exc:
+            self._rollback()
+            if len(batch) > 1:  # isolate the request that broke the transaction
+                for request in batch:
+                    self._commit([request])
+                return
+            error = translate(exc, self._path)
+            error.__cause__ = exc
+            results = [error]
+        except Error as exc:
+            self._rollback()
+            results = [exc] * len(batch)
+        else:
+            self.transactions += 1
+        self._on_commit()
+        complete_all(zip([r.done for r in batch], results, strict=True))
+
+    def _rollback(self) -> None:
+        self._stage.invalidate()  # counters may have moved past what was rolled back
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _transaction(self, batch: list[Request]) -> list[object]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        stage = self._stage
+        stage.begin()
+        results: list[object] = []
+        for request in batch:
+            simple = (
+                request.batch is not None
+                and request.batch.producer is None
+                and not request.batch.commits
+            )
+            if simple:
+                assert request.batch is not None
+                try:
+                    results.append(stage.stage(request.batch))
+                except Exception as exc:
+                    results.append(exc)
+                continue
+            stage.flush()
+            mark = stage.mark()
+            conn.execute("SAVEPOINT request")
+            try:
+                if request.call is not None:
+                    result = request.call(conn, stage)
+                else:
+                    assert request.batch is not None
+                    result = self._apply_full(conn, stage, request.batch)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO request")
+                conn.execute("RELEASE request")
+                stage.reset(mark)
+                results.append(exc)
+                continue
+            conn.execute("RELEASE request")
+            results.append(result)
+        stage.flush()
+        conn.execute("COMMIT")
+        return results

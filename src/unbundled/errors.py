@@ -1,0 +1,244 @@
+"""The whole exception hierarchy of unbundled, in one file.
+
+Errors are named by whose fault they are (trio): ``UsageError`` is a bug in the
+calling code, ``ConflictError`` is a race another writer won, ``BackendError`` is
+the storage's problem, ``CorruptionError`` means stored data cannot be trusted.
+
+Every class has a stable ``code`` string (the CLI's exit status is derived from
+it) and a ``retryable`` flag, is picklable (errors cross process boundaries in
+the crash tests and in multi-process consumers), and reports its module as
+``unbundled`` so tracebacks show the public name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BackendError",
+    "Closed",
+    "ConflictError",
+    "CorruptionError",
+    "Error",
+    "Fenced",
+    "LimitExceeded",
+    "NotFound",
+    "NotSupported",
+    "OffsetOutOfRange",
+    "OutOfOrderSequence",
+    "PartitionNotFound",
+    "ProducerFenced",
+    "RecordTooLarge",
+    "StaleGeneration",
+    "Timeout",
+    "TopicExists",
+    "TopicNotFound",
+    "Unavailable",
+    "UsageError",
+    "exit_status",
+]
+
+
+class Error(Exception):
+    """Base class of every error unbundled raises on purpose.
+
+    ``details`` holds the offending values by name (``topic``, ``offset``...),
+    so programs can react without parsing the message.
+    """
+
+    code: ClassVar[str] = "error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's default reduce drops keyword arguments; keep them.
+        return (_rebuild, (type(self), self.message, self.details))
+
+    def __getattr__(self, name: str) -> Any:
+        details = self.__dict__.get("details", {})
+        if name in details:
+            return details[name]
+        raise AttributeError(name)
+
+
+def _rebuild(cls: type[Error], message: str, details: dict[str, Any]) -> Error:
+    return cls(message, **details)
+
+
+# --- the caller's fault -------------------------------------------------------
+
+
+class UsageError(Error):
+    """A bad argument, a closed object, a call in the wrong state: fix the caller.
+
+    Raised before anything is written, so a ``UsageError`` never leaves partial
+    effects behind.
+    """
+
+    code = "usage"
+
+
+class Closed(UsageError):
+    """The object (log, consumer, producer) was closed; open a new one."""
+
+    code = "closed"
+
+
+class PartitionNotFound(UsageError):
+    """A partition number outside ``0 .. partitions-1`` of the topic."""
+
+    code = "partition_not_found"
+
+
+# --- not there ----------------------------------------------------------------
+
+
+class NotFound(Error):
+    """The named thing does not exist (any more)."""
+
+    code = "not_found"
+
+
+class TopicNotFound(NotFound):
+    """The topic was never created, or was deleted. Topics are never implicit."""
+
+    code = "topic_not_found"
+
+
+class OffsetOutOfRange(NotFound):
+    """An offset before the log start (removed by retention or compaction) or
+    after the end of the partition. ``details`` has the valid range."""
+
+    code = "offset_out_of_range"
+
+
+# --- another writer won -------------------------------------------------------
+
+
+class ConflictError(Error):
+    """Another writer changed the state this call depended on; nothing was written."""
+
+    code = "conflict"
+
+
+class TopicExists(ConflictError):
+    """``create_topic`` with a name that is taken (with different settings)."""
+
+    code = "topic_exists"
+
+
+class Fenced(ConflictError):
+    """A newer owner took over; this (zombie) writer must stop, not retry."""
+
+    code = "fenced"
+
+
+class StaleGeneration(Fenced):
+    """A consumer-group member committed offsets for a partition it no longer owns.
+
+    The partition was reassigned by a rebalance (another member joined, or this
+    member's lease expired). The commit was rejected so it cannot overwrite the
+    new owner's progress; the records will be delivered again to the new owner.
+    """
+
+    code = "stale_generation"
+
+
+class ProducerFenced(Fenced):
+    """Another producer opened with the same producer id after this one."""
+
+    code = "producer_fenced"
+
+
+class OutOfOrderSequence(ConflictError):
+    """An idempotent-producer sequence number not above the last one written and
+    not among the recent ones remembered for that producer."""
+
+    code = "out_of_order_sequence"
+
+
+# --- too big ------------------------------------------------------------------
+
+
+class LimitExceeded(Error):
+    """A value exceeds a bound from :mod:`unbundled.limits` or the topic config."""
+
+    code = "limit_exceeded"
+
+
+class RecordTooLarge(LimitExceeded):
+    """A record larger than the topic's ``record_bytes_max``."""
+
+    code = "record_too_large"
+
+
+# --- the data cannot be trusted -----------------------------------------------
+
+
+class CorruptionError(Error):
+    """Stored data failed a checksum, an ordering check, or is not ours at all.
+
+    Never retried and never papered over: unbundled stops rather than return
+    garbage. Restore from a replica or backup.
+    """
+
+    code = "corruption"
+
+
+# --- the backend's fault ------------------------------------------------------
+
+
+class BackendError(Error):
+    """The storage failed for a reason outside the caller's control."""
+
+    code = "backend"
+
+
+class Unavailable(BackendError):
+    """The backend cannot be reached or is busy; retrying later may succeed."""
+
+    code = "unavailable"
+    retryable = True
+
+
+class Timeout(BackendError):
+    """The operation did not finish in time; its outcome may be unknown."""
+
+    code = "timeout"
+    retryable = True
+
+
+class NotSupported(Error):
+    """The chosen backend does not offer this capability. Never a silent downgrade."""
+
+    code = "not_supported"
+
+
+# Exit statuses for the CLI, one per family; 1 stays "unexpected failure".
+_EXIT_STATUS: dict[type[Error], int] = {
+    UsageError: 2,
+    NotFound: 3,
+    ConflictError: 4,
+    LimitExceeded: 5,
+    CorruptionError: 6,
+    BackendError: 7,
+    NotSupported: 8,
+}
+
+
+def exit_status(error: Error) -> int:
+    """The process exit status the CLI uses for ``error`` (by family)."""
+    for cls in type(error).__mro__:
+        if cls in _EXIT_STATUS:
+            return _EXIT_STATUS[cls]
+    return 1
+
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = "unbundled"

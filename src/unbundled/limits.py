@@ -1,0 +1,45 @@
+"""Every bound in unbundled, in one place (TigerStyle: put a limit on everything).
+
+Names read ``<thing>_<unit>_max``. Values that depend on each other are checked
+against each other at import, so an inconsistent edit fails loudly at once.
+"""
+
+from __future__ import annotations
+
+# Topics and partitions.
+topic_name_bytes_max = 249  # Kafka's limit, so names move between the two.
+partitions_max = 1024  # per topic; each partition is one table on SQLite.
+topics_max = 10_000
+
+# Records.
+key_bytes_max = 64 * 1024
+record_bytes_default = 1024 * 1024  # a topic's record_bytes_max unless set.
+record_bytes_max = 64 * 1024 * 1024  # the largest record_bytes_max a topic may set.
+header_count_max = 64
+header_name_bytes_max = 256
+
+# Appends.
+batch_records_max = 100_000  # one append_batch call.
+batch_bytes_max = 256 * 1024 * 1024  # one append_batch call.
+commit_records_max = 200_000  # records the group-commit writer puts in one transaction.
+commit_requests_max = 4096  # requests the group-commit writer puts in one transaction.
+
+# Idempotent producers.
+producer_id_bytes_max = 255
+producer_window_requests_max = 64  # recent sequences remembered to answer retries.
+
+# Consumer groups.
+group_name_bytes_max = 255
+member_id_bytes_max = 255
+poll_records_max = 100_000
+lease_ms_max = 3_600_000  # one hour.
+lease_ms_min = 100
+
+# Reads.
+read_records_max = 100_000
+
+assert record_bytes_default <= record_bytes_max
+assert key_bytes_max < record_bytes_max
+assert batch_records_max <= commit_records_max
+assert lease_ms_min < lease_ms_max
+assert partitions_max * topics_max < 2**31

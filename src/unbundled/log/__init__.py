@@ -1,0 +1,20 @@
+"""The log: topics, partitions, offsets, consumer groups, transactions."""
+
+from ._protocol import GroupInfo as GroupInfo
+from ._protocol import LogBackend as LogBackend
+from ._protocol import MaintenanceReport as MaintenanceReport
+from ._protocol import Message as Message
+from ._protocol import PartitionInfo as PartitionInfo
+from ._protocol import Position as Position
+from ._protocol import Record as Record
+from ._protocol import TopicConfig as TopicConfig
+from ._protocol import TopicInfo as TopicInfo
+from ._protocol import TopicPartition as TopicPartition
+from .aio import AsyncConsumer as AsyncConsumer
+from .aio import AsyncLog as AsyncLog
+from .aio import AsyncProducer as AsyncProducer
+from .aio import AsyncTransaction as AsyncTransaction
+from .api import Consumer as Consumer
+from .api import Log as Log
+from .api import Producer as Producer
+from .api import Transaction as Transaction

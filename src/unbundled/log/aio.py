@@ -1,0 +1,442 @@
+"""The asyncio twin of :mod:`unbundled.log.api`: ``AsyncLog``, ``AsyncProducer``,
+``AsyncConsumer``, ``AsyncTransaction``.
+
+Appends never hop through a thread: the task enqueues its batch for the
+group-commit writer and awaits a future that the writer resolves, batched per
+event loop. Other calls (reads, topic admin, group membership) run the
+backend's blocking call in a worker thread. The decisions are shared with the
+sync API: validation in ``_core``, consumer logic in ``_consumer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .. import limits
+from .._waiters import AsyncWaiter
+from ..errors import Error, PartitionNotFound, TopicExists, TopicNotFound, UsageError
+from . import _core
+from ._consumer import ConsumerCore, OffsetReset, Steps
+from ._protocol import (
+    AppendItem,
+    CleanupPolicy,
+    GroupInfo,
+    Headers,
+    LogBackend,
+    MaintenanceReport,
+    Message,
+    OffsetCommit,
+    Position,
+    ProducerStamp,
+    Record,
+    SyncLevel,
+    TopicConfig,
+    TopicInfo,
+    TopicPartition,
+    WriteBatch,
+)
+from .api import LogBase, _consumer_core
+
+T = TypeVar("T")
+
+
+class AsyncLog(LogBase):
+    """The log for asyncio programs. Same semantics as :class:`unbundled.Log`."""
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | os.PathLike[str] = "unbundled.db",
+        *,
+        sync: SyncLevel = "full",
+        **options: Any,
+    ) -> AsyncLog:
+        from ..backends import open_backend
+
+        backend = await asyncio.to_thread(partial(open_backend, url, sync=sync, **options))
+        return cls(backend)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        self._check_open()
+        return await asyncio.to_thread(fn, *args)
+
+    async def __aenter__(self) -> AsyncLog:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await asyncio.to_thread(self.backend.close)
+
+    # --- topics ---------------------------------------------------------------
+
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        cleanup_policy: CleanupPolicy = "delete",
+        tombstone_retention_ms: int = 86_400_000,
+        record_bytes_max: int = limits.record_bytes_default,
+        exist_ok: bool = False,
+    ) -> TopicConfig:
+        _core.check_topic_name(name)
+        config = self._topic_config(
+            partitions,
+            retention_ms,
+            retention_bytes,
+            cleanup_policy,
+            tombstone_retention_ms,
+            record_bytes_max,
+        )
+        try:
+            await self._run(self.backend.create_topic, name, config)
+        except TopicExists:
+            if not exist_ok or await self._run(self.backend.topic_config, name) != config:
+                raise
+        self._configs[name] = config
+        return config
+
+    async def delete_topic(self, name: str) -> None:
+        self._configs.pop(name, None)
+        await self._run(self.backend.delete_topic, _core.check_topic_name(name))
+
+    async def topics(self) -> list[str]:
+        return await self._run(self.backend.list_topics)
+
+    async def describe_topic(self, name: str) -> TopicInfo:
+        return await self._run(self.backend.describe_topic, _core.check_topic_name(name))
+
+    async def _config(self, topic: str) -> TopicConfig:
+        config = self._configs.get(topic)
+        if config is None:
+            config = await self._run(self.backend.topic_config, _core.check_topic_name(topic))
+            self._configs[topic] = config
+        return config
+
+    # --- writing --------------------------------------------------------------
+
+    async def _submit(self, batch: WriteBatch) -> list[Position]:
+        self._check_open()
+        waiter = AsyncWaiter()
+        self.backend.submit(batch, waiter)
+        try:
+            positions: list[Position] = await waiter.future
+        except (TopicNotFound, PartitionNotFound) as exc:
+            self._forget(exc)
+            raise
+        return positions
+
+    async def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | dict[str, bytes] | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+    ) -> Position:
+        config = self._configs.get(topic) or await self._config(topic)
+        items = self._prepare_one(topic, config, value, key, headers, timestamp, partition)
+        self._check_open()
+        waiter = AsyncWaiter()
+        self.backend.submit(WriteBatch({topic: items}), waiter)
+        try:
+            position: Position = (await waiter.future)[0]
+        except (TopicNotFound, PartitionNotFound) as exc:
+            self._forget(exc)
+            raise
+        return position
+
+    async def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> list[Position]:
+        items = self._items(topic, await self._config(topic), messages)
+        if not items:
+            return []
+        return await self._submit(WriteBatch({topic: items}))
+
+    async def producer(self, producer_id: str) -> AsyncProducer:
+        _core.check_producer_id(producer_id)
+        epoch, last = await self._run(self.backend.init_producer, producer_id)
+        return AsyncProducer(self, producer_id, epoch, last)
+
+    def transaction(self, *, producer: AsyncProducer | None = None) -> AsyncTransaction:
+        self._check_open()
+        return AsyncTransaction(self, producer)
+
+    # --- reading --------------------------------------------------------------
+
+    async def read(
+        self,
+        topic: str,
+        partition: int = 0,
+        offset: int = 0,
+        *,
+        records_max: int = 1000,
+        bytes_max: int = 64 * 1024 * 1024,
+    ) -> list[Record]:
+        self._check_read(topic, offset, records_max)
+        return await self._run(self.backend.read, topic, partition, offset, records_max, bytes_max)
+
+    def consumer(
+        self,
+        topics: str | Sequence[str],
+        *,
+        group: str | None = None,
+        member_id: str | None = None,
+        auto_commit: bool = True,
+        auto_commit_interval_s: float = 0.0,
+        offset_reset: OffsetReset = "earliest",
+        lease_ms: int = 10_000,
+        partitions: Sequence[TopicPartition] | None = None,
+    ) -> AsyncConsumer:
+        self._check_open()
+        return AsyncConsumer(
+            self,
+            _consumer_core(
+                topics,
+                group,
+                member_id,
+                auto_commit,
+                auto_commit_interval_s,
+                offset_reset,
+                lease_ms,
+                partitions,
+            ),
+        )
+
+    async def groups(self) -> list[str]:
+        return await self._run(self.backend.list_groups)
+
+    async def describe_group(self, group: str) -> GroupInfo:
+        return await self._run(self.backend.describe_group, _core.check_group_name(group))
+
+    async def maintain(self) -> MaintenanceReport:
+        return await self._run(self.backend.maintain)
+
+
+class AsyncProducer:
+    """The asyncio twin of :class:`unbundled.Producer`."""
+
+    def __init__(self, log: AsyncLog, producer_id: str, epoch: int, last_sequence: int) -> None:
+        self._log = log
+        self.producer_id = producer_id
+        self.epoch = epoch
+        self.last_sequence = last_sequence
+        self._next = last_sequence + 1
+
+    def stamp(self, sequence: int | None = None) -> ProducerStamp:
+        if sequence is None:
+            sequence = self._next
+        elif type(sequence) is not int or sequence < 0:
+            raise UsageError(f"sequence must be an int >= 0, got {sequence!r}", sequence=sequence)
+        self._next = max(self._next, sequence + 1)
+        return ProducerStamp(self.producer_id, self.epoch, sequence)
+
+    async def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | dict[str, bytes] | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+        sequence: int | None = None,
+    ) -> Position:
+        message = self._log._one(value, key, headers, timestamp, partition)
+        return (await self.append_batch(topic, (message,), sequence=sequence))[0]
+
+    async def append_batch(
+        self, topic: str, messages: Iterable[bytes | Message], *, sequence: int | None = None
+    ) -> list[Position]:
+        log = self._log
+        items = log._items(topic, await log._config(topic), messages)
+        # No await between stamping and submitting: sequences reach the
+        # writer in order even with many tasks sharing this producer.
+        stamp = self.stamp(sequence)
+        return await log._submit(WriteBatch({topic: items}, (), stamp))
+
+
+class AsyncConsumer:
+    """The asyncio twin of :class:`unbundled.Consumer`. Blocking backend calls
+    run on the consumer's own worker thread, so a waiting consumer never
+    starves the event loop's shared executor."""
+
+    def __init__(self, log: AsyncLog, core: ConsumerCore) -> None:
+        self._log = log
+        self._core = core
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="unbundled-consumer")
+
+    @property
+    def group(self) -> str | None:
+        return self._core.group
+
+    @property
+    def member_id(self) -> str:
+        return self._core.member_id
+
+    async def _drive(self, steps: Steps) -> Any:
+        backend = self._log.backend
+        loop = asyncio.get_running_loop()
+        try:
+            op = next(steps)
+            while True:
+                try:
+                    if op.name == "submit":
+                        waiter = AsyncWaiter()
+                        backend.submit(op.args[0], waiter)
+                        result = await waiter.future
+                    else:
+                        result = await loop.run_in_executor(
+                            self._executor, partial(getattr(backend, op.name), *op.args)
+                        )
+                except Error as exc:
+                    op = steps.throw(exc)
+                    continue
+                op = steps.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    async def __aenter__(self) -> AsyncConsumer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def poll(self, timeout_s: float = 1.0, *, records_max: int = 500) -> list[Record]:
+        records: list[Record] = await self._drive(self._core.poll(timeout_s, records_max))
+        return records
+
+    async def __aiter__(self) -> AsyncIterator[Record]:
+        while not self._core.closed:
+            for record in await self.poll(1.0):
+                yield record
+
+    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        await self._drive(self._core.commit(offsets))
+
+    def offset_commit(self, offsets: dict[TopicPartition, int] | None = None) -> OffsetCommit:
+        return self._core.offset_commit(offsets)
+
+    def assignment(self) -> set[TopicPartition]:
+        return self._core.assignment()
+
+    def positions(self) -> dict[TopicPartition, int]:
+        return dict(self._core.positions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._core.seek(TopicPartition(*tp), offset)
+
+    async def close(self) -> None:
+        try:
+            await self._drive(self._core.close())
+        finally:
+            self._executor.shutdown(wait=False)
+
+
+class AsyncTransaction:
+    """The asyncio twin of :class:`unbundled.Transaction` (``async with``)."""
+
+    def __init__(self, log: AsyncLog, producer: AsyncProducer | None) -> None:
+        self._log = log
+        self._producer = producer
+        self._appends: dict[str, list[AppendItem]] = {}
+        self._commits: list[OffsetCommit] = []
+        self._consumers: list[tuple[AsyncConsumer, OffsetCommit]] = []
+        self._done = False
+        self.positions: list[Position] = []
+
+    async def __aenter__(self) -> AsyncTransaction:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._done:
+            return
+        if exc_type is None:
+            await self.commit()
+        else:
+            self.abort()
+
+    def _check(self) -> None:
+        if self._done:
+            raise UsageError("the transaction is already committed or aborted")
+
+    async def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | dict[str, bytes] | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+    ) -> None:
+        message = self._log._one(value, key, headers, timestamp, partition)
+        await self.append_batch(topic, (message,))
+
+    async def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
+        self._check()
+        log = self._log
+        items = log._items(topic, await log._config(topic), messages)
+        self._appends.setdefault(topic, []).extend(items)
+
+    def commit_offsets(
+        self,
+        consumer: AsyncConsumer | None = None,
+        *,
+        group: str | None = None,
+        offsets: dict[TopicPartition, int] | None = None,
+    ) -> None:
+        self._check()
+        if consumer is not None:
+            commit = consumer.offset_commit(offsets)
+            self._consumers.append((consumer, commit))
+            self._commits.append(commit)
+        elif group is not None and offsets is not None:
+            _core.check_group_name(group)
+            self._commits.append(OffsetCommit(group, None, dict(offsets), {}))
+        else:
+            raise UsageError("commit_offsets needs a consumer, or a group and offsets")
+
+    async def commit(self) -> list[Position]:
+        self._check()
+        self._done = True
+        if not self._appends and not self._commits:
+            return []
+        stamp = self._producer.stamp() if self._producer is not None else None
+        self.positions = await self._log._submit(
+            WriteBatch(self._appends, tuple(self._commits), stamp)
+        )
+        for consumer, commit in self._consumers:
+            consumer._core.mark_committed(commit.offsets)
+        return self.positions
+
+    def abort(self) -> None:
+        self._done = True
+        self._appends.clear()
+        self._commits.clear()
+
+
+__all__ = ["AsyncConsumer", "AsyncLog", "AsyncProducer", "AsyncTransaction", "LogBackend"]

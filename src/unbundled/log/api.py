@@ -1,0 +1,640 @@
+"""The log's public, synchronous API: ``Log``, ``Producer``, ``Consumer``, ``Transaction``.
+
+>>> from unbundled import Log
+>>> with Log.open("memory://") as log:
+...     _ = log.create_topic("orders", partitions=3)
+...     pos = log.append("orders", b"hello", key=b"customer-7")
+...     [r.value for r in log.read("orders", pos.partition, pos.offset)]
+[b'hello']
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+from .. import limits
+from .._waiters import SyncWaiter
+from ..errors import Closed, PartitionNotFound, TopicExists, TopicNotFound, UsageError
+from . import _core
+from ._consumer import ConsumerCore, OffsetReset, run_sync
+from ._protocol import (
+    AppendItem,
+    CleanupPolicy,
+    GroupInfo,
+    Headers,
+    LogBackend,
+    MaintenanceReport,
+    Message,
+    OffsetCommit,
+    Position,
+    ProducerStamp,
+    Record,
+    SyncLevel,
+    TopicConfig,
+    TopicInfo,
+    TopicPartition,
+    ValueRun,
+    WriteBatch,
+)
+
+
+class LogBase:
+    """What the sync and async facades share: config cache, partitioner, validation."""
+
+    def __init__(self, backend: LogBackend) -> None:
+        self.backend = backend
+        self._configs: dict[str, TopicConfig] = {}
+        self._partitioner = _core.Partitioner()
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed("the log is closed")
+
+    def _forget(self, error: BaseException) -> None:
+        """After an error that may mean a stale topic cache, drop the cache."""
+        if isinstance(error, TopicNotFound | PartitionNotFound):
+            self._configs.clear()
+
+    def _items(
+        self, topic: str, config: TopicConfig, messages: Iterable[Any]
+    ) -> Sequence[AppendItem]:
+        return _core.build_items(topic, config, messages, self._partitioner, _core.now_ms())
+
+    def _prepare_one(
+        self,
+        topic: str,
+        config: TopicConfig,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | dict[str, bytes] | None,
+        timestamp: int | None,
+        partition: int | None,
+    ) -> Sequence[AppendItem]:
+        """Validated items for a single append, with a fast path for a bare value."""
+        if (
+            key is None
+            and headers is None
+            and timestamp is None
+            and partition is None
+            and type(value) is bytes
+            and len(value) <= config.record_bytes_max
+            and config.cleanup_policy == "delete"
+        ):
+            return ValueRun(self._partitioner.sticky(config.partitions), [value], _core.now_ms())
+        message = self._one(value, key, headers, timestamp, partition)
+        return self._items(topic, config, (message,))
+
+    def _one(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | dict[str, bytes] | None,
+        timestamp: int | None,
+        partition: int | None,
+    ) -> bytes | Message:
+        if (
+            key is None
+            and not headers
+            and timestamp is None
+            and partition is None
+            and (type(value) is bytes)
+        ):
+            return value  # the fast path: a bare value
+        return Message(value, key, headers or (), timestamp, partition)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _topic_config(
+        partitions: int,
+        retention_ms: int | None,
+        retention_bytes: int | None,
+        cleanup_policy: CleanupPolicy,
+        tombstone_retention_ms: int,
+        record_bytes_max: int,
+    ) -> TopicConfig:
+        return _core.check_config(
+            TopicConfig(
+                partitions=partitions,
+                retention_ms=retention_ms,
+                retention_bytes=retention_bytes,
+                cleanup_policy=cleanup_policy,
+                tombstone_retention_ms=tombstone_retention_ms,
+                record_bytes_max=record_bytes_max,
+            )
+        )
+
+    @staticmethod
+    def _check_read(topic: str, offset: int, records_max: int) -> None:
+        _core.check_topic_name(topic)
+        if type(offset) is not int or offset < 0:
+            raise UsageError(f"offset must be an int >= 0, got {offset!r}", offset=offset)
+        if type(records_max) is not int or not 1 <= records_max <= limits.read_records_max:
+            raise UsageError(
+                f"records_max must be 1..{limits.read_records_max}, got {records_max!r}"
+            )
+
+
+class Log(LogBase):
+    """A durable, partitioned, append-only log (Kafka's model, in a library).
+
+    Open one per process and share it between threads: appends from all
+    threads are group-committed. Use as a context manager or call
+    :meth:`close`.
+    """
+
+    @classmethod
+    def open(
+        cls,
+        url: str | os.PathLike[str] = "unbundled.db",
+        *,
+        sync: SyncLevel = "full",
+        **options: Any,
+    ) -> Log:
+        """Open the log at ``url`` (``sqlite:///path.db``, a path, or ``memory://``)."""
+        from ..backends import open_backend
+
+        return cls(open_backend(url, sync=sync, **options))
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finish queued writes and release the backend. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.backend.close()
+
+    # --- topics ---------------------------------------------------------------
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        cleanup_policy: CleanupPolicy = "delete",
+        tombstone_retention_ms: int = 86_400_000,
+        record_bytes_max: int = limits.record_bytes_default,
+        exist_ok: bool = False,
+    ) -> TopicConfig:
+        """Create a topic. With ``exist_ok``, an existing topic with the same
+        config is fine; a different config still raises ``TopicExists``."""
+        self._check_open()
+        _core.check_topic_name(name)
+        config = self._topic_config(
+            partitions,
+            retention_ms,
+            retention_bytes,
+            cleanup_policy,
+            tombstone_retention_ms,
+            record_bytes_max,
+        )
+        try:
+            self.backend.create_topic(name, config)
+        except TopicExists:
+            if not exist_ok or self.backend.topic_config(name) != config:
+                raise
+        self._configs[name] = config
+        return config
+
+    def delete_topic(self, name: str) -> None:
+        self._check_open()
+        self._configs.pop(name, None)
+        self.backend.delete_topic(_core.check_topic_name(name))
+
+    def topics(self) -> list[str]:
+        self._check_open()
+        return self.backend.list_topics()
+
+    def describe_topic(self, name: str) -> TopicInfo:
+        self._check_open()
+        return self.backend.describe_topic(_core.check_topic_name(name))
+
+    def _config(self, topic: str) -> TopicConfig:
+        config = self._configs.get(topic)
+        if config is None:
+            self._check_open()
+            config = self._configs[topic] = self.backend.topic_config(_core.check_topic_name(topic))
+        return config
+
+    # --- writing --------------------------------------------------------------
+
+    def _submit(self, batch: WriteBatch) -> list[Position]:
+        self._check_open()
+        waiter = SyncWaiter()
+        self.backend.submit(batch, waiter)
+        try:
+            positions: list[Position] = waiter.wait()
+        except (TopicNotFound, PartitionNotFound) as exc:
+            self._forget(exc)
+            raise
+        return positions
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | dict[str, bytes] | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+    ) -> Position:
+        """Append one record; returns once it is durable at the log's sync level."""
+        config = self._configs.get(topic) or self._config(topic)
+        items = self._prepare_one(topic, config, value, key, headers, timestamp, partition)
+        return self._submit(WriteBatch({topic: items}))[0]
+
+    def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> list[Position]:
+        """Append many records atomically (all or none), in order. Keyless
+        records of one batch go to one partition."""
+        items = self._items(topic, self._config(topic), messages)
+        if not items:
+            return []
+        return self._submit(WriteBatch({topic: items}))
+
+    def producer(self, producer_id: str) -> Producer:
+        """An idempotent producer; see :class:`Producer`."""
+        return Producer(self, producer_id)
+
+    def transaction(self, *, producer: Producer | None = None) -> Transaction:
+        """``with log.transaction() as tx:`` appends and offset commits that
+        become visible together when the block ends, or not at all."""
+        self._check_open()
+        return Transaction(self, producer)
+
+    # --- reading --------------------------------------------------------------
+
+    def read(
+        self,
+        topic: str,
+        partition: int = 0,
+        offset: int = 0,
+        *,
+        records_max: int = 1000,
+        bytes_max: int = 64 * 1024 * 1024,
+    ) -> list[Record]:
+        """Records of one partition from ``offset``, in offset order."""
+        self._check_open()
+        self._check_read(topic, offset, records_max)
+        return self.backend.read(topic, partition, offset, records_max, bytes_max)
+
+    def scan(
+        self,
+        topic: str,
+        partition: int = 0,
+        offset: int = 0,
+        *,
+        follow: bool = False,
+        timeout_s: float | None = None,
+    ) -> Iterator[Record]:
+        """Every record of a partition from ``offset``; with ``follow``, keep
+        waiting for new ones (without spinning) until ``timeout_s`` of quiet."""
+        self._check_read(topic, offset, 1)
+        while True:
+            token = self.backend.change_token()
+            records = self.read(topic, partition, offset, records_max=10_000)
+            yield from records
+            if records:
+                offset = records[-1].offset + 1
+                continue
+            if not follow:
+                return
+            before = token
+            token = self.backend.wait_for_change(token, 1.0 if timeout_s is None else timeout_s)
+            if token == before and timeout_s is not None:
+                return
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """The next offset to be written, per partition."""
+        info = self.describe_topic(topic)
+        return {p.partition: p.end_offset for p in info.partitions}
+
+    # --- consumers ------------------------------------------------------------
+
+    def consumer(
+        self,
+        topics: str | Sequence[str],
+        *,
+        group: str | None = None,
+        member_id: str | None = None,
+        auto_commit: bool = True,
+        auto_commit_interval_s: float = 0.0,
+        offset_reset: OffsetReset = "earliest",
+        lease_ms: int = 10_000,
+        partitions: Sequence[TopicPartition] | None = None,
+    ) -> Consumer:
+        """A consumer of ``topics``. With ``group``, partitions are shared among
+        the group's members and progress is committed to the group (at-least-once:
+        by default each poll commits what the previous poll returned). Without
+        a group, it reads every partition (or ``partitions``) and commits nothing."""
+        self._check_open()
+        return Consumer(
+            self,
+            _consumer_core(
+                topics,
+                group,
+                member_id,
+                auto_commit,
+                auto_commit_interval_s,
+                offset_reset,
+                lease_ms,
+                partitions,
+            ),
+        )
+
+    def groups(self) -> list[str]:
+        self._check_open()
+        return self.backend.list_groups()
+
+    def describe_group(self, group: str) -> GroupInfo:
+        self._check_open()
+        return self.backend.describe_group(_core.check_group_name(group))
+
+    def lag(self, group: str) -> dict[TopicPartition, tuple[int | None, int, int]]:
+        """Per partition of the group's topics: ``(committed, end, lag)``."""
+        info = self.describe_group(group)
+        topics = {tp.topic for tp in info.committed}
+        for member in info.members:
+            topics.update(member.topics)
+        out: dict[TopicPartition, tuple[int | None, int, int]] = {}
+        for topic in sorted(topics):
+            try:
+                described = self.backend.describe_topic(topic)
+            except TopicNotFound:
+                continue
+            for p in described.partitions:
+                tp = TopicPartition(topic, p.partition)
+                committed = info.committed.get(tp)
+                base = committed if committed is not None else p.start_offset
+                out[tp] = (committed, p.end_offset, max(0, p.end_offset - base))
+        return out
+
+    def maintain(self) -> MaintenanceReport:
+        """Apply retention and compaction now (SQLite also does it every minute)."""
+        self._check_open()
+        return self.backend.maintain()
+
+
+def _consumer_core(
+    topics: str | Sequence[str],
+    group: str | None,
+    member_id: str | None,
+    auto_commit: bool,
+    auto_commit_interval_s: float,
+    offset_reset: OffsetReset,
+    lease_ms: int,
+    partitions: Sequence[TopicPartition] | None,
+) -> ConsumerCore:
+    names = (topics,) if isinstance(topics, str) else tuple(topics)
+    if not names:
+        raise UsageError("a consumer needs at least one topic")
+    for name in names:
+        _core.check_topic_name(name)
+    if group is not None:
+        _core.check_group_name(group)
+    member = member_id or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    _core.check_group_name(member, "member_id")
+    return ConsumerCore(
+        names,
+        group=group,
+        member_id=member,
+        auto_commit=auto_commit,
+        auto_commit_interval_s=auto_commit_interval_s,
+        offset_reset=offset_reset,
+        lease_ms=lease_ms,
+        partitions=[TopicPartition(*tp) for tp in partitions] if partitions is not None else None,
+    )
+
+
+class Producer:
+    """An idempotent producer: every append carries ``(producer_id, sequence)``
+    and the log writes each sequence at most once, so a retry after an unknown
+    outcome (a crash, a timeout) cannot duplicate a record.
+
+    Opening a producer starts a new *epoch* and fences older instances with the
+    same id (``ProducerFenced``). Sequences grow by one per call unless given:
+    pass your own (say, the position in your input) to make a restarted writer
+    skip what was already written; sequences must increase but may skip.
+    """
+
+    def __init__(self, log: Log, producer_id: str) -> None:
+        self._log = log
+        self.producer_id = _core.check_producer_id(producer_id)
+        self.epoch, self.last_sequence = log.backend.init_producer(self.producer_id)
+        self._next = self.last_sequence + 1
+        self._lock = threading.Lock()
+
+    def _sequence(self, sequence: int | None) -> int:
+        if sequence is None:
+            sequence = self._next
+        elif type(sequence) is not int or sequence < 0:
+            raise UsageError(f"sequence must be an int >= 0, got {sequence!r}", sequence=sequence)
+        self._next = max(self._next, sequence + 1)
+        return sequence
+
+    def stamp(self, sequence: int | None = None) -> ProducerStamp:
+        with self._lock:
+            return ProducerStamp(self.producer_id, self.epoch, self._sequence(sequence))
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | dict[str, bytes] | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+        sequence: int | None = None,
+    ) -> Position:
+        message = self._log._one(value, key, headers, timestamp, partition)
+        return self.append_batch(topic, (message,), sequence=sequence)[0]
+
+    def append_batch(
+        self, topic: str, messages: Iterable[bytes | Message], *, sequence: int | None = None
+    ) -> list[Position]:
+        """Append atomically as one sequence number; a retry returns the original positions."""
+        log = self._log
+        items = log._items(topic, log._config(topic), messages)
+        # Assign the sequence and enqueue under one lock, so the writer sees
+        # sequences in order even when threads share this producer.
+        with self._lock:
+            stamp = ProducerStamp(self.producer_id, self.epoch, self._sequence(sequence))
+            waiter = SyncWaiter()
+            log._check_open()
+            log.backend.submit(WriteBatch({topic: items}, (), stamp), waiter)
+        positions: list[Position] = waiter.wait()
+        return positions
+
+
+class Consumer:
+    """Reads records from a log's topics; see :meth:`Log.consumer`.
+
+    ``poll()`` returns the next records (waiting up to ``timeout_s``); iterate
+    the consumer to get records one by one forever. Close it (or use ``with``)
+    to commit and leave the group at once rather than after the lease.
+    """
+
+    def __init__(self, log: Log, core: ConsumerCore) -> None:
+        self._log = log
+        self._core = core
+
+    @property
+    def group(self) -> str | None:
+        return self._core.group
+
+    @property
+    def member_id(self) -> str:
+        return self._core.member_id
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def poll(self, timeout_s: float = 1.0, *, records_max: int = 500) -> list[Record]:
+        records: list[Record] = run_sync(self._log.backend, self._core.poll(timeout_s, records_max))
+        return records
+
+    def __iter__(self) -> Iterator[Record]:
+        while not self._core.closed:
+            yield from self.poll(1.0)
+
+    def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Commit consumed positions now (or the given ones). Raises
+        ``StaleGeneration`` if a partition was reassigned in the meantime."""
+        run_sync(self._log.backend, self._core.commit(offsets))
+
+    def offset_commit(self, offsets: dict[TopicPartition, int] | None = None) -> OffsetCommit:
+        """The commit of everything consumed so far (or of ``offsets``), for
+        ``Transaction.commit_offsets``."""
+        return self._core.offset_commit(offsets)
+
+    def assignment(self) -> set[TopicPartition]:
+        return self._core.assignment()
+
+    def position(self, tp: TopicPartition) -> int:
+        return self._core.positions[tp]
+
+    def positions(self) -> dict[TopicPartition, int]:
+        return dict(self._core.positions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._core.seek(TopicPartition(*tp), offset)
+
+    def close(self) -> None:
+        run_sync(self._log.backend, self._core.close())
+
+
+class Transaction:
+    """Appends and offset commits that commit atomically; see :meth:`Log.transaction`.
+
+    Nothing is written until the ``with`` block ends without an exception (or
+    :meth:`commit` is called); then everything becomes visible at once. Reads
+    inside the block do not see the transaction's own appends. After commit,
+    :attr:`positions` holds the appended records' positions in order.
+    """
+
+    def __init__(self, log: Log, producer: Producer | None) -> None:
+        self._log = log
+        self._producer = producer
+        self._appends: dict[str, list[AppendItem]] = {}
+        self._commits: list[OffsetCommit] = []
+        self._consumers: list[tuple[Consumer, OffsetCommit]] = []
+        self._done = False
+        self.positions: list[Position] = []
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def _check(self) -> None:
+        if self._done:
+            raise UsageError("the transaction is already committed or aborted")
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | dict[str, bytes] | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+    ) -> None:
+        self.append_batch(topic, (self._log._one(value, key, headers, timestamp, partition),))
+
+    def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
+        self._check()
+        log = self._log
+        self._appends.setdefault(topic, []).extend(log._items(topic, log._config(topic), messages))
+
+    def commit_offsets(
+        self,
+        consumer: Consumer | None = None,
+        *,
+        group: str | None = None,
+        offsets: dict[TopicPartition, int] | None = None,
+    ) -> None:
+        """Commit a consumer's consumed positions (fenced by its generation) as
+        part of this transaction: the exactly-once consume-transform-produce step.
+        ``group`` with ``offsets`` commits for a group without members."""
+        self._check()
+        if consumer is not None:
+            commit = consumer.offset_commit(offsets)
+            self._consumers.append((consumer, commit))
+            self._commits.append(commit)
+        elif group is not None and offsets is not None:
+            _core.check_group_name(group)
+            self._commits.append(OffsetCommit(group, None, dict(offsets), {}))
+        else:
+            raise UsageError("commit_offsets needs a consumer, or a group and offsets")
+
+    def commit(self) -> list[Position]:
+        self._check()
+        self._done = True
+        if not self._appends and not self._commits:
+            return []
+        stamp = self._producer.stamp() if self._producer is not None else None
+        self.positions = self._log._submit(WriteBatch(self._appends, tuple(self._commits), stamp))
+        for consumer, commit in self._consumers:
+            consumer._core.mark_committed(commit.offsets)
+        return self.positions
+
+    def abort(self) -> None:
+        """Discard everything; nothing of this transaction becomes visible."""
+        self._done = True
+        self._appends.clear()
+        self._commits.clear()
