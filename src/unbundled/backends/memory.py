@@ -271,7 +271,9 @@ class MemoryBackend:
     def group_heartbeat(self, group: str, member_id: str, acked_generation: int) -> MemberView:
         with self._lock:
             self._check_open()
-            state = self._groups.setdefault(group, _groups.GroupState(group))
+            # Not setdefault: a heartbeat to an unknown group fails and must
+            # not create it (describe_group would then find an empty group).
+            state = self._groups.get(group) or _groups.GroupState(group)
             view = _groups.heartbeat(
                 state, member_id, acked_generation, self._clock(), self._subscribed(state)
             )

@@ -14,7 +14,15 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, Literal, NamedTuple
 
 from .. import limits
-from ..errors import Closed, OffsetOutOfRange, StaleGeneration, UsageError
+from ..errors import (
+    Closed,
+    Error,
+    OffsetOutOfRange,
+    PartitionNotFound,
+    StaleGeneration,
+    TopicNotFound,
+    UsageError,
+)
 from ._protocol import MemberView, OffsetCommit, Record, TopicPartition, WriteBatch
 
 OffsetReset = Literal["earliest", "latest", "none"]
@@ -98,7 +106,10 @@ class ConsumerCore:
         """The commit of ``offsets`` (default: everything consumed) as this member."""
         if self.group is None:
             raise UsageError("this consumer has no group: there is nowhere to commit offsets")
-        chosen = self.uncommitted() if offsets is None else dict(offsets)
+        if offsets is None:
+            chosen = self.uncommitted()
+        else:
+            chosen = {TopicPartition(*tp): offset for tp, offset in offsets.items()}
         member = self.member_id if self.fixed is None else None
         return OffsetCommit(
             self.group, member, chosen, {tp: self.held.get(tp, -1) for tp in chosen}
@@ -156,13 +167,21 @@ class ConsumerCore:
     def close(self) -> Steps:
         if self.closed:
             return
+        failed: Error | None = None
         try:
             if self.auto_commit:
                 yield from self._commit_quietly(None)
+        except Error as exc:
+            # Leave even if the final commit failed: otherwise our partitions
+            # sit idle until the lease runs out. Then report the failure.
+            failed = exc
+        try:
             if self.group is not None and self.view is not None:
                 yield Op("group_leave", (self.group, self.member_id))
         finally:
             self.closed = True
+        if failed is not None:
+            raise failed
 
     # --- internals ------------------------------------------------------------
 
@@ -174,7 +193,10 @@ class ConsumerCore:
             pending = {tp: o for tp, o in pending.items() if tp in tps}
         if not pending or self.group is None:
             return
-        with contextlib.suppress(StaleGeneration):
+        # A deleted (or shrunk) topic's offsets have nowhere to go; the next
+        # heartbeat rebalances its partitions away. Raising here would fail
+        # every poll, since each one starts with this commit.
+        with contextlib.suppress(StaleGeneration, TopicNotFound, PartitionNotFound):
             yield from self.commit(pending)
 
     def _assign_fixed(self) -> Steps:
@@ -274,7 +296,13 @@ class ConsumerCore:
         tps = sorted(tp for tp in self.ready if tp in self.positions)
         if not tps:
             return []
-        bounds = yield Op("offset_bounds", (tps,))
+        try:
+            bounds = yield Op("offset_bounds", (tps,))
+        except (TopicNotFound, PartitionNotFound):
+            if self.view is None:
+                raise  # no group to rebalance it away: the caller's topic is gone
+            self.next_heartbeat = 0.0  # a topic was deleted: rebalance at once
+            return []
         out: list[Record] = []
         count = len(tps)
         self.turn = (self.turn + 1) % count

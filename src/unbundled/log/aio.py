@@ -416,7 +416,8 @@ class AsyncTransaction:
             self._commits.append(commit)
         elif group is not None and offsets is not None:
             _core.check_group_name(group)
-            self._commits.append(OffsetCommit(group, None, dict(offsets), {}))
+            chosen = {TopicPartition(*tp): offset for tp, offset in offsets.items()}
+            self._commits.append(OffsetCommit(group, None, chosen, {}))
         else:
             raise UsageError("commit_offsets needs a consumer, or a group and offsets")
 

@@ -232,10 +232,18 @@ class Log(LogBase):
 
     # --- writing --------------------------------------------------------------
 
-    def _submit(self, batch: WriteBatch) -> list[Position]:
+    def _submit(self, batch: WriteBatch, producer: Producer | None = None) -> list[Position]:
         self._check_open()
         waiter = SyncWaiter()
-        self.backend.submit(batch, waiter)
+        if producer is None:
+            self.backend.submit(batch, waiter)
+        else:
+            # Take the sequence and enqueue under the producer's lock, as
+            # Producer.append_batch does: otherwise another thread's append
+            # can reach the writer first with a higher sequence, and this
+            # batch fails with OutOfOrderSequence.
+            with producer._lock:
+                self.backend.submit(batch._replace(producer=producer._stamp_locked()), waiter)
         try:
             positions: list[Position] = waiter.wait()
         except (TopicNotFound, PartitionNotFound) as exc:
@@ -448,7 +456,11 @@ class Producer:
 
     def stamp(self, sequence: int | None = None) -> ProducerStamp:
         with self._lock:
-            return ProducerStamp(self.producer_id, self.epoch, self._sequence(sequence))
+            return self._stamp_locked(sequence)
+
+    def _stamp_locked(self, sequence: int | None = None) -> ProducerStamp:
+        """:meth:`stamp` for a caller already holding the producer's lock."""
+        return ProducerStamp(self.producer_id, self.epoch, self._sequence(sequence))
 
     def append(
         self,
@@ -618,7 +630,8 @@ class Transaction:
             self._commits.append(commit)
         elif group is not None and offsets is not None:
             _core.check_group_name(group)
-            self._commits.append(OffsetCommit(group, None, dict(offsets), {}))
+            chosen = {TopicPartition(*tp): offset for tp, offset in offsets.items()}
+            self._commits.append(OffsetCommit(group, None, chosen, {}))
         else:
             raise UsageError("commit_offsets needs a consumer, or a group and offsets")
 
@@ -627,8 +640,8 @@ class Transaction:
         self._done = True
         if not self._appends and not self._commits:
             return []
-        stamp = self._producer.stamp() if self._producer is not None else None
-        self.positions = self._log._submit(WriteBatch(self._appends, tuple(self._commits), stamp))
+        batch = WriteBatch(self._appends, tuple(self._commits))
+        self.positions = self._log._submit(batch, self._producer)
         for consumer, commit in self._consumers:
             consumer._core.mark_committed(commit.offsets)
         return self.positions

@@ -7,6 +7,7 @@ See docs/reference/format.md for the on-disk format this creates.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -164,12 +165,9 @@ def open_file(conn: sqlite3.Connection, path: str, now_ms: Callable[[], int]) ->
     written by a newer format version.
     """
     with translated(path):
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        tables = {
-            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
+        app_id, tables = _retry_busy(lambda: _read_header(conn))
         if app_id == 0 and not tables:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # Re-check under the write lock: another process may have won.
@@ -201,6 +199,38 @@ def open_file(conn: sqlite3.Connection, path: str, now_ms: Callable[[], int]) ->
                 f"{FORMAT_VERSION}: upgrade unbundled",
                 path=path,
             )
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())[0]
         if mode != "wal":
             raise BackendError(f"{path}: could not switch to WAL mode (got {mode})", path=path)
+
+
+def _read_header(conn: sqlite3.Connection) -> tuple[int, set[str]]:
+    """The application id and table names, from one snapshot: read apart, a
+    process creating the file in between would make it look foreign."""
+    conn.execute("BEGIN")
+    try:
+        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+    finally:
+        conn.execute("COMMIT")
+    return app_id, tables
+
+
+def _retry_busy(step: Callable[[], T]) -> T:
+    """Run ``step``, retrying while the file is locked. SQLite answers some
+    lock conflicts at once without calling the busy handler, e.g. while other
+    connections switch a new file to WAL, so ``busy_timeout`` alone does not
+    let several processes open a new file at the same moment."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause_s = 0.001
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause_s)
+        pause_s = min(pause_s * 2, 0.05)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import collections
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
+from functools import lru_cache
 from itertools import chain, repeat
 from typing import Any
 
@@ -24,7 +26,7 @@ from ..._waiters import complete_all
 from ...errors import Closed, CorruptionError, Error, TopicNotFound
 from ...log import _core
 from ...log._protocol import Position, TopicConfig, ValueRun, Waiter, WriteBatch
-from ._schema import records_table, translate
+from ._schema import BUSY_TIMEOUT_MS, records_table, translate
 
 _crc32 = _core._crc32
 _encode_headers = msgspec.msgpack.encode
@@ -54,6 +56,22 @@ class Request:
 _CHUNK_MAX = 512 if sqlite3.sqlite_version_info >= (3, 32) else 128
 _UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
 
+# Sharing the file's write lock with writers in other processes. SQLite's busy
+# handler naps up to 100 ms between tries, and a busy writer frees the lock
+# only for moments between transactions: a process waiting that way starved
+# for seconds (long enough for its consumer-group lease to run out). So a
+# waiting writer polls every millisecond or so, and a writer that has held
+# the lock back to back for _STREAK_S lets go of it for _YIELD_S.
+_LOCK_POLL_S = 0.001
+_STREAK_S = 0.1
+_YIELD_S = 0.002
+_SQLITE_BUSY = 5
+
+
+@lru_cache(maxsize=2048)
+def _insert_sql(tid: int, part: int, count: int) -> str:
+    return f"INSERT INTO {records_table(tid, part)} VALUES " + ",".join(["(?,?,?,?,?,?)"] * count)
+
 
 class Stage:
     """The records and counters of the transaction being built.
@@ -61,8 +79,8 @@ class Stage:
     Topic ids and partition end offsets are cached across transactions and
     trusted only while ``PRAGMA data_version`` shows no commit from another
     connection (another process) since our last one. Rows are inserted at
-    :meth:`flush`, in multi-row INSERTs of power-of-two sizes (so a handful of
-    prepared statements serve every batch size).
+    :meth:`flush`, one multi-row INSERT per partition (up to ``_CHUNK_MAX``
+    rows each); sqlite3's statement cache keeps the few sizes in use prepared.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -72,7 +90,6 @@ class Stage:
         self.deltas: dict[tuple[int, int], list[int]] = {}
         self.rows: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
         self._version = -1
-        self._sql: dict[tuple[int, int, int], str] = {}
 
     def begin(self) -> None:
         """Called right after BEGIN IMMEDIATE: drop caches another process made stale."""
@@ -188,26 +205,17 @@ class Stage:
             else:
                 del self.rows[key][lengths[key] :]
 
-    def _insert_sql(self, tid: int, part: int, count: int) -> str:
-        sql = self._sql.get((tid, part, count))
-        if sql is None:
-            sql = self._sql[(tid, part, count)] = (
-                f"INSERT INTO {records_table(tid, part)} VALUES "
-                + ",".join(["(?,?,?,?,?,?)"] * count)
-            )
-        return sql
-
     def flush(self) -> None:
         conn = self.conn
         for (tid, part), rows in self.rows.items():
             total = len(rows)
             done = 0
             while done < total:
-                count = _CHUNK_MAX
-                while count > total - done:
-                    count >>= 1
+                # One statement per partition up to the chunk size: each
+                # extra statement is one more GIL round trip under load.
+                count = min(_CHUNK_MAX, total - done)
                 conn.execute(
-                    self._insert_sql(tid, part, count),
+                    _insert_sql(tid, part, count),
                     list(chain.from_iterable(rows[done : done + count])),
                 )
                 done += count
@@ -267,6 +275,9 @@ class Writer:
         self._closed = False
         self.transactions = 0  # committed transactions, for tests and benchmarks
         self._stage = Stage(conn)
+        self._unannounced: list[tuple[Waiter, object]] = []
+        conn.execute("PRAGMA busy_timeout = 0")  # _begin waits for the lock itself
+        self._streak_start = time.monotonic()  # since when we hold the lock back to back
         self._thread = threading.Thread(
             target=self._run, name=f"unbundled-writer:{path}", daemon=True
         )
@@ -298,6 +309,7 @@ class Writer:
                     self._wake.wait(1.0 if self._idle else None)
                 self._sleeping = False
                 self._wake.clear()
+                self._streak_start = time.monotonic()
                 if not queue:
                     if self._idle is not None:
                         self._idle()
@@ -319,7 +331,14 @@ class Writer:
                     self._commit(batch)
                 except BaseException as exc:
                     self._rollback()
+                    self._announce()
                     complete_all((r.done, exc) for r in batch)
+            if not queue or stop:
+                self._announce()
+            elif time.monotonic() - self._streak_start >= _STREAK_S:
+                self._announce()
+                time.sleep(_YIELD_S)  # other processes' writers get a turn
+                self._streak_start = time.monotonic()
             if stop:
                 self._fail_rest()
                 return
@@ -331,25 +350,43 @@ class Writer:
         self._queue.clear()
         complete_all((r.done, Closed(f"the log at {self._path} was closed")) for r in rest)
 
+    def _announce(self) -> None:
+        """Wake the callers of the last committed batch (it is durable)."""
+        if self._unannounced:
+            done, self._unannounced = self._unannounced, []
+            complete_all(done)
+
     def _commit(self, batch: list[Request]) -> None:
+        """Commit ``batch``; its callers are woken later, by :meth:`_announce`.
+
+        The previous batch's callers are woken just before this batch's
+        COMMIT, so they run (and queue their next requests) while the commit
+        waits for the disk, instead of fighting the writer for the GIL on
+        every statement of this batch.
+        """
         try:
             results = self._transaction(batch)
+            self._announce()
+            self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
+            self._announce()
             if len(batch) > 1:  # isolate the request that broke the transaction
                 for request in batch:
                     self._commit([request])
+                    self._announce()
                 return
             error = translate(exc, self._path)
             error.__cause__ = exc
             results = [error]
         except Error as exc:
             self._rollback()
+            self._announce()
             results = [exc] * len(batch)
         else:
             self.transactions += 1
         self._on_commit()
-        complete_all(zip([r.done for r in batch], results, strict=True))
+        self._unannounced.extend(zip([r.done for r in batch], results, strict=True))
 
     def _rollback(self) -> None:
         self._stage.invalidate()  # counters may have moved past what was rolled back
@@ -359,9 +396,26 @@ class Writer:
         except sqlite3.Error:
             pass
 
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, polling for the write lock (see ``_LOCK_POLL_S``);
+        after ``BUSY_TIMEOUT_MS`` the busy error goes to the callers."""
+        conn = self._conn
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = _LOCK_POLL_S / 8
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, _LOCK_POLL_S)
+            self._streak_start = time.monotonic()  # another process has had a turn
+
     def _transaction(self, batch: list[Request]) -> list[object]:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         stage = self._stage
         stage.begin()
         results: list[object] = []
@@ -396,5 +450,4 @@ class Writer:
             conn.execute("RELEASE request")
             results.append(result)
         stage.flush()
-        conn.execute("COMMIT")
         return results

@@ -1,0 +1,140 @@
+"""The ``unbundled`` command: a thin shell over the library (sqlite-utils' model).
+
+Every subcommand opens the log named by ``--db`` / ``UNBUNDLED_URL`` and calls
+one public function. A typed error (``unbundled.Error``) prints
+``error: <message>`` on stderr and exits with :func:`unbundled.errors.exit_status`;
+``--json`` output puts JSON, and only JSON, on stdout.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, cast
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from .. import __version__
+from ..errors import Error, NotSupported, exit_status
+from ..log._protocol import SyncLevel
+from ._common import DEFAULT_DB, App, echo_json, err_console, out_console, pass_app
+from ._consume import consume
+from ._groups import groups
+from ._produce import produce
+from ._topics import topics
+
+HELP_WIDTH = 100
+CONTEXT_SETTINGS: dict[str, Any] = {
+    "help_option_names": ["-h", "--help"],
+    "max_content_width": HELP_WIDTH,
+}
+
+
+class _Cli(click.Group):
+    """The root group: turns typed library errors into a message and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Error as err:
+            err_console().print(f"[bold red]error:[/] {escape(err.message)}")
+            raise click.exceptions.Exit(exit_status(err)) from None
+
+
+@click.group(cls=_Cli, context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--db",
+    "url",
+    envvar="UNBUNDLED_URL",
+    show_envvar=True,
+    default=DEFAULT_DB,
+    show_default=True,
+    metavar="PATH|URL",
+    help="The store: a SQLite file path, sqlite:///path.db, or memory:// (empty, for trying out).",
+)
+@click.option(
+    "--sync",
+    type=click.Choice(["full", "normal", "off"]),
+    default="full",
+    show_default=True,
+    help="Durability of writes: full fsyncs each commit (survives power loss), normal "
+    "survives a process crash, off is for scratch data.",
+)
+@click.version_option(__version__, "--version", prog_name="unbundled")
+@click.pass_context
+def cli(ctx: click.Context, url: str, sync: str) -> None:
+    """unbundled: a durable, partitioned log (Kafka's model) on one SQLite file.
+
+    \b
+      unbundled topics create orders --partitions 3
+      printf 'a\\nb\\n' | unbundled produce orders
+      unbundled consume orders --from-beginning --json
+      unbundled consume orders --group billing --follow
+      unbundled groups describe billing
+
+    Errors print "error: <message>" on stderr; the exit status says which kind:
+    2 usage, 3 not found, 4 conflict, 5 limit exceeded, 6 corruption,
+    7 backend, 8 not supported, 1 anything else.
+    """
+    app = App(url, cast(SyncLevel, sync))
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+cli.add_command(topics)
+cli.add_command(produce)
+cli.add_command(consume)
+cli.add_command(groups)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the removed counts as JSON.")
+@pass_app
+def maintain(app: App, as_json: bool) -> None:
+    """Apply retention and compaction now; print what was removed.
+
+    The SQLite store also does this by itself about once a minute while a
+    writer is open; this command is for doing it at a moment you choose.
+    """
+    report = app.open().maintain()
+    if as_json:
+        echo_json({"removed": report.removed})
+        return
+    removed = {topic: n for topic, n in report.removed.items() if n}
+    if not removed:
+        out_console().print("nothing to remove")
+        return
+    table = Table("topic", "records removed")
+    for topic, count in sorted(removed.items()):
+        table.add_row(escape(topic), f"{count:,}")
+    out_console().print(table)
+
+
+@cli.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run the log demo and print what it verified.
+
+    It runs on a fresh SQLite file, not on --db. Keyed records are produced
+    from several threads and consumed by a consumer group; a consumer is killed
+    and restarted; the demo checks that nothing was lost or duplicated.
+    Exits 0 if every check passed, 1 otherwise.
+    """
+    try:
+        # Imported here: the demo is large and only this command needs it.
+        module = importlib.import_module("unbundled.demo")
+    except ModuleNotFoundError as exc:
+        if exc.name != "unbundled.demo":
+            raise
+        raise NotSupported("the demo is not part of this installation") from None
+    ok = module.run_demo(out_console())
+    ctx.exit(0 if ok else 1)
+
+
+def main() -> None:
+    """The console-script entry point."""
+    cli(prog_name="unbundled")
+
+
+__all__ = ["cli", "main"]
