@@ -611,14 +611,14 @@ TestLogModel = LogComparison.TestCase
 # Steps are cheap (SQLite with sync="off"): run more and longer sequences
 # than the profile's default, staying well under a minute in CI.
 TestLogModel.settings = settings(
-    max_examples=3 * settings.default.max_examples,
+    max_examples=3 * settings().max_examples,
     stateful_step_count=80,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
 TestRetentionModel = RetentionComparison.TestCase
 TestRetentionModel.settings = settings(
-    max_examples=2 * settings.default.max_examples,
-    stateful_step_count=40,
+    max_examples=5 * settings().max_examples,
+    stateful_step_count=50,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -230,3 +230,33 @@ def test_closed_async_log_refuses(url: str) -> None:
             log.consumer("t")
 
     asyncio.run(main())
+
+
+def test_scan_end_offsets_lag_and_position(url: str) -> None:
+    async def scenario(log: AsyncLog, clock: SimClock) -> None:
+        await log.create_topic("s", partitions=2)
+        await log.append_batch("s", [Message(b"v%d" % i, partition=1) for i in range(5)])
+        assert [r.value async for r in log.scan("s", 1, 2)] == [b"v2", b"v3", b"v4"]
+        assert await log.end_offsets("s") == {0: 0, 1: 5}
+
+        async def later() -> None:
+            await asyncio.sleep(0.05)
+            await log.append("s", b"late", partition=0)
+
+        task = asyncio.create_task(later())
+        followed = [r.value async for r in log.scan("s", 0, follow=True, timeout_s=2.0)]
+        await task
+        assert followed[0] == b"late"
+
+        consumer = log.consumer("s", group="g", auto_commit=False)
+        got = await poll_until(consumer, 6)
+        assert consumer.position(TopicPartition("s", 1)) == 5
+        await consumer.commit()
+        assert await log.lag("g") == {
+            TopicPartition("s", 0): (1, 1, 0),
+            TopicPartition("s", 1): (5, 5, 0),
+        }
+        assert len(got) == 6
+        await consumer.close()
+
+    run(url, scenario)

@@ -159,6 +159,9 @@ def test_join_rebalance_and_release() -> None:
     assert all(state.assignments[t].prev_owner == "m1" for t in moved_tps)
     # m1, still on generation 1, may commit what it is handing over...
     check_commit(state, commit("m1", {t: 1 for t in moved_tps}))
+    # ...and m2 may not yet: during a handover only one of them commits.
+    with pytest.raises(StaleGeneration, match="has not released it"):
+        check_commit(state, commit("m2", {t: 2 for t in moved_tps}))
     # ...and acknowledges generation 2: the partitions are released.
     version = state.version
     heartbeat(state, "m1", 2, 20, parts)
@@ -204,6 +207,17 @@ def test_expired_member_is_fenced_and_must_rejoin() -> None:
         heartbeat(state, "m2", 2, 160, parts)
     with pytest.raises(StaleGeneration):
         check_commit(state, commit("m2", held))
+
+
+def test_lease_ends_strictly_after_lease_ms() -> None:
+    state = GroupState("g")
+    parts = {"a": 2}
+    join(state, "m1", ("a",), 100, 0, parts)
+    join(state, "m2", ("a",), 1000, 0, parts)
+    heartbeat(state, "m2", 2, 100, parts)
+    assert "m1" in state.members, "at exactly lease_ms the member is still alive"
+    heartbeat(state, "m2", 2, 101, parts)
+    assert "m1" not in state.members
 
 
 def test_late_heartbeat_that_nobody_noticed_keeps_everything() -> None:
@@ -312,6 +326,4 @@ class Membership(RuleBasedStateMachine):
 
 
 TestMembership = Membership.TestCase
-TestMembership.settings = settings(
-    max_examples=3 * settings.default.max_examples, stateful_step_count=60
-)
+TestMembership.settings = settings(max_examples=3 * settings().max_examples, stateful_step_count=60)

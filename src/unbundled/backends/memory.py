@@ -61,7 +61,7 @@ class MemoryBackend:
     url = "memory://"
 
     def __init__(self, clock: Callable[[], int] = _core.now_ms) -> None:
-        self._clock = clock
+        self.clock = clock
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._topics: dict[str, _Topic] = {}
@@ -160,6 +160,7 @@ class MemoryBackend:
                 return seen
         for name, items in batch.appends.items():
             topic = self._topic(name)
+            _core.check_partition_count(name, batch.partitions, topic.config.partitions)
             for item in items:
                 _core.check_partition(name, item.partition, topic.config.partitions)
         for commit in batch.commits:
@@ -263,7 +264,7 @@ class MemoryBackend:
                 self._topic(t)
             state = self._groups.setdefault(group, _groups.GroupState(group))
             view = _groups.join(
-                state, member_id, topics, lease_ms, self._clock(), self._subscribed(state, topics)
+                state, member_id, topics, lease_ms, self.clock(), self._subscribed(state, topics)
             )
             self._bump()
             return view
@@ -275,7 +276,7 @@ class MemoryBackend:
             # not create it (describe_group would then find an empty group).
             state = self._groups.get(group) or _groups.GroupState(group)
             view = _groups.heartbeat(
-                state, member_id, acked_generation, self._clock(), self._subscribed(state)
+                state, member_id, acked_generation, self.clock(), self._subscribed(state)
             )
             self._bump()
             return view
@@ -332,7 +333,7 @@ class MemoryBackend:
     def maintain(self) -> MaintenanceReport:
         with self._lock:
             self._check_open()
-            now = self._clock()
+            now = self.clock()
             removed: dict[str, int] = {}
             for name, topic in self._topics.items():
                 count = 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -423,3 +423,15 @@ def check_sequence(
         sequence=stamp.sequence,
         last_sequence=last_sequence,
     )
+
+
+def check_partition_count(topic: str, expected: Mapping[str, int] | None, actual: int) -> None:
+    """Refuse a batch partitioned for another incarnation of the topic."""
+    if expected is not None and expected.get(topic, actual) != actual:
+        raise PartitionNotFound(
+            f"topic {topic!r} now has {actual} partitions, not {expected[topic]}: it was "
+            "deleted and created again meanwhile; nothing was written, retry",
+            topic=topic,
+            partitions=actual,
+            recreated=True,
+        )

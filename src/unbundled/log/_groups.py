@@ -220,9 +220,11 @@ def view(state: GroupState, member_id: str) -> MemberView:
 def check_commit(state: GroupState, commit: OffsetCommit) -> None:
     """Raise ``StaleGeneration`` unless the committer still holds every partition.
 
-    A member holds a partition if it owns it in the generation it names, or
-    is its pending previous owner (committing before it lets go). A commit
-    without a member is allowed only while the group has no members.
+    A member holds a partition if it owns it in the generation it names and
+    the previous owner has let go, or if it is that pending previous owner
+    (committing before it lets go). During a handover only the previous owner
+    may commit, so the two can never overwrite each other. A commit without a
+    member is allowed only while the group has no members.
     """
     if commit.member_id is None:
         if state.members:
@@ -235,9 +237,18 @@ def check_commit(state: GroupState, commit: OffsetCommit) -> None:
         a = state.assignments.get(tp)
         held = commit.generations.get(tp)
         owns = a is not None and (
-            (a.owner == commit.member_id and a.generation == held)
+            (a.owner == commit.member_id and a.generation == held and a.prev_owner is None)
             or (a.prev_owner == commit.member_id and a.prev_generation == held)
         )
+        if not owns and a is not None and a.owner == commit.member_id and a.prev_owner:
+            raise StaleGeneration(
+                f"member {commit.member_id!r} of group {state.name!r} cannot commit "
+                f"{tp.topic}[{tp.partition}] yet: {a.prev_owner!r} has not released it",
+                group=state.name,
+                member_id=commit.member_id,
+                topic=tp.topic,
+                partition=tp.partition,
+            )
         if not owns:
             owner = a.owner if a is not None else None
             raise StaleGeneration(

@@ -159,6 +159,10 @@ class WriteBatch(NamedTuple):
     appends: Mapping[str, Sequence[AppendItem]]
     commits: tuple[OffsetCommit, ...] = ()
     producer: ProducerStamp | None = None
+    # The partition count each topic had when the partitioner chose: if the
+    # topic was re-created with another count since, the batch is refused
+    # (a key would land in the wrong partition).
+    partitions: Mapping[str, int] | None = None
 
 
 class MemberView(NamedTuple):
@@ -210,6 +214,7 @@ class LogBackend(Protocol):
     """
 
     url: str
+    clock: Callable[[], int]  # ms since the epoch; records without a timestamp get it
 
     def create_topic(self, name: str, config: TopicConfig) -> None:
         """Create ``name``. Raises ``TopicExists`` if taken. Not idempotent."""

@@ -41,7 +41,7 @@ from ._protocol import (
     TopicPartition,
     WriteBatch,
 )
-from .api import LogBase, _consumer_core
+from .api import LogBase, _consumer_core, group_lag
 
 T = TypeVar("T")
 
@@ -152,7 +152,9 @@ class AsyncLog(LogBase):
         items = self._prepare_one(topic, config, value, key, headers, timestamp, partition)
         self._check_open()
         waiter = AsyncWaiter()
-        self.backend.submit(WriteBatch({topic: items}), waiter)
+        self.backend.submit(
+            WriteBatch({topic: items}, partitions={topic: config.partitions}), waiter
+        )
         try:
             position: Position = (await waiter.future)[0]
         except (TopicNotFound, PartitionNotFound) as exc:
@@ -161,10 +163,11 @@ class AsyncLog(LogBase):
         return position
 
     async def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> list[Position]:
-        items = self._items(topic, await self._config(topic), messages)
+        config = self._configs.get(topic) or await self._config(topic)
+        items = self._items(topic, config, messages)
         if not items:
             return []
-        return await self._submit(WriteBatch({topic: items}))
+        return await self._submit(WriteBatch({topic: items}, partitions={topic: config.partitions}))
 
     async def producer(self, producer_id: str) -> AsyncProducer:
         _core.check_producer_id(producer_id)
@@ -222,6 +225,42 @@ class AsyncLog(LogBase):
     async def describe_group(self, group: str) -> GroupInfo:
         return await self._run(self.backend.describe_group, _core.check_group_name(group))
 
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        """The next offset to be written, per partition."""
+        info = await self.describe_topic(topic)
+        return {p.partition: p.end_offset for p in info.partitions}
+
+    async def lag(self, group: str) -> dict[TopicPartition, tuple[int | None, int, int]]:
+        """Per partition of the group's topics: ``(committed, end, lag)``."""
+        return await self._run(group_lag, self.backend, _core.check_group_name(group))
+
+    async def scan(
+        self,
+        topic: str,
+        partition: int = 0,
+        offset: int = 0,
+        *,
+        follow: bool = False,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Record]:
+        """Every record of a partition from ``offset``; see :meth:`unbundled.Log.scan`."""
+        self._check_read(topic, offset, 1)
+        while True:
+            token = await self._run(self.backend.change_token)
+            records = await self.read(topic, partition, offset, records_max=10_000)
+            for record in records:
+                yield record
+            if records:
+                offset = records[-1].offset + 1
+                continue
+            if not follow:
+                return
+            wait_s = 1.0 if timeout_s is None else timeout_s
+            if await self._run(self.backend.wait_for_change, token, wait_s) == token and (
+                timeout_s is not None
+            ):
+                return
+
     async def maintain(self) -> MaintenanceReport:
         return await self._run(self.backend.maintain)
 
@@ -262,11 +301,12 @@ class AsyncProducer:
         self, topic: str, messages: Iterable[bytes | Message], *, sequence: int | None = None
     ) -> list[Position]:
         log = self._log
-        items = log._items(topic, await log._config(topic), messages)
+        config = log._configs.get(topic) or await log._config(topic)
+        items = log._items(topic, config, messages)
         # No await between stamping and submitting: sequences reach the
         # writer in order even with many tasks sharing this producer.
         stamp = self.stamp(sequence)
-        return await log._submit(WriteBatch({topic: items}, (), stamp))
+        return await log._submit(WriteBatch({topic: items}, (), stamp, {topic: config.partitions}))
 
 
 class AsyncConsumer:
@@ -338,6 +378,9 @@ class AsyncConsumer:
     def assignment(self) -> set[TopicPartition]:
         return self._core.assignment()
 
+    def position(self, tp: TopicPartition) -> int:
+        return self._core.positions[TopicPartition(*tp)]
+
     def positions(self) -> dict[TopicPartition, int]:
         return dict(self._core.positions)
 
@@ -359,6 +402,7 @@ class AsyncTransaction:
         self._producer = producer
         self._appends: dict[str, list[AppendItem]] = {}
         self._commits: list[OffsetCommit] = []
+        self._partitions: dict[str, int] = {}
         self._consumers: list[tuple[AsyncConsumer, OffsetCommit]] = []
         self._done = False
         self.positions: list[Position] = []
@@ -399,8 +443,10 @@ class AsyncTransaction:
     async def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
         self._check()
         log = self._log
-        items = log._items(topic, await log._config(topic), messages)
+        config = log._configs.get(topic) or await log._config(topic)
+        items = log._items(topic, config, messages)
         self._appends.setdefault(topic, []).extend(items)
+        self._partitions[topic] = config.partitions
 
     def commit_offsets(
         self,
@@ -428,7 +474,7 @@ class AsyncTransaction:
             return []
         stamp = self._producer.stamp() if self._producer is not None else None
         self.positions = await self._log._submit(
-            WriteBatch(self._appends, tuple(self._commits), stamp)
+            WriteBatch(self._appends, tuple(self._commits), stamp, self._partitions)
         )
         for consumer, commit in self._consumers:
             consumer._core.mark_committed(commit.offsets)

@@ -48,6 +48,7 @@ class LogBase:
 
     def __init__(self, backend: LogBackend) -> None:
         self.backend = backend
+        self._now = backend.clock
         self._configs: dict[str, TopicConfig] = {}
         self._partitioner = _core.Partitioner()
         self._closed = False
@@ -68,7 +69,7 @@ class LogBase:
     def _items(
         self, topic: str, config: TopicConfig, messages: Iterable[Any]
     ) -> Sequence[AppendItem]:
-        return _core.build_items(topic, config, messages, self._partitioner, _core.now_ms())
+        return _core.build_items(topic, config, messages, self._partitioner, self._now())
 
     def _prepare_one(
         self,
@@ -90,7 +91,7 @@ class LogBase:
             and len(value) <= config.record_bytes_max
             and config.cleanup_policy == "delete"
         ):
-            return ValueRun(self._partitioner.sticky(config.partitions), [value], _core.now_ms())
+            return ValueRun(self._partitioner.sticky(config.partitions), [value], self._now())
         message = self._one(value, key, headers, timestamp, partition)
         return self._items(topic, config, (message,))
 
@@ -264,15 +265,16 @@ class Log(LogBase):
         """Append one record; returns once it is durable at the log's sync level."""
         config = self._configs.get(topic) or self._config(topic)
         items = self._prepare_one(topic, config, value, key, headers, timestamp, partition)
-        return self._submit(WriteBatch({topic: items}))[0]
+        return self._submit(WriteBatch({topic: items}, partitions={topic: config.partitions}))[0]
 
     def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> list[Position]:
         """Append many records atomically (all or none), in order. Keyless
         records of one batch go to one partition."""
-        items = self._items(topic, self._config(topic), messages)
+        config = self._config(topic)
+        items = self._items(topic, config, messages)
         if not items:
             return []
-        return self._submit(WriteBatch({topic: items}))
+        return self._submit(WriteBatch({topic: items}, partitions={topic: config.partitions}))
 
     def producer(self, producer_id: str) -> Producer:
         """An idempotent producer; see :class:`Producer`."""
@@ -373,28 +375,35 @@ class Log(LogBase):
         return self.backend.describe_group(_core.check_group_name(group))
 
     def lag(self, group: str) -> dict[TopicPartition, tuple[int | None, int, int]]:
-        """Per partition of the group's topics: ``(committed, end, lag)``."""
-        info = self.describe_group(group)
-        topics = {tp.topic for tp in info.committed}
-        for member in info.members:
-            topics.update(member.topics)
-        out: dict[TopicPartition, tuple[int | None, int, int]] = {}
-        for topic in sorted(topics):
-            try:
-                described = self.backend.describe_topic(topic)
-            except TopicNotFound:
-                continue
-            for p in described.partitions:
-                tp = TopicPartition(topic, p.partition)
-                committed = info.committed.get(tp)
-                base = committed if committed is not None else p.start_offset
-                out[tp] = (committed, p.end_offset, max(0, p.end_offset - base))
-        return out
+        """Per partition of the group's topics: ``(committed, end, lag)``.
+        A partition without a committed offset counts from its start offset."""
+        self._check_open()
+        return group_lag(self.backend, _core.check_group_name(group))
 
     def maintain(self) -> MaintenanceReport:
         """Apply retention and compaction now (SQLite also does it every minute)."""
         self._check_open()
         return self.backend.maintain()
+
+
+def group_lag(backend: LogBackend, group: str) -> dict[TopicPartition, tuple[int | None, int, int]]:
+    """``(committed, end, lag)`` per partition of the group's topics (blocking)."""
+    info = backend.describe_group(group)
+    topics = {tp.topic for tp in info.committed}
+    for member in info.members:
+        topics.update(member.topics)
+    out: dict[TopicPartition, tuple[int | None, int, int]] = {}
+    for topic in sorted(topics):
+        try:
+            described = backend.describe_topic(topic)
+        except TopicNotFound:
+            continue
+        for p in described.partitions:
+            tp = TopicPartition(topic, p.partition)
+            committed = info.committed.get(tp)
+            base = committed if committed is not None else p.start_offset
+            out[tp] = (committed, p.end_offset, max(0, p.end_offset - base))
+    return out
 
 
 def _consumer_core(
@@ -481,14 +490,17 @@ class Producer:
     ) -> list[Position]:
         """Append atomically as one sequence number; a retry returns the original positions."""
         log = self._log
-        items = log._items(topic, log._config(topic), messages)
+        config = log._config(topic)
+        items = log._items(topic, config, messages)
         # Assign the sequence and enqueue under one lock, so the writer sees
         # sequences in order even when threads share this producer.
         with self._lock:
             stamp = ProducerStamp(self.producer_id, self.epoch, self._sequence(sequence))
             waiter = SyncWaiter()
             log._check_open()
-            log.backend.submit(WriteBatch({topic: items}, (), stamp), waiter)
+            log.backend.submit(
+                WriteBatch({topic: items}, (), stamp, {topic: config.partitions}), waiter
+            )
         positions: list[Position] = waiter.wait()
         return positions
 
@@ -572,6 +584,7 @@ class Transaction:
         self._producer = producer
         self._appends: dict[str, list[AppendItem]] = {}
         self._commits: list[OffsetCommit] = []
+        self._partitions: dict[str, int] = {}
         self._consumers: list[tuple[Consumer, OffsetCommit]] = []
         self._done = False
         self.positions: list[Position] = []
@@ -611,7 +624,9 @@ class Transaction:
     def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
         self._check()
         log = self._log
-        self._appends.setdefault(topic, []).extend(log._items(topic, log._config(topic), messages))
+        config = log._config(topic)
+        self._appends.setdefault(topic, []).extend(log._items(topic, config, messages))
+        self._partitions[topic] = config.partitions
 
     def commit_offsets(
         self,
@@ -640,7 +655,7 @@ class Transaction:
         self._done = True
         if not self._appends and not self._commits:
             return []
-        batch = WriteBatch(self._appends, tuple(self._commits))
+        batch = WriteBatch(self._appends, tuple(self._commits), None, self._partitions)
         self.positions = self._log._submit(batch, self._producer)
         for consumer, commit in self._consumers:
             consumer._core.mark_committed(commit.offsets)

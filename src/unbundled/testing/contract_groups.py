@@ -325,8 +325,9 @@ def check_retention_by_time(target: LogTarget) -> None:
         log.append("keep", b"x", timestamp=clock())
         clock.advance(600)
         log.append_batch("t", [Message(b"new%d" % i, timestamp=clock()) for i in range(2)])
-        assert log.maintain().removed == {}, "nothing is older than retention_ms yet"
-        clock.advance(500)
+        clock.advance(400)
+        assert log.maintain().removed == {}, "a record exactly retention_ms old stays"
+        clock.advance(1)
         assert log.maintain().removed == {"t": 3}
         part = log.describe_topic("t").partitions[0]
         assert (part.start_offset, part.end_offset, part.records) == (3, 5, 2)
@@ -342,12 +343,14 @@ def check_retention_by_time(target: LogTarget) -> None:
 
 def check_retention_by_bytes(target: LogTarget) -> None:
     with target.open(SimClock()) as log:
-        log.create_topic("t", retention_bytes=25)
-        log.append_batch("t", [b"%010d" % i for i in range(5)])  # 50 bytes
-        assert log.maintain().removed == {"t": 3}
+        log.create_topic("t", retention_bytes=30)
+        log.append_batch("t", [b"%010d" % i for i in range(3)])
+        assert log.maintain().removed == {}, "exactly retention_bytes stays"
+        log.append_batch("t", [b"%010d" % i for i in range(3, 5)])  # 50 bytes
+        assert log.maintain().removed == {"t": 2}
         part = log.describe_topic("t").partitions[0]
-        assert (part.start_offset, part.records, part.bytes) == (3, 2, 20)
-        assert [r.offset for r in log.read("t", 0, 3)] == [3, 4]
+        assert (part.start_offset, part.records, part.bytes) == (2, 3, 30)
+        assert [r.offset for r in log.read("t", 0, 2)] == [2, 3, 4]
         assert log.maintain().removed == {}
 
 
@@ -362,8 +365,10 @@ def check_compaction_keeps_latest_per_key(target: LogTarget) -> None:
         kept = [(r.offset, r.key, r.value) for r in log.read("c")]
         assert kept == [(2, b"a", b"2"), (3, b"c", b"1"), (4, b"b", None)], "tombstone kept"
         assert [r.offset for r in log.read("c", 0, 1)] == [2, 3, 4], "reads skip the gaps"
-        clock.advance(1001)
-        assert log.maintain().removed == {"c": 1}, "an old tombstone goes"
+        clock.advance(1000)
+        assert log.maintain().removed == {}, "a tombstone exactly that old stays"
+        clock.advance(1)
+        assert log.maintain().removed == {"c": 1}, "an older tombstone goes"
         assert [(r.key, r.value) for r in log.read("c")] == [(b"a", b"2"), (b"c", b"1")]
         part = log.describe_topic("c").partitions[0]
         assert (part.records, part.bytes, part.end_offset) == (2, 4, 5)

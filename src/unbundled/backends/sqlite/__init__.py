@@ -78,7 +78,7 @@ class SqliteBackend:
         self.path = os.fspath(path)
         self.url = f"sqlite:///{self.path}"
         self.sync = sync
-        self._clock = clock
+        self.clock = clock
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -143,7 +143,7 @@ class SqliteBackend:
         conn = self._writer._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            removed = _maintain(conn, self._clock())
+            removed = _maintain(conn, self.clock())
             conn.execute("COMMIT")
         except sqlite3.Error:
             if conn.in_transaction:
@@ -163,7 +163,7 @@ class SqliteBackend:
                 raise UsageError(f"at most {limits.topics_max} topics", topic=name)
             cur = conn.execute(
                 "INSERT INTO topics(name, partitions, config, created_ms) VALUES (?, ?, ?, ?)",
-                (name, config.partitions, msgspec.json.encode(config).decode(), self._clock()),
+                (name, config.partitions, msgspec.json.encode(config).decode(), self.clock()),
             )
             tid = int(cur.lastrowid or 0)
             for p in range(config.partitions):
@@ -263,7 +263,7 @@ class SqliteBackend:
             duplicate = _core.check_sequence(stamp, epoch, last, window)
             if duplicate is not None:
                 return duplicate
-        now = self._clock()
+        now = self.clock()
         for commit in batch.commits:
             _groups.check_commit(_group_rows.load(conn, commit.group), commit)
             for tp, offset in commit.offsets.items():
@@ -405,7 +405,7 @@ class SqliteBackend:
                 member_id,
                 topics,
                 lease_ms,
-                self._clock(),
+                self.clock(),
                 self._partition_counts(conn, state, topics),
             )
             _group_rows.save(conn, state)
@@ -421,7 +421,7 @@ class SqliteBackend:
                 state,
                 member_id,
                 acked_generation,
-                self._clock(),
+                self.clock(),
                 self._partition_counts(conn, state),
             )
             _group_rows.save(conn, state)
@@ -496,7 +496,7 @@ class SqliteBackend:
     # --- maintenance and lifecycle --------------------------------------------
 
     def maintain(self) -> MaintenanceReport:
-        result: dict[str, int] = self._call(lambda conn, stage: _maintain(conn, self._clock()))
+        result: dict[str, int] = self._call(lambda conn, stage: _maintain(conn, self.clock()))
         return MaintenanceReport(result)
 
     def close(self) -> None:

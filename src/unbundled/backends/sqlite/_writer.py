@@ -134,6 +134,7 @@ class Stage:
         """Assign offsets and queue rows; all-or-nothing for this batch."""
         for name, items in batch.appends.items():
             _, config = self.topic(name)
+            _core.check_partition_count(name, batch.partitions, config.partitions)
             if type(items) is ValueRun:
                 _core.check_partition(name, items.partition, config.partitions)
                 continue
