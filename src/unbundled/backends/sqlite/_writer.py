@@ -36,18 +36,18 @@ Call = Callable[[sqlite3.Connection, "Stage"], object]
 
 
 class Request:
-    __slots__ = ("batch", "call", "done", "records")
+    __slots__ = ("batch", "call", "done")
 
     def __init__(self, batch: WriteBatch | None, call: Call | None, done: Waiter) -> None:
         self.batch = batch
         self.call = call
         self.done = done
-        if batch is None:
-            self.records = 1
-        elif len(batch.appends) == 1:
-            self.records = len(next(iter(batch.appends.values())))
-        else:
-            self.records = sum(len(v) for v in batch.appends.values())
+
+    def records(self) -> int:
+        """How many records it appends (counted by the writer, off the callers' path)."""
+        if self.batch is None:
+            return 1
+        return sum(len(items) for items in self.batch.appends.values())
 
 
 # Rows per multi-row INSERT. One statement per chunk, not per row: the sqlite3
@@ -289,6 +289,9 @@ class Writer:
             raise Closed(f"the log at {self._path} is closed")
         self._queue.append(request)
         if self._sleeping:  # waking a busy writer would only cost a futex call
+            # Clear it ourselves: until the writer runs again, the submitters
+            # after us need not set the event too.
+            self._sleeping = False
             self._wake.set()
 
     def close(self) -> None:
@@ -324,7 +327,7 @@ class Writer:
                     stop = True
                     break
                 batch.append(request)
-                records += request.records
+                records += request.records()
                 if records >= limits.commit_records_max:
                     break
             if batch:
