@@ -19,6 +19,7 @@ __all__ = [
     "Closed",
     "ConflictError",
     "CorruptionError",
+    "DuplicateEventId",
     "Error",
     "Fenced",
     "LimitExceeded",
@@ -27,14 +28,18 @@ __all__ = [
     "OffsetOutOfRange",
     "OutOfOrderSequence",
     "PartitionNotFound",
+    "ProjectionConflict",
     "ProducerFenced",
     "RecordTooLarge",
     "StaleGeneration",
+    "StreamDeleted",
+    "StreamNotFound",
     "Timeout",
     "TopicExists",
     "TopicNotFound",
     "Unavailable",
     "UsageError",
+    "WrongExpectedVersion",
     "exit_status",
 ]
 
@@ -116,6 +121,18 @@ class OffsetOutOfRange(NotFound):
     code = "offset_out_of_range"
 
 
+class StreamNotFound(NotFound):
+    """The event stream never existed, or was soft-deleted."""
+
+    code = "stream_not_found"
+
+
+class StreamDeleted(NotFound):
+    """The event stream was hard-deleted (tombstoned): it cannot be read or reused."""
+
+    code = "stream_deleted"
+
+
 # --- another writer won -------------------------------------------------------
 
 
@@ -129,6 +146,32 @@ class TopicExists(ConflictError):
     """``create_topic`` with a name that is taken (with different settings)."""
 
     code = "topic_exists"
+
+
+class WrongExpectedVersion(ConflictError):
+    """An append's expected version did not match the stream's.
+
+    ``details`` names the ``stream``, the ``expected`` and the ``actual``
+    version. Nothing of the append (nor of the other streams of a
+    multi-stream append) was written: reload, decide again, retry.
+    """
+
+    code = "wrong_expected_version"
+
+
+class DuplicateEventId(ConflictError):
+    """An event id already stored with different content (or in another
+    stream). A true retry (same ids, same content) is not an error: it returns
+    the original positions."""
+
+    code = "duplicate_event_id"
+
+
+class ProjectionConflict(ConflictError):
+    """A projection's checkpoint moved under a runner (another runner of the
+    same projection committed first); nothing of this batch was applied."""
+
+    code = "projection_conflict"
 
 
 class Fenced(ConflictError):

@@ -38,6 +38,13 @@ lease_ms_min = 100
 # Reads.
 read_records_max = 100_000
 
+# Event store.
+stream_name_bytes_max = 1024
+event_type_bytes_max = 255
+event_bytes_max = 16 * 1024 * 1024  # data + metadata of one event
+append_events_max = 10_000  # events of one stream in one append
+read_events_max = 100_000
+
 assert record_bytes_default <= record_bytes_max
 assert key_bytes_max < record_bytes_max
 assert batch_records_max <= commit_records_max

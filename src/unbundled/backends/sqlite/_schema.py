@@ -16,7 +16,7 @@ from ...errors import BackendError, CorruptionError, Error, NotSupported, Unavai
 
 # 'unbd' in the SQLite header: tools like `file` and our open() recognise it.
 APPLICATION_ID = 0x756E6264
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BUSY_TIMEOUT_MS = 60_000
 
 SYNC_PRAGMA = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -86,6 +86,53 @@ CREATE TABLE group_offsets(
     PRIMARY KEY (grp, topic, partition)
 ) WITHOUT ROWID;
 """
+
+# Version 2: the event store. Files of version 1 are upgraded when opened.
+EVENTS_SCHEMA = """
+CREATE TABLE events(
+    position INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    stream TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    category TEXT NOT NULL,
+    type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    metadata BLOB NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    crc INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX events_stream ON events(stream, version);
+CREATE INDEX events_category ON events(category, position);
+CREATE TABLE streams(
+    stream TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    start_version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    tombstoned INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE snapshots(
+    stream TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    PRIMARY KEY (stream, version)
+) WITHOUT ROWID;
+CREATE TABLE projection_checkpoints(
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE documents(
+    collection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (collection, key)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS = {2: EVENTS_SCHEMA}
 
 EXPECTED_TABLES = {
     "meta",
@@ -172,15 +219,14 @@ def open_file(conn: sqlite3.Connection, path: str, now_ms: Callable[[], int]) ->
             try:
                 # Re-check under the write lock: another process may have won.
                 if conn.execute("PRAGMA application_id").fetchone()[0] == 0:
-                    for statement in SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    _run_script(conn, SCHEMA)
                     conn.execute(
                         "INSERT INTO meta VALUES ('format', 'unbundled'), ('created_ms', ?)",
                         (str(now_ms()),),
                     )
                     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                    conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+                    conn.execute("PRAGMA user_version = 1")
+                    _migrate(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -202,6 +248,30 @@ def open_file(conn: sqlite3.Connection, path: str, now_ms: Callable[[], int]) ->
         mode = _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())[0]
         if mode != "wal":
             raise BackendError(f"{path}: could not switch to WAL mode (got {mode})", path=path)
+        if version < FORMAT_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _migrate(conn)  # re-reads the version under the lock
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it would COMMIT the transaction we are in.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the file up to FORMAT_VERSION, one step at a time (inside a write
+    transaction, so another process never sees half a migration)."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for target in range(version + 1, FORMAT_VERSION + 1):
+        _run_script(conn, MIGRATIONS[target])
+        conn.execute(f"PRAGMA user_version = {target}")
 
 
 def _read_header(conn: sqlite3.Connection) -> tuple[int, set[str]]:

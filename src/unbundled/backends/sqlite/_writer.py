@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 from itertools import chain, repeat
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -36,18 +36,48 @@ Call = Callable[[sqlite3.Connection, "Stage"], object]
 
 
 class Request:
-    __slots__ = ("batch", "call", "done")
+    """One unit of work for the writer: a log batch, a call run inside a
+    SAVEPOINT, or ``extra`` work for the extra stage (event appends)."""
 
-    def __init__(self, batch: WriteBatch | None, call: Call | None, done: Waiter) -> None:
+    __slots__ = ("batch", "call", "done", "extra")
+
+    def __init__(
+        self, batch: WriteBatch | None, call: Call | None, done: Waiter, extra: object = None
+    ) -> None:
         self.batch = batch
         self.call = call
         self.done = done
+        self.extra = extra
 
     def records(self) -> int:
         """How many records it appends (counted by the writer, off the callers' path)."""
         if self.batch is None:
             return 1
         return sum(len(items) for items in self.batch.appends.values())
+
+
+class ExtraStage(Protocol):
+    """A second stage sharing the writer's transactions (the event store's).
+
+    Like :class:`Stage` it validates and queues a request's rows in memory
+    (all or nothing per request, so it needs no SAVEPOINT) and writes them
+    at :meth:`flush`.
+    """
+
+    def begin(self, changed: bool) -> None:
+        """After BEGIN; ``changed`` if another process committed since our last transaction."""
+
+    def prepare(self, requests: list[Request]) -> None:
+        """Read what this transaction's requests need, in as few statements as possible."""
+
+    def stage(self, work: object) -> object:
+        """Validate and queue one request's work; return its result or raise."""
+
+    def flush(self) -> None:
+        """Write everything queued."""
+
+    def invalidate(self) -> None:
+        """Forget cached state (after a rollback, or a call that changed it)."""
 
 
 # Rows per multi-row INSERT. One statement per chunk, not per row: the sqlite3
@@ -91,12 +121,15 @@ class Stage:
         self.rows: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
         self._version = -1
 
-    def begin(self) -> None:
-        """Called right after BEGIN IMMEDIATE: drop caches another process made stale."""
+    def begin(self) -> bool:
+        """Called right after BEGIN IMMEDIATE: drop caches another process made
+        stale; True if it did."""
         version = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._version:
             self.invalidate()
             self._version = version
+            return True
+        return False
 
     def invalidate(self) -> None:
         self.topics.clear()
@@ -264,10 +297,12 @@ class Writer:
         apply_full: ApplyFull,
         on_commit: Callable[[], None],
         idle: Callable[[], None] | None = None,
+        extra_stage: Callable[[sqlite3.Connection], ExtraStage] | None = None,
     ) -> None:
         self._conn = conn
         self._path = path
         self._apply_full = apply_full
+        self._extra = extra_stage(conn) if extra_stage is not None else None
         self._on_commit = on_commit
         self._idle = idle
         self._queue: collections.deque[Request | None] = collections.deque()
@@ -394,6 +429,8 @@ class Writer:
 
     def _rollback(self) -> None:
         self._stage.invalidate()  # counters may have moved past what was rolled back
+        if self._extra is not None:
+            self._extra.invalidate()
         try:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
@@ -421,9 +458,20 @@ class Writer:
         conn = self._conn
         self._begin()
         stage = self._stage
-        stage.begin()
+        changed = stage.begin()
+        extra = self._extra
+        if extra is not None:
+            extra.begin(changed)
+            extra.prepare(batch)
         results: list[object] = []
         for request in batch:
+            if request.extra is not None:
+                assert extra is not None
+                try:
+                    results.append(extra.stage(request.extra))
+                except Exception as exc:
+                    results.append(exc)
+                continue
             simple = (
                 request.batch is not None
                 and request.batch.producer is None
@@ -437,6 +485,8 @@ class Writer:
                     results.append(exc)
                 continue
             stage.flush()
+            if extra is not None:
+                extra.flush()
             mark = stage.mark()
             conn.execute("SAVEPOINT request")
             try:
@@ -452,6 +502,10 @@ class Writer:
                 results.append(exc)
                 continue
             conn.execute("RELEASE request")
+            if extra is not None:
+                extra.invalidate()  # the call may have changed what it caches
             results.append(result)
         stage.flush()
+        if extra is not None:
+            extra.flush()
         return results

@@ -13,10 +13,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .. import limits
-from ..errors import Closed, Error, NotFound, OffsetOutOfRange, TopicExists, TopicNotFound
-from ..log import _core, _groups
-from ..log._protocol import (
+from ... import limits
+from ...errors import Closed, Error, NotFound, OffsetOutOfRange, TopicExists, TopicNotFound
+from ...log import _core, _groups
+from ...log._protocol import (
     GroupInfo,
     GroupMemberInfo,
     MaintenanceReport,
@@ -55,8 +55,8 @@ class _Producer:
     window: OrderedDict[int, list[Position]] = field(default_factory=OrderedDict)
 
 
-class MemoryBackend:
-    """All log state in dicts and lists, guarded by one lock."""
+class MemoryLog:
+    """The log part of the memory backend: dicts and lists under one lock."""
 
     url = "memory://"
 

@@ -1,0 +1,436 @@
+"""The event-store part of the SQLite backend.
+
+Appends share the log's group-commit writer: an :class:`EventStage` reads, in
+one statement each per transaction, the state of every stream and every event
+id the queued appends touch, decides each append with ``eventstore._core``
+(the same code the memory model runs), and writes all of them with multi-row
+INSERTs. SQLite has one writer at a time, so positions are assigned and
+committed in order: the safe position is simply the last one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
+from typing import Any
+
+from ...errors import Closed, CorruptionError, ProjectionConflict, UsageError
+from ...eventstore import _core
+from ...eventstore._protocol import (
+    NO_STREAM,
+    AppendResult,
+    ProjectionTxn,
+    RecordedEvent,
+    Snapshot,
+    StreamState,
+    StreamWrite,
+    category_of,
+)
+from ...log._core import _crc32
+from ...log._protocol import Waiter
+from ._schema import translate, translated
+from ._writer import Request, Stage, Writer
+
+_IN_MAX = 500  # ids or streams per "IN (...)" lookup
+_ROWS_MAX = 256  # events per multi-row INSERT (11 columns each)
+_STATES_MAX = 10_000  # stream states cached between transactions
+_COLUMNS = (
+    "position, id, stream, version, category, type, schema_version, data, metadata, "
+    "recorded_ms, crc"
+)
+
+
+def event_crc(
+    position: int, version: int, event_id: str, stream: str, kind: str, data: bytes, metadata: bytes
+) -> int:
+    """CRC-32 over an event's identity and content (see docs/reference/format.md)."""
+    crc = _crc32(event_id.encode(), (position ^ version) & 0xFFFFFFFF)
+    crc = _crc32(stream.encode(), crc)
+    crc = _crc32(kind.encode(), crc)
+    crc = _crc32(metadata, crc)
+    return _crc32(data, crc)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class EventStage:
+    """Event appends of one writer transaction (see the module docstring)."""
+
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], int]) -> None:
+        self.conn = conn
+        self.clock = clock
+        self.position: int | None = None  # last position assigned
+        self.states: dict[str, StreamState] = {}
+        self.starts: dict[str, int] = {}  # start_version of streams we touch
+        self.known: dict[str, RecordedEvent] = {}  # stored or staged events by id
+        self.rows: list[tuple[Any, ...]] = []
+        self.touched: set[str] = set()
+
+    def begin(self, changed: bool) -> None:
+        # Stream states are trusted across transactions only while no other
+        # process wrote; ids are looked up afresh for each transaction.
+        if changed or len(self.states) > _STATES_MAX:
+            self.invalidate()
+        self.known.clear()
+
+    def invalidate(self) -> None:
+        self.position = None
+        self.states.clear()
+        self.starts.clear()
+        self.known.clear()
+        self.rows.clear()
+        self.touched.clear()
+
+    def prepare(self, requests: list[Request]) -> None:
+        writes = [w for r in requests if r.extra is not None for w in r.extra]  # type: ignore[attr-defined]
+        if not writes:
+            return
+        streams = sorted({w.stream for w in writes} - self.states.keys())
+        for chunk in _chunks(streams, _IN_MAX):
+            rows = self.conn.execute(
+                "SELECT stream, version, start_version, deleted, tombstoned FROM streams "
+                f"WHERE stream IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            for stream, version, start, deleted, tombstoned in rows:
+                self.states[stream] = StreamState(stream, version, bool(deleted), bool(tombstoned))
+                self.starts[stream] = start
+        ids = [e.id for w in writes for e in w.events]
+        for chunk in _chunks(ids, _IN_MAX):
+            for row in self.conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                event = _to_event(row)
+                self.known[event.id] = event
+        if self.position is None:
+            self.position = self.conn.execute(
+                "SELECT coalesce(max(position), 0) FROM events"
+            ).fetchone()[0]
+
+    def stage(self, work: object) -> list[AppendResult]:
+        writes: Sequence[StreamWrite] = work  # type: ignore[assignment]
+        for write in writes:
+            _core.check_write(write)
+        existing = {
+            e.id: found
+            for w in writes
+            for e in w.events
+            if (found := self.known.get(e.id)) is not None
+        }
+        plan = _core.plan_append(writes, self.states, existing)
+        if plan.duplicate is not None:
+            return plan.duplicate
+        assert self.position is not None
+        now = self.clock()
+        results = []
+        for write, first in zip(writes, plan.first_versions, strict=True):
+            category = category_of(write.stream)
+            positions = []
+            for i, e in enumerate(write.events):
+                self.position += 1
+                version = first + i
+                crc = event_crc(
+                    self.position, version, e.id, write.stream, e.type, e.data, e.metadata
+                )
+                self.rows.append(
+                    (
+                        self.position,
+                        e.id,
+                        write.stream,
+                        version,
+                        category,
+                        e.type,
+                        e.schema_version,
+                        e.data,
+                        e.metadata,
+                        now,
+                        crc,
+                    )
+                )
+                self.known[e.id] = RecordedEvent(
+                    e.id,
+                    write.stream,
+                    version,
+                    self.position,
+                    e.type,
+                    e.schema_version,
+                    e.data,
+                    e.metadata,
+                    now,
+                )
+                positions.append(self.position)
+            last = first + len(write.events) - 1
+            self.states[write.stream] = StreamState(write.stream, last, False, False)
+            self.starts.setdefault(write.stream, 0)
+            self.touched.add(write.stream)
+            results.append(AppendResult(write.stream, first, last, tuple(positions)))
+        return results
+
+    def flush(self) -> None:
+        for chunk in _chunks(self.rows, _ROWS_MAX):
+            self.conn.execute(
+                f"INSERT INTO events({_COLUMNS}) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk)),
+                list(chain.from_iterable(chunk)),
+            )
+        self.rows.clear()
+        touched = sorted(self.touched)
+        for chunk in _chunks(touched, _IN_MAX):
+            values = [(s, self.states[s].version, self.starts[s]) for s in chunk]
+            self.conn.execute(
+                "INSERT INTO streams(stream, version, start_version, deleted, tombstoned) VALUES "
+                + ",".join(["(?,?,?,0,0)"] * len(values))
+                + " ON CONFLICT(stream) DO UPDATE SET version = excluded.version, deleted = 0",
+                list(chain.from_iterable(values)),
+            )
+        self.touched.clear()
+
+
+def _to_event(row: tuple[Any, ...]) -> RecordedEvent:
+    position, event_id, stream, version, _, kind, schema, data, metadata, recorded, crc = row
+    if event_crc(position, version, event_id, stream, kind, data, metadata) != crc:
+        raise CorruptionError(
+            f"event at position {position} ({stream}@{version}) failed its checksum",
+            position=position,
+            stream=stream,
+            version=version,
+        )
+    return RecordedEvent(
+        event_id, stream, version, position, kind, schema, data, metadata, recorded
+    )
+
+
+class SqliteEvents:
+    """The event-store methods of :class:`unbundled.backends.SqliteBackend`."""
+
+    path: str
+    clock: Callable[[], int]
+    _writer: Writer
+    _closed: bool
+    _reader: Callable[[], sqlite3.Connection]
+    _call: Callable[[Callable[[sqlite3.Connection, Stage], Any]], Any]
+    change_token: Callable[[], int]
+    wait_for_change: Callable[[int, float], int]
+
+    def _event_stage(self) -> Callable[[sqlite3.Connection], EventStage]:
+        return lambda conn: EventStage(conn, self.clock)
+
+    def submit_events(self, writes: Sequence[StreamWrite], done: Waiter) -> None:
+        if self._closed:
+            raise Closed(f"the event store at {self.path} is closed")
+        self._writer.submit(Request(None, None, done, list(writes)))
+
+    def _read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    def _state(self, conn: sqlite3.Connection, stream: str) -> tuple[StreamState | None, int]:
+        row = conn.execute(
+            "SELECT version, start_version, deleted, tombstoned FROM streams WHERE stream = ?",
+            (stream,),
+        ).fetchone()
+        if row is None:
+            return None, 0
+        return StreamState(stream, row[0], bool(row[2]), bool(row[3])), row[1]
+
+    def read_stream(
+        self, stream: str, from_version: int, limit: int, backwards: bool = False
+    ) -> list[RecordedEvent]:
+        conn = self._reader()
+        with translated(self.path):
+            conn.execute("BEGIN")
+            try:
+                state, start = self._state(conn, stream)
+                _core.check_readable(stream, state)
+                if backwards:
+                    rows = conn.execute(
+                        f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND version <= ? "
+                        "AND version >= ? ORDER BY version DESC LIMIT ?",
+                        (stream, from_version, start, limit),
+                    ).fetchall()
+                else:
+                    rows = conn.execute(
+                        f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND version >= ? "
+                        "ORDER BY version LIMIT ?",
+                        (stream, max(from_version, start), limit),
+                    ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return [_to_event(row) for row in rows]
+
+    def read_all(
+        self,
+        after_position: int,
+        limit: int,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[RecordedEvent]:
+        where = ["position > ?"]
+        params: list[Any] = [after_position]
+        if categories is not None:
+            where.append(f"category IN ({','.join('?' * len(categories))})")
+            params.extend(categories)
+        if types is not None:
+            where.append(f"type IN ({','.join('?' * len(types))})")
+            params.extend(types)
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?",
+            [*params, limit],
+        )
+        return [_to_event(row) for row in rows]
+
+    def safe_position(self) -> int:
+        return int(self._read("SELECT coalesce(max(position), 0) FROM events", ())[0][0])
+
+    def stream_state(self, stream: str) -> StreamState:
+        with translated(self.path):
+            state, _ = self._state(self._reader(), stream)
+        return state if state is not None else StreamState(stream, NO_STREAM, False, False)
+
+    def list_streams(self, after: str, limit: int, category: str | None = None) -> list[str]:
+        sql = "SELECT stream FROM streams WHERE stream > ? AND deleted = 0 AND tombstoned = 0"
+        params: list[Any] = [after]
+        rows = self._read(sql + " ORDER BY stream", params)
+        names = [r[0] for r in rows if category is None or category_of(r[0]) == category]
+        return names[:limit]
+
+    def delete_stream(self, stream: str, expected_version: int, hard: bool) -> None:
+        def delete(conn: sqlite3.Connection, stage: Stage) -> None:
+            state, _ = self._state(conn, stream)
+            version = _core.check_expected(stream, expected_version, state)
+            conn.execute(
+                "INSERT INTO streams VALUES (?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET "
+                "version = excluded.version, start_version = excluded.start_version, "
+                "deleted = excluded.deleted, tombstoned = excluded.tombstoned",
+                (stream, version, version + 1, int(not hard), int(hard)),
+            )
+
+        self._call(delete)
+
+    def events_change_token(self) -> int:
+        return self.change_token()
+
+    def wait_for_events(self, token: int, timeout_s: float) -> int:
+        return self.wait_for_change(token, timeout_s)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        def save(conn: sqlite3.Connection, stage: Stage) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?)",
+                tuple(snapshot),
+            )
+
+        self._call(save)
+
+    def load_snapshot(self, stream: str, max_version: int | None = None) -> Snapshot | None:
+        rows = self._read(
+            "SELECT stream, version, type, schema_version, data, recorded_ms FROM snapshots "
+            "WHERE stream = ? AND version <= ? ORDER BY version DESC LIMIT 1",
+            (stream, max_version if max_version is not None else 2**62),
+        )
+        return Snapshot(*rows[0]) if rows else None
+
+
+class _SqliteProjectionTxn:
+    """Documents and SQL on the writer's connection, inside the projection's SAVEPOINT."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def get(self, collection: str, key: str) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT value FROM documents WHERE collection = ? AND key = ?", (collection, key)
+        ).fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    def put(self, collection: str, key: str, value: bytes) -> None:
+        if type(value) is not bytes:
+            raise UsageError(
+                f"document {collection}/{key} must be bytes, got {type(value).__name__}",
+                collection=collection,
+                key=key,
+            )
+        self._conn.execute(
+            "INSERT OR REPLACE INTO documents VALUES (?, ?, ?)", (collection, key, value)
+        )
+
+    def delete(self, collection: str, key: str) -> None:
+        self._conn.execute(
+            "DELETE FROM documents WHERE collection = ? AND key = ?", (collection, key)
+        )
+
+    @property
+    def sql(self) -> sqlite3.Connection:
+        return self._conn
+
+
+class SqliteProjections:
+    """Checkpoints and documents of :class:`unbundled.backends.SqliteBackend`.
+
+    A projection batch runs on the writer thread inside a SAVEPOINT of a
+    group-committed transaction: keep handlers short, they hold the write lock.
+    """
+
+    path: str
+    _call: Callable[[Callable[[sqlite3.Connection, Stage], Any]], Any]
+    _read: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+
+    def project(
+        self,
+        name: str,
+        expected_checkpoint: int,
+        new_checkpoint: int,
+        apply: Callable[[ProjectionTxn], None],
+    ) -> None:
+        def run(conn: sqlite3.Connection, stage: Stage) -> None:
+            row = conn.execute(
+                "SELECT position FROM projection_checkpoints WHERE name = ?", (name,)
+            ).fetchone()
+            current = row[0] if row is not None else 0
+            if current != expected_checkpoint:
+                raise ProjectionConflict(
+                    f"projection {name!r} is at {current}, not {expected_checkpoint}: "
+                    "another runner moved it",
+                    projection=name,
+                    expected=expected_checkpoint,
+                    actual=current,
+                )
+            apply(_SqliteProjectionTxn(conn))
+            conn.execute(
+                "INSERT OR REPLACE INTO projection_checkpoints VALUES (?, ?)",
+                (name, new_checkpoint),
+            )
+
+        self._call(run)
+
+    def checkpoints(self) -> dict[str, int]:
+        return dict(self._read("SELECT name, position FROM projection_checkpoints", ()))
+
+    def reset_projection(self, name: str, collections: Sequence[str]) -> None:
+        def reset(conn: sqlite3.Connection, stage: Stage) -> None:
+            for collection in collections:
+                conn.execute("DELETE FROM documents WHERE collection = ?", (collection,))
+            conn.execute("INSERT OR REPLACE INTO projection_checkpoints VALUES (?, 0)", (name,))
+
+        self._call(reset)
+
+    def get_document(self, collection: str, key: str) -> bytes | None:
+        rows = self._read(
+            "SELECT value FROM documents WHERE collection = ? AND key = ?", (collection, key)
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def list_documents(self, collection: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        rows = self._read(
+            "SELECT key, value FROM documents WHERE collection = ? AND key > ? "
+            "ORDER BY key LIMIT ?",
+            (collection, after, limit),
+        )
+        return [(k, bytes(v)) for k, v in rows]

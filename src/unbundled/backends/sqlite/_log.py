@@ -1,0 +1,551 @@
+"""The log part of the SQLite backend. One database file in WAL mode.
+
+All writes go through one group-commit writer thread per process (see
+``_writer``); reads use one connection per reading thread and never block the
+writer. Other processes may open the same file: SQLite's lock serialises their
+writers, and ``PRAGMA data_version`` tells waiting readers about their commits.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from ... import limits
+from ..._waiters import SyncWaiter
+from ...errors import (
+    Closed,
+    CorruptionError,
+    NotFound,
+    OffsetOutOfRange,
+    TopicExists,
+    TopicNotFound,
+    UsageError,
+)
+from ...log import _core, _groups
+from ...log._protocol import (
+    GroupInfo,
+    GroupMemberInfo,
+    MaintenanceReport,
+    MemberView,
+    PartitionInfo,
+    Position,
+    Record,
+    SyncLevel,
+    TopicConfig,
+    TopicInfo,
+    TopicPartition,
+    Waiter,
+    WriteBatch,
+)
+from . import _group_rows
+from ._maintain import maintain as _maintain
+from ._schema import connect, open_file, records_ddl, records_table, translate, translated
+from ._writer import ExtraStage, Request, Stage, Writer
+
+_crc32 = _core._crc32
+_decode_headers = msgspec.msgpack.Decoder(list[tuple[str, bytes]]).decode
+_decode_config = msgspec.json.Decoder(TopicConfig).decode
+_decode_positions = msgspec.json.Decoder(list[tuple[str, int, int]]).decode
+_WATCH_INTERVAL_S = 0.05
+
+
+class SqliteLog:
+    """A log stored in one SQLite file. ``sync`` sets durability:
+
+    * ``"full"`` (default): each commit is fsynced before callers return;
+      survives power loss.
+    * ``"normal"``: no fsync at commit; survives a process crash, not power loss.
+    * ``"off"``: no fsync at all; for tests and scratch data.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync: SyncLevel = "full",
+        clock: Callable[[], int] = _core.now_ms,
+        maintenance_interval_s: float | None = 60.0,
+    ) -> None:
+        if sync not in ("full", "normal", "off"):
+            raise UsageError(f"sync must be 'full', 'normal' or 'off', got {sync!r}", sync=sync)
+        self.path = os.fspath(path)
+        self.url = f"sqlite:///{self.path}"
+        self.sync = sync
+        self.clock = clock
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._token = 0
+        self._closed = False
+        conn = connect(self.path, sync)
+        try:
+            open_file(conn, self.path, clock)
+        except BaseException:
+            conn.close()
+            raise
+        self._watch = connect(self.path, sync, readonly=True)
+        self._watch_version = self._data_version()
+        self._maintenance_interval_s = maintenance_interval_s
+        self._last_maintenance = time.monotonic()
+        self._writer = Writer(
+            conn,
+            self.path,
+            self._apply_full,
+            self._on_commit,
+            idle=self._auto_maintain if maintenance_interval_s else None,
+            extra_stage=self._extra_stage(),
+        )
+
+    def _extra_stage(self) -> Callable[[sqlite3.Connection], ExtraStage] | None:
+        """A second stage for the writer's transactions; the full backend adds
+        the event store's."""
+        return None
+
+    # --- plumbing -------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise Closed(f"the log at {self.path} is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self.sync, readonly=True)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _call(self, fn: Callable[[sqlite3.Connection, Stage], Any]) -> Any:
+        """Run ``fn`` in the writer's transaction (atomic, group-committed)."""
+        waiter = SyncWaiter()
+        self._writer.submit(Request(None, fn, waiter))
+        return waiter.wait()
+
+    def _on_commit(self) -> None:
+        with self._changed:
+            self._token += 1
+            self._changed.notify_all()
+
+    def _data_version(self) -> int:
+        with translated(self.path):
+            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+
+    def _auto_maintain(self) -> None:
+        interval = self._maintenance_interval_s
+        if interval is None or time.monotonic() - self._last_maintenance < interval:
+            return
+        self._last_maintenance = time.monotonic()
+        self._writer_maintain_inline()
+
+    def _writer_maintain_inline(self) -> None:
+        # Runs on the writer thread itself, between batches.
+        conn = self._writer._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            removed = _maintain(conn, self.clock())
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return
+        if removed:
+            self._on_commit()
+
+    # --- topics ---------------------------------------------------------------
+
+    def create_topic(self, name: str, config: TopicConfig) -> None:
+        def create(conn: sqlite3.Connection, stage: Stage) -> None:
+            if conn.execute("SELECT 1 FROM topics WHERE name = ?", (name,)).fetchone():
+                raise TopicExists(f"topic {name!r} already exists", topic=name)
+            count = conn.execute("SELECT count(*) FROM topics").fetchone()[0]
+            if count >= limits.topics_max:
+                raise UsageError(f"at most {limits.topics_max} topics", topic=name)
+            cur = conn.execute(
+                "INSERT INTO topics(name, partitions, config, created_ms) VALUES (?, ?, ?, ?)",
+                (name, config.partitions, msgspec.json.encode(config).decode(), self.clock()),
+            )
+            tid = int(cur.lastrowid or 0)
+            for p in range(config.partitions):
+                for ddl in records_ddl(tid, p, config.cleanup_policy == "compact"):
+                    conn.execute(ddl)
+                conn.execute("INSERT INTO partitions VALUES (?, ?, 0, 0, 0, 0)", (tid, p))
+            stage.forget_topics()
+
+        self._call(create)
+
+    def delete_topic(self, name: str) -> None:
+        def delete(conn: sqlite3.Connection, stage: Stage) -> None:
+            stage.flush()
+            tid, config = stage.topic(name)
+            for p in range(config.partitions):
+                conn.execute(f"DROP TABLE {records_table(tid, p)}")
+            conn.execute("DELETE FROM partitions WHERE topic_id = ?", (tid,))
+            conn.execute("DELETE FROM topics WHERE id = ?", (tid,))
+            conn.execute("DELETE FROM group_offsets WHERE topic = ?", (name,))
+            stage.forget_topics()
+
+        self._call(delete)
+
+    def list_topics(self) -> list[str]:
+        with translated(self.path):
+            rows = self._reader().execute("SELECT name FROM topics ORDER BY name").fetchall()
+        return [r[0] for r in rows]
+
+    def _topic_row(self, conn: sqlite3.Connection, name: str) -> tuple[int, TopicConfig]:
+        row = conn.execute("SELECT id, config FROM topics WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise TopicNotFound(f"topic {name!r} does not exist", topic=name)
+        return row[0], _decode_config(row[1])
+
+    def topic_config(self, name: str) -> TopicConfig:
+        with translated(self.path):
+            return self._topic_row(self._reader(), name)[1]
+
+    def describe_topic(self, name: str) -> TopicInfo:
+        conn = self._reader()
+        with translated(self.path):
+            conn.execute("BEGIN")
+            try:
+                tid, config = self._topic_row(conn, name)
+                rows = conn.execute(
+                    "SELECT partition, start_offset, end_offset, records, bytes FROM partitions "
+                    "WHERE topic_id = ? ORDER BY partition",
+                    (tid,),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return TopicInfo(name, config, tuple(PartitionInfo(*r) for r in rows))
+
+    def offset_bounds(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        conn = self._reader()
+        out: dict[TopicPartition, tuple[int, int]] = {}
+        with translated(self.path):
+            conn.execute("BEGIN")
+            try:
+                ids: dict[str, tuple[int, TopicConfig]] = {}
+                for tp in tps:
+                    if tp.topic not in ids:
+                        ids[tp.topic] = self._topic_row(conn, tp.topic)
+                    tid, config = ids[tp.topic]
+                    _core.check_partition(tp.topic, tp.partition, config.partitions)
+                    out[tp] = conn.execute(
+                        "SELECT start_offset, end_offset FROM partitions "
+                        "WHERE topic_id = ? AND partition = ?",
+                        (tid, tp.partition),
+                    ).fetchone()
+            finally:
+                conn.execute("COMMIT")
+        return out
+
+    # --- writing --------------------------------------------------------------
+
+    def submit(self, batch: WriteBatch, done: Waiter) -> None:
+        self._writer.submit(Request(batch, None, done))
+
+    def _apply_full(self, conn: sqlite3.Connection, stage: Stage, batch: WriteBatch) -> object:
+        """A batch with a producer stamp or offset commits, inside a SAVEPOINT."""
+        stamp = batch.producer
+        if stamp is not None:
+            row = conn.execute(
+                "SELECT epoch, last_sequence FROM producers WHERE producer_id = ?",
+                (stamp.producer_id,),
+            ).fetchone()
+            epoch, last = (row[0], row[1]) if row is not None else (None, -1)
+            window: dict[int, list[Position]] = {}
+            if stamp.sequence <= last:
+                seen = conn.execute(
+                    "SELECT positions FROM producer_window WHERE producer_id = ? AND sequence = ?",
+                    (stamp.producer_id, stamp.sequence),
+                ).fetchone()
+                if seen is not None:
+                    window[stamp.sequence] = [Position(*p) for p in _decode_positions(seen[0])]
+            duplicate = _core.check_sequence(stamp, epoch, last, window)
+            if duplicate is not None:
+                return duplicate
+        now = self.clock()
+        for commit in batch.commits:
+            _groups.check_commit(_group_rows.load(conn, commit.group), commit)
+            for tp, offset in commit.offsets.items():
+                _, config = stage.topic(tp.topic)
+                _core.check_partition(tp.topic, tp.partition, config.partitions)
+                conn.execute(
+                    "INSERT INTO group_offsets VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT(grp, topic, partition) DO UPDATE SET "
+                    "next_offset = excluded.next_offset, committed_ms = excluded.committed_ms",
+                    (commit.group, tp.topic, tp.partition, offset, now),
+                )
+        positions = stage.stage(batch)
+        if stamp is not None:
+            conn.execute(
+                "UPDATE producers SET last_sequence = ? WHERE producer_id = ?",
+                (stamp.sequence, stamp.producer_id),
+            )
+            conn.execute(
+                "INSERT INTO producer_window VALUES (?, ?, ?)",
+                (
+                    stamp.producer_id,
+                    stamp.sequence,
+                    msgspec.json.encode([(p.topic, p.partition, p.offset) for p in positions]),
+                ),
+            )
+            conn.execute(
+                "DELETE FROM producer_window WHERE producer_id = ? AND sequence <= "
+                "(SELECT sequence FROM producer_window WHERE producer_id = ? "
+                "ORDER BY sequence DESC LIMIT 1 OFFSET ?)",
+                (stamp.producer_id, stamp.producer_id, limits.producer_window_requests_max),
+            )
+        return positions
+
+    # --- reading --------------------------------------------------------------
+
+    def read(
+        self, topic: str, partition: int, offset: int, records_max: int, bytes_max: int
+    ) -> list[Record]:
+        conn = self._reader()
+        try:
+            conn.execute("BEGIN")
+            try:
+                tid, config = self._topic_row(conn, topic)
+                _core.check_partition(topic, partition, config.partitions)
+                start, end = conn.execute(
+                    "SELECT start_offset, end_offset FROM partitions "
+                    "WHERE topic_id = ? AND partition = ?",
+                    (tid, partition),
+                ).fetchone()
+                if offset < start or offset > end:
+                    raise OffsetOutOfRange(
+                        f"offset {offset} is outside {topic}[{partition}]'s range {start}..{end}",
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
+                        start_offset=start,
+                        end_offset=end,
+                    )
+                rows = conn.execute(
+                    f"SELECT offset, key, value, headers, ts, crc FROM "
+                    f"{records_table(tid, partition)} WHERE offset >= ? ORDER BY offset LIMIT ?",
+                    (offset, records_max),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+        return _decode(topic, partition, rows, bytes_max)
+
+    def change_token(self) -> int:
+        self._poll_watch()
+        with self._changed:
+            return self._token
+
+    def _poll_watch(self) -> None:
+        with self._changed:
+            if self._closed:
+                return
+            version = self._data_version()
+            if version != self._watch_version:
+                self._watch_version = version
+                self._token += 1
+                self._changed.notify_all()
+
+    def wait_for_change(self, token: int, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._changed:
+                if self._token != token or self._closed:
+                    return self._token
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return self._token
+                # Local commits notify at once; other processes' commits are
+                # seen by polling data_version, a cheap in-memory check.
+                self._changed.wait(min(remaining, _WATCH_INTERVAL_S))
+            self._poll_watch()
+
+    # --- producers ------------------------------------------------------------
+
+    def init_producer(self, producer_id: str) -> tuple[int, int]:
+        def init(conn: sqlite3.Connection, stage: Stage) -> tuple[int, int]:
+            row = conn.execute(
+                "SELECT epoch, last_sequence FROM producers WHERE producer_id = ?", (producer_id,)
+            ).fetchone()
+            epoch, last = (row[0] + 1, row[1]) if row is not None else (1, -1)
+            conn.execute(
+                "INSERT INTO producers VALUES (?, ?, ?) ON CONFLICT(producer_id) "
+                "DO UPDATE SET epoch = excluded.epoch",
+                (producer_id, epoch, last),
+            )
+            return epoch, last
+
+        result: tuple[int, int] = self._call(init)
+        return result
+
+    # --- consumer groups ------------------------------------------------------
+
+    def _partition_counts(
+        self, conn: sqlite3.Connection, state: _groups.GroupState, extra: tuple[str, ...] = ()
+    ) -> dict[str, int]:
+        topics = {t for m in state.members.values() for t in m.topics} | set(extra)
+        counts = {}
+        for name in topics:
+            row = conn.execute("SELECT partitions FROM topics WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                counts[name] = row[0]
+        return counts
+
+    def group_join(
+        self, group: str, member_id: str, topics: tuple[str, ...], lease_ms: int
+    ) -> MemberView:
+        def join(conn: sqlite3.Connection, stage: Stage) -> MemberView:
+            for t in topics:
+                stage.topic(t)
+            state = _group_rows.load(conn, group)
+            view = _groups.join(
+                state,
+                member_id,
+                topics,
+                lease_ms,
+                self.clock(),
+                self._partition_counts(conn, state, topics),
+            )
+            _group_rows.save(conn, state)
+            return view
+
+        result: MemberView = self._call(join)
+        return result
+
+    def group_heartbeat(self, group: str, member_id: str, acked_generation: int) -> MemberView:
+        def beat(conn: sqlite3.Connection, stage: Stage) -> MemberView:
+            state = _group_rows.load(conn, group)
+            view = _groups.heartbeat(
+                state,
+                member_id,
+                acked_generation,
+                self.clock(),
+                self._partition_counts(conn, state),
+            )
+            _group_rows.save(conn, state)
+            return view
+
+        result: MemberView = self._call(beat)
+        return result
+
+    def group_version(self, group: str) -> int:
+        with translated(self.path):
+            row = (
+                self._reader()
+                .execute("SELECT version FROM groups WHERE name = ?", (group,))
+                .fetchone()
+            )
+        return int(row[0]) if row is not None else 0
+
+    def group_leave(self, group: str, member_id: str) -> None:
+        def leave(conn: sqlite3.Connection, stage: Stage) -> None:
+            state = _group_rows.load(conn, group)
+            _groups.leave(state, member_id, self._partition_counts(conn, state))
+            _group_rows.save(conn, state)
+
+        self._call(leave)
+
+    def committed(self, group: str) -> dict[TopicPartition, int]:
+        with translated(self.path):
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT topic, partition, next_offset FROM group_offsets WHERE grp = ? "
+                    "ORDER BY topic, partition",
+                    (group,),
+                )
+                .fetchall()
+            )
+        return {TopicPartition(t, p): o for t, p, o in rows}
+
+    def list_groups(self) -> list[str]:
+        with translated(self.path):
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT grp FROM group_members UNION SELECT grp FROM group_offsets ORDER BY 1"
+                )
+                .fetchall()
+            )
+        return [r[0] for r in rows]
+
+    def describe_group(self, group: str) -> GroupInfo:
+        conn = self._reader()
+        with translated(self.path):
+            conn.execute("BEGIN")
+            try:
+                state = _group_rows.load(conn, group)
+                committed = self.committed(group)
+            finally:
+                conn.execute("COMMIT")
+        if not state.members and not committed and state.generation == 0:
+            raise NotFound(f"group {group!r} does not exist", group=group)
+        members = tuple(
+            GroupMemberInfo(
+                m.member_id,
+                m.topics,
+                m.lease_until_ms,
+                tuple(sorted(tp for tp, a in state.assignments.items() if a.owner == m.member_id)),
+            )
+            for m in state.members.values()
+        )
+        return GroupInfo(group, state.generation, members, committed)
+
+    # --- maintenance and lifecycle --------------------------------------------
+
+    def maintain(self) -> MaintenanceReport:
+        result: dict[str, int] = self._call(lambda conn, stage: _maintain(conn, self.clock()))
+        return MaintenanceReport(result)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._writer.close()
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._writer._conn.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._watch.close()
+
+
+def _decode(
+    topic: str, partition: int, rows: list[tuple[Any, ...]], bytes_max: int
+) -> list[Record]:
+    """Verify each row's checksum and build records (the hot loop of reads)."""
+    out: list[Record] = []
+    append = out.append
+    crc32 = _crc32
+    size = 0
+    for off, key, value, hblob, ts, crc in rows:
+        check = crc32(hblob or b"", (off ^ ts) & 0xFFFFFFFF)
+        if key is not None:
+            check = crc32(key, check)
+            size += len(key)
+        if value is not None:
+            check = crc32(value, check)
+            size += len(value)
+        if check != crc:
+            raise CorruptionError(
+                f"record {topic}[{partition}]@{off} failed its checksum "
+                f"(stored {crc:#010x}, computed {check:#010x})",
+                topic=topic,
+                partition=partition,
+                offset=off,
+            )
+        if out and size > bytes_max:
+            break
+        headers = () if hblob is None else tuple(_decode_headers(hblob))
+        append(Record(topic, partition, off, key, value, headers, ts))
+    return out

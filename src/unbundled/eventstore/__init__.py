@@ -1,0 +1,20 @@
+"""The event store: streams with optimistic concurrency, ``$all`` in global
+order, idempotent appends, snapshots and schema evolution."""
+
+from ._protocol import ANY as ANY
+from ._protocol import NO_STREAM as NO_STREAM
+from ._protocol import STREAM_EXISTS as STREAM_EXISTS
+from ._protocol import AppendResult as AppendResult
+from ._protocol import EventStoreBackend as EventStoreBackend
+from ._protocol import NewEvent as NewEvent
+from ._protocol import ProjectionTxn as ProjectionTxn
+from ._protocol import RecordedEvent as RecordedEvent
+from ._protocol import Snapshot as Snapshot
+from ._protocol import StreamState as StreamState
+from ._protocol import StreamWrite as StreamWrite
+from ._protocol import category_of as category_of
+from .api import EventStore as EventStore
+from .api import StoredEvent as StoredEvent
+from .serialization import Event as Event
+from .serialization import Metadata as Metadata
+from .serialization import Serializer as Serializer

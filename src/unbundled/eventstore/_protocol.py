@@ -1,0 +1,198 @@
+"""The event store's records and the backend protocol every backend implements.
+
+Versions count from 0 within a stream (the first event is version 0), and the
+global position counts from 1 across all streams (0 means "before the
+first event"), as in KurrentDB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
+
+from ..log._protocol import Waiter
+
+# Expected-version sentinels (an int >= 0 means "exactly this version").
+ANY = -2
+NO_STREAM = -1
+STREAM_EXISTS = -4
+
+
+class NewEvent(msgspec.Struct, frozen=True):
+    """An event to append, already serialized. ``id`` makes the append idempotent."""
+
+    id: str
+    type: str
+    data: bytes
+    metadata: bytes = b"{}"
+    schema_version: int = 1
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
+    """A stored event: where it is (stream, version, global position) and what."""
+
+    id: str
+    stream: str
+    version: int
+    position: int
+    type: str
+    schema_version: int
+    data: bytes
+    metadata: bytes
+    recorded_ms: int
+
+    @property
+    def category(self) -> str:
+        return category_of(self.stream)
+
+
+class StreamWrite(NamedTuple):
+    """Events for one stream, with the version the writer expects it to be at."""
+
+    stream: str
+    expected_version: int
+    events: Sequence[NewEvent]
+
+
+class AppendResult(NamedTuple):
+    """Where one stream's events landed: versions ``first..last``, positions in order."""
+
+    stream: str
+    first_version: int
+    last_version: int
+    positions: tuple[int, ...]
+
+
+class StreamState(NamedTuple):
+    """``version`` is the last event's version (``NO_STREAM`` if none)."""
+
+    stream: str
+    version: int
+    deleted: bool  # soft-deleted: reads stop, an append starts it again
+    tombstoned: bool  # hard-deleted: never again
+
+
+class Snapshot(NamedTuple):
+    stream: str
+    version: int  # the stream version the snapshot's state includes
+    type: str
+    schema_version: int
+    data: bytes
+    recorded_ms: int
+
+
+def category_of(stream: str) -> str:
+    """``account-42`` is in category ``account``: the part before the first dash."""
+    head, dash, _ = stream.partition("-")
+    return head if dash else stream
+
+
+class ProjectionTxn(Protocol):
+    """What a projection's handler may do inside its transaction: read and
+    write documents (a read model any backend can hold), or, on SQL backends,
+    run SQL on the transaction's own connection."""
+
+    def get(self, collection: str, key: str) -> bytes | None:
+        """The document, as committed or as written earlier in this transaction."""
+
+    def put(self, collection: str, key: str, value: bytes) -> None:
+        """Insert or replace a document."""
+
+    def delete(self, collection: str, key: str) -> None:
+        """Remove a document (no error if absent)."""
+
+    @property
+    def sql(self) -> Any:
+        """The DB-API connection inside the transaction (``sqlite3``, psycopg).
+        ``NotSupported`` on the memory backend."""
+
+
+class EventStoreBackend(Protocol):
+    """Storage for the event store. Thread-safe; appends are group-committed."""
+
+    url: str
+
+    def submit_events(self, writes: Sequence[StreamWrite], done: Waiter) -> None:
+        """Queue an atomic append to one or more streams.
+
+        ``done`` gets a list of :class:`AppendResult` (one per write, in order)
+        or a typed error, after the append is durable. All or nothing: a
+        failed expected version (``WrongExpectedVersion``), a deleted stream,
+        or a reused event id with different content (``DuplicateEventId``)
+        writes nothing. Idempotent: if every event id of the call already
+        exists with the same stream, type, data and metadata, nothing is
+        written and the original results are returned.
+        """
+
+    def read_stream(
+        self, stream: str, from_version: int, limit: int, backwards: bool = False
+    ) -> list[RecordedEvent]:
+        """Events of one stream from ``from_version`` (inclusive), at most ``limit``.
+        Raises ``StreamNotFound`` for a stream that never existed or was
+        soft-deleted, ``StreamDeleted`` for a hard-deleted one."""
+
+    def read_all(
+        self,
+        after_position: int,
+        limit: int,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[RecordedEvent]:
+        """Events with ``position > after_position`` and at most the safe
+        position, in position order, optionally only of some categories or
+        types. Never skips: an event not returned now never appears later
+        below a position that was returned."""
+
+    def safe_position(self) -> int:
+        """The highest position below which every event is committed and visible."""
+
+    def stream_state(self, stream: str) -> StreamState:
+        """Version and deletion state; ``NO_STREAM`` version if it never existed."""
+
+    def list_streams(self, after: str, limit: int, category: str | None = None) -> list[str]:
+        """Stream names greater than ``after``, sorted, at most ``limit``."""
+
+    def delete_stream(self, stream: str, expected_version: int, hard: bool) -> None:
+        """Soft delete (reads stop; a later append continues the versions) or
+        hard delete (a tombstone: reads and appends raise ``StreamDeleted``).
+        The events stay in ``$all`` either way."""
+
+    def events_change_token(self) -> int:
+        """A counter that moves when events are committed (any process)."""
+
+    def wait_for_events(self, token: int, timeout_s: float) -> int:
+        """Block until the token moves or ``timeout_s`` passes; return it."""
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store (replace) the snapshot of ``snapshot.stream``."""
+
+    def load_snapshot(self, stream: str, max_version: int | None = None) -> Snapshot | None:
+        """The latest snapshot at or below ``max_version`` (None: any)."""
+
+    def project(
+        self,
+        name: str,
+        expected_checkpoint: int,
+        new_checkpoint: int,
+        apply: Callable[[ProjectionTxn], None],
+    ) -> None:
+        """Run ``apply`` and move projection ``name``'s checkpoint from
+        ``expected_checkpoint`` to ``new_checkpoint`` in one transaction: the
+        read model and the checkpoint commit together or not at all. Raises
+        ``ProjectionConflict`` (nothing applied) if the checkpoint is not at
+        ``expected_checkpoint``: another runner moved it."""
+
+    def checkpoints(self) -> dict[str, int]:
+        """Every projection's checkpoint (the last position it has applied)."""
+
+    def reset_projection(self, name: str, collections: Sequence[str]) -> None:
+        """Delete the documents of ``collections`` and set ``name``'s
+        checkpoint to 0, atomically (a rebuild starts from here)."""
+
+    def get_document(self, collection: str, key: str) -> bytes | None:
+        """A committed document, or None."""
+
+    def list_documents(self, collection: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        """``(key, value)`` with keys greater than ``after``, sorted, at most ``limit``."""

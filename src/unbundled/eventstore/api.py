@@ -1,0 +1,290 @@
+"""The event store's public, synchronous API.
+
+>>> from unbundled.eventstore import EventStore, Event, NO_STREAM
+>>> class Opened(Event):
+...     owner: str
+>>> with EventStore.open("memory://", events=[Opened]) as store:
+...     result = store.append("account-1", [Opened(owner="ada")], expected_version=NO_STREAM)
+...     [e.event for e in store.read("account-1")]
+[Opened(owner='ada')]
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import msgspec
+
+from .. import limits
+from .._waiters import SyncWaiter
+from ..errors import Closed, UsageError
+from ..log._protocol import SyncLevel
+from . import _core
+from ._protocol import (
+    ANY,
+    AppendResult,
+    EventStoreBackend,
+    NewEvent,
+    RecordedEvent,
+    StreamState,
+    StreamWrite,
+)
+from .serialization import Event, Metadata, Serializer
+
+EventInput = Event | NewEvent
+
+
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
+    """A stored event, decoded: ``event`` is the typed event (a dict for a type
+    no class is registered for), upcast to the current schema version."""
+
+    id: str
+    stream: str
+    version: int
+    position: int
+    type: str
+    schema_version: int
+    event: Any
+    metadata: Metadata
+    recorded_ms: int
+
+
+class EventStoreBase:
+    """What the sync and async facades share: serialization and validation."""
+
+    def __init__(
+        self,
+        backend: EventStoreBackend,
+        *,
+        events: Iterable[type[Event]] = (),
+        serializer: Serializer | None = None,
+    ) -> None:
+        self.backend = backend
+        self.serializer = serializer if serializer is not None else Serializer(events)
+        if serializer is not None:
+            self.serializer.register(*events)
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed("the event store is closed")
+
+    def _new_events(
+        self,
+        events: Sequence[EventInput],
+        ids: Sequence[str | uuid.UUID] | None,
+        metadata: Metadata | None,
+    ) -> list[NewEvent]:
+        if isinstance(events, Event | NewEvent):
+            raise UsageError("append takes a sequence of events, not one event")
+        if ids is not None and len(ids) != len(events):
+            raise UsageError(f"{len(ids)} ids for {len(events)} events")
+        meta = self.serializer.encode_metadata(metadata) if metadata is not None else b"{}"
+        out = []
+        for i, event in enumerate(events):
+            event_id = _core.check_event_id(ids[i]) if ids is not None else str(uuid.uuid4())
+            if isinstance(event, NewEvent):
+                out.append(event if ids is None else msgspec.structs.replace(event, id=event_id))
+                continue
+            if not isinstance(event, Event):
+                raise UsageError(
+                    f"events must be Event or NewEvent instances, got {type(event).__name__}"
+                )
+            kind, version, data = self.serializer.encode(event)
+            out.append(NewEvent(event_id, kind, data, meta, version))
+        return out
+
+    def _write(
+        self,
+        stream: str,
+        events: Sequence[EventInput],
+        expected_version: int,
+        ids: Sequence[str | uuid.UUID] | None,
+        metadata: Metadata | None,
+    ) -> StreamWrite:
+        write = StreamWrite(
+            _core.check_stream_name(stream),
+            _core.check_expected_version(expected_version),
+            self._new_events(events, ids, metadata),
+        )
+        _core.check_write(write)
+        return write
+
+    def _decode(self, recorded: RecordedEvent) -> StoredEvent:
+        return StoredEvent(
+            recorded.id,
+            recorded.stream,
+            recorded.version,
+            recorded.position,
+            recorded.type,
+            recorded.schema_version,
+            self.serializer.decode(recorded.type, recorded.schema_version, recorded.data),
+            self.serializer.decode_metadata(recorded.metadata),
+            recorded.recorded_ms,
+        )
+
+    @staticmethod
+    def _type_names(types: Sequence[str | type[Event]] | None) -> list[str] | None:
+        if types is None:
+            return None
+        return [t if isinstance(t, str) else (t.event_type or t.__name__) for t in types]
+
+    @staticmethod
+    def _check_limit(limit: int) -> int:
+        if type(limit) is not int or not 1 <= limit <= limits.read_events_max:
+            raise UsageError(f"limit must be 1..{limits.read_events_max}, got {limit!r}")
+        return limit
+
+
+class EventStore(EventStoreBase):
+    """Streams of events with optimistic concurrency, over any event-store backend.
+
+    Share one per process between threads: appends from all threads are
+    group-committed (one transaction and one fsync for many appends).
+    """
+
+    @classmethod
+    def open(
+        cls,
+        url: str | os.PathLike[str] = "unbundled.db",
+        *,
+        sync: SyncLevel = "full",
+        events: Iterable[type[Event]] = (),
+        serializer: Serializer | None = None,
+        **options: Any,
+    ) -> EventStore:
+        """Open the store at ``url`` (``sqlite:///path.db``, a path, or ``memory://``)."""
+        from ..backends import open_backend
+
+        backend: Any = open_backend(url, sync=sync, **options)
+        return cls(backend, events=events, serializer=serializer)
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self.backend, "close", None)
+            if close is not None:
+                close()
+
+    # --- writing --------------------------------------------------------------
+
+    def append(
+        self,
+        stream: str,
+        events: Sequence[EventInput],
+        expected_version: int = ANY,
+        *,
+        ids: Sequence[str | uuid.UUID] | None = None,
+        metadata: Metadata | None = None,
+    ) -> AppendResult:
+        """Append ``events`` to ``stream`` if it is at ``expected_version``
+        (``ANY``, ``NO_STREAM``, ``STREAM_EXISTS`` or an exact version).
+
+        Raises ``WrongExpectedVersion`` (naming the stream, the expected and
+        the actual version) and writes nothing on a mismatch. Pass ``ids`` to
+        make a retry safe: appending the same ids with the same content again
+        returns the original result and writes nothing.
+        """
+        write = self._write(stream, events, expected_version, ids, metadata)
+        return self._submit([write])[0]
+
+    def append_many(
+        self,
+        writes: Sequence[tuple[str, Sequence[EventInput], int]],
+        *,
+        metadata: Metadata | None = None,
+    ) -> list[AppendResult]:
+        """Atomically append to several streams, each ``(stream, events,
+        expected_version)``: all of them, or (on any conflict) none."""
+        built = [self._write(s, evs, exp, None, metadata) for s, evs, exp in writes]
+        return self._submit(built)
+
+    def _submit(self, writes: list[StreamWrite]) -> list[AppendResult]:
+        self._check_open()
+        waiter = SyncWaiter()
+        self.backend.submit_events(writes, waiter)
+        results: list[AppendResult] = waiter.wait()
+        return results
+
+    def delete(self, stream: str, expected_version: int = ANY, *, hard: bool = False) -> None:
+        """Soft delete (reads stop, the history stays in ``$all``, a later append
+        starts the stream again) or, with ``hard``, tombstone it for good."""
+        self._check_open()
+        self.backend.delete_stream(
+            _core.check_stream_name(stream), _core.check_expected_version(expected_version), hard
+        )
+
+    # --- reading --------------------------------------------------------------
+
+    def read(
+        self,
+        stream: str,
+        from_version: int = 0,
+        *,
+        limit: int = 10_000,
+        backwards: bool = False,
+    ) -> list[StoredEvent]:
+        """Events of ``stream`` from ``from_version``, decoded (and upcast).
+        Raises ``StreamNotFound`` / ``StreamDeleted``."""
+        self._check_open()
+        _core.check_stream_name(stream)
+        if backwards and from_version == 0:
+            from_version = 2**62  # "from the end"
+        rows = self.backend.read_stream(stream, from_version, self._check_limit(limit), backwards)
+        return [self._decode(r) for r in rows]
+
+    def iter_stream(self, stream: str, from_version: int = 0) -> Iterator[StoredEvent]:
+        """Every event of ``stream`` from ``from_version``, page by page."""
+        while True:
+            page = self.read(stream, from_version, limit=1000)
+            yield from page
+            if len(page) < 1000:
+                return
+            from_version = page[-1].version + 1
+
+    def read_all(
+        self,
+        after_position: int = 0,
+        *,
+        limit: int = 1000,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str | type[Event]] | None = None,
+    ) -> list[StoredEvent]:
+        """Events of every stream after ``after_position``, in global order,
+        up to the safe position (never skipping one that commits later)."""
+        self._check_open()
+        rows = self.backend.read_all(
+            after_position, self._check_limit(limit), categories, self._type_names(types)
+        )
+        return [self._decode(r) for r in rows]
+
+    def read_all_raw(self, after_position: int = 0, *, limit: int = 1000) -> list[RecordedEvent]:
+        """Like :meth:`read_all` without decoding (for copying and tools)."""
+        self._check_open()
+        return self.backend.read_all(after_position, self._check_limit(limit), None, None)
+
+    def state(self, stream: str) -> StreamState:
+        """The stream's version (``NO_STREAM`` if none) and deletion state."""
+        self._check_open()
+        return self.backend.stream_state(_core.check_stream_name(stream))
+
+    def streams(
+        self, *, category: str | None = None, after: str = "", limit: int = 1000
+    ) -> list[str]:
+        """Names of live streams, sorted; page with ``after``."""
+        self._check_open()
+        return self.backend.list_streams(after, self._check_limit(limit), category)
+
+    def safe_position(self) -> int:
+        """Every event at or below this position is committed and readable."""
+        self._check_open()
+        return self.backend.safe_position()
