@@ -23,6 +23,7 @@ from .errors import RecordTooLarge as RecordTooLarge
 from .errors import StaleGeneration as StaleGeneration
 from .errors import StreamDeleted as StreamDeleted
 from .errors import StreamNotFound as StreamNotFound
+from .errors import SubjectForgotten as SubjectForgotten
 from .errors import Timeout as Timeout
 from .errors import TopicExists as TopicExists
 from .errors import TopicNotFound as TopicNotFound

@@ -34,6 +34,7 @@ __all__ = [
     "StaleGeneration",
     "StreamDeleted",
     "StreamNotFound",
+    "SubjectForgotten",
     "Timeout",
     "TopicExists",
     "TopicNotFound",
@@ -131,6 +132,12 @@ class StreamDeleted(NotFound):
     """The event stream was hard-deleted (tombstoned): it cannot be read or reused."""
 
     code = "stream_deleted"
+
+
+class SubjectForgotten(NotFound):
+    """The subject's personal data was crypto-shredded: its key is gone."""
+
+    code = "subject_forgotten"
 
 
 # --- another writer won -------------------------------------------------------

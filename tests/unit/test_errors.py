@@ -28,6 +28,7 @@ CODES = {
     "OffsetOutOfRange": "offset_out_of_range",
     "StreamNotFound": "stream_not_found",
     "StreamDeleted": "stream_deleted",
+    "SubjectForgotten": "subject_forgotten",
     "ConflictError": "conflict",
     "WrongExpectedVersion": "wrong_expected_version",
     "DuplicateEventId": "duplicate_event_id",

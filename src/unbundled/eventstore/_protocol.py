@@ -196,3 +196,15 @@ class EventStoreBackend(Protocol):
 
     def list_documents(self, collection: str, after: str, limit: int) -> list[tuple[str, bytes]]:
         """``(key, value)`` with keys greater than ``after``, sorted, at most ``limit``."""
+
+    def subject_key(self, subject: str, new_key: bytes) -> bytes:
+        """The encryption key of ``subject`` (crypto-shredding), creating it
+        as ``new_key`` if it has none. Raises ``SubjectForgotten`` if the
+        subject was forgotten: its key is gone for good."""
+
+    def find_subject_keys(self, subjects: Sequence[str]) -> dict[str, bytes | None]:
+        """Keys of existing subjects; ``None`` for forgotten ones; absent for unknown."""
+
+    def forget_subject(self, subject: str) -> None:
+        """Delete the subject's key for good (data encrypted with it becomes
+        unreadable) and remember that it was forgotten. Idempotent."""

@@ -8,7 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import Closed, Error, NotSupported, ProjectionConflict, UsageError
+from ...errors import (
+    Closed,
+    Error,
+    NotSupported,
+    ProjectionConflict,
+    SubjectForgotten,
+    UsageError,
+)
 from ...eventstore import _core
 from ...eventstore._protocol import (
     NO_STREAM,
@@ -44,6 +51,7 @@ class MemoryEvents:
         self._streams: dict[str, _Stream] = {}
         self._event_ids: dict[str, RecordedEvent] = {}
         self._snapshots: dict[str, list[Snapshot]] = {}
+        self._subject_keys: dict[str, bytes | None] = {}  # None: forgotten
         self._events_token = 0
 
     def _check_events_open(self) -> None:
@@ -206,6 +214,25 @@ class MemoryEvents:
                 if max_version is None or snapshot.version <= max_version:
                     return snapshot
             return None
+
+    def subject_key(self, subject: str, new_key: bytes) -> bytes:
+        with self._lock:
+            self._check_events_open()
+            if subject not in self._subject_keys:
+                self._subject_keys[subject] = new_key
+            key = self._subject_keys[subject]
+            if key is None:
+                raise SubjectForgotten(f"subject {subject!r} was forgotten", subject=subject)
+            return key
+
+    def find_subject_keys(self, subjects: Sequence[str]) -> dict[str, bytes | None]:
+        with self._lock:
+            return {s: self._subject_keys[s] for s in subjects if s in self._subject_keys}
+
+    def forget_subject(self, subject: str) -> None:
+        with self._lock:
+            self._check_events_open()
+            self._subject_keys[subject] = None
 
 
 class _MemoryProjectionTxn:

@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
 
-from ...errors import Closed, CorruptionError, ProjectionConflict, UsageError
+from ...errors import (
+    Closed,
+    CorruptionError,
+    ProjectionConflict,
+    SubjectForgotten,
+    UsageError,
+)
 from ...eventstore import _core
 from ...eventstore._protocol import (
     NO_STREAM,
@@ -336,6 +342,42 @@ class SqliteEvents:
             (stream, max_version if max_version is not None else 2**62),
         )
         return Snapshot(*rows[0]) if rows else None
+
+    def subject_key(self, subject: str, new_key: bytes) -> bytes:
+        def get_or_create(conn: sqlite3.Connection, stage: Stage) -> bytes:
+            conn.execute(
+                "INSERT INTO subject_keys VALUES (?, ?) ON CONFLICT(subject) DO NOTHING",
+                (subject, new_key),
+            )
+            key = conn.execute(
+                "SELECT key FROM subject_keys WHERE subject = ?", (subject,)
+            ).fetchone()[0]
+            if key is None:
+                raise SubjectForgotten(f"subject {subject!r} was forgotten", subject=subject)
+            return bytes(key)
+
+        found = self.find_subject_keys([subject])
+        if found.get(subject) is not None:
+            return found[subject]  # type: ignore[return-value]
+        result: bytes = self._call(get_or_create)
+        return result
+
+    def find_subject_keys(self, subjects: Sequence[str]) -> dict[str, bytes | None]:
+        out: dict[str, bytes | None] = {}
+        for chunk in _chunks(list(subjects), _IN_MAX):
+            for subject, key in self._read(
+                f"SELECT subject, key FROM subject_keys WHERE subject IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                out[subject] = bytes(key) if key is not None else None
+        return out
+
+    def forget_subject(self, subject: str) -> None:
+        def forget(conn: sqlite3.Connection, stage: Stage) -> None:
+            conn.execute("INSERT OR REPLACE INTO subject_keys VALUES (?, NULL)", (subject,))
+
+        self._call(forget)
 
 
 class _SqliteProjectionTxn:

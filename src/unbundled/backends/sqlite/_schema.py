@@ -130,6 +130,10 @@ CREATE TABLE documents(
     value BLOB NOT NULL,
     PRIMARY KEY (collection, key)
 ) WITHOUT ROWID;
+CREATE TABLE subject_keys(
+    subject TEXT PRIMARY KEY,
+    key BLOB
+) WITHOUT ROWID;
 """
 
 MIGRATIONS = {2: EVENTS_SCHEMA}
