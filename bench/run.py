@@ -1,8 +1,14 @@
-"""Run the log benchmarks and print (and write) the results table.
+"""Run the benchmarks and print (and write) the results tables.
 
-    .venv/bin/python bench/run.py               # full run, writes bench/results/log.md
-    .venv/bin/python bench/run.py --quick       # a smoke run in seconds, writes nothing
-    .venv/bin/python bench/run.py --kills 50    # fewer kills in the crash test
+    .venv/bin/python bench/run.py                    # everything: bench/results/{log,eventstore}.md
+    .venv/bin/python bench/run.py --only log         # the log's, vs raw sqlite3
+    .venv/bin/python bench/run.py --only eventstore  # the event store's, vs eventsourcing
+    .venv/bin/python bench/run.py --quick            # a smoke run in seconds, writes nothing
+    .venv/bin/python bench/run.py --kills 50         # fewer kills in the crash test
+
+The event-store benchmarks run in their own venv, bench/.venv (created here on
+first use), because their competitor is installed only there; see
+``bench/eventstore_bench.py``.
 
 Every line is measured side by side with its baseline in this one run, on this
 machine; see ``bench/log_bench.py`` for what each case does.
@@ -258,15 +264,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=None, help="crash-test kills (default 1000)")
     parser.add_argument("--seed", type=int, default=None, help="crash-test seed (default random)")
     parser.add_argument(
+        "--only", choices=["log", "eventstore"], default=None, help="run one benchmark suite"
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=None,
-        help=f"where to write the Markdown table (default {RESULTS.relative_to(REPO)}; "
+        help=f"where to write the log's Markdown table (default {RESULTS.relative_to(REPO)}; "
         "with --quick, nowhere)",
     )
     args = parser.parse_args(argv)
     if args.kills is not None and args.kills < 0:
         parser.error("--kills must be >= 0")
+    eventstore_status = 0
+    if args.only != "log":
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from bench import eventstore_bench
+
+        eventstore_status = eventstore_bench.run_in_venv(quick=args.quick)
+        if args.only == "eventstore":
+            return eventstore_status
 
     # Run as a script, bench/ itself is on sys.path, not the repo.
     if str(REPO) not in sys.path:
@@ -381,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"wrote {output}")
     # A benchmark below its floor is a finding, not a failure of the run; a
     # crash test that lost or duplicated records is.
-    return 1 if crash is not None and not crash.ok else 0
+    return 1 if crash is not None and not crash.ok else eventstore_status
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@ protocol it can serve. Choose one by construction, or by URL with :func:`open_ba
 
 * ``memory://`` — :class:`MemoryBackend`, the reference model; no durability.
 * ``sqlite:///path.db`` or a plain path — :class:`SqliteBackend`, the embedded default.
-* ``postgresql://``, ``nats://``, ``redis://`` — not available for the log yet:
-  ``NotSupported``, never a silent fallback.
+* ``postgresql://user@host/db?schema=name`` (or ``postgres://``) —
+  :class:`~unbundled.backends.postgres.PostgresBackend`, the event store only
+  (needs ``pip install 'unbundled[postgres]'``); the log refuses it.
+* ``nats://``, ``redis://`` — not available yet: ``NotSupported``, never a
+  silent fallback.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from .memory import MemoryBackend as MemoryBackend
 from .sqlite import SqliteBackend as SqliteBackend
 
 _SERVER_SCHEMES = {
-    "postgresql": "postgres",
-    "postgres": "postgres",
     "nats": "nats",
     "redis": "redis",
 }
@@ -47,7 +48,12 @@ def open_backend(
     clock: Callable[[], int] = now_ms,
     **options: Any,
 ) -> LogBackend:
-    """Open the log backend a URL names. A plain path means SQLite."""
+    """Open the backend a URL names. A plain path means SQLite.
+
+    A PostgreSQL URL gives a backend that serves the event store only (its
+    ``supports_log`` is False): ``Log.open`` passes what this returns through
+    :func:`require_log`, which refuses it with ``NotSupported``.
+    """
     text = os.fspath(url)
     if not isinstance(text, str) or not text:
         raise UsageError(f"a backend URL or path is required, got {url!r}", url=url)
@@ -56,6 +62,16 @@ def open_backend(
         return MemoryBackend(clock=clock)
     if scheme in ("", "sqlite"):
         return SqliteBackend(sqlite_path(text), sync=sync, clock=clock, **options)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import PostgresBackend
+        except ImportError as exc:
+            raise NotSupported(
+                f"the postgres backend needs psycopg 3: pip install 'unbundled[postgres]' ({exc})",
+                url=text,
+            ) from exc
+        backend: Any = PostgresBackend(text, sync=sync, clock=clock, **options)
+        return backend  # type: ignore[no-any-return]
     if scheme in _SERVER_SCHEMES:
         raise NotSupported(
             f"the {_SERVER_SCHEMES[scheme]} backend does not serve the log yet "
@@ -63,3 +79,16 @@ def open_backend(
             url=text,
         )
     raise UsageError(f"unknown backend URL scheme {scheme!r} in {text!r}", url=text)
+
+
+def require_log(backend: Any) -> LogBackend:
+    """``backend`` if it serves the log; otherwise close it and raise ``NotSupported``."""
+    if getattr(backend, "supports_log", True):
+        result: LogBackend = backend
+        return result
+    backend.close()
+    raise NotSupported(
+        f"the backend at {backend.url!r} serves the event store, not the log (yet); "
+        "open the log on sqlite:///path.db or memory://",
+        url=backend.url,
+    )

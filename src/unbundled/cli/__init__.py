@@ -20,8 +20,10 @@ from ..errors import Error, NotSupported, exit_status
 from ..log._protocol import SyncLevel
 from ._common import DEFAULT_DB, App, echo_json, err_console, out_console, pass_app
 from ._consume import consume
+from ._events import events
 from ._groups import groups
 from ._produce import produce
+from ._projections import projections
 from ._topics import topics
 
 HELP_WIDTH = 100
@@ -72,6 +74,8 @@ def cli(ctx: click.Context, url: str, sync: str) -> None:
       unbundled consume orders --from-beginning --json
       unbundled consume orders --group billing --follow
       unbundled groups describe billing
+      unbundled events append account-1 --type Opened --data '{"owner": "ada"}'
+      unbundled events read '$all' --json
 
     Errors print "error: <message>" on stderr; the exit status says which kind:
     2 usage, 3 not found, 4 conflict, 5 limit exceeded, 6 corruption,
@@ -86,6 +90,8 @@ cli.add_command(topics)
 cli.add_command(produce)
 cli.add_command(consume)
 cli.add_command(groups)
+cli.add_command(events)
+cli.add_command(projections)
 
 
 @cli.command()

@@ -13,8 +13,17 @@ from ._protocol import Snapshot as Snapshot
 from ._protocol import StreamState as StreamState
 from ._protocol import StreamWrite as StreamWrite
 from ._protocol import category_of as category_of
+from .aio import AsyncEventStore as AsyncEventStore
 from .api import EventStore as EventStore
 from .api import StoredEvent as StoredEvent
+from .projections import Projection as Projection
+from .projections import ProjectionRunner as ProjectionRunner
+from .projections import ProjectionStatus as ProjectionStatus
+from .projections import projection_status as projection_status
+from .read_models import Documents as Documents
 from .serialization import Event as Event
 from .serialization import Metadata as Metadata
 from .serialization import Serializer as Serializer
+from .subscriptions import AsyncSubscription as AsyncSubscription
+from .subscriptions import Subscription as Subscription
+from .subscriptions import SubscriptionWorker as SubscriptionWorker

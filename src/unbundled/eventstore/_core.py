@@ -31,6 +31,8 @@ from ._protocol import (
 )
 
 _STREAM_NAME = re.compile(r"[^\s$][^\s]*")
+# The canonical form check_event_id produces; backends compare ids as strings.
+_EVENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _EXPECTED_NAMES = {ANY: "ANY", NO_STREAM: "NO_STREAM", STREAM_EXISTS: "STREAM_EXISTS"}
 
 
@@ -75,13 +77,21 @@ def check_write(write: StreamWrite) -> None:
     check_stream_name(write.stream)
     check_expected_version(write.expected_version)
     if not write.events:
-        raise UsageError(f"an append to {write.stream!r} needs at least one event")
+        raise UsageError(
+            f"an append to {write.stream!r} needs at least one event", stream=write.stream
+        )
     if len(write.events) > limits.append_events_max:
         raise LimitExceeded(
             f"{len(write.events)} events in one append exceed {limits.append_events_max}",
             stream=write.stream,
         )
     for event in write.events:
+        if type(event.id) is not str or not _EVENT_ID.fullmatch(event.id):
+            raise UsageError(
+                f"event id {event.id!r} is not a UUID in canonical (lower-case) form",
+                stream=write.stream,
+                event_id=event.id,
+            )
         if not event.type or len(event.type.encode()) > limits.event_type_bytes_max:
             raise UsageError(
                 f"event type {event.type!r} must be 1 to {limits.event_type_bytes_max} bytes",

@@ -31,10 +31,14 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     """Base class of typed events. Set ``event_type`` / ``schema_version`` as
     class variables to override the stored name (default: the class name) and
-    the version (default: 1)."""
+    the version (default: 1). ``personal_data`` names fields encrypted with
+    the key of the subject that ``data_subject`` names (crypto-shredding: see
+    :mod:`unbundled.eventstore.shredding`)."""
 
     event_type: ClassVar[str] = ""
     schema_version: ClassVar[int] = 1
+    personal_data: ClassVar[tuple[str, ...]] = ()
+    data_subject: ClassVar[str] = ""
 
 
 class Metadata(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -57,10 +57,10 @@ class AsyncLog(LogBase):
         sync: SyncLevel = "full",
         **options: Any,
     ) -> AsyncLog:
-        from ..backends import open_backend
+        from ..backends import open_backend, require_log
 
         backend = await asyncio.to_thread(partial(open_backend, url, sync=sync, **options))
-        return cls(backend)
+        return cls(require_log(backend))
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         self._check_open()

@@ -161,9 +161,9 @@ class Log(LogBase):
         **options: Any,
     ) -> Log:
         """Open the log at ``url`` (``sqlite:///path.db``, a path, or ``memory://``)."""
-        from ..backends import open_backend
+        from ..backends import open_backend, require_log
 
-        return cls(open_backend(url, sync=sync, **options))
+        return cls(require_log(open_backend(url, sync=sync, **options)))
 
     def __enter__(self) -> Log:
         return self

@@ -45,6 +45,7 @@ class MemoryEvents:
     _lock: threading.RLock
     _changed: threading.Condition
     _closed: bool
+    _handler: int | None  # the thread running a projection handler, if any
 
     def _init_events(self) -> None:
         self._all: list[RecordedEvent] = []
@@ -62,6 +63,12 @@ class MemoryEvents:
         try:
             with self._lock:
                 self._check_events_open()
+                if self._handler == threading.get_ident():
+                    # As on SQLite, where it would wait for itself forever.
+                    raise UsageError(
+                        "cannot append from inside a projection handler: "
+                        "write through the handler's transaction"
+                    )
                 result: object = self._append(writes)
                 self._events_token += 1
                 self._bump()
@@ -274,6 +281,7 @@ class MemoryProjections:
     def _init_projections(self) -> None:
         self._checkpoints: dict[str, int] = {}
         self._documents: dict[str, dict[str, bytes]] = {}
+        self._handler: int | None = None
 
     def project(
         self,
@@ -294,7 +302,11 @@ class MemoryProjections:
                     actual=current,
                 )
             txn = _MemoryProjectionTxn(self._documents)
-            apply(txn)  # an exception here leaves nothing behind
+            self._handler = threading.get_ident()
+            try:
+                apply(txn)  # an exception here leaves nothing behind
+            finally:
+                self._handler = None
             for (collection, key), value in txn.writes.items():
                 docs = self._documents.setdefault(collection, {})
                 if value is None:

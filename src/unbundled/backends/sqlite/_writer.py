@@ -23,7 +23,7 @@ import msgspec
 
 from ... import limits
 from ..._waiters import complete_all
-from ...errors import Closed, CorruptionError, Error, TopicNotFound
+from ...errors import Closed, CorruptionError, Error, TopicNotFound, UsageError
 from ...log import _core
 from ...log._protocol import Position, TopicConfig, ValueRun, Waiter, WriteBatch
 from ._schema import BUSY_TIMEOUT_MS, records_table, translate
@@ -322,6 +322,13 @@ class Writer:
     def submit(self, request: Request) -> None:
         if self._closed:
             raise Closed(f"the log at {self._path} is closed")
+        if threading.current_thread() is self._thread:
+            # From code the writer runs (a projection handler): it would wait
+            # for itself forever.
+            raise UsageError(
+                "cannot write through the store from inside a write it is running "
+                "(a projection handler): write through the handler's transaction"
+            )
         self._queue.append(request)
         if self._sleeping:  # waking a busy writer would only cost a futex call
             # Clear it ourselves: until the writer runs again, the submitters
@@ -464,7 +471,7 @@ class Writer:
             extra.begin(changed)
             extra.prepare(batch)
         results: list[object] = []
-        for request in batch:
+        for index, request in enumerate(batch):
             if request.extra is not None:
                 assert extra is not None
                 try:
@@ -504,6 +511,8 @@ class Writer:
             conn.execute("RELEASE request")
             if extra is not None:
                 extra.invalidate()  # the call may have changed what it caches
+                # and the event appends after it in this batch need it re-read.
+                extra.prepare(batch[index + 1 :])
             results.append(result)
         stage.flush()
         if extra is not None:

@@ -1,0 +1,108 @@
+"""The PostgreSQL backend (psycopg 3): the event store shared by many
+processes on many hosts through one database.
+
+* Appends are group-committed by one writer thread per backend (``_writer``):
+  many appends, one transaction; under load one round trip per transaction.
+* Positions are assigned under a row lock on one counter row, taken as the
+  last statement before COMMIT: writers commit one at a time in position
+  order, so positions are dense and a reader never skips an event that
+  commits later (docs/how-to/eventstore-postgres.md says why this design).
+* Reads run on a small connection pool; waiting for new events uses
+  LISTEN/NOTIFY (``_notify``), with a polling fallback.
+
+The log is not served on PostgreSQL yet: ``supports_log`` is False and
+``Log.open`` refuses such a URL with ``NotSupported``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from ...errors import UsageError
+from ...log._core import now_ms
+from ...log._protocol import SyncLevel
+from ._events import PostgresEvents
+from ._notify import Notifier
+from ._projections import PostgresProjections
+from ._schema import (
+    SYNCHRONOUS_COMMIT,
+    Conn,
+    Pool,
+    connect,
+    create_schema,
+    display_url,
+    parse_url,
+)
+from ._writer import Writer
+
+POOL_SIZE_DEFAULT = 4
+
+
+class PostgresBackend(PostgresEvents, PostgresProjections):
+    """The event store in one PostgreSQL schema.
+
+    ``url`` is ``postgresql://user@host:port/db?schema=name`` (any libpq
+    parameters may follow; ``schema`` defaults to ``unbundled`` and is
+    created with its tables if missing). ``sync`` sets durability:
+
+    * ``"full"`` (default): ``synchronous_commit = on``; an append returns
+      after its commit is flushed to the server's WAL.
+    * ``"normal"`` / ``"off"``: ``synchronous_commit = off``; a server crash
+      may lose the last fraction of a second of appends (never corrupt them).
+
+    ``pool_size`` bounds the connections used for reads and other writes;
+    the writer and the listener have one each.
+    """
+
+    supports_log = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sync: SyncLevel = "full",
+        clock: Callable[[], int] = now_ms,
+        pool_size: int = POOL_SIZE_DEFAULT,
+    ) -> None:
+        if sync not in SYNCHRONOUS_COMMIT:
+            raise UsageError(f"sync must be 'full', 'normal' or 'off', got {sync!r}", sync=sync)
+        conninfo, schema = parse_url(url)
+        self.url = url
+        self.schema = schema
+        self.sync = sync
+        self.clock = clock
+        self.channel = f"unbundled_{schema}"[:63]
+        self._where = display_url(url)
+        self._closed = False
+        self._handling = threading.local()
+
+        def connect_new() -> Conn:
+            return connect(conninfo, sync, self._where, schema)
+
+        conn = connect_new()
+        try:
+            create_schema(conn, schema, self._where)
+        except BaseException:
+            conn.close()
+            raise
+        self._pool = Pool(connect_new, self._where, pool_size)
+        self._notifier = Notifier(connect_new, self.channel, self.safe_position)
+        self._writer = Writer(
+            conn, connect_new, schema, self.channel, self._where, clock, self._notifier.bump
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend({self._where!r})"
+
+    def close(self) -> None:
+        """Commit the appends already queued, then close every connection. Idempotent."""
+        if self._closed:
+            return
+        self._writer.close()
+        self._closed = True
+        self._notifier.close()
+        self._pool.close()
+
+
+__all__ = ["PostgresBackend"]

@@ -1,0 +1,157 @@
+"""The events change token: moved by this process's commits at once, and by
+every other process's through LISTEN/NOTIFY (the writer's transaction sends
+``pg_notify``, which PostgreSQL delivers only after the commit is visible).
+
+One listener thread per backend blocks in ``select`` on its connection's
+socket and a wake-up pipe: it costs nothing while nothing happens. If the
+listening connection is down, waiters fall back to polling the counter row
+every ``POLL_S`` while the thread reconnects.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from ...errors import Error
+from ._schema import Conn
+
+POLL_S = 0.2
+_BACKOFF_MAX_S = 2.0
+
+
+class Notifier:
+    """A change token shared by the backend's threads."""
+
+    def __init__(self, connect: Callable[[], Conn], channel: str, position: Callable[[], int]):
+        self._connect = connect
+        self._channel = channel
+        self._position = position
+        self._changed = threading.Condition()
+        self._token = 0
+        self._listening = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1
+        self._polled: int | None = None  # the position the poll fallback last saw
+
+    def bump(self) -> None:
+        with self._changed:
+            self._token += 1
+            self._changed.notify_all()
+
+    def token(self) -> int:
+        self._start()
+        if not self._listening:
+            self._poll()  # the baseline a later poll compares against
+        with self._changed:
+            return self._token
+
+    def wait(self, token: int, timeout_s: float) -> int:
+        self._start()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._changed:
+                if self._token != token or self._closed:
+                    return self._token
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return self._token
+                if self._listening:
+                    self._changed.wait(remaining)
+                    continue
+                self._changed.wait(min(remaining, POLL_S))
+            self._poll()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+            thread = self._thread
+        if thread is not None:
+            os.write(self._wake_w, b"x")
+            thread.join()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    # --- internals --------------------------------------------------------------
+
+    def _poll(self) -> None:
+        try:
+            position = self._position()
+        except Error:
+            return  # the server is away: nothing can commit; the next read will say so
+        with self._changed:
+            if position != self._polled:
+                if self._polled is not None:
+                    self._token += 1
+                    self._changed.notify_all()
+                self._polled = position
+
+    def _start(self) -> None:
+        """Listen before the first token is handed out, so no commit after it is missed."""
+        if self._thread is not None:
+            return
+        with self._changed:
+            if self._thread is not None or self._closed:
+                return
+            conn = self._listen()
+            self._wake_r, self._wake_w = os.pipe()
+            self._thread = threading.Thread(
+                target=self._run, args=(conn,), name="unbundled-pg-listener", daemon=True
+            )
+            self._thread.start()
+
+    def _listen(self) -> Conn | None:
+        try:
+            conn = self._connect()
+        except Error:
+            return None
+        try:
+            conn.execute(f'LISTEN "{self._channel}"')
+        except psycopg.Error:
+            conn.close()
+            return None
+        self._set_listening(True)
+        return conn
+
+    def _set_listening(self, listening: bool) -> None:
+        with self._changed:
+            self._listening = listening
+            # Either way waiters must look again: commits may have gone
+            # unannounced while nobody listened, and pollers must start or stop.
+            self._token += 1
+            self._changed.notify_all()
+
+    def _run(self, conn: Conn | None) -> None:
+        backoff = 0.05
+        while not self._closed:
+            if conn is None:
+                ready, _, _ = select.select([self._wake_r], [], [], backoff)
+                if ready:
+                    break
+                backoff = min(2 * backoff, _BACKOFF_MAX_S)
+                conn = self._listen()
+                continue
+            backoff = 0.05
+            try:
+                ready, _, _ = select.select([conn.pgconn.socket, self._wake_r], [], [])
+                if self._wake_r in ready:
+                    break
+                conn.pgconn.consume_input()
+                got = False
+                while conn.pgconn.notifies() is not None:
+                    got = True
+                if got:
+                    self.bump()
+            except (psycopg.Error, OSError):
+                self._set_listening(False)
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()

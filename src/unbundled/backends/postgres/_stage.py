@@ -1,0 +1,271 @@
+"""One batch of appends on the writer's connection: the statements, and the
+pure work between them (validation, decisions, rows, results).
+
+A batch goes through three steps (``_writer`` decides when each is sent):
+
+1. :func:`open_batch` queues ``BEGIN``, a placeholder row for each written
+   stream that may have none (``ON CONFLICT DO NOTHING``), a lock on every
+   written stream's row (``SELECT ... ORDER BY stream FOR UPDATE``: sorted,
+   so writers in different processes lock in one order and cannot deadlock),
+   and a lookup of the batch's event ids.
+2. :func:`decide` reads those results and decides each append with
+   ``eventstore._core.plan_append`` (the code the memory model runs), one
+   after another against the state as the earlier ones leave it: a failing
+   append fails alone and needs no SAVEPOINT.
+3. The write statement: a CTE that takes the row lock on the ``positions``
+   counter (``UPDATE ... SET last = last + n``), inserts the events at
+   ``last - n + 1 .. last``, moves the streams' versions, drops the
+   placeholders no append used and sends ``pg_notify``; then ``COMMIT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from ...errors import Error, UsageError
+from ...eventstore import _core
+from ...eventstore._protocol import (
+    AppendResult,
+    RecordedEvent,
+    StreamState,
+    StreamWrite,
+    category_of,
+)
+from ...log._protocol import Waiter
+from ._schema import Conn
+
+EVENT_COLUMNS = (
+    "id::text, stream, version, position, type, schema_version, data, metadata, recorded_ms"
+)
+# Streams known to have a committed row (such a row is never deleted), for
+# which the placeholder INSERT is skipped.
+EXISTING_MAX = 100_000
+
+
+class Retry(Exception):
+    """Roll back and run the batch again (state we relied on was stale)."""
+
+
+class Request:
+    __slots__ = ("done", "writes")
+
+    def __init__(self, writes: Sequence[StreamWrite], done: Waiter) -> None:
+        self.writes = writes
+        self.done = done
+
+    def events(self) -> int:
+        return sum(len(w.events) for w in self.writes)
+
+
+class Statements:
+    """The writer's SQL for one schema."""
+
+    def __init__(self, schema: str) -> None:
+        s = f'"{schema}"'
+        self.placeholders = (
+            f"INSERT INTO {s}.streams SELECT unnest(%b::text[]), -1, 0, false, false "
+            "ON CONFLICT DO NOTHING RETURNING stream"
+        )
+        self.lock = (
+            f"SELECT stream, version, deleted, tombstoned FROM {s}.streams "
+            "WHERE stream = ANY(%b::text[]) ORDER BY stream FOR UPDATE"
+        )
+        self.existing = f"SELECT {EVENT_COLUMNS} FROM {s}.events WHERE id = ANY(%b::text[]::uuid[])"
+        self.write = f"""
+WITH c AS (
+    UPDATE {s}.positions SET last = last + %(n)s::int8 WHERE id = 1
+    RETURNING last - %(n)s::int8 AS base
+), e AS (
+    INSERT INTO {s}.events (position, id, stream, version, category, type, schema_version,
+                            data, metadata, recorded_ms)
+    SELECT c.base + v.o, v.id::uuid, v.stream, v.version, v.category, v.type, v.sv,
+           v.data, v.metadata, %(now)s::int8
+    FROM c, unnest(%(ids)b::text[], %(streams)b::text[], %(versions)b::int8[],
+                   %(categories)b::text[], %(types)b::text[], %(svs)b::int4[],
+                   %(data)b::bytea[], %(metadata)b::bytea[])
+            WITH ORDINALITY AS v(id, stream, version, category, type, sv, data, metadata, o)
+), u AS (
+    UPDATE {s}.streams AS t SET version = v.version, deleted = false
+    FROM unnest(%(heads)b::text[], %(head_versions)b::int8[]) AS v(stream, version)
+    WHERE t.stream = v.stream
+), d AS (
+    DELETE FROM {s}.streams WHERE stream = ANY(%(unused)b::text[])
+    AND version = -1 AND NOT deleted AND NOT tombstoned
+)
+SELECT base, pg_notify(%(channel)s, (base + %(n)s::int8)::text) FROM c"""
+
+
+def _check_text(write: StreamWrite) -> None:
+    """PostgreSQL text cannot hold NUL: refuse it here, for this append alone,
+    rather than fail the whole batch's statement."""
+    names = [write.stream, *(e.id for e in write.events), *(e.type for e in write.events)]
+    if any("\x00" in name for name in names):
+        raise UsageError(
+            f"stream names, event ids and types cannot contain NUL on PostgreSQL "
+            f"(stream {write.stream!r})",
+            stream=write.stream,
+        )
+
+
+class Opened:
+    """A batch whose transaction has begun: its reads are queued on the connection."""
+
+    __slots__ = ("created", "found", "locked", "requests", "results", "streams", "unknown", "valid")
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.requests = requests
+        self.results: list[object] = [None] * len(requests)
+        self.valid: list[int] = []
+        for i, request in enumerate(requests):
+            try:
+                for write in request.writes:
+                    _core.check_write(write)
+                    _check_text(write)
+            except Error as exc:
+                self.results[i] = exc
+            else:
+                self.valid.append(i)
+        self.streams: list[str] = []
+        self.unknown: list[str] = []
+        self.created: psycopg.Cursor[Any] | None = None
+        self.locked: psycopg.Cursor[Any] | None = None
+        self.found: psycopg.Cursor[Any] | None = None
+
+
+def open_batch(conn: Conn, sql: Statements, opened: Opened, existing: set[str]) -> None:
+    """Queue BEGIN and the batch's reads (step 1); the caller syncs."""
+    requests = opened.requests
+    opened.streams = sorted({w.stream for i in opened.valid for w in requests[i].writes})
+    opened.unknown = [s for s in opened.streams if s not in existing]
+    ids = [e.id for i in opened.valid for w in requests[i].writes for e in w.events]
+    conn.execute("BEGIN")
+    if opened.unknown:
+        opened.created = conn.execute(sql.placeholders, (opened.unknown,))
+    opened.locked = conn.execute(sql.lock, (opened.streams,))
+    opened.found = conn.cursor(binary=True).execute(sql.existing, (ids,))
+
+
+class Rows:
+    """The rows of one transaction, column by column (they go to ``unnest``)."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.streams: list[str] = []
+        self.versions: list[int] = []
+        self.categories: list[str] = []
+        self.types: list[str] = []
+        self.schema_versions: list[int] = []
+        self.data: list[bytes] = []
+        self.metadata: list[bytes] = []
+        self.heads: dict[str, int] = {}  # stream -> its new version
+        self.unused: list[str] = []  # placeholders no append used
+
+    def params(self, now: int, channel: str) -> dict[str, Any]:
+        return {
+            "n": len(self.ids),
+            "now": now,
+            "ids": self.ids,
+            "streams": self.streams,
+            "versions": self.versions,
+            "categories": self.categories,
+            "types": self.types,
+            "svs": self.schema_versions,
+            "data": self.data,
+            "metadata": self.metadata,
+            "heads": list(self.heads),
+            "head_versions": list(self.heads.values()),
+            "unused": self.unused,
+            "channel": channel,
+        }
+
+
+def decide(opened: Opened, existing: set[str]) -> Rows:
+    """Step 2: read the synced results of :func:`open_batch`, decide every
+    request (into ``opened.results``) and return the rows to write."""
+    assert opened.locked is not None and opened.found is not None
+    placeholders = {row[0] for row in opened.created} if opened.created is not None else set()
+    states = {
+        stream: StreamState(stream, version, deleted, tombstoned)
+        for stream, version, deleted, tombstoned in opened.locked
+    }
+    if len(states) != len(opened.streams):
+        # A stream we knew had a row has none: the schema was dropped and
+        # made again under us. Forget what we knew and start over.
+        existing.clear()
+        raise Retry
+    if len(existing) > EXISTING_MAX:
+        existing.clear()
+    existing.update(s for s in opened.unknown if s not in placeholders)
+    known: dict[str, RecordedEvent] = {row[0]: RecordedEvent(*row) for row in opened.found}
+    rows = Rows()
+    for i in opened.valid:
+        try:
+            opened.results[i] = _stage(opened.requests[i].writes, states, known, rows)
+        except Error as exc:
+            opened.results[i] = exc
+    rows.unused = sorted(placeholders - rows.heads.keys())
+    return rows
+
+
+def _stage(
+    writes: Sequence[StreamWrite],
+    states: dict[str, StreamState],
+    known: dict[str, RecordedEvent],
+    rows: Rows,
+) -> list[AppendResult]:
+    existing = {
+        e.id: stored for w in writes for e in w.events if (stored := known.get(e.id)) is not None
+    }
+    plan = _core.plan_append(writes, states, existing)
+    if plan.duplicate is not None:
+        return plan.duplicate
+    out = []
+    for write, first in zip(writes, plan.first_versions, strict=True):
+        stream = write.stream
+        category = category_of(stream)
+        positions = []
+        for n, event in enumerate(write.events):
+            rows.ids.append(event.id)
+            rows.streams.append(stream)
+            rows.versions.append(first + n)
+            rows.categories.append(category)
+            rows.types.append(event.type)
+            rows.schema_versions.append(event.schema_version)
+            rows.data.append(event.data)
+            rows.metadata.append(event.metadata)
+            # Positions are known only after the write: -k stands for the
+            # batch's k-th event until then (see finish()).
+            ordinal = -len(rows.ids)
+            known[event.id] = RecordedEvent(
+                event.id,
+                stream,
+                first + n,
+                ordinal,
+                event.type,
+                event.schema_version,
+                event.data,
+                event.metadata,
+                0,
+            )
+            positions.append(ordinal)
+        last = first + len(write.events) - 1
+        states[stream] = StreamState(stream, last, False, False)
+        rows.heads[stream] = last
+        out.append(AppendResult(stream, first, last, tuple(positions)))
+    return out
+
+
+def finish(opened: Opened, base: int) -> list[object]:
+    """The results, with the batch's k-th event at position ``base + k``."""
+    results = opened.results
+    for i in opened.valid:
+        result = results[i]
+        if isinstance(result, list):
+            results[i] = [
+                r._replace(positions=tuple(base - p if p < 0 else p for p in r.positions))
+                for r in result
+            ]
+    return results

@@ -1,0 +1,1 @@
+"""Worked examples the docs and the demo use: small, complete, tested."""
