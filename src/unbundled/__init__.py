@@ -33,6 +33,7 @@ from .errors import WrongExpectedVersion as WrongExpectedVersion
 from .eventstore import ANY as ANY
 from .eventstore import NO_STREAM as NO_STREAM
 from .eventstore import STREAM_EXISTS as STREAM_EXISTS
+from .eventstore import Aggregate as Aggregate
 from .eventstore import AsyncEventStore as AsyncEventStore
 from .eventstore import AsyncSubscription as AsyncSubscription
 from .eventstore import Event as Event
@@ -40,6 +41,7 @@ from .eventstore import EventStore as EventStore
 from .eventstore import Metadata as Metadata
 from .eventstore import Projection as Projection
 from .eventstore import ProjectionRunner as ProjectionRunner
+from .eventstore import Repository as Repository
 from .eventstore import StoredEvent as StoredEvent
 from .eventstore import Subscription as Subscription
 from .log import AsyncConsumer as AsyncConsumer

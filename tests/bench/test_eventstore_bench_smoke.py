@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import bench_venv, log_bench, run
 from bench import eventstore_bench as eb
-from bench import log_bench, run
+from bench import eventstore_report as report
 
 TINY = eb.Sizes(
     repeats=2,
@@ -62,15 +63,16 @@ def test_ratios_and_floors_against_a_baseline() -> None:
     assert ours.verdict == "PASS"
     slow = eb.row("1b", "ours", "events", [900.0], base, log_bench.Floor(5))
     assert slow.verdict == "BELOW FLOOR (ratio)"
-    assert eb.best([base, slow]) is slow and eb.best([]) is None
+    alone = eb.row("1a", "ours", "events", [5.0], None, log_bench.Floor(10))
+    assert (alone.verdict, alone.ratio, alone.floor) == ("context", None, None)
 
 
 def test_markdown_report(tmp_path: Path) -> None:
     rows = eb.bench_reads(tmp_path, TINY, None)
     fsync = log_bench.bench_fsync(tmp_path, seconds=0.01, repeats=1)[0]
-    facts = eb.machine_facts(fsync, TINY, None)
+    facts = report.machine_facts(fsync, TINY, None)
     assert ("eventsourcing", "not installed") in facts
-    text = eb.markdown(facts, [*rows, fsync], ["a note"])
+    text = report.markdown(facts, [*rows, fsync], ["a note"])
     lines = text.splitlines()
     assert lines[0] == "# Event-store benchmarks"
     table = [line for line in lines if line.startswith("| ")]
@@ -87,9 +89,9 @@ def test_competitor_is_only_in_the_bench_environment() -> None:
     for extra in project["optional-dependencies"].values():
         declared += extra
     assert not [d for d in declared if d.lower().startswith("eventsourcing")]
-    requirements = eb.REQUIREMENTS.read_text().splitlines()
+    requirements = bench_venv.REQUIREMENTS.read_text().splitlines()
     assert "eventsourcing==9.*" in requirements
-    assert root / "bench" / ".venv" == eb.VENV
+    assert root / "bench" / ".venv" == bench_venv.VENV
     assert "bench/.venv/" in (root / ".gitignore").read_text().splitlines()
 
 

@@ -9,6 +9,8 @@ one public function. A typed error (``unbundled.Error``) prints
 from __future__ import annotations
 
 import importlib
+import tempfile
+from pathlib import Path
 from typing import Any, cast
 
 import click
@@ -120,22 +122,33 @@ def maintain(app: App, as_json: bool) -> None:
 @cli.command()
 @click.pass_context
 def demo(ctx: click.Context) -> None:
-    """Run the log demo and print what it verified.
+    """Run the demos and print what they verified.
 
-    It runs on a fresh SQLite file, not on --db. Keyed records are produced
-    from several threads and consumed by a consumer group; a consumer is killed
-    and restarted; the demo checks that nothing was lost or duplicated.
-    Exits 0 if every check passed, 1 otherwise.
+    They run on fresh SQLite files, not on --db. The log demo produces keyed
+    records from several threads, consumes them with a consumer group whose
+    member processes are killed and replaced, and checks that nothing was lost
+    or duplicated. The event-store demo runs bank accounts (BankAccount) with
+    concurrent commands and checks conflicts, snapshots, time travel and
+    crypto-shredding. Exits 0 if every check passed, 1 otherwise.
     """
     try:
-        # Imported here: the demo is large and only this command needs it.
-        module = importlib.import_module("unbundled.demo")
+        # Imported here: the demos are large and only this command needs them.
+        log_demo = importlib.import_module("unbundled.demo")
+        events_demo = importlib.import_module("unbundled.demo_events")
     except ModuleNotFoundError as exc:
-        if exc.name != "unbundled.demo":
+        if exc.name not in ("unbundled.demo", "unbundled.demo_events"):
             raise
         raise NotSupported("the demo is not part of this installation") from None
-    ok = module.run_demo(out_console())
-    ctx.exit(0 if ok else 1)
+    console = out_console()
+    log_ok = log_demo.run_demo(console)
+    with tempfile.TemporaryDirectory(prefix="unbundled-demo-events-") as tmp:
+        events_ok = events_demo.run_eventstore_demo(console, Path(tmp))
+    if log_ok and events_ok:
+        console.print("[bold green]demo: all checks passed (log and event store)")
+    else:
+        failed = [name for name, ok in (("log", log_ok), ("event store", events_ok)) if not ok]
+        console.print(f"[bold red]demo: checks failed in: {', '.join(failed)}")
+    ctx.exit(0 if log_ok and events_ok else 1)
 
 
 def main() -> None:

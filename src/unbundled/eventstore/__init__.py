@@ -13,6 +13,10 @@ from ._protocol import Snapshot as Snapshot
 from ._protocol import StreamState as StreamState
 from ._protocol import StreamWrite as StreamWrite
 from ._protocol import category_of as category_of
+from .aggregate import Aggregate as Aggregate
+from .aggregate import Repository as Repository
+from .aggregate import SnapshotState as SnapshotState
+from .aggregate import applies as applies
 from .aio import AsyncEventStore as AsyncEventStore
 from .api import EventStore as EventStore
 from .api import StoredEvent as StoredEvent

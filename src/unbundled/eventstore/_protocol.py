@@ -166,7 +166,8 @@ class EventStoreBackend(Protocol):
         """Block until the token moves or ``timeout_s`` passes; return it."""
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Store (replace) the snapshot of ``snapshot.stream``."""
+        """Store a snapshot of ``snapshot.stream`` at ``snapshot.version``
+        (replacing one at that same version; older ones are kept for time travel)."""
 
     def load_snapshot(self, stream: str, max_version: int | None = None) -> Snapshot | None:
         """The latest snapshot at or below ``max_version`` (None: any)."""

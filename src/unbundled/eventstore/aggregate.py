@@ -49,7 +49,7 @@ from ..errors import NotSupported, StreamNotFound, UsageError
 from ..log._core import now_ms
 from . import _core
 from ._protocol import NO_STREAM, AppendResult, Snapshot
-from .api import EventStore, StoredEvent
+from .api import EventStore, StoredEvent, new_event_id
 from .serialization import Event, Metadata, Serializer, Upcaster, type_name
 
 __all__ = ["Aggregate", "Repository", "SnapshotState", "applies"]
@@ -154,7 +154,7 @@ class Aggregate:
     def record(self, event: Event) -> None:
         """Apply a new event at once and keep it for the next save."""
         self.apply(event)  # first: a handler that raises leaves nothing recorded
-        self._pending.append((str(uuid.uuid4()), event))
+        self._pending.append((new_event_id(), event))
         self.version += 1
 
     def to_snapshot(self) -> SnapshotState:

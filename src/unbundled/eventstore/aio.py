@@ -31,6 +31,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._waiters import AsyncWaiter
+from ..errors import UsageError
 from ..log._protocol import SyncLevel
 from . import _core
 from ._protocol import ANY, AppendResult, NewEvent, RecordedEvent, StreamState, StreamWrite
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _PAGE = 1000  # events per read in iter_stream
+
+
+_END = 2**62  # a version past the end of any stream: "from the end"
 
 
 class AsyncEventStore(EventStoreBase):
@@ -152,16 +156,19 @@ class AsyncEventStore(EventStoreBase):
     async def read(
         self,
         stream: str,
-        from_version: int = 0,
+        from_version: int | None = None,
         *,
         limit: int = 10_000,
         backwards: bool = False,
     ) -> list[StoredEvent]:
-        """Events of ``stream`` from ``from_version``, decoded (and upcast).
-        Raises ``StreamNotFound`` / ``StreamDeleted``."""
+        """Events of ``stream`` from ``from_version`` (default: the first, or
+        with ``backwards`` the last), decoded (and upcast). Raises
+        ``StreamNotFound`` / ``StreamDeleted``."""
         _core.check_stream_name(stream)
-        if backwards and from_version == 0:
-            from_version = 2**62  # "from the end", as the sync facade does
+        if from_version is None:
+            from_version = _END if backwards else 0
+        elif type(from_version) is not int or from_version < 0:
+            raise UsageError(f"from_version must be an int >= 0, got {from_version!r}")
         return await self._run(
             self._read_stream, stream, from_version, self._check_limit(limit), backwards
         )

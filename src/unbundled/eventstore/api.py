@@ -63,6 +63,9 @@ def new_event_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_END = 2**62  # a version past the end of any stream: "from the end"
+
+
 class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     """A stored event, decoded: ``event`` is the typed event (a dict for a type
     no class is registered for), upcast to the current schema version."""
@@ -292,17 +295,20 @@ class EventStore(EventStoreBase):
     def read(
         self,
         stream: str,
-        from_version: int = 0,
+        from_version: int | None = None,
         *,
         limit: int = 10_000,
         backwards: bool = False,
     ) -> list[StoredEvent]:
-        """Events of ``stream`` from ``from_version``, decoded (and upcast).
-        Raises ``StreamNotFound`` / ``StreamDeleted``."""
+        """Events of ``stream`` from ``from_version`` (default: the first, or
+        with ``backwards`` the last), decoded (and upcast). Raises
+        ``StreamNotFound`` / ``StreamDeleted``."""
         self._check_open()
         _core.check_stream_name(stream)
-        if backwards and from_version == 0:
-            from_version = 2**62  # "from the end"
+        if from_version is None:
+            from_version = _END if backwards else 0
+        elif type(from_version) is not int or from_version < 0:
+            raise UsageError(f"from_version must be an int >= 0, got {from_version!r}")
         rows = self.backend.read_stream(stream, from_version, self._check_limit(limit), backwards)
         return self._decode_many(rows)
 

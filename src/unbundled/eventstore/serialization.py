@@ -41,9 +41,13 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     data_subject: ClassVar[str] = ""
 
 
-class Metadata(msgspec.Struct, frozen=True, omit_defaults=True):
+class Metadata(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """Stored with every event: why it happened. ``correlation_id`` ties a whole
     conversation together, ``causation_id`` names the message that caused it."""
+
+    # gc=False: every event read makes one, and as a tracked object each one
+    # counted towards a cyclic-GC pass (a fifth of the time of reading $all).
+    # Metadata is JSON-shaped data and never part of a reference cycle.
 
     correlation_id: str | None = None
     causation_id: str | None = None

@@ -11,6 +11,7 @@ committed in order: the safe position is simply the last one.
 from __future__ import annotations
 
 import sqlite3
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
@@ -38,6 +39,7 @@ from ...log._protocol import Waiter
 from ._schema import translate, translated
 from ._writer import Request, Stage, Writer
 
+_HEADER = struct.Struct("<qq")  # schema_version, recorded_ms: covered by the CRC too
 _IN_MAX = 500  # ids or streams per "IN (...)" lookup
 _ROWS_MAX = 256  # events per multi-row INSERT (11 columns each)
 _STATES_MAX = 10_000  # stream states cached between transactions
@@ -53,13 +55,30 @@ _READ_COLUMNS = (
 
 
 def event_crc(
-    position: int, version: int, event_id: str, stream: str, kind: str, data: bytes, metadata: bytes
+    position: int,
+    version: int,
+    event_id: str,
+    stream: str,
+    kind: str,
+    data: bytes,
+    metadata: bytes,
+    schema_version: int,
+    recorded_ms: int,
 ) -> int:
     """CRC-32 over an event's identity and content (see docs/reference/format.md)."""
     # One call over the concatenation: the same value as chaining the CRC over
     # each part in turn, at half the cost (this runs for every event read).
     return _crc32(
-        b"".join((event_id.encode(), stream.encode(), kind.encode(), metadata, data)),
+        b"".join(
+            (
+                _HEADER.pack(schema_version, recorded_ms),
+                event_id.encode(),
+                stream.encode(),
+                kind.encode(),
+                metadata,
+                data,
+            )
+        ),
         (position ^ version) & 0xFFFFFFFF,
     )
 
@@ -77,10 +96,10 @@ class EventStage:
         self.clock = clock
         self.position: int | None = None  # last position assigned
         self.states: dict[str, StreamState] = {}
-        self.starts: dict[str, int] = {}  # start_version of streams we touch
+        self.listed: set[str] = set()  # streams with a live row in `streams`
         self.known: dict[str, RecordedEvent] = {}  # stored or staged events by id
         self.rows: list[tuple[Any, ...]] = []
-        self.touched: set[str] = set()
+        self.touched: set[str] = set()  # streams whose row must be written
 
     def begin(self, changed: bool) -> None:
         # Stream states are trusted across transactions only while no other
@@ -92,7 +111,7 @@ class EventStage:
     def invalidate(self) -> None:
         self.position = None
         self.states.clear()
-        self.starts.clear()
+        self.listed.clear()
         self.known.clear()
         self.rows.clear()
         self.touched.clear()
@@ -103,14 +122,26 @@ class EventStage:
             return
         streams = sorted({w.stream for w in writes} - self.states.keys())
         for chunk in _chunks(streams, _IN_MAX):
-            rows = self.conn.execute(
-                "SELECT stream, version, start_version, deleted, tombstoned FROM streams "
-                f"WHERE stream IN ({','.join('?' * len(chunk))})",
+            # A stream's version is its last event's, found by one index seek
+            # per stream: appends never rewrite a row of `streams` (a random
+            # page per stream per commit), only create it or undelete it.
+            for stream, version, deleted, tombstoned in self.conn.execute(
+                "SELECT v.column1, (SELECT max(version) FROM events WHERE stream = v.column1), "
+                "s.deleted, s.tombstoned FROM (VALUES "
+                + ",".join(["(?)"] * len(chunk))
+                + ") AS v LEFT JOIN streams AS s ON s.stream = v.column1",
                 chunk,
-            ).fetchall()
-            for stream, version, start, deleted, tombstoned in rows:
-                self.states[stream] = StreamState(stream, version, bool(deleted), bool(tombstoned))
-                self.starts[stream] = start
+            ):
+                if version is None and deleted is None:
+                    continue  # never existed
+                self.states[stream] = StreamState(
+                    stream,
+                    NO_STREAM if version is None else version,
+                    bool(deleted),
+                    bool(tombstoned),
+                )
+                if deleted == 0 and tombstoned == 0:
+                    self.listed.add(stream)
         ids = [e.id for w in writes for e in w.events]
         for chunk in _chunks(ids, _IN_MAX):
             for row in self.conn.execute(
@@ -147,7 +178,15 @@ class EventStage:
                 self.position += 1
                 version = first + i
                 crc = event_crc(
-                    self.position, version, e.id, write.stream, e.type, e.data, e.metadata
+                    self.position,
+                    version,
+                    e.id,
+                    write.stream,
+                    e.type,
+                    e.data,
+                    e.metadata,
+                    e.schema_version,
+                    now,
                 )
                 self.rows.append(
                     (
@@ -178,8 +217,9 @@ class EventStage:
                 positions.append(self.position)
             last = first + len(write.events) - 1
             self.states[write.stream] = StreamState(write.stream, last, False, False)
-            self.starts.setdefault(write.stream, 0)
-            self.touched.add(write.stream)
+            if write.stream not in self.listed:
+                self.touched.add(write.stream)  # new, or soft-deleted until now
+                self.listed.add(write.stream)
             results.append(AppendResult(write.stream, first, last, tuple(positions)))
         return results
 
@@ -194,12 +234,12 @@ class EventStage:
             )
         self.rows.clear()
         touched = sorted(self.touched)
-        for chunk in _chunks(touched, min(_IN_MAX, variables // 3)):
-            values = [(s, self.states[s].version, self.starts[s]) for s in chunk]
+        for chunk in _chunks(touched, _IN_MAX):
+            values = [(stream, category_of(stream)) for stream in chunk]
             self.conn.execute(
-                "INSERT INTO streams(stream, version, start_version, deleted, tombstoned) VALUES "
-                + ",".join(["(?,?,?,0,0)"] * len(values))
-                + " ON CONFLICT(stream) DO UPDATE SET version = excluded.version, deleted = 0",
+                "INSERT INTO streams(stream, category, start_version, deleted, tombstoned) VALUES "
+                + ",".join(["(?,?,0,0,0)"] * len(values))
+                + " ON CONFLICT(stream) DO UPDATE SET deleted = 0",
                 list(chain.from_iterable(values)),
             )
         self.touched.clear()
@@ -207,7 +247,10 @@ class EventStage:
 
 def _to_event(row: tuple[Any, ...]) -> RecordedEvent:
     position, event_id, stream, version, kind, schema, data, metadata, recorded, crc = row
-    if event_crc(position, version, event_id, stream, kind, data, metadata) != crc:
+    if (
+        event_crc(position, version, event_id, stream, kind, data, metadata, schema, recorded)
+        != crc
+    ):
         raise CorruptionError(
             f"event at position {position} ({stream}@{version}) failed its checksum",
             position=position,
@@ -246,13 +289,18 @@ class SqliteEvents:
             raise translate(exc, self.path) from exc
 
     def _state(self, conn: sqlite3.Connection, stream: str) -> tuple[StreamState | None, int]:
-        row = conn.execute(
-            "SELECT version, start_version, deleted, tombstoned FROM streams WHERE stream = ?",
-            (stream,),
+        """The stream's state and its first readable version (after soft deletes)."""
+        version, start, deleted, tombstoned = conn.execute(
+            "SELECT (SELECT max(version) FROM events WHERE stream = :s), start_version, "
+            "deleted, tombstoned FROM (SELECT 1) LEFT JOIN streams ON stream = :s",
+            {"s": stream},
         ).fetchone()
-        if row is None:
+        if version is None and deleted is None:
             return None, 0
-        return StreamState(stream, row[0], bool(row[2]), bool(row[3])), row[1]
+        state = StreamState(
+            stream, NO_STREAM if version is None else version, bool(deleted), bool(tombstoned)
+        )
+        return state, start or 0
 
     def read_stream(
         self, stream: str, from_version: int, limit: int, backwards: bool = False
@@ -310,11 +358,15 @@ class SqliteEvents:
         return state if state is not None else StreamState(stream, NO_STREAM, False, False)
 
     def list_streams(self, after: str, limit: int, category: str | None = None) -> list[str]:
-        sql = "SELECT stream FROM streams WHERE stream > ? AND deleted = 0 AND tombstoned = 0"
+        where = "stream > ? AND deleted = 0 AND tombstoned = 0"
         params: list[Any] = [after]
-        rows = self._read(sql + " ORDER BY stream", params)
-        names = [r[0] for r in rows if category is None or category_of(r[0]) == category]
-        return names[:limit]
+        if category is not None:
+            where += " AND category = ?"
+            params.append(category)
+        rows = self._read(
+            f"SELECT stream FROM streams WHERE {where} ORDER BY stream LIMIT ?", [*params, limit]
+        )
+        return [r[0] for r in rows]
 
     def delete_stream(self, stream: str, expected_version: int, hard: bool) -> None:
         def delete(conn: sqlite3.Connection, stage: Stage) -> None:
@@ -322,9 +374,9 @@ class SqliteEvents:
             version = _core.check_expected(stream, expected_version, state)
             conn.execute(
                 "INSERT INTO streams VALUES (?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET "
-                "version = excluded.version, start_version = excluded.start_version, "
+                "start_version = excluded.start_version, "
                 "deleted = excluded.deleted, tombstoned = excluded.tombstoned",
-                (stream, version, version + 1, int(not hard), int(hard)),
+                (stream, category_of(stream), version + 1, int(not hard), int(hard)),
             )
 
         self._call(delete)

@@ -106,11 +106,12 @@ CREATE UNIQUE INDEX events_stream ON events(stream, version);
 CREATE INDEX events_category ON events(category, position);
 CREATE TABLE streams(
     stream TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
+    category TEXT NOT NULL,
     start_version INTEGER NOT NULL,
     deleted INTEGER NOT NULL,
     tombstoned INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX streams_category ON streams(category, stream);
 CREATE TABLE snapshots(
     stream TEXT NOT NULL,
     version INTEGER NOT NULL,
