@@ -94,6 +94,13 @@ class Serializer:
 
         return register
 
+    def current_decoders(self) -> dict[tuple[str, int], msgspec.json.Decoder[Any]]:
+        """Decoders by (type, schema version) for registered types at their
+        current version: the reads' fast path (``decode`` handles the rest)."""
+        return {
+            (name, cls.schema_version): self._decoders[name] for name, cls in self._by_name.items()
+        }
+
     def class_for(self, event_type: str) -> type[Event] | None:
         return self._by_name.get(event_type)
 
@@ -117,7 +124,7 @@ class Serializer:
                 self.upcast(event_type, schema_version, _decode_dict(data), cls.schema_version),
                 cls,
             )
-        except msgspec.ValidationError as exc:
+        except msgspec.DecodeError as exc:  # malformed JSON, or not fitting the class
             raise CorruptionError(
                 f"stored {event_type} v{schema_version} does not decode: {exc}",
                 event_type=event_type,

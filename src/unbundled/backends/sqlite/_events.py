@@ -245,21 +245,45 @@ class EventStage:
         self.touched.clear()
 
 
-def _to_event(row: tuple[Any, ...]) -> RecordedEvent:
-    position, event_id, stream, version, kind, schema, data, metadata, recorded, crc = row
-    if (
-        event_crc(position, version, event_id, stream, kind, data, metadata, schema, recorded)
-        != crc
-    ):
-        raise CorruptionError(
-            f"event at position {position} ({stream}@{version}) failed its checksum",
-            position=position,
-            stream=stream,
-            version=version,
+def _to_events(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
+    """Verify each row's checksum and build events (the hot loop of reads,
+    inlined: a function call per event costs a tenth of the read)."""
+    out: list[RecordedEvent] = []
+    append = out.append
+    crc32 = _crc32
+    pack = _HEADER.pack
+    join = b"".join
+    for position, event_id, stream, version, kind, schema, data, metadata, recorded, crc in rows:
+        check = crc32(
+            join(
+                (
+                    pack(schema, recorded),
+                    event_id.encode(),
+                    stream.encode(),
+                    kind.encode(),
+                    metadata,
+                    data,
+                )
+            ),
+            (position ^ version) & 0xFFFFFFFF,
         )
-    return RecordedEvent(
-        event_id, stream, version, position, kind, schema, data, metadata, recorded
-    )
+        if check != crc:
+            raise CorruptionError(
+                f"event at position {position} ({stream}@{version}) failed its checksum",
+                position=position,
+                stream=stream,
+                version=version,
+            )
+        append(
+            RecordedEvent(
+                event_id, stream, version, position, kind, schema, data, metadata, recorded
+            )
+        )
+    return out
+
+
+def _to_event(row: tuple[Any, ...]) -> RecordedEvent:
+    return _to_events([row])[0]
 
 
 class SqliteEvents:
@@ -325,7 +349,7 @@ class SqliteEvents:
                     ).fetchall()
             finally:
                 conn.execute("COMMIT")
-        return [_to_event(row) for row in rows]
+        return _to_events(rows)
 
     def read_all(
         self,
@@ -347,7 +371,7 @@ class SqliteEvents:
             "ORDER BY position LIMIT ?",
             [*params, limit],
         )
-        return [_to_event(row) for row in rows]
+        return _to_events(rows)
 
     def safe_position(self) -> int:
         return int(self._read("SELECT coalesce(max(position), 0) FROM events", ())[0][0])
