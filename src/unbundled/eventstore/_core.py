@@ -222,3 +222,14 @@ def _same(stream: str, event: NewEvent, found: RecordedEvent) -> bool:
         and found.metadata == event.metadata
         and found.schema_version == event.schema_version
     )
+
+
+def check_document(collection: str, key: str, value: object) -> bytes:
+    """A projection's document write: strings for names, bytes for the value."""
+    if type(value) is not bytes:
+        raise UsageError(
+            f"document {collection}/{key} must be bytes, got {type(value).__name__}",
+            collection=collection,
+            key=key,
+        )
+    return value

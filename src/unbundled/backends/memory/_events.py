@@ -255,12 +255,7 @@ class _MemoryProjectionTxn:
         return self._documents.get(collection, {}).get(key)
 
     def put(self, collection: str, key: str, value: bytes) -> None:
-        if type(value) is not bytes:
-            raise UsageError(
-                f"document {collection}/{key} must be bytes, got {type(value).__name__}",
-                collection=collection,
-                key=key,
-            )
+        _core.check_document(collection, key, value)
         self.writes[(collection, key)] = value
 
     def delete(self, collection: str, key: str) -> None:

@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ...errors import ProjectionConflict, UsageError
+from ...errors import ProjectionConflict
+from ...eventstore import _core
 from ...eventstore._protocol import ProjectionTxn
 from ._schema import Conn
 
@@ -41,12 +42,7 @@ class _PostgresProjectionTxn:
         return bytes(row[0]) if row is not None else None
 
     def put(self, collection: str, key: str, value: bytes) -> None:
-        if type(value) is not bytes:
-            raise UsageError(
-                f"document {collection}/{key} must be bytes, got {type(value).__name__}",
-                collection=collection,
-                key=key,
-            )
+        _core.check_document(collection, key, value)
         self._conn.execute(
             f"INSERT INTO {self._documents} VALUES (%s, %s, %s) "
             "ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value",

@@ -21,7 +21,6 @@ from ...errors import (
     CorruptionError,
     ProjectionConflict,
     SubjectForgotten,
-    UsageError,
 )
 from ...eventstore import _core
 from ...eventstore._protocol import (
@@ -478,12 +477,7 @@ class _SqliteProjectionTxn:
         return bytes(row[0]) if row is not None else None
 
     def put(self, collection: str, key: str, value: bytes) -> None:
-        if type(value) is not bytes:
-            raise UsageError(
-                f"document {collection}/{key} must be bytes, got {type(value).__name__}",
-                collection=collection,
-                key=key,
-            )
+        _core.check_document(collection, key, value)
         self._conn.execute(
             "INSERT OR REPLACE INTO documents VALUES (?, ?, ?)", (collection, key, value)
         )
