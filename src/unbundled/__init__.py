@@ -11,6 +11,7 @@ from .errors import CorruptionError as CorruptionError
 from .errors import DuplicateEventId as DuplicateEventId
 from .errors import Error as Error
 from .errors import Fenced as Fenced
+from .errors import IdempotencyKeyReused as IdempotencyKeyReused
 from .errors import LimitExceeded as LimitExceeded
 from .errors import NotFound as NotFound
 from .errors import NotSupported as NotSupported
@@ -20,7 +21,9 @@ from .errors import PartitionNotFound as PartitionNotFound
 from .errors import ProducerFenced as ProducerFenced
 from .errors import ProjectionConflict as ProjectionConflict
 from .errors import RecordTooLarge as RecordTooLarge
+from .errors import RequestInProgress as RequestInProgress
 from .errors import StaleGeneration as StaleGeneration
+from .errors import StaleToken as StaleToken
 from .errors import StreamDeleted as StreamDeleted
 from .errors import StreamNotFound as StreamNotFound
 from .errors import SubjectForgotten as SubjectForgotten
@@ -44,6 +47,7 @@ from .eventstore import ProjectionRunner as ProjectionRunner
 from .eventstore import Repository as Repository
 from .eventstore import StoredEvent as StoredEvent
 from .eventstore import Subscription as Subscription
+from .idempotency import Idempotency as Idempotency
 from .log import AsyncConsumer as AsyncConsumer
 from .log import AsyncLog as AsyncLog
 from .log import AsyncProducer as AsyncProducer

@@ -22,6 +22,7 @@ __all__ = [
     "DuplicateEventId",
     "Error",
     "Fenced",
+    "IdempotencyKeyReused",
     "LimitExceeded",
     "NotFound",
     "NotSupported",
@@ -31,7 +32,9 @@ __all__ = [
     "ProjectionConflict",
     "ProducerFenced",
     "RecordTooLarge",
+    "RequestInProgress",
     "StaleGeneration",
+    "StaleToken",
     "StreamDeleted",
     "StreamNotFound",
     "SubjectForgotten",
@@ -181,6 +184,21 @@ class ProjectionConflict(ConflictError):
     code = "projection_conflict"
 
 
+class IdempotencyKeyReused(ConflictError):
+    """An idempotency key sent again with a different request (its
+    fingerprint differs): HTTP 422. The first request's result is not returned."""
+
+    code = "idempotency_key_reused"
+
+
+class RequestInProgress(ConflictError):
+    """The first request with this idempotency key is still running (its lease
+    is live): HTTP 409. Retry later, or ask to wait for its result."""
+
+    code = "request_in_progress"
+    retryable = True
+
+
 class Fenced(ConflictError):
     """A newer owner took over; this (zombie) writer must stop, not retry."""
 
@@ -196,6 +214,14 @@ class StaleGeneration(Fenced):
     """
 
     code = "stale_generation"
+
+
+class StaleToken(Fenced):
+    """An idempotency attempt whose lease expired tried to complete, record a
+    phase or release: another attempt (with a higher fencing token) took
+    over, so this one's result is rejected."""
+
+    code = "stale_token"
 
 
 class ProducerFenced(Fenced):

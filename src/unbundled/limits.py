@@ -45,6 +45,12 @@ event_bytes_max = 16 * 1024 * 1024  # data + metadata of one event
 append_events_max = 10_000  # events of one stream in one append
 read_events_max = 100_000
 
+# Idempotency keys.
+idempotency_key_chars_max = 255
+idempotency_result_bytes_max = 16 * 1024 * 1024
+idempotency_lease_ms_default = 30_000
+idempotency_retention_ms_default = 24 * 3600 * 1000
+
 assert record_bytes_default <= record_bytes_max
 assert key_bytes_max < record_bytes_max
 assert batch_records_max <= commit_records_max

@@ -33,6 +33,9 @@ CODES = {
     "WrongExpectedVersion": "wrong_expected_version",
     "DuplicateEventId": "duplicate_event_id",
     "ProjectionConflict": "projection_conflict",
+    "IdempotencyKeyReused": "idempotency_key_reused",
+    "RequestInProgress": "request_in_progress",
+    "StaleToken": "stale_token",
     "TopicExists": "topic_exists",
     "Fenced": "fenced",
     "StaleGeneration": "stale_generation",
@@ -116,6 +119,7 @@ def test_families() -> None:
     assert exit_status(errors.Error("base")) == 1, "the base class is 'unexpected'"
 
 
-def test_only_transient_backend_errors_are_retryable() -> None:
+def test_only_transient_errors_are_retryable() -> None:
     retryable = {cls.__name__ for cls in CLASSES if cls.retryable}
-    assert retryable == {"Unavailable", "Timeout"}
+    # RequestInProgress: the same request will succeed once the first finishes.
+    assert retryable == {"Unavailable", "Timeout", "RequestInProgress"}

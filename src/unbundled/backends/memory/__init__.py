@@ -8,16 +8,18 @@ from collections.abc import Callable
 
 from ...log import _core
 from ._events import MemoryEvents, MemoryProjections
+from ._idempotency import MemoryIdempotency
 from ._log import MemoryLog
 
 
-class MemoryBackend(MemoryLog, MemoryEvents, MemoryProjections):
+class MemoryBackend(MemoryLog, MemoryEvents, MemoryProjections, MemoryIdempotency):
     """Everything in dicts and lists under one lock; one change counter."""
 
     def __init__(self, clock: Callable[[], int] = _core.now_ms) -> None:
         MemoryLog.__init__(self, clock)
         self._init_events()
         self._init_projections()
+        self._init_idempotency()
 
 
 __all__ = ["MemoryBackend"]

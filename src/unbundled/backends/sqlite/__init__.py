@@ -14,11 +14,12 @@ import sqlite3
 from collections.abc import Callable
 
 from ._events import SqliteEvents, SqliteProjections
+from ._idempotency import SqliteIdempotency
 from ._log import SqliteLog
 from ._writer import ExtraStage
 
 
-class SqliteBackend(SqliteLog, SqliteEvents, SqliteProjections):
+class SqliteBackend(SqliteLog, SqliteEvents, SqliteProjections, SqliteIdempotency):
     """The log and the event store in one SQLite file. ``sync`` sets durability:
 
     * ``"full"`` (default): each commit is fsynced before callers return;

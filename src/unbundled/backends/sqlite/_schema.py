@@ -16,7 +16,7 @@ from ...errors import BackendError, CorruptionError, Error, NotSupported, Unavai
 
 # 'unbd' in the SQLite header: tools like `file` and our open() recognise it.
 APPLICATION_ID = 0x756E6264
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 BUSY_TIMEOUT_MS = 60_000
 
 SYNC_PRAGMA = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -137,7 +137,18 @@ CREATE TABLE subject_keys(
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS = {2: EVENTS_SCHEMA}
+# Version 3: idempotency keys.
+IDEMPOTENCY_SCHEMA = """
+CREATE TABLE idempotency(
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    record BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX idempotency_expiry ON idempotency(expires_ms);
+"""
+
+MIGRATIONS = {2: EVENTS_SCHEMA, 3: IDEMPOTENCY_SCHEMA}
 
 EXPECTED_TABLES = {
     "meta",

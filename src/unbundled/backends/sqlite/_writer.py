@@ -507,13 +507,15 @@ class Writer:
                 conn.execute("RELEASE request")
                 stage.reset(mark)
                 results.append(exc)
-                continue
-            conn.execute("RELEASE request")
+            else:
+                conn.execute("RELEASE request")
+                results.append(result)
             if extra is not None:
-                extra.invalidate()  # the call may have changed what it caches
-                # and the event appends after it in this batch need it re-read.
+                # The call may have changed what the extra stage caches (or,
+                # rolled back, left it ahead of the file); the event appends
+                # after it in this batch need their state read again.
+                extra.invalidate()
                 extra.prepare(batch[index + 1 :])
-            results.append(result)
         stage.flush()
         if extra is not None:
             extra.flush()

@@ -1,0 +1,170 @@
+"""Idempotency keys in the SQLite backend.
+
+Every state change is one request to the group-commit writer (one round trip
+for the caller, one transaction shared with other callers). A claim of a key
+that is already completed, or used with another payload, is answered from a
+read without touching the writer. ``complete`` runs the caller's effects in
+the transaction that stores the result: event appends through the writer's
+event stage, and any SQL on the same connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ...eventstore._protocol import AppendResult, StreamWrite
+from ...idempotency import _core
+from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
+from ._writer import Request, Stage, Writer
+
+_SELECT = "SELECT record FROM idempotency WHERE key = ?"
+_UPSERT = (
+    "INSERT INTO idempotency VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+    "state = excluded.state, expires_ms = excluded.expires_ms, record = excluded.record"
+)
+_WAIT_SLICE_S = 0.05
+
+
+def _load(conn: sqlite3.Connection, key: str) -> IdempotencyRecord | None:
+    row = conn.execute(_SELECT, (key,)).fetchone()
+    return _core.decode_record(row[0]) if row is not None else None
+
+
+def _store(conn: sqlite3.Connection, record: IdempotencyRecord) -> None:
+    conn.execute(
+        _UPSERT, (record.key, record.state, record.expires_ms, _core.encode_record(record))
+    )
+
+
+class _SqliteEffectsTxn:
+    """Effects inside the writer's transaction (and SAVEPOINT) of ``complete``."""
+
+    def __init__(self, conn: sqlite3.Connection, writer: Writer) -> None:
+        self._conn = conn
+        self._writer = writer
+
+    @property
+    def sql(self) -> sqlite3.Connection:
+        return self._conn
+
+    def append_events(self, writes: Sequence[Any]) -> list[Any]:
+        stage = self._writer._extra
+        assert stage is not None
+        work: list[StreamWrite] = list(writes)
+        stage.prepare([Request(None, None, lambda _: None, work)])
+        results: list[AppendResult] = stage.stage(work)  # type: ignore[assignment]
+        stage.flush()  # inside the SAVEPOINT: rolled back with it on failure
+        return results
+
+
+class SqliteIdempotency:
+    """The idempotency methods of :class:`unbundled.backends.SqliteBackend`."""
+
+    clock: Callable[[], int]
+    _writer: Writer
+    _call: Callable[[Callable[[sqlite3.Connection, Stage], Any]], Any]
+    _read: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+    change_token: Callable[[], int]
+    wait_for_change: Callable[[int, float], int]
+
+    def _peek(self, key: str) -> IdempotencyRecord | None:
+        rows = self._read(_SELECT, (key,))
+        return _core.decode_record(rows[0][0]) if rows else None
+
+    def claim(self, key: str, fingerprint: str, lease_ms: int, retention_ms: int) -> Claim:
+        # A repeated key (completed, or a mismatch) needs no write: answer it
+        # from a read. Anything else is decided again inside the writer.
+        seen = _core.live(self._peek(key), self.clock())
+        if seen is not None and (seen.fingerprint != fingerprint or seen.state == "completed"):
+            claim, _ = _core.decide_claim(
+                seen, key, fingerprint, self.clock(), lease_ms, retention_ms
+            )
+            return claim
+
+        def decide(conn: sqlite3.Connection, stage: Stage) -> Claim:
+            claim, new = _core.decide_claim(
+                _load(conn, key), key, fingerprint, self.clock(), lease_ms, retention_ms
+            )
+            if new is not None:
+                _store(conn, new)
+            return claim
+
+        result: Claim = self._call(decide)
+        return result
+
+    def complete(
+        self,
+        key: str,
+        token: int,
+        result: bytes,
+        error: bool,
+        retention_ms: int,
+        effects: Effects | None = None,
+    ) -> IdempotencyRecord:
+        def finish(conn: sqlite3.Connection, stage: Stage) -> IdempotencyRecord:
+            done = _core.decide_complete(
+                _load(conn, key), key, token, result, error, self.clock(), retention_ms
+            )
+            if effects is not None:
+                effects(_SqliteEffectsTxn(conn, self._writer))
+            _store(conn, done)
+            return done
+
+        record: IdempotencyRecord = self._call(finish)
+        return record
+
+    def record_phase(self, key: str, token: int, phase: str, output: bytes) -> None:
+        def record(conn: sqlite3.Connection, stage: Stage) -> None:
+            _store(
+                conn, _core.decide_phase(_load(conn, key), key, token, phase, output, self.clock())
+            )
+
+        self._call(record)
+
+    def release(self, key: str, token: int) -> None:
+        def release(conn: sqlite3.Connection, stage: Stage) -> None:
+            if _core.decide_release(_load(conn, key), token, self.clock()):
+                conn.execute("DELETE FROM idempotency WHERE key = ?", (key,))
+
+        self._call(release)
+
+    def get(self, key: str) -> IdempotencyRecord | None:
+        return _core.live(self._peek(key), self.clock())
+
+    def list_records(self, state: State | None, after: str, limit: int) -> list[IdempotencyRecord]:
+        where = "key > ? AND expires_ms > ?"
+        params: list[Any] = [after, self.clock()]
+        if state is not None:
+            where += " AND state = ?"
+            params.append(state)
+        rows = self._read(
+            f"SELECT record FROM idempotency WHERE {where} ORDER BY key LIMIT ?", [*params, limit]
+        )
+        return [_core.decode_record(r[0]) for r in rows]
+
+    def purge_expired(self) -> int:
+        now = self.clock()
+
+        def purge(conn: sqlite3.Connection, stage: Stage) -> int:
+            return conn.execute("DELETE FROM idempotency WHERE expires_ms <= ?", (now,)).rowcount
+
+        count: int = self._call(purge)
+        return count
+
+    def wait_for_key(self, key: str, timeout_s: float) -> IdempotencyRecord | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            token = self.change_token()
+            record = self._peek(key)
+            now = self.clock()
+            if _core.settled(record, now):
+                return _core.live(record, now)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return record
+            # Wakes on any commit (this process at once, others within 50 ms);
+            # lease expiry is not a commit, so never sleep past a slice.
+            self.wait_for_change(token, min(remaining, _WAIT_SLICE_S))

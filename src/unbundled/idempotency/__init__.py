@@ -1,0 +1,9 @@
+"""Idempotency keys: exactly-once effects for retried requests."""
+
+from ._protocol import Claim as Claim
+from ._protocol import EffectsTxn as EffectsTxn
+from ._protocol import IdempotencyBackend as IdempotencyBackend
+from ._protocol import IdempotencyRecord as IdempotencyRecord
+from .api import Attempt as Attempt
+from .api import Idempotency as Idempotency
+from .api import ReplayedError as ReplayedError

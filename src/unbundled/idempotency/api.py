@@ -1,0 +1,342 @@
+"""Idempotency keys: a retried request takes effect once.
+
+>>> from unbundled.idempotency import Idempotency
+>>> idem = Idempotency.open("memory://")
+>>> calls = []
+>>> def charge(attempt):
+...     calls.append(1)
+...     return {"charged": 10}
+>>> idem.call("order-7", {"amount": 10}, charge)
+{'charged': 10}
+>>> idem.call("order-7", {"amount": 10}, charge)  # a retry: stored result, no second charge
+{'charged': 10}
+>>> len(calls)
+1
+>>> idem.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import msgspec
+
+from .. import limits
+from ..errors import (
+    Closed,
+    IdempotencyKeyReused,
+    LimitExceeded,
+    RequestInProgress,
+    StaleToken,
+    UsageError,
+)
+from ..log._protocol import SyncLevel
+from . import _core
+from ._protocol import Effects, IdempotencyBackend, IdempotencyRecord, State
+
+R = TypeVar("R")
+
+_encode = msgspec.json.encode
+
+
+class ReplayedError(Exception):
+    """A stored deterministic error whose class could not be rebuilt on replay."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+class _StoredError(msgspec.Struct, frozen=True):
+    kind: str
+    message: str
+
+
+class Attempt:
+    """One attempt at the work behind a key (see :meth:`Idempotency.run`).
+
+    ``replayed`` is True when the key was already completed: then ``result``
+    (or ``error``) is the stored answer and nothing must run. Otherwise this
+    attempt holds the key with ``token`` until :meth:`complete`.
+    """
+
+    def __init__(self, idem: IdempotencyBase, record: IdempotencyRecord, replayed: bool) -> None:
+        self._idem = idem
+        self.key = record.key
+        self.token = record.token
+        self.replayed = replayed
+        self.record = record
+        self.completed = replayed
+        self.result: Any = None
+        self.error: BaseException | None = None
+        if replayed:
+            self.result, self.error = idem._replay(record)
+
+    @property
+    def resumed(self) -> bool:
+        """True if an earlier attempt died after recording some phases."""
+        return bool(self.record.phases) and not self.replayed
+
+    def derived_key(self, name: str) -> str:
+        """An idempotency key for a downstream call, stable across retries of
+        this request (Stripe's practice): the same request always sends the
+        same key downstream."""
+        return _core.check_key(f"{self.key}:{name}")
+
+    def _check_held(self) -> None:
+        if self.completed:
+            raise UsageError(f"the attempt at {self.key!r} is already completed")
+
+
+class IdempotencyBase:
+    """Settings and result encoding shared by the sync and async facades."""
+
+    def __init__(
+        self,
+        backend: IdempotencyBackend,
+        *,
+        lease_ms: int = limits.idempotency_lease_ms_default,
+        retention_ms: int = limits.idempotency_retention_ms_default,
+        fingerprint: bool = True,
+        deterministic: tuple[type[BaseException], ...] = (),
+        encode: Callable[[Any], bytes] = _encode,
+        decode: Callable[[bytes], Any] = msgspec.json.decode,
+    ) -> None:
+        for name, value in (("lease_ms", lease_ms), ("retention_ms", retention_ms)):
+            if type(value) is not int or value < limits.lease_ms_min:
+                raise UsageError(f"{name} must be an int >= {limits.lease_ms_min}, got {value!r}")
+        if retention_ms < lease_ms:
+            raise UsageError("retention_ms must be at least lease_ms")
+        self.backend = backend
+        self.lease_ms = lease_ms
+        self.retention_ms = retention_ms
+        self.fingerprinting = fingerprint
+        self.deterministic = tuple(deterministic)
+        self._encode = encode
+        self._decode = decode
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed("the idempotency store is closed")
+
+    def fingerprint(self, payload: Any) -> str:
+        return _core.fingerprint(payload if self.fingerprinting else None)
+
+    def _encode_result(self, result: Any) -> bytes:
+        raw = self._encode(result)
+        if len(raw) > limits.idempotency_result_bytes_max:
+            raise LimitExceeded(
+                f"a result of {len(raw)} bytes exceeds {limits.idempotency_result_bytes_max}"
+            )
+        return raw
+
+    def _encode_error(self, error: BaseException) -> bytes:
+        kind = f"{type(error).__module__}.{type(error).__qualname__}"
+        return _encode(_StoredError(kind, str(error)))
+
+    def _replay(self, record: IdempotencyRecord) -> tuple[Any, BaseException | None]:
+        assert record.result is not None
+        if not record.error:
+            return self._decode(record.result), None
+        stored = msgspec.json.decode(record.result, type=_StoredError)
+        for cls in self.deterministic:
+            if f"{cls.__module__}.{cls.__qualname__}" == stored.kind:
+                try:
+                    return None, cls(stored.message)
+                except TypeError:
+                    break
+        return None, ReplayedError(stored.kind, stored.message)
+
+    def _mismatch(self, key: str) -> IdempotencyKeyReused:
+        return IdempotencyKeyReused(
+            f"idempotency key {key!r} was already used with a different request "
+            "(its payload fingerprint differs): use a new key for a new request",
+            key=key,
+        )
+
+    def _busy(self, key: str, record: IdempotencyRecord) -> RequestInProgress:
+        return RequestInProgress(
+            f"a request with idempotency key {key!r} is still in progress "
+            f"(attempt {record.token}); retry later",
+            key=key,
+            token=record.token,
+        )
+
+
+class Idempotency(IdempotencyBase):
+    """Idempotency keys over any backend. See the module docstring."""
+
+    @classmethod
+    def open(
+        cls,
+        url: str | os.PathLike[str] = "unbundled.db",
+        *,
+        sync: SyncLevel = "full",
+        **options: Any,
+    ) -> Idempotency:
+        from ..backends import open_backend
+
+        settings = {k: options.pop(k) for k in list(options) if k in _SETTINGS}
+        backend: Any = open_backend(url, sync=sync, **options)
+        return cls(backend, **settings)
+
+    def __enter__(self) -> Idempotency:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self.backend, "close", None)
+            if close is not None:
+                close()
+
+    # --- the work -------------------------------------------------------------
+
+    def _attempt(self, key: str, payload: Any, wait_s: float | None) -> Attempt:
+        self._check_open()
+        _core.check_key(key)
+        fp = self.fingerprint(payload)
+        while True:
+            claim = self.backend.claim(key, fp, self.lease_ms, self.retention_ms)
+            if claim.outcome == "claimed":
+                return Attempt(self, claim.record, replayed=False)
+            if claim.outcome == "completed":
+                return Attempt(self, claim.record, replayed=True)
+            if claim.outcome == "mismatch":
+                raise self._mismatch(key)
+            if wait_s is None or wait_s <= 0:
+                raise self._busy(key, claim.record)
+            # Wait for the first request's result (or its lease to run out).
+            started = time.monotonic()
+            self.backend.wait_for_key(key, wait_s)
+            wait_s -= time.monotonic() - started
+
+    @contextlib.contextmanager
+    def run(
+        self, key: str, payload: Any = None, *, wait_s: float | None = None
+    ) -> Iterator[Attempt]:
+        """``with idem.run(key, payload) as attempt:`` — if ``attempt.replayed``,
+        use ``attempt.result``; else do the work and call
+        ``self.complete(attempt, result, effects=...)``. An exception in the
+        block releases the key (a retry runs again), unless it is one of the
+        ``deterministic`` errors, which is stored and replayed."""
+        attempt = self._attempt(key, payload, wait_s)
+        if attempt.replayed:
+            yield attempt
+            return
+        try:
+            yield attempt
+        except self.deterministic as exc:
+            if not attempt.completed:
+                self.fail(attempt, exc)
+            raise
+        except BaseException:
+            if not attempt.completed:
+                self._release(attempt)
+            raise
+        if not attempt.completed:
+            self._release(attempt)
+            raise UsageError(
+                f"the block for idempotency key {key!r} ended without complete(): released"
+            )
+
+    def call(
+        self,
+        key: str,
+        payload: Any,
+        handler: Callable[[Attempt], R],
+        *,
+        wait_s: float | None = None,
+    ) -> R:
+        """Run ``handler(attempt)`` once per key: a retry gets the stored result
+        (or the stored deterministic error, raised again). Raises
+        ``IdempotencyKeyReused`` for the same key with another payload, and
+        ``RequestInProgress`` while the first is running (unless ``wait_s``)."""
+        with self.run(key, payload, wait_s=wait_s) as attempt:
+            if attempt.replayed:
+                if attempt.error is not None:
+                    raise attempt.error
+                result: R = attempt.result
+                return result
+            result = handler(attempt)
+            if not attempt.completed:
+                self.complete(attempt, result)
+            return result
+
+    def phase(self, attempt: Attempt, name: str, step: Callable[[], R]) -> R:
+        """A recovery point: run ``step`` unless an earlier attempt recorded
+        it, then record its output. After a crash, a retry skips the phases
+        that finished and resumes at the first one that did not."""
+        attempt._check_held()
+        _core.check_phase(name)
+        if name in attempt.record.phases:
+            done: R = self._decode(attempt.record.phases[name])
+            return done
+        output = step()
+        raw = self._encode_result(output)
+        self.backend.record_phase(attempt.key, attempt.token, name, raw)
+        attempt.record = msgspec.structs.replace(
+            attempt.record, phases={**attempt.record.phases, name: raw}
+        )
+        return output
+
+    def complete(self, attempt: Attempt, result: Any, *, effects: Effects | None = None) -> None:
+        """Store the result; with ``effects``, run them in the same backend
+        transaction, so a crash leaves either both or neither. Raises
+        ``StaleToken`` if this attempt's lease expired and another took over
+        (then nothing is stored and the effects do not run)."""
+        attempt._check_held()
+        self.backend.complete(
+            attempt.key,
+            attempt.token,
+            self._encode_result(result),
+            False,
+            self.retention_ms,
+            effects,
+        )
+        attempt.completed = True
+        attempt.result = result
+
+    def fail(self, attempt: Attempt, error: BaseException) -> None:
+        """Store a deterministic error: retries get it again, without running."""
+        attempt._check_held()
+        self.backend.complete(
+            attempt.key, attempt.token, self._encode_error(error), True, self.retention_ms
+        )
+        attempt.completed = True
+        attempt.error = error
+
+    def _release(self, attempt: Attempt) -> None:
+        with contextlib.suppress(StaleToken):  # someone else holds it now: nothing to undo
+            self.backend.release(attempt.key, attempt.token)
+        attempt.completed = True
+
+    # --- inspection -----------------------------------------------------------
+
+    def get(self, key: str) -> IdempotencyRecord | None:
+        self._check_open()
+        return self.backend.get(_core.check_key(key))
+
+    def records(
+        self, *, state: State | None = None, after: str = "", limit: int = 1000
+    ) -> list[IdempotencyRecord]:
+        self._check_open()
+        if state not in (None, "in_progress", "completed"):
+            raise UsageError(f"state must be 'in_progress' or 'completed', got {state!r}")
+        return self.backend.list_records(state, after, limit)
+
+    def purge_expired(self) -> int:
+        self._check_open()
+        return self.backend.purge_expired()
+
+
+_SETTINGS = {"lease_ms", "retention_ms", "fingerprint", "deterministic", "encode", "decode"}
