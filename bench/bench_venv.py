@@ -1,5 +1,5 @@
 """The event-store benchmark's own environment, ``bench/.venv``: the project
-(``pip install -e .[postgres]``) and ``bench/requirements.txt``, where the
+(``pip install -e .[postgres,redis]``) and ``bench/requirements.txt``, where the
 competitor (``eventsourcing``) is installed and nowhere else. Made without
 the system's site-packages, and updated when either file changes."""
 
@@ -28,7 +28,7 @@ def _install_fingerprint() -> str:
 
 
 def ensure_venv(log: Any = print) -> Path:
-    """``bench/.venv`` with the project (``-e .[postgres]``) and
+    """``bench/.venv`` with the project (``-e .[postgres,redis]``) and
     ``bench/requirements.txt``; created or updated when either file changed.
     It never sees the system's or the dev venv's packages."""
     python = venv_python()
@@ -37,7 +37,7 @@ def ensure_venv(log: Any = print) -> Path:
     if python.exists() and stamp.exists() and stamp.read_text() == fingerprint:
         return python
     if not python.exists():
-        log(f"creating {VENV.relative_to(REPO)} (eventsourcing lives only there)")
+        log(f"creating {VENV.relative_to(REPO)} (the competitors live only there)")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     log(f"installing the project and {REQUIREMENTS.relative_to(REPO)} into it")
     subprocess.run(
@@ -49,7 +49,7 @@ def ensure_venv(log: Any = print) -> Path:
             "--quiet",
             "--disable-pip-version-check",
             "-e",
-            f"{REPO}[postgres]",
+            f"{REPO}[postgres,redis]",
             "-r",
             str(REQUIREMENTS),
         ],

@@ -1,14 +1,15 @@
 """Run the benchmarks and print (and write) the results tables.
 
-    .venv/bin/python bench/run.py                    # everything: bench/results/{log,eventstore}.md
-    .venv/bin/python bench/run.py --only log         # the log's, vs raw sqlite3
-    .venv/bin/python bench/run.py --only eventstore  # the event store's, vs eventsourcing
-    .venv/bin/python bench/run.py --quick            # a smoke run in seconds, writes nothing
-    .venv/bin/python bench/run.py --kills 50         # fewer kills in the crash test
+    .venv/bin/python bench/run.py                     # everything: bench/results/*.md
+    .venv/bin/python bench/run.py --only log          # the log's, vs raw sqlite3
+    .venv/bin/python bench/run.py --only eventstore   # the event store's, vs eventsourcing
+    .venv/bin/python bench/run.py --only idempotency  # idempotency keys, vs Powertools
+    .venv/bin/python bench/run.py --quick             # a smoke run in seconds, writes nothing
+    .venv/bin/python bench/run.py --kills 50          # fewer kills in the crash test
 
-The event-store benchmarks run in their own venv, bench/.venv (created here on
-first use), because their competitor is installed only there; see
-``bench/eventstore_bench.py``.
+The event-store and idempotency benchmarks run in their own venv, bench/.venv
+(created here on first use), because their competitors are installed only
+there; see ``bench/eventstore_bench.py`` and ``bench/idempotency_bench.py``.
 
 Every line is measured side by side with its baseline in this one run, on this
 machine; see ``bench/log_bench.py`` for what each case does.
@@ -264,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=None, help="crash-test kills (default 1000)")
     parser.add_argument("--seed", type=int, default=None, help="crash-test seed (default random)")
     parser.add_argument(
-        "--only", choices=["log", "eventstore"], default=None, help="run one benchmark suite"
+        "--only",
+        choices=["log", "eventstore", "idempotency"],
+        default=None,
+        help="run one benchmark suite",
     )
     parser.add_argument(
         "--output",
@@ -276,15 +280,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.kills is not None and args.kills < 0:
         parser.error("--kills must be >= 0")
-    eventstore_status = 0
-    if args.only != "log":
+    venv_suites_status = 0
+    if args.only in (None, "eventstore"):
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
         from bench import eventstore_bench
 
-        eventstore_status = eventstore_bench.run_in_venv(quick=args.quick)
+        venv_suites_status = eventstore_bench.run_in_venv(quick=args.quick)
         if args.only == "eventstore":
-            return eventstore_status
+            return venv_suites_status
+    if args.only in (None, "idempotency"):
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from bench import idempotency_bench
+
+        venv_suites_status = idempotency_bench.run_in_venv(quick=args.quick) or venv_suites_status
+        if args.only == "idempotency":
+            return venv_suites_status
 
     # Run as a script, bench/ itself is on sys.path, not the repo.
     if str(REPO) not in sys.path:
@@ -399,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"wrote {output}")
     # A benchmark below its floor is a finding, not a failure of the run; a
     # crash test that lost or duplicated records is.
-    return 1 if crash is not None and not crash.ok else eventstore_status
+    return 1 if crash is not None and not crash.ok else venv_suites_status
 
 
 if __name__ == "__main__":

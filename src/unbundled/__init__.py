@@ -47,7 +47,9 @@ from .eventstore import ProjectionRunner as ProjectionRunner
 from .eventstore import Repository as Repository
 from .eventstore import StoredEvent as StoredEvent
 from .eventstore import Subscription as Subscription
+from .idempotency import AsyncIdempotency as AsyncIdempotency
 from .idempotency import Idempotency as Idempotency
+from .idempotency import idempotent as idempotent
 from .log import AsyncConsumer as AsyncConsumer
 from .log import AsyncLog as AsyncLog
 from .log import AsyncProducer as AsyncProducer

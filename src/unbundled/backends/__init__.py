@@ -6,8 +6,10 @@ protocol it can serve. Choose one by construction, or by URL with :func:`open_ba
 * ``postgresql://user@host/db?schema=name`` (or ``postgres://``) —
   :class:`~unbundled.backends.postgres.PostgresBackend`, the event store only
   (needs ``pip install 'unbundled[postgres]'``); the log refuses it.
-* ``nats://``, ``redis://`` — not available yet: ``NotSupported``, never a
-  silent fallback.
+* ``redis://host:port/db?prefix=...`` (or ``rediss://``) —
+  :class:`~unbundled.backends.redis.RedisBackend`, idempotency keys only
+  (needs ``pip install 'unbundled[redis]'``); the log and the event store refuse it.
+* ``nats://`` — not available yet: ``NotSupported``, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from .sqlite import SqliteBackend as SqliteBackend
 
 _SERVER_SCHEMES = {
     "nats": "nats",
-    "redis": "redis",
 }
 
 
@@ -72,6 +73,9 @@ def open_backend(
             ) from exc
         backend: Any = PostgresBackend(text, sync=sync, clock=clock, **options)
         return backend  # type: ignore[no-any-return]
+    if scheme in ("redis", "rediss"):
+        redis_backend: Any = _open_redis(text, sync, clock, options)
+        return redis_backend  # type: ignore[no-any-return]
     if scheme in _SERVER_SCHEMES:
         raise NotSupported(
             f"the {_SERVER_SCHEMES[scheme]} backend does not serve the log yet "
@@ -81,14 +85,46 @@ def open_backend(
     raise UsageError(f"unknown backend URL scheme {scheme!r} in {text!r}", url=text)
 
 
+def _open_redis(
+    text: str, sync: SyncLevel, clock: Callable[[], int], options: dict[str, Any]
+) -> Any:
+    if clock is not now_ms:
+        raise NotSupported(
+            "the redis backend keeps time with the Redis server's clock (so that app "
+            "servers with skewed clocks agree on leases); it takes no clock=",
+            url=text,
+        )
+    try:
+        from .redis import RedisBackend
+    except ImportError as exc:
+        raise NotSupported(
+            f"the redis backend needs redis-py: pip install 'unbundled[redis]' ({exc})",
+            url=text,
+        ) from exc
+    return RedisBackend(text, sync=sync, **options)
+
+
 def require_log(backend: Any) -> LogBackend:
     """``backend`` if it serves the log; otherwise close it and raise ``NotSupported``."""
     if getattr(backend, "supports_log", True):
         result: LogBackend = backend
         return result
     backend.close()
+    serves = getattr(backend, "serves", "the event store")
     raise NotSupported(
-        f"the backend at {backend.url!r} serves the event store, not the log (yet); "
+        f"the backend at {backend.url!r} serves {serves}, not the log (yet); "
         "open the log on sqlite:///path.db or memory://",
+        url=backend.url,
+    )
+
+
+def require_events(backend: Any) -> Any:
+    """``backend`` if it serves the event store; otherwise close it and raise ``NotSupported``."""
+    if getattr(backend, "supports_events", True):
+        return backend
+    backend.close()
+    raise NotSupported(
+        f"the backend at {backend.url!r} serves {backend.serves}, not the event store; "
+        "open the event store on sqlite:///path.db, postgresql://... or memory://",
         url=backend.url,
     )

@@ -24,6 +24,7 @@ from ._common import DEFAULT_DB, App, echo_json, err_console, out_console, pass_
 from ._consume import consume
 from ._events import events
 from ._groups import groups
+from ._idempotency import idempotency
 from ._produce import produce
 from ._projections import projections
 from ._topics import topics
@@ -78,6 +79,7 @@ def cli(ctx: click.Context, url: str, sync: str) -> None:
       unbundled groups describe billing
       unbundled events append account-1 --type Opened --data '{"owner": "ada"}'
       unbundled events read '$all' --json
+      unbundled idempotency list --state in_progress
 
     Errors print "error: <message>" on stderr; the exit status says which kind:
     2 usage, 3 not found, 4 conflict, 5 limit exceeded, 6 corruption,
@@ -94,6 +96,7 @@ cli.add_command(consume)
 cli.add_command(groups)
 cli.add_command(events)
 cli.add_command(projections)
+cli.add_command(idempotency)
 
 
 @cli.command()

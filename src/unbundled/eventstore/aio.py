@@ -66,10 +66,10 @@ class AsyncEventStore(EventStoreBase):
     ) -> AsyncEventStore:
         """Open the store at ``url`` (``sqlite:///path.db``, a path, or ``memory://``).
         Opening may create or migrate the file, so it runs in a worker thread."""
-        from ..backends import open_backend
+        from ..backends import open_backend, require_events
 
         backend: Any = await asyncio.to_thread(partial(open_backend, url, sync=sync, **options))
-        return cls(backend, events=events, serializer=serializer)
+        return cls(require_events(backend), events=events, serializer=serializer)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         self._check_open()

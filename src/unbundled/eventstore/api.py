@@ -230,9 +230,9 @@ class EventStore(EventStoreBase):
         **options: Any,
     ) -> EventStore:
         """Open the store at ``url`` (``sqlite:///path.db``, a path, or ``memory://``)."""
-        from ..backends import open_backend
+        from ..backends import open_backend, require_events
 
-        backend: Any = open_backend(url, sync=sync, **options)
+        backend: Any = require_events(open_backend(url, sync=sync, **options))
         return cls(backend, events=events, serializer=serializer)
 
     def __enter__(self) -> EventStore:

@@ -4,6 +4,8 @@ from ._protocol import Claim as Claim
 from ._protocol import EffectsTxn as EffectsTxn
 from ._protocol import IdempotencyBackend as IdempotencyBackend
 from ._protocol import IdempotencyRecord as IdempotencyRecord
+from .aio import AsyncIdempotency as AsyncIdempotency
 from .api import Attempt as Attempt
 from .api import Idempotency as Idempotency
 from .api import ReplayedError as ReplayedError
+from .decorator import idempotent as idempotent

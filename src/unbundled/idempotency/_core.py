@@ -144,6 +144,16 @@ def decide_release(record: IdempotencyRecord | None, token: int, now: int) -> bo
     return current is not None and current.state == "in_progress" and current.token == token
 
 
+def after_release(record: IdempotencyRecord, now: int) -> IdempotencyRecord | None:
+    """What a release (decided by :func:`decide_release`) leaves: nothing, or,
+    if the attempt recorded phases, the record with its lease given up. Then
+    the next claim takes over (token + 1) and resumes after those phases:
+    a transient error in phase 3 must not run phases 1 and 2 again."""
+    if not record.phases:
+        return None
+    return msgspec.structs.replace(record, lease_until_ms=now, updated_ms=now)
+
+
 def settled(record: IdempotencyRecord | None, now: int) -> bool:
     """Whether a waiter can stop waiting: the key is not held by a live lease."""
     current = live(record, now)

@@ -100,7 +100,9 @@ class IdempotencyBackend(Protocol):
 
     def release(self, key: str, token: int) -> None:
         """Delete the in-progress record (a transient failure: let a retry run
-        again). Fenced; a no-op if the key is not held with ``token``."""
+        again). Fenced; a no-op if the key is not held with ``token``. If the
+        attempt recorded phases, keep the record and give up only its lease
+        (``_core.after_release``): the retry takes over and resumes there."""
 
     def get(self, key: str) -> IdempotencyRecord | None:
         """The record, or None (also for an expired one)."""

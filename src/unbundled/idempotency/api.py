@@ -55,6 +55,13 @@ class ReplayedError(Exception):
 class _StoredError(msgspec.Struct, frozen=True):
     kind: str
     message: str
+    # The ``deterministic`` class it was caught as (``kind`` may be a subclass
+    # of it): a replay rebuilds that one when it cannot rebuild ``kind``.
+    declared: str = ""
+
+
+def _class_name(cls: type[BaseException]) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class Attempt:
@@ -67,6 +74,7 @@ class Attempt:
 
     def __init__(self, idem: IdempotencyBase, record: IdempotencyRecord, replayed: bool) -> None:
         self._idem = idem
+        self._claimed_s = time.monotonic()
         self.key = record.key
         self.token = record.token
         self.replayed = replayed
@@ -88,9 +96,23 @@ class Attempt:
         same key downstream."""
         return _core.check_key(f"{self.key}:{name}")
 
+    def outlived_retention(self) -> bool:
+        """A zombie that outlived the record's retention could meet a later
+        request's record under the same key, restarted at the same token (an
+        expired record may have been purged): such an attempt must not touch
+        the backend any more. Measured on this process's monotonic clock."""
+        return (time.monotonic() - self._claimed_s) * 1000 >= self._idem.retention_ms
+
     def _check_held(self) -> None:
         if self.completed:
             raise UsageError(f"the attempt at {self.key!r} is already completed")
+        if self.outlived_retention():
+            raise StaleToken(
+                f"the attempt at idempotency key {self.key!r} is older than the retention "
+                f"period ({self._idem.retention_ms} ms): its record may be gone and reused",
+                key=self.key,
+                token=self.token,
+            )
 
 
 class IdempotencyBase:
@@ -137,20 +159,22 @@ class IdempotencyBase:
         return raw
 
     def _encode_error(self, error: BaseException) -> bytes:
-        kind = f"{type(error).__module__}.{type(error).__qualname__}"
-        return _encode(_StoredError(kind, str(error)))
+        kind = _class_name(type(error))
+        declared = next((_class_name(c) for c in self.deterministic if isinstance(error, c)), "")
+        return _encode(_StoredError(kind, str(error), declared))
 
     def _replay(self, record: IdempotencyRecord) -> tuple[Any, BaseException | None]:
         assert record.result is not None
         if not record.error:
             return self._decode(record.result), None
         stored = msgspec.json.decode(record.result, type=_StoredError)
-        for cls in self.deterministic:
-            if f"{cls.__module__}.{cls.__qualname__}" == stored.kind:
-                try:
-                    return None, cls(stored.message)
-                except TypeError:
-                    break
+        for name in (stored.kind, stored.declared):
+            for cls in self.deterministic:
+                if _class_name(cls) == name:
+                    try:
+                        return None, cls(stored.message)
+                    except TypeError:
+                        break
         return None, ReplayedError(stored.kind, stored.message)
 
     def _mismatch(self, key: str) -> IdempotencyKeyReused:
@@ -316,8 +340,9 @@ class Idempotency(IdempotencyBase):
         attempt.error = error
 
     def _release(self, attempt: Attempt) -> None:
-        with contextlib.suppress(StaleToken):  # someone else holds it now: nothing to undo
-            self.backend.release(attempt.key, attempt.token)
+        if not attempt.outlived_retention():
+            with contextlib.suppress(StaleToken):  # someone else holds it now: nothing to undo
+                self.backend.release(attempt.key, attempt.token)
         attempt.completed = True
 
     # --- inspection -----------------------------------------------------------
@@ -332,6 +357,8 @@ class Idempotency(IdempotencyBase):
         self._check_open()
         if state not in (None, "in_progress", "completed"):
             raise UsageError(f"state must be 'in_progress' or 'completed', got {state!r}")
+        if type(limit) is not int or limit < 1:  # backends read 0 and -1 differently
+            raise UsageError(f"limit must be an int >= 1, got {limit!r}")
         return self.backend.list_records(state, after, limit)
 
     def purge_expired(self) -> int:

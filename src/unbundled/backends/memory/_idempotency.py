@@ -89,8 +89,14 @@ class MemoryIdempotency:
     def release(self, key: str, token: int) -> None:
         with self._lock:
             self._check_idem_open()
-            if _core.decide_release(self._idem.get(key), token, self.clock()):
-                del self._idem[key]
+            record, now = self._idem.get(key), self.clock()
+            if _core.decide_release(record, token, now):
+                assert record is not None
+                kept = _core.after_release(record, now)
+                if kept is None:
+                    del self._idem[key]
+                else:
+                    self._idem[key] = kept
                 self._bump()
 
     def get(self, key: str) -> IdempotencyRecord | None:

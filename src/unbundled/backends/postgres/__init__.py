@@ -9,6 +9,8 @@ processes on many hosts through one database.
   commits later (docs/how-to/eventstore-postgres.md says why this design).
 * Reads run on a small connection pool; waiting for new events uses
   LISTEN/NOTIFY (``_notify``), with a polling fallback.
+* Idempotency keys (``_idempotency``): one statement per transition; the
+  effects of a request commit with its result, event appends included.
 
 The log is not served on PostgreSQL yet: ``supports_log`` is False and
 ``Log.open`` refuses such a URL with ``NotSupported``.
@@ -23,6 +25,7 @@ from ...errors import UsageError
 from ...log._core import now_ms
 from ...log._protocol import SyncLevel
 from ._events import PostgresEvents
+from ._idempotency import PostgresIdempotency
 from ._notify import Notifier
 from ._projections import PostgresProjections
 from ._schema import (
@@ -39,8 +42,8 @@ from ._writer import Writer
 POOL_SIZE_DEFAULT = 4
 
 
-class PostgresBackend(PostgresEvents, PostgresProjections):
-    """The event store in one PostgreSQL schema.
+class PostgresBackend(PostgresEvents, PostgresProjections, PostgresIdempotency):
+    """The event store and idempotency keys in one PostgreSQL schema.
 
     ``url`` is ``postgresql://user@host:port/db?schema=name`` (any libpq
     parameters may follow; ``schema`` defaults to ``unbundled`` and is

@@ -6,6 +6,10 @@ One listener thread per backend blocks in ``select`` on its connection's
 socket and a wake-up pipe: it costs nothing while nothing happens. If the
 listening connection is down, waiters fall back to polling the counter row
 every ``POLL_S`` while the thread reconnects.
+
+A second token follows idempotency keys (a notification whose payload is
+``KEYS_PAYLOAD``, sent when a key completes or is released), so waiters for
+a key and subscribers to events do not wake each other.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from ...errors import Error
 from ._schema import Conn
 
 POLL_S = 0.2
+# The payload of an idempotency key's notification: it moves the keys token,
+# not the events token, so event subscribers do not wake for it.
+KEYS_PAYLOAD = "keys"
 _BACKOFF_MAX_S = 2.0
 
 
@@ -34,6 +41,7 @@ class Notifier:
         self._position = position
         self._changed = threading.Condition()
         self._token = 0
+        self._keys = 0  # moved by idempotency keys settling (KEYS_PAYLOAD)
         self._listening = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -44,6 +52,27 @@ class Notifier:
         with self._changed:
             self._token += 1
             self._changed.notify_all()
+
+    def bump_keys(self) -> None:
+        with self._changed:
+            self._keys += 1
+            self._changed.notify_all()
+
+    def keys_token(self) -> int:
+        """Like :meth:`token`, for idempotency keys settling."""
+        self._start()
+        with self._changed:
+            return self._keys
+
+    def wait_keys(self, token: int, timeout_s: float) -> None:
+        """Wait until the keys token moves or ``timeout_s`` passes; with
+        nobody listening, at most ``POLL_S`` (the caller polls: it reads
+        again after every return)."""
+        self._start()
+        with self._changed:
+            if not self._listening:
+                timeout_s = min(timeout_s, POLL_S)
+            self._changed.wait_for(lambda: self._keys != token or self._closed, timeout_s)
 
     def token(self) -> int:
         self._start()
@@ -123,6 +152,7 @@ class Notifier:
     def _set_listening(self, listening: bool) -> None:
         with self._changed:
             self._listening = listening
+            self._keys += 1
             # Either way waiters must look again: commits may have gone
             # unannounced while nobody listened, and pollers must start or stop.
             self._token += 1
@@ -144,11 +174,16 @@ class Notifier:
                 if self._wake_r in ready:
                     break
                 conn.pgconn.consume_input()
-                got = False
-                while conn.pgconn.notifies() is not None:
-                    got = True
+                got = keys = False
+                while (note := conn.pgconn.notifies()) is not None:
+                    if note.extra == KEYS_PAYLOAD.encode():
+                        keys = True
+                    else:
+                        got = True
                 if got:
                     self.bump()
+                if keys:
+                    self.bump_keys()
             except (psycopg.Error, OSError):
                 self._set_listening(False)
                 conn.close()

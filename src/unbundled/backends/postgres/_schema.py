@@ -52,6 +52,10 @@ Conn = psycopg.Connection[TupleRow]
 # Each table's text keys sort bytewise (COLLATE "C"), as Python sorts
 # str: list_streams and list_documents page by "greater than", and must
 # agree with the memory model whatever the database's locale is.
+# An idempotency record is stored as columns, not an encoded blob, so that a
+# claim and each fenced transition is one statement that decides in SQL;
+# phases are jsonb (name -> base64, msgspec's encoding of bytes), so
+# recording one appends it without reading the record first.
 DDL = """
 CREATE TABLE IF NOT EXISTS {s}.meta (
     key text COLLATE "C" PRIMARY KEY,
@@ -106,6 +110,20 @@ CREATE TABLE IF NOT EXISTS {s}.subject_keys (
     subject text COLLATE "C" PRIMARY KEY,
     key bytea
 );
+CREATE TABLE IF NOT EXISTS {s}.idempotency (
+    key text COLLATE "C" PRIMARY KEY,
+    fingerprint text NOT NULL,
+    state text NOT NULL CHECK (state IN ('in_progress', 'completed')),
+    token bigint NOT NULL,
+    lease_until_ms bigint NOT NULL,
+    expires_ms bigint NOT NULL,
+    created_ms bigint NOT NULL,
+    updated_ms bigint NOT NULL,
+    result bytea,
+    error boolean NOT NULL,
+    phases jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_expires ON {s}.idempotency (expires_ms);
 """
 
 

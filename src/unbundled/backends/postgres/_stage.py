@@ -16,6 +16,10 @@ A batch goes through three steps (``_writer`` decides when each is sent):
    counter (``UPDATE ... SET last = last + n``), inserts the events at
    ``last - n + 1 .. last``, moves the streams' versions, drops the
    placeholders no append used and sends ``pg_notify``; then ``COMMIT``.
+
+:class:`Staging` runs the same steps inside a transaction that is not the
+writer's (the effects of an idempotent request, ``_idempotency``): steps 1
+and 2 at each ``append_events`` call, step 3 right before that COMMIT.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from ...errors import Error, UsageError
+from ...errors import Error, Unavailable, UsageError
 from ...eventstore import _core
 from ...eventstore._protocol import (
     AppendResult,
@@ -96,6 +100,10 @@ WITH c AS (
     AND version = -1 AND NOT deleted AND NOT tombstoned
 )
 SELECT base, pg_notify(%(channel)s, (base + %(n)s::int8)::text) FROM c"""
+        self.unused = (
+            f"DELETE FROM {s}.streams WHERE stream = ANY(%b::text[]) "
+            "AND version = -1 AND NOT deleted AND NOT tombstoned"
+        )
 
 
 def _check_text(write: StreamWrite) -> None:
@@ -269,3 +277,66 @@ def finish(opened: Opened, base: int) -> list[object]:
                 for r in result
             ]
     return results
+
+
+class Staging:
+    """Appends inside a transaction someone else runs on ``conn`` (the
+    effects of an idempotent request): the writer's steps spread over
+    several calls. :meth:`append` takes step 1 and 2 at once for the streams
+    it has not seen yet (each stream is locked once, its state then follows
+    the staged appends); :meth:`write` queues step 3, which the caller must
+    send right before its ``COMMIT`` so the counter lock is held briefly.
+    """
+
+    def __init__(self, conn: Conn, sql: Statements) -> None:
+        self._conn = conn
+        self._sql = sql
+        self._states: dict[str, StreamState] = {}
+        self._known: dict[str, RecordedEvent] = {}
+        self._placeholders: set[str] = set()
+        self._rows = Rows()
+        self._results: list[tuple[list[AppendResult], list[AppendResult]]] = []
+
+    def append(self, writes: Sequence[StreamWrite]) -> list[AppendResult]:
+        """Decide ``writes`` now (raising ``WrongExpectedVersion`` and the
+        like at once); the list returned is filled when :meth:`finish` runs."""
+        for write in writes:
+            _core.check_write(write)
+            _check_text(write)
+        streams = sorted({w.stream for w in writes} - self._states.keys())
+        ids = [e.id for w in writes for e in w.events if e.id not in self._known]
+        if streams or ids:  # one round trip; none when every stream and id is known
+            conn = self._conn
+            with conn.pipeline():
+                created = conn.execute(self._sql.placeholders, (streams,))
+                locked = conn.execute(self._sql.lock, (streams,))
+                found = conn.cursor(binary=True).execute(self._sql.existing, (ids,))
+            self._placeholders.update(row[0] for row in created)
+            states = {s: StreamState(s, v, d, t) for s, v, d, t in locked}
+            if len(states) != len(streams):  # the schema was made again under us
+                raise Unavailable("the stream table changed during the transaction; retry")
+            self._states.update(states)
+            self._known.update((row[0], RecordedEvent(*row)) for row in found)
+        staged = _stage(writes, self._states, self._known, self._rows)
+        out: list[AppendResult] = []
+        self._results.append((out, staged))
+        return out
+
+    def write(self, now: int, channel: str) -> psycopg.Cursor[Any] | None:
+        """Queue step 3 (the counter lock: send ``COMMIT`` next); a cursor
+        whose row holds the base position, or None if no event is new."""
+        unused = sorted(self._placeholders - self._rows.heads.keys())
+        if self._rows.ids:
+            self._rows.unused = unused
+            return self._conn.execute(self._sql.write, self._rows.params(now, channel))
+        if unused:
+            self._conn.execute(self._sql.unused, (unused,))
+        return None
+
+    def finish(self, base: int) -> None:
+        """After ``COMMIT``: fill the lists :meth:`append` returned."""
+        for out, staged in self._results:
+            out.extend(
+                r._replace(positions=tuple(base - p if p < 0 else p for p in r.positions))
+                for r in staged
+            )

@@ -126,8 +126,14 @@ class SqliteIdempotency:
 
     def release(self, key: str, token: int) -> None:
         def release(conn: sqlite3.Connection, stage: Stage) -> None:
-            if _core.decide_release(_load(conn, key), token, self.clock()):
-                conn.execute("DELETE FROM idempotency WHERE key = ?", (key,))
+            record, now = _load(conn, key), self.clock()
+            if _core.decide_release(record, token, now):
+                assert record is not None
+                kept = _core.after_release(record, now)
+                if kept is None:
+                    conn.execute("DELETE FROM idempotency WHERE key = ?", (key,))
+                else:
+                    _store(conn, kept)
 
         self._call(release)
 
