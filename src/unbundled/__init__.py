@@ -22,6 +22,7 @@ from .errors import ProducerFenced as ProducerFenced
 from .errors import ProjectionConflict as ProjectionConflict
 from .errors import RecordTooLarge as RecordTooLarge
 from .errors import RequestInProgress as RequestInProgress
+from .errors import SessionBehind as SessionBehind
 from .errors import StaleGeneration as StaleGeneration
 from .errors import StaleToken as StaleToken
 from .errors import StreamDeleted as StreamDeleted

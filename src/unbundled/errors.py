@@ -33,6 +33,7 @@ __all__ = [
     "ProducerFenced",
     "RecordTooLarge",
     "RequestInProgress",
+    "SessionBehind",
     "StaleGeneration",
     "StaleToken",
     "StreamDeleted",
@@ -286,6 +287,16 @@ class Timeout(BackendError):
 
     code = "timeout"
     retryable = True
+
+
+class SessionBehind(Unavailable):
+    """A replica has not yet applied everything a client's session (or the
+    causal context it passed) has seen, so serving it would break
+    read-your-writes or monotonic reads. Nothing was read or written. Retry
+    later, wait, or ask another replica: ``details`` names the ``replica``
+    and the ``missing`` updates (origin to sequence number)."""
+
+    code = "session_behind"
 
 
 class NotSupported(Error):

@@ -51,8 +51,26 @@ idempotency_result_bytes_max = 16 * 1024 * 1024
 idempotency_lease_ms_default = 30_000
 idempotency_retention_ms_default = 24 * 3600 * 1000
 
+# Linearizable key-value store (consistency.kv).
+kv_key_bytes_max = 1024
+kv_value_bytes_max = 1024 * 1024  # etcd's request limit is 1.5 MiB: same order.
+
+# Causally consistent replicated store (consistency.causal).
+causal_replicas_max = 64  # replicas of one store: every update carries a vector this long.
+causal_replica_id_bytes_max = 64
+causal_key_bytes_max = 1024
+causal_value_bytes_max = 1024 * 1024
+causal_update_bytes_max = causal_value_bytes_max + 64 * 1024  # one update record in the log.
+causal_pending_updates_max = 100_000  # received updates buffered until deliverable.
+causal_read_records_max = 1000  # log records a replica reads per partition per pass.
+
 assert record_bytes_default <= record_bytes_max
 assert key_bytes_max < record_bytes_max
 assert batch_records_max <= commit_records_max
 assert lease_ms_min < lease_ms_max
 assert partitions_max * topics_max < 2**31
+# An update's overhead: two vectors (deps, context) of replica ids and counters, and the key.
+assert 2 * causal_replicas_max * (causal_replica_id_bytes_max + 9) + causal_key_bytes_max < (
+    causal_update_bytes_max - causal_value_bytes_max
+)
+assert causal_update_bytes_max <= record_bytes_max

@@ -48,7 +48,7 @@ def test_relative_links_resolve(page: Path) -> None:
         assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
 
 
-@pytest.mark.parametrize("part", ["log", "eventstore", "idempotency"])
+@pytest.mark.parametrize("part", ["log", "eventstore", "idempotency", "causal-consistency"])
 def test_guarantees_cite_existing_tests(part: str) -> None:
     page = ROOT / "docs" / "explanation" / f"{part}.md"
     cited = set(re.findall(r"`(tests/[\w/.]+)`", page.read_text()))

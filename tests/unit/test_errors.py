@@ -47,6 +47,7 @@ CODES = {
     "BackendError": "backend",
     "Unavailable": "unavailable",
     "Timeout": "timeout",
+    "SessionBehind": "session_behind",
     "NotSupported": "not_supported",
 }
 
@@ -122,4 +123,4 @@ def test_families() -> None:
 def test_only_transient_errors_are_retryable() -> None:
     retryable = {cls.__name__ for cls in CLASSES if cls.retryable}
     # RequestInProgress: the same request will succeed once the first finishes.
-    assert retryable == {"Unavailable", "Timeout", "RequestInProgress"}
+    assert retryable == {"Unavailable", "Timeout", "RequestInProgress", "SessionBehind"}

@@ -20,6 +20,7 @@ from rich.table import Table
 from .. import __version__
 from ..errors import Error, NotSupported, exit_status
 from ..log._protocol import SyncLevel
+from ._check import check
 from ._common import DEFAULT_DB, App, echo_json, err_console, out_console, pass_app
 from ._consume import consume
 from ._events import events
@@ -97,6 +98,7 @@ cli.add_command(groups)
 cli.add_command(events)
 cli.add_command(projections)
 cli.add_command(idempotency)
+cli.add_command(check)
 
 
 @cli.command()

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from ...log import _core
 from ._events import MemoryEvents, MemoryProjections
 from ._idempotency import MemoryIdempotency
+from ._kv import MemoryKV
 from ._log import MemoryLog
 
 
-class MemoryBackend(MemoryLog, MemoryEvents, MemoryProjections, MemoryIdempotency):
+class MemoryBackend(MemoryLog, MemoryEvents, MemoryProjections, MemoryIdempotency, MemoryKV):
     """Everything in dicts and lists under one lock; one change counter."""
 
     def __init__(self, clock: Callable[[], int] = _core.now_ms) -> None:
@@ -20,6 +21,7 @@ class MemoryBackend(MemoryLog, MemoryEvents, MemoryProjections, MemoryIdempotenc
         self._init_events()
         self._init_projections()
         self._init_idempotency()
+        self._init_kv()
 
 
 __all__ = ["MemoryBackend"]

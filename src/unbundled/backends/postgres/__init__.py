@@ -11,6 +11,8 @@ processes on many hosts through one database.
   LISTEN/NOTIFY (``_notify``), with a polling fallback.
 * Idempotency keys (``_idempotency``): one statement per transition; the
   effects of a request commit with its result, event appends included.
+* The linearizable key-value store (``_kv``): one statement per operation,
+  compare-and-set as a conditional UPDATE; linearizable on one primary.
 
 The log is not served on PostgreSQL yet: ``supports_log`` is False and
 ``Log.open`` refuses such a URL with ``NotSupported``.
@@ -26,6 +28,7 @@ from ...log._core import now_ms
 from ...log._protocol import SyncLevel
 from ._events import PostgresEvents
 from ._idempotency import PostgresIdempotency
+from ._kv import PostgresKV
 from ._notify import Notifier
 from ._projections import PostgresProjections
 from ._schema import (
@@ -42,8 +45,8 @@ from ._writer import Writer
 POOL_SIZE_DEFAULT = 4
 
 
-class PostgresBackend(PostgresEvents, PostgresProjections, PostgresIdempotency):
-    """The event store and idempotency keys in one PostgreSQL schema.
+class PostgresBackend(PostgresEvents, PostgresProjections, PostgresIdempotency, PostgresKV):
+    """The event store, idempotency keys and the key-value store in one PostgreSQL schema.
 
     ``url`` is ``postgresql://user@host:port/db?schema=name`` (any libpq
     parameters may follow; ``schema`` defaults to ``unbundled`` and is

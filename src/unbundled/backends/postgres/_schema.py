@@ -56,6 +56,9 @@ Conn = psycopg.Connection[TupleRow]
 # claim and each fenced transition is one statement that decides in SQL;
 # phases are jsonb (name -> base64, msgspec's encoding of bytes), so
 # recording one appends it without reading the record first.
+# The key-value store (consistency.kv): a NULL value is a tombstone, so a
+# deleted key keeps its version and versions never repeat. Existing schemas
+# gain the table when next opened (CREATE ... IF NOT EXISTS).
 DDL = """
 CREATE TABLE IF NOT EXISTS {s}.meta (
     key text COLLATE "C" PRIMARY KEY,
@@ -124,6 +127,11 @@ CREATE TABLE IF NOT EXISTS {s}.idempotency (
     phases jsonb NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idempotency_expires ON {s}.idempotency (expires_ms);
+CREATE TABLE IF NOT EXISTS {s}.kv (
+    key text COLLATE "C" PRIMARY KEY,
+    value bytea,
+    version bigint NOT NULL
+);
 """
 
 

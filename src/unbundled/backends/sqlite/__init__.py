@@ -15,11 +15,12 @@ from collections.abc import Callable
 
 from ._events import SqliteEvents, SqliteProjections
 from ._idempotency import SqliteIdempotency
+from ._kv import SqliteKV
 from ._log import SqliteLog
 from ._writer import ExtraStage
 
 
-class SqliteBackend(SqliteLog, SqliteEvents, SqliteProjections, SqliteIdempotency):
+class SqliteBackend(SqliteLog, SqliteEvents, SqliteProjections, SqliteIdempotency, SqliteKV):
     """The log and the event store in one SQLite file. ``sync`` sets durability:
 
     * ``"full"`` (default): each commit is fsynced before callers return;

@@ -16,7 +16,7 @@ from ...errors import BackendError, CorruptionError, Error, NotSupported, Unavai
 
 # 'unbd' in the SQLite header: tools like `file` and our open() recognise it.
 APPLICATION_ID = 0x756E6264
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 BUSY_TIMEOUT_MS = 60_000
 
 SYNC_PRAGMA = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -148,7 +148,18 @@ CREATE TABLE idempotency(
 CREATE INDEX idempotency_expiry ON idempotency(expires_ms);
 """
 
-MIGRATIONS = {2: EVENTS_SCHEMA, 3: IDEMPOTENCY_SCHEMA}
+# Version 4: the linearizable key-value store (consistency.kv). A NULL value
+# is a tombstone: a deleted key keeps its version, so versions never repeat.
+# A rowid table: values may be large, and WITHOUT ROWID suits small rows only.
+KV_SCHEMA = """
+CREATE TABLE kv(
+    key TEXT PRIMARY KEY,
+    value BLOB,
+    version INTEGER NOT NULL
+);
+"""
+
+MIGRATIONS = {2: EVENTS_SCHEMA, 3: IDEMPOTENCY_SCHEMA, 4: KV_SCHEMA}
 
 EXPECTED_TABLES = {
     "meta",

@@ -1,0 +1,97 @@
+"""The key-value store in the SQLite backend (table ``kv``, format version 4).
+
+Why every operation is linearizable (docs/explanation/consistency-stores.md
+has the long form):
+
+* A change (write, compare-and-set, delete) runs inside the group-commit
+  writer's transaction (``_call``): it reads the key's row, decides with
+  ``consistency.kv._core`` and writes, all under SQLite's one write lock
+  (``BEGIN IMMEDIATE``, which also serialises the writers of other
+  processes on the same file). The caller is woken only after ``COMMIT``
+  returned, so the change became visible — its linearization point — at
+  the commit, between the call and the return.
+* A read is one ``SELECT`` on this thread's reader connection, outside any
+  explicit transaction: SQLite starts a read transaction for it, which in
+  WAL mode sees the last transaction committed before it started (the
+  wal-index's commit mark), and ends it when the statement finishes
+  (``fetchall``). So a read sees every change that returned before the read
+  was called, and its linearization point is the start of its snapshot.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from ...consistency.kv import _core
+from ...consistency.kv._protocol import Expect, Versioned
+from ._schema import translated
+from ._writer import Stage
+
+_SELECT = "SELECT value, version FROM kv WHERE key = ?"
+_UPSERT = (
+    "INSERT INTO kv(key, value, version) VALUES (?, ?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version"
+)
+
+
+def _slot(conn: sqlite3.Connection, key: str) -> _core.Slot | None:
+    rows = conn.execute(_SELECT, (key,)).fetchall()
+    if not rows:
+        return None
+    value, version = rows[0]
+    return (None if value is None else bytes(value), int(version))
+
+
+class SqliteKV:
+    """The key-value methods of :class:`unbundled.backends.SqliteBackend`."""
+
+    path: str
+    _reader: Callable[[], sqlite3.Connection]
+    _call: Callable[[Callable[[sqlite3.Connection, Stage], Any]], Any]
+
+    def kv_read(self, key: str) -> Versioned | None:
+        conn = self._reader()
+        with translated(self.path):
+            # fetchall() steps the statement to its end, which ends the
+            # implicit read transaction: the next read takes a fresh snapshot.
+            slot = _slot(conn, key)
+        if slot is None or slot[0] is None:
+            return None
+        return Versioned(slot[0], slot[1])
+
+    def kv_write(self, key: str, value: bytes) -> int:
+        def write(conn: sqlite3.Connection, stage: Stage) -> int:
+            version = _core.next_version(_slot(conn, key))
+            conn.execute(_UPSERT, (key, value, version))
+            return version
+
+        result: int = self._call(write)
+        return result
+
+    def kv_compare_and_set(self, key: str, expected: Expect, new: bytes) -> int | None:
+        def swap(conn: sqlite3.Connection, stage: Stage) -> int | None:
+            slot = _slot(conn, key)
+            if not _core.matches(slot, expected):
+                return None
+            version = _core.next_version(slot)
+            conn.execute(_UPSERT, (key, new, version))
+            return version
+
+        result: int | None = self._call(swap)
+        return result
+
+    def kv_delete(self, key: str) -> bool:
+        def delete(conn: sqlite3.Connection, stage: Stage) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE kv SET value = NULL, version = version + 1 "
+                    "WHERE key = ? AND value IS NOT NULL",
+                    (key,),
+                ).rowcount
+                == 1
+            )
+
+        result: bool = self._call(delete)
+        return result

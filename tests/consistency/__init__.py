@@ -1,0 +1,1 @@
+"""Tests of unbundled.consistency: the linearizability checker and its formats."""
