@@ -25,7 +25,7 @@ def last_line(result: Result) -> str:
 
 
 def test_linearizable_exits_0() -> None:
-    result = run(str(DATA / "jepsen" / "etcd_002.log"), "--format", "jepsen")
+    result = run(str(DATA / "jepsen" / "etcd_002.log"))  # format and model: detected
     assert result.exit_code == 0, result.output
     assert last_line(result) == "linearizable"
     assert "77 operations, 23 clients, 1 partition(s)" in result.stdout
@@ -75,6 +75,7 @@ def test_unknown_exits_2(tmp_path: Path) -> None:
     [
         ('{"process": 1, "type": "invoke", "f": "read"}\n{oops\n', "bad.jsonl:2: not JSON"),
         ('{"process": 1, "type": "ok"}\n', "bad.jsonl:1: process 1 completes a call"),
+        ("\nnot a history\n", "bad.jsonl:2: cannot tell the format"),
     ],
 )
 def test_bad_input_exits_3_naming_file_and_line(tmp_path: Path, content: str, message: str) -> None:

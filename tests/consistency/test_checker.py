@@ -9,7 +9,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unbundled import UsageError
@@ -418,6 +418,7 @@ def small_histories(draw: st.DrawFn) -> list[Operation]:
     return ops
 
 
+@settings(max_examples=1500, deadline=None)
 @given(small_histories())
 def test_agrees_with_brute_force(ops: list[Operation]) -> None:
     history = History.of(ops)

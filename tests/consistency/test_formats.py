@@ -10,6 +10,7 @@ import pytest
 
 from unbundled import UsageError
 from unbundled.consistency.checker import UNKNOWN, check, kv, parse_history, register
+from unbundled.consistency.checker._formats import detect, resolve
 
 JEPSEN = """\
 INFO  jepsen.util - 0\t:invoke\t:write\t4
@@ -207,3 +208,20 @@ def test_unreadable_file(tmp_path: Path) -> None:
 def test_empty_files_are_empty_histories() -> None:
     for fmt, model in (("jepsen", "register"), ("porcupine-kv", "kv"), ("jsonl", "register")):
         assert len(parse_history("e", fmt, model, text="\n\n")) == 0
+
+
+def test_the_format_and_model_are_told_apart_by_the_content() -> None:
+    edn = '{:process 0, :type :invoke, :f :get, :key "1", :value nil}\n'
+    keyed = '{"process": 1, "type": "invoke", "f": "read", "key": "k"}\n'
+    plain = '{"process": 1, "type": "invoke", "f": "read"}\n'
+    assert detect("h", JEPSEN) == ("jepsen", "register")
+    assert detect("h", "\n" + edn) == ("porcupine-kv", "kv")
+    assert detect("h", keyed) == ("jsonl", "kv")
+    assert detect("h", plain) == ("jsonl", "register")
+    # An explicit choice wins; auto fills in only what was not given.
+    assert resolve("h", keyed, "jsonl", "auto") == ("jsonl", "kv")
+    assert resolve("h", plain, "auto", "kv") == ("jsonl", "kv")
+    assert resolve("h", edn, "porcupine-kv", "auto") == ("porcupine-kv", "kv")
+    assert len(parse_history("h", text=JEPSEN)) == len(parse_history("h", "jepsen", text=JEPSEN))
+    with pytest.raises(UsageError, match=r"^h:2: cannot tell the format .*give --format"):
+        detect("h", "\nhello\n")

@@ -9,6 +9,7 @@ import click
 
 from ..consistency import checker
 from ..consistency.checker import FORMATS, Verdict, kv, parse_history, register
+from ..consistency.checker._formats import resolve
 from ..errors import UsageError
 
 # Bad input (unreadable file, malformed line, bad option) exits 3: 1 and 2
@@ -42,19 +43,21 @@ def check() -> None:
 @click.argument("history", metavar="HISTORY")
 @click.option(
     "--model",
-    type=click.Choice(["register", "kv"]),
-    default="register",
+    type=click.Choice(["auto", "register", "kv"]),
+    default="auto",
     show_default=True,
-    help="register: one value with read, write, cas. kv: a map, checked key by key.",
+    help="register: one value with read, write, cas. kv: a map, checked key by key. "
+    "auto: kv if the history has keys.",
 )
 @click.option(
     "--format",
     "format_",
-    type=click.Choice(list(FORMATS)),
-    default="jsonl",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
     show_default=True,
     help="jepsen: Jepsen's text log (Porcupine's etcd data). porcupine-kv: EDN maps, "
-    'keys start as "". jsonl: one JSON event per line (see the docs).',
+    'keys start as "". jsonl: one JSON event per line (see the docs). '
+    "auto: told apart by the first line.",
 )
 @click.option(
     "--html",
@@ -83,12 +86,17 @@ def linearizable(
     culprit, and --html draws it (clients as lanes, operations as bars).
 
     \b
-      unbundled check linearizable etcd_000.log --format jepsen
-      unbundled check linearizable c10-bad.txt --model kv --format porcupine-kv --html out.html
-      unbundled check linearizable history.jsonl --model kv
+      unbundled check linearizable etcd_000.log
+      unbundled check linearizable c10-bad.txt --html out.html
+      unbundled check linearizable history.jsonl --model kv --format jsonl
     """
     try:
-        parsed = parse_history(history, format_, model)
+        try:
+            text = Path(history).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{history}: cannot read: {exc}") from None
+        format_, model = resolve(history, text, format_, model)
+        parsed = parse_history(history, format_, model, text=text)
     except UsageError as exc:
         click.echo(f"error: {exc.message}", err=True)
         raise click.exceptions.Exit(BAD_INPUT) from None

@@ -1,6 +1,6 @@
 """The key-value store in the SQLite backend (table ``kv``, format version 4).
 
-Why every operation is linearizable (docs/explanation/consistency-stores.md
+Why every operation is linearizable (docs/explanation/consistency.md
 has the long form):
 
 * A change (write, compare-and-set, delete) runs inside the group-commit

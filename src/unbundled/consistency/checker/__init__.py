@@ -41,10 +41,11 @@ Python API (stable; other parts of unbundled record histories with it)::
   with ``step(state, input, output) -> (ok, new_state)``; see :class:`Model`.
 * Files: :func:`parse_history` reads ``jepsen`` (etcd register logs),
   ``porcupine-kv`` (EDN maps) and ``jsonl`` (documented in
-  :mod:`unbundled.consistency.checker._formats`); errors name file and line.
+  :mod:`unbundled.consistency.checker._formats`), told apart by their first
+  line unless a format is given; errors name file and line.
 * :func:`generate_history`: linearizable histories (get/put/cas/append) from
   a simulated real execution with random overlap and crashes; for tests.
-* CLI: ``unbundled check linearizable HISTORY --model register|kv
+* CLI: ``unbundled check linearizable HISTORY [--model register|kv]
   [--format jepsen|porcupine-kv|jsonl] [--html out.html] [--budget SECONDS]``.
 """
 

@@ -63,7 +63,7 @@ from typing import Any
 from ...errors import UsageError
 from ..history import UNKNOWN, History, Operation
 
-__all__ = ["FORMATS", "MODELS", "parse_history"]
+__all__ = ["FORMATS", "MODELS", "detect", "parse_history", "resolve"]
 
 FORMATS = ("jepsen", "porcupine-kv", "jsonl")
 MODELS = ("register", "kv")
@@ -320,18 +320,60 @@ _READERS: dict[str, Callable[[str, list[str]], Iterator[_Event]]] = {
 }
 
 
+def detect(file: str, text: str) -> tuple[str, str]:
+    """``(format, model)`` of a history, from its first non-blank line (and,
+    for ``jsonl``, whether any line has a ``key``). A user who has to say
+    ``--format jepsen`` for an obviously Jepsen file is doing the tool's job."""
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        return "jsonl", "register"  # empty: any format parses it, as an empty history
+    number, first = lines[0]
+    if first.startswith("{:") or first.startswith("{ :"):
+        return "porcupine-kv", "kv"
+    if first.startswith("{"):
+        keyed = any('"key"' in line for _, line in lines)
+        return "jsonl", "kv" if keyed else "register"
+    if _JEPSEN_LINE.search(first):  # the same pattern the reader parses with
+        return "jepsen", "register"
+    raise _error(
+        file,
+        number,
+        "cannot tell the format (not a JSON object, an EDN map or a Jepsen log line); "
+        f"give --format ({', '.join(FORMATS)})",
+    )
+
+
+def resolve(file: str, text: str, format: str, model: str) -> tuple[str, str]:
+    """``format`` and ``model`` with ``auto`` replaced by what ``text`` holds."""
+    if format == "auto":
+        format, found = detect(file, text)
+        return format, found if model == "auto" else model
+    if model != "auto":
+        return format, model
+    if format == "porcupine-kv" or (format == "jsonl" and '"key"' in text):
+        return format, "kv"
+    return format, "register"
+
+
 def parse_history(
-    path: str | Path, format: str = "jsonl", model: str = "register", *, text: str | None = None
+    path: str | Path, format: str = "auto", model: str = "auto", *, text: str | None = None
 ) -> History:
     """Read a history file (or ``text``, named ``path`` in errors).
 
-    ``format``: one of :data:`FORMATS`; ``model``: ``register`` or ``kv``,
-    which decides the input vocabulary (see :mod:`._model`). Raises
+    ``format``: one of :data:`FORMATS`, or ``auto`` (see :func:`detect`);
+    ``model``: ``register`` or ``kv``, which decides the input vocabulary
+    (see :mod:`._model`), or ``auto`` (what the file holds). Raises
     :class:`~unbundled.UsageError` whose message starts ``file:line:`` (and
     whose ``details`` hold ``file`` and ``line``) for a malformed line, or
     ``file:`` if the file cannot be read.
     """
     file = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{file}: cannot read: {exc}", file=file) from None
+    format, model = resolve(file, text, format, model)
     if format not in _READERS:
         raise UsageError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
     if model not in MODELS:
@@ -340,9 +382,4 @@ def parse_history(
         raise UsageError(f"{file}: the jepsen format holds one register: use --model register")
     if format == "porcupine-kv" and model != "kv":
         raise UsageError(f"{file}: the porcupine-kv format holds a map: use --model kv")
-    if text is None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{file}: cannot read: {exc}", file=file) from None
     return _pair(file, _READERS[format](file, text.splitlines()), model)

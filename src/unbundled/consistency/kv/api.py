@@ -23,7 +23,7 @@ True
 4
 >>> kv.close()
 
-Every operation is linearizable on every backend (docs/explanation/consistency-stores.md
+Every operation is linearizable on every backend (docs/explanation/consistency.md
 says why, and which tests check it): it takes effect at one instant between
 its call and its return, so once ``write`` returns, every ``read`` that
 starts later, in any thread or process, sees it or something newer.
