@@ -4,12 +4,15 @@
     .venv/bin/python bench/run.py --only log          # the log's, vs raw sqlite3
     .venv/bin/python bench/run.py --only eventstore   # the event store's, vs eventsourcing
     .venv/bin/python bench/run.py --only idempotency  # idempotency keys, vs Powertools
+    .venv/bin/python bench/run.py --only consistency  # the linearizability checker
     .venv/bin/python bench/run.py --quick             # a smoke run in seconds, writes nothing
     .venv/bin/python bench/run.py --kills 50          # fewer kills in the crash test
 
 The event-store and idempotency benchmarks run in their own venv, bench/.venv
 (created here on first use), because their competitors are installed only
 there; see ``bench/eventstore_bench.py`` and ``bench/idempotency_bench.py``.
+The linearizability checker's benchmark runs here, in this venv: its reference
+is a plain search of ours (``bench/consistency_bench.py``).
 
 Every line is measured side by side with its baseline in this one run, on this
 machine; see ``bench/log_bench.py`` for what each case does.
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="crash-test seed (default random)")
     parser.add_argument(
         "--only",
-        choices=["log", "eventstore", "idempotency"],
+        choices=["log", "eventstore", "idempotency", "consistency"],
         default=None,
         help="run one benchmark suite",
     )
@@ -280,23 +283,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.kills is not None and args.kills < 0:
         parser.error("--kills must be >= 0")
-    venv_suites_status = 0
+    suites_status = 0
     if args.only in (None, "eventstore"):
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
         from bench import eventstore_bench
 
-        venv_suites_status = eventstore_bench.run_in_venv(quick=args.quick)
+        suites_status = eventstore_bench.run_in_venv(quick=args.quick)
         if args.only == "eventstore":
-            return venv_suites_status
+            return suites_status
     if args.only in (None, "idempotency"):
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
         from bench import idempotency_bench
 
-        venv_suites_status = idempotency_bench.run_in_venv(quick=args.quick) or venv_suites_status
+        suites_status = idempotency_bench.run_in_venv(quick=args.quick) or suites_status
         if args.only == "idempotency":
-            return venv_suites_status
+            return suites_status
+    if args.only in (None, "consistency"):
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from bench import consistency_bench
+
+        consistency_status = consistency_bench.main(["--quick"] if args.quick else [])
+        suites_status = consistency_status or suites_status
+        if args.only == "consistency":
+            return consistency_status
 
     # Run as a script, bench/ itself is on sys.path, not the repo.
     if str(REPO) not in sys.path:
@@ -411,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"wrote {output}")
     # A benchmark below its floor is a finding, not a failure of the run; a
     # crash test that lost or duplicated records is.
-    return 1 if crash is not None and not crash.ok else venv_suites_status
+    return 1 if crash is not None and not crash.ok else suites_status
 
 
 if __name__ == "__main__":

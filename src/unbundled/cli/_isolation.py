@@ -102,7 +102,7 @@ def _render(outcomes: list[Outcome], console: Console) -> RenderableType:
     "tests",
     multiple=True,
     metavar="TEST",
-    help="Only this test (G0, G1a, ..., G2-fekete, as below); repeatable.",
+    help="Only this test (G0, G1a, ..., G2-fekete, as listed above); repeatable.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the outcomes, with transcripts, as JSON."
@@ -158,6 +158,9 @@ def isolation(
     """
     chosen_levels = list(levels) or None
     chosen_tests = list(tests) or None
+    if markdown_path is not None and not markdown_path.parent.is_dir():
+        # Before the run, not after it: a typo should not cost a whole suite.
+        raise UsageError(f"cannot write {markdown_path}: no such directory")
     outcomes = run_suite(url, chosen_levels, chosen_tests, step_timeout_s=step_timeout)
     if markdown_path is not None:
         try:
