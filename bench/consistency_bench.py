@@ -21,6 +21,9 @@ Cases (sizes in :data:`FULL`):
 3. ``generate_history(100_000, keys=1000, clients=16, crash_rate=0.01)``
    checked with ``check(h, kv())``; the generation is timed on its own line
    (context) and does not count towards the floor.
+4. One register (no keys to split on) of 20,000 operations from 16 clients,
+   checked with ``check(h, register())``: the case partitioning cannot help,
+   where a search whose cache key grows with the history turns quadratic.
 
 Every verdict is compared with the expected one (``tests/consistency/
 test_porcupine_data.py``; generated histories are linearizable by
@@ -84,6 +87,7 @@ class Sizes:
     generated_ops: int
     generated_keys: int
     generated_clients: int
+    long_ops: int  # case 4: one register
 
 
 FULL = Sizes(
@@ -94,6 +98,7 @@ FULL = Sizes(
     generated_ops=100_000,
     generated_keys=1_000,
     generated_clients=16,
+    long_ops=20_000,
 )
 QUICK = Sizes(
     repeats=1,
@@ -103,6 +108,7 @@ QUICK = Sizes(
     generated_ops=5_000,
     generated_keys=100,
     generated_clients=16,
+    long_ops=2_000,
 )
 
 
@@ -433,6 +439,28 @@ def bench_generated(sizes: Sizes, tick: Tick) -> list[TimeRow]:
     ]
 
 
+def bench_long_register(sizes: Sizes, tick: Tick) -> list[TimeRow]:
+    """Case 4: one register, no partitioning; a fresh seed each repetition."""
+    checking: list[float] = []
+    for seed in range(1, sizes.repeats + 1):
+        history = generate_history(sizes.long_ops, keys=1, clients=16, seed=seed, model="register")
+        started = time.perf_counter()
+        result = check(history, register(), explain=False)
+        checking.append(time.perf_counter() - started)
+        expect(f"check(long register, seed={seed})", result.verdict, Verdict.LINEARIZABLE)
+        tick()
+    return [
+        judged(
+            "4",
+            f"unbundled check(h, register()): one register, {sizes.long_ops:,} ops, 16 clients",
+            checking,
+            None,
+            Floor(30.0),
+            f"no keys to partition on; seeds 1 to {sizes.repeats}",
+        )
+    ]
+
+
 # --- report ---------------------------------------------------------------------------
 
 HEADERS = ["#", "measured", "median", "min to max", "ratio", "floor", "result", "notes"]
@@ -551,6 +579,8 @@ def run_all(sizes: Sizes, progress: Any) -> list[TimeRow]:
     progress.advance(task)
     task = progress.add_task("3. generated history", total=sizes.repeats)
     rows += bench_generated(sizes, lambda: progress.advance(task))
+    task = progress.add_task("4. one long register", total=sizes.repeats)
+    rows += bench_long_register(sizes, lambda: progress.advance(task))
     return rows
 
 

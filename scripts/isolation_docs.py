@@ -5,8 +5,10 @@ the tables into docs/explanation/isolation-levels-measured.md.
 
 Each table sits between ``<!-- measured:NAME -->`` and ``<!-- /measured:NAME -->``
 (NAME: sqlite, postgresql, mariadb, and the same with ``-how`` for the tables
-that say how each anomaly was prevented). tests/isolation checks that the
-outcome tables are still what the servers do.
+that say how each anomaly was prevented); the three outcome tables also go
+into the "summary" block of docs/explanation/consistency.md. tests/isolation
+checks that the outcome tables are still what the servers do, and that the
+two pages agree.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from unbundled.consistency.isolation import Outcome, run_suite, to_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "explanation" / "isolation-levels-measured.md"
+# The consistency page repeats the three outcome tables in its "summary" block.
+SUMMARY_PAGE = ROOT / "docs" / "explanation" / "consistency.md"
 URLS = {
     "sqlite": "sqlite://",
     "postgresql": "postgresql://postgres@127.0.0.1:5432/test",
@@ -27,14 +31,14 @@ URLS = {
 }
 
 
-def replace_block(text: str, name: str, body: str) -> str:
+def replace_block(text: str, name: str, body: str, page: Path = PAGE) -> str:
     """``text`` with the block named ``name`` replaced by ``body``."""
     pattern = re.compile(
         rf"(<!-- measured:{re.escape(name)} -->\n).*?(<!-- /measured:{re.escape(name)} -->)",
         re.DOTALL,
     )
     if not pattern.search(text):
-        raise SystemExit(f"{PAGE.name}: no block named {name!r}")
+        raise SystemExit(f"{page.name}: no block named {name!r}")
     return pattern.sub(lambda m: m.group(1) + "\n" + body + "\n" + m.group(2), text)
 
 
@@ -46,11 +50,16 @@ def measure() -> dict[str, list[Outcome]]:
 
 def main() -> int:
     text = PAGE.read_text(encoding="utf-8")
-    for name, outcomes in measure().items():
+    measured = measure()
+    for name, outcomes in measured.items():
         text = replace_block(text, name, to_markdown(outcomes))
         text = replace_block(text, f"{name}-how", to_markdown(outcomes, caption=False, how=True))
     PAGE.write_text(text, encoding="utf-8")
     print(f"wrote {PAGE.relative_to(ROOT)}")
+    summary = "\n".join(to_markdown(outcomes) for outcomes in measured.values())
+    text = replace_block(SUMMARY_PAGE.read_text(encoding="utf-8"), "summary", summary, SUMMARY_PAGE)
+    SUMMARY_PAGE.write_text(text, encoding="utf-8")
+    print(f"wrote {SUMMARY_PAGE.relative_to(ROOT)}")
     return 0
 
 

@@ -20,6 +20,7 @@ TINY = cb.Sizes(
     generated_ops=300,
     generated_keys=10,
     generated_clients=4,
+    long_ops=300,
 )
 
 
@@ -49,6 +50,9 @@ def test_kv_and_generated_rows() -> None:
     rows = cb.bench_generated(TINY, lambda: None)
     well_formed(rows)
     assert rows[1].floor is not None and rows[1].verdict == "PASS"
+    rows = cb.bench_long_register(TINY, lambda: None)
+    well_formed(rows)
+    assert rows[0].floor is not None and "one register, 300 ops" in rows[0].name
 
 
 def test_a_wrong_verdict_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,10 +57,13 @@ def _narrow(outcomes: list[Outcome]) -> Group:
     """Rows tests, columns levels under short names, with a legend: the full
     table is some 180 columns wide, this one fits in 80 for every database."""
     tests, rows = _grid(outcomes)
-    firsts = {o.row: o for o in reversed(outcomes)}  # one outcome per row, in row order
+    first: dict[str, Outcome] = {}  # a row's outcomes share its level and setting
+    for o in outcomes:
+        first.setdefault(o.row, o)
     one_level = len({o.level for o in outcomes}) == 1
-    shorts = {row: _abbreviation(firsts[row], one_level) for row in rows}
-    if len(set(shorts.values())) < len(shorts):  # ambiguous: number the columns instead
+    shorts = {row: _abbreviation(first[row], one_level) for row in rows}
+    numbered = len(set(shorts.values())) < len(shorts)
+    if numbered:  # two rows would share a short name: number the columns instead
         shorts = {row: str(n) for n, row in enumerate(rows, 1)}
     table = Table(title=_title(outcomes))
     table.add_column("test", no_wrap=True)
@@ -69,7 +72,7 @@ def _narrow(outcomes: list[Outcome]) -> Group:
     for test in tests:
         table.add_row(test, *(rows[row].get(test, "") for row in rows))
     keys = {o.setting.split("=", 1)[0] for o in outcomes if o.setting}
-    if one_level and len(keys) == 1 and all(o.setting for o in outcomes):
+    if one_level and not numbered and len(keys) == 1 and all(o.setting for o in outcomes):
         # SQLite: one level, one setting; a line per column would repeat it.
         legend = f"every column: {outcomes[0].level}, {keys.pop()}=<column>"
     else:

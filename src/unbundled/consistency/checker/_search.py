@@ -14,8 +14,16 @@ future, so only one is explored (Lowe, "Testing for linearizability", 2017).
 Python-specific choices, all measured (see bench/results/consistency.md):
 
 * the list lives in two int lists (``nxt``, ``prv``), not node objects;
-* the linearized set is an int bitset; a cache key is one int,
-  ``set | state_id << n``, so no tuples are built in the loop;
+* the linearized set is kept as a *window*: every returned operation whose
+  rank (in call order) is below ``base`` is linearized, and the int bitset
+  ``w`` holds the ranks from ``base`` on (bit 0 always clear). Its size is
+  bounded by how many operations overlap, not by the history's length, so a
+  step costs the same at operation 100 and at operation 100,000 (a plain
+  bitset of every operation makes long single-key histories quadratic).
+  Never-returned operations, which may stay unplaced forever and would pin
+  ``base``, have a bitset of their own, ``c``. A cache key is one int,
+  ``w, c, state_id, base`` packed in fixed-width fields below ``w``, so no
+  tuples are built in the loop;
 * states are interned to small ints, and each operation's transitions are
   memoized per state id, so ``model.step`` runs once per (operation, state);
 * operations that never returned need not be linearized at all (they may
@@ -70,9 +78,10 @@ def _entries(ops: Sequence[Operation]) -> list[tuple[float, int, int]]:
     return events
 
 
-def _symmetry_chains(ops: Sequence[Operation]) -> list[int]:
-    """For each never-returned op, the bit of the previous never-returned op
-    with an equal input (by call time), which must be placed first; else 0."""
+def _symmetry_chains(ops: Sequence[Operation], cbit: list[int]) -> list[int]:
+    """For each never-returned op, the bit (in ``c``) of the previous
+    never-returned op with an equal input (by call time), which must be placed
+    first; else 0."""
     prereq = [0] * len(ops)
     last: dict[Hashable, int] = {}
     for index in sorted(range(len(ops)), key=lambda i: ops[i].call_time):
@@ -85,9 +94,26 @@ def _symmetry_chains(ops: Sequence[Operation]) -> list[int]:
         except TypeError:  # unhashable input: no symmetry to exploit
             continue
         if previous is not None:
-            prereq[index] = 1 << previous
+            prereq[index] = cbit[previous]
         last[key] = index
     return prereq
+
+
+def _ranks(ops: Sequence[Operation]) -> tuple[list[int], list[int]]:
+    """Each returned op's rank in call order (-1 for the others), and each
+    never-returned op's bit in ``c`` (0 for the others)."""
+    order = sorted(range(len(ops)), key=lambda i: (ops[i].call_time, i))
+    rank = [-1] * len(ops)
+    cbit = [0] * len(ops)
+    returned = crashed = 0
+    for index in order:
+        if ops[index].return_time is None:
+            cbit[index] = 1 << crashed
+            crashed += 1
+        else:
+            rank[index] = returned
+            returned += 1
+    return rank, cbit
 
 
 def search(
@@ -120,18 +146,21 @@ def search(
     inputs = [op.input for op in ops]
     outputs = [op.output for op in ops]
     crashed = [op.return_time is None for op in ops]
-    prereq = _symmetry_chains(ops)
-    bits = [1 << i for i in range(n)]
+    rank, cbit = _ranks(ops)
+    prereq = _symmetry_chains(ops, cbit)
+    # Key layout, low to high: base (32 bits), state id (32 bits), c, w.
+    c_shift = 64 + sum(crashed)
     initial = model.init()
     states: list[Any] = [initial]
     state_ids: dict[Hashable, int] = {initial if key_of is None else key_of(initial): 0}
     memo: list[dict[int, int]] = [{} for _ in range(n)]
 
     remaining = n - sum(crashed)
-    lin = 0
+    base = w = c = 0  # the linearized set (see the module docstring)
     s = 0
     stack_entries: list[int] = []
     stack_states: list[int] = []
+    stack_sets: list[tuple[int, int, int]] = []
     cache: set[int] = set()
     longest: list[int] = []
     longest_states: list[int] = []
@@ -156,14 +185,24 @@ def search(
                 else:
                     ns = -1
                 transitions[s] = ns
-            if ns >= 0 and (not crashed[op] or (ns != s and lin & prereq[op] == prereq[op])):
-                nl = lin | bits[op]
-                key = nl | (ns << n)
+            if ns >= 0 and (not crashed[op] or (ns != s and c & prereq[op] == prereq[op])):
+                nbase, nw, nc = base, w, c
+                if crashed[op]:
+                    nc = c | cbit[op]
+                else:
+                    q = rank[op] - base
+                    nw = w | (1 << q)
+                    if not q:  # the window's first op: slide past every placed one
+                        t = (~nw & (nw + 1)).bit_length() - 1
+                        nw >>= t
+                        nbase = base + t
+                key = (((nw << c_shift) | (nc << 64)) | (ns << 32)) | nbase
                 if key not in cache:
                     cache.add(key)
                     stack_entries.append(e)
                     stack_states.append(s)
-                    lin = nl
+                    stack_sets.append((base, w, c))
+                    base, w, c = nbase, nw, nc
                     s = ns
                     # Lift the call entry and its return entry out of the list.
                     p = prv[e]
@@ -194,7 +233,7 @@ def search(
             return SearchResult(None, (), (), steps)
         e = stack_entries.pop()
         s = stack_states.pop()
-        lin ^= bits[entry_op[e]]
+        base, w, c = stack_sets.pop()
         # Unlift: put the return entry back, then the call entry.
         r = match[e]
         if r:
