@@ -148,8 +148,6 @@ def search(
     crashed = [op.return_time is None for op in ops]
     rank, cbit = _ranks(ops)
     prereq = _symmetry_chains(ops, cbit)
-    # Key layout, low to high: base (32 bits), state id (32 bits), c, w.
-    c_shift = 64 + sum(crashed)
     initial = model.init()
     states: list[Any] = [initial]
     state_ids: dict[Hashable, int] = {initial if key_of is None else key_of(initial): 0}
@@ -161,7 +159,7 @@ def search(
     stack_entries: list[int] = []
     stack_states: list[int] = []
     stack_sets: list[tuple[int, int, int]] = []
-    cache: set[int] = set()
+    cache: set[tuple[int, int, int, int]] = set()
     longest: list[int] = []
     longest_states: list[int] = []
     steps = 0
@@ -196,7 +194,7 @@ def search(
                         t = (~nw & (nw + 1)).bit_length() - 1
                         nw >>= t
                         nbase = base + t
-                key = (((nw << c_shift) | (nc << 64)) | (ns << 32)) | nbase
+                key = (nw, nc, ns, nbase)
                 if key not in cache:
                     cache.add(key)
                     stack_entries.append(e)
