@@ -7,9 +7,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unbundled import UsageError
-from unbundled.consistency.checker import UNKNOWN, check, kv, parse_history, register
+from unbundled.consistency.checker import (
+    UNKNOWN,
+    History,
+    Operation,
+    Recorder,
+    check,
+    generate_history,
+    kv,
+    parse_history,
+    register,
+    to_jsonl,
+)
 from unbundled.consistency.checker._formats import detect, resolve
 
 JEPSEN = """\
@@ -225,3 +238,69 @@ def test_the_format_and_model_are_told_apart_by_the_content() -> None:
     assert len(parse_history("h", text=JEPSEN)) == len(parse_history("h", "jepsen", text=JEPSEN))
     with pytest.raises(UsageError, match=r"^h:2: cannot tell the format .*give --format"):
         detect("h", "\nhello\n")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    model=st.sampled_from(["register", "kv"]),
+    crash_rate=st.sampled_from([0.0, 0.2]),
+)
+def test_to_jsonl_reads_back_as_the_same_history(seed: int, model: str, crash_rate: float) -> None:
+    history = generate_history(40, keys=3, clients=4, seed=seed, crash_rate=crash_rate, model=model)
+    text = to_jsonl(history)
+    assert detect("h.jsonl", text) == ("jsonl", model)
+    back = parse_history("h.jsonl", text=text)
+    assert [(o.client, o.input, o.call_time, o.return_time) for o in back] == [
+        (o.client, o.input, o.call_time, o.return_time) for o in history
+    ]
+    reads = [o.output for o in history if o.input[0] in ("read", "get", "cas")]
+    assert reads == [o.output for o in back if o.input[0] in ("read", "get", "cas")]
+    spec = register() if model == "register" else kv()
+    assert check(back, spec).verdict is check(history, spec).verdict
+
+
+def test_to_jsonl_keeps_failed_cas_timed_out_reads_and_crashes() -> None:
+    rec = Recorder()
+    rec.invoke("a", ("cas", 1, 2), time=0)
+    rec.ok("a", False, time=1)
+    rec.invoke("b", ("read",), time=0)
+    rec.ok("b", UNKNOWN, time=2)
+    rec.invoke(7, ("write", (1, 2)), time=1)
+    rec.info(7)
+    history = rec.history()
+    lines = [json.loads(line) for line in to_jsonl(history).splitlines()]
+    assert [(e["process"], e["type"]) for e in lines] == [
+        ("a", "invoke"),
+        ("b", "invoke"),
+        ("a", "fail"),
+        (7, "invoke"),
+        (7, "info"),
+        ("b", "fail"),
+    ]
+    assert lines[3]["value"] == [1, 2]
+    back = parse_history("h.jsonl", text=to_jsonl(history))
+    assert {(o.client, o.output, o.return_time) for o in back} == {
+        ("a", False, 1),
+        ("b", UNKNOWN, 2),
+        (7, UNKNOWN, None),
+    }
+
+
+def test_to_jsonl_refuses_what_it_cannot_write_faithfully() -> None:
+    def one(client: Any, input: Any, output: Any = None) -> History:
+        return History.of([Operation(client, input, output, 0, 1)])
+
+    with pytest.raises(UsageError, match="only the register and kv models"):
+        to_jsonl(one("a", ("enqueue", 1)))
+    with pytest.raises(UsageError, match="clients that are str or int"):
+        to_jsonl(one(("a", 1), ("read",), 1))
+    with pytest.raises(UsageError, match="not JSON"):
+        to_jsonl(one("a", ("write", b"bytes")))
+    with pytest.raises(UsageError, match="unknown answer"):
+        to_jsonl(one("a", ("cas", 1, 2), UNKNOWN))
+    overlapping = History.of(
+        [Operation("a", ("read",), 1, 0, 5), Operation("a", ("read",), 1, 1, 2)]
+    )
+    with pytest.raises(UsageError, match="no faithful jsonl form"):
+        to_jsonl(overlapping)

@@ -42,7 +42,9 @@ Python API (stable; other parts of unbundled record histories with it)::
 * Files: :func:`parse_history` reads ``jepsen`` (etcd register logs),
   ``porcupine-kv`` (EDN maps) and ``jsonl`` (documented in
   :mod:`unbundled.consistency.checker._formats`), told apart by their first
-  line unless a format is given; errors name file and line.
+  line unless a format is given; errors name file and line. :func:`to_jsonl`
+  writes a recorded history in the ``jsonl`` format, to check it later
+  (``unbundled check linearizable FILE``) or keep it beside a failing test.
 * :func:`generate_history`: linearizable histories (get/put/cas/append) from
   a simulated real execution with random overlap and crashes; for tests.
 * CLI: ``unbundled check linearizable HISTORY [--model register|kv]
@@ -61,6 +63,7 @@ from ._check import Violation as Violation
 from ._check import check as check
 from ._formats import FORMATS as FORMATS
 from ._formats import parse_history as parse_history
+from ._formats import to_jsonl as to_jsonl
 from ._generate import generate_history as generate_history
 from ._model import Model as Model
 from ._model import append_log as append_log
@@ -87,4 +90,5 @@ __all__ = [
     "partition_by",
     "queue",
     "register",
+    "to_jsonl",
 ]

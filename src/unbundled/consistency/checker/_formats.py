@@ -63,7 +63,7 @@ from typing import Any
 from ...errors import UsageError
 from ..history import UNKNOWN, History, Operation
 
-__all__ = ["FORMATS", "MODELS", "detect", "parse_history", "resolve"]
+__all__ = ["FORMATS", "MODELS", "detect", "parse_history", "resolve", "to_jsonl"]
 
 FORMATS = ("jepsen", "porcupine-kv", "jsonl")
 MODELS = ("register", "kv")
@@ -383,3 +383,124 @@ def parse_history(
     if format == "porcupine-kv" and model != "kv":
         raise UsageError(f"{file}: the porcupine-kv format holds a map: use --model kv")
     return _pair(file, _READERS[format](file, text.splitlines()), model)
+
+
+# --- writing ---------------------------------------------------------------------------
+
+# (input name, input length) -> (jsonl f, keyed): the register and kv vocabularies,
+# told apart by length where they share a name (cas, delete).
+_WRITABLE = {
+    ("read", 1): ("read", False),
+    ("write", 2): ("write", False),
+    ("cas", 3): ("cas", False),
+    ("delete", 1): ("delete", False),
+    ("get", 2): ("read", True),
+    ("put", 3): ("write", True),
+    ("append", 3): ("append", True),
+    ("cas", 4): ("cas", True),
+    ("delete", 2): ("delete", True),
+}
+
+
+def _thawed(value: Any) -> Any:
+    """Tuples back to JSON lists (the reader turns them into tuples again)."""
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    return value
+
+
+def _invoke_fields(op: Operation) -> dict[str, Any]:
+    """The invoke event of one operation of the :func:`register` or :func:`kv`
+    vocabulary; ``UsageError`` naming the operation for anything else."""
+    input = op.input
+    found = (
+        _WRITABLE.get((input[0], len(input)))
+        if isinstance(input, tuple) and input and isinstance(input[0], str)
+        else None
+    )
+    if found is None:
+        raise UsageError(
+            f"operation {op!r}: only the register and kv models' inputs can be written as jsonl"
+        )
+    f, keyed = found
+    fields: dict[str, Any] = {"f": f}
+    if keyed:
+        fields["key"] = input[1]
+    args = input[2:] if keyed else input[1:]
+    if f == "cas":
+        fields["value"] = [args[0], args[1]]
+    elif args:
+        fields["value"] = args[0]
+    return fields
+
+
+def to_jsonl(history: History) -> str:
+    """``history`` in the ``jsonl`` format, with its times: what
+    :func:`parse_history` reads back into an equal history, so a history
+    recorded in a program can be saved and checked later with
+    ``unbundled check linearizable FILE``.
+
+    Only the :func:`register` and :func:`kv` input vocabularies, clients that
+    are ``str`` or ``int``, and JSON values can be written (``UsageError``
+    names the first operation that cannot). A compare-and-set that returned
+    with an unknown answer has no ``jsonl`` form either (``fail`` means "did
+    not swap", ``info`` "never returned").
+    """
+    events: list[tuple[float, int, dict[str, Any]]] = []
+    # seq: a client's events in the order it did them, so that at one instant
+    # a completion stays before the same client's next invoke (and after its own).
+    for seq, op in enumerate(sorted(history, key=lambda o: (o.call_time, o.id))):
+        if isinstance(op.client, bool) or not isinstance(op.client, (str, int)):
+            raise UsageError(f"operation {op!r}: jsonl needs clients that are str or int")
+        fields = _invoke_fields(op)
+        f = fields["f"]
+        base = {"process": op.client}
+        events.append((op.call_time, 2 * seq, {**base, "type": "invoke", **fields}))
+        if op.return_time is None:
+            done: dict[str, Any] = {"type": "info"}
+            when = op.call_time
+        elif op.output is UNKNOWN and f == "read":
+            done, when = {"type": "fail"}, op.return_time  # a read that timed out
+        elif op.output is UNKNOWN and f == "cas":
+            raise UsageError(f"operation {op!r}: a returned cas with an unknown answer")
+        elif f == "cas":
+            done, when = {"type": "ok" if op.output else "fail"}, op.return_time
+        elif f == "read":
+            done, when = {"type": "ok", "value": op.output}, op.return_time
+        else:
+            done, when = {"type": "ok"}, op.return_time
+        events.append((when, 2 * seq + 1, {**base, **done, "f": f}))
+    events.sort(key=lambda event: (event[0], event[1]))
+    lines = []
+    for when, _, fields in events:
+        fields["time"] = when
+        try:
+            lines.append(json.dumps({k: _thawed(v) for k, v in fields.items()}))
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"event {fields!r}: not JSON: {exc}") from None
+    text = "".join(line + "\n" for line in lines)
+    # What is written must read back as the same history; a client with two
+    # calls open at once, say, has no jsonl form.
+    model = "kv" if any(fields.get("key") is not None for _, _, fields in events) else "register"
+    try:
+        back = parse_history("history.jsonl", "jsonl", model, text=text)
+    except UsageError as exc:
+        raise UsageError(f"this history has no faithful jsonl form: {exc.message}") from None
+    if _facts(back) != _facts(history):
+        raise UsageError("this history has no faithful jsonl form: it reads back differently")
+    return text
+
+
+def _facts(history: History) -> list[tuple[Any, ...]]:
+    """What the models look at: the output of a write, put, append or delete
+    is ignored by them, and has no place in jsonl."""
+    return sorted(
+        (
+            repr(o.client),
+            repr(o.input),
+            repr(o.output if o.input[0] in ("read", "get", "cas") else None),
+            float(o.call_time),
+            -1.0 if o.return_time is None else float(o.return_time),
+        )
+        for o in history
+    )
