@@ -11,6 +11,7 @@ from ..consistency import checker
 from ..consistency.checker import FORMATS, Verdict, kv, parse_history, register
 from ..consistency.checker._formats import resolve
 from ..errors import UsageError
+from ._common import err_console
 
 # Bad input (unreadable file, malformed line, bad option) exits 3: 1 and 2
 # already mean "not linearizable" and "unknown".
@@ -104,7 +105,10 @@ def linearizable(
         register() if model == "register" else kv(initial="" if format_ == "porcupine-kv" else None)
     )
     try:
-        result = checker.check(parsed, spec, budget_s=budget)
+        # Live status on stderr: a hard history can take up to --budget seconds,
+        # and stdout's last line must stay the verdict.
+        with err_console().status(f"checking {len(parsed):,} operations ..."):
+            result = checker.check(parsed, spec, budget_s=budget)
     except (ValueError, TypeError) as exc:
         # A value the model cannot handle (say, appending a number to a string).
         click.echo(f"error: {history}: {exc}", err=True)

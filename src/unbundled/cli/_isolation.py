@@ -164,7 +164,9 @@ def isolation(
     if markdown_path is not None and not markdown_path.parent.is_dir():
         # Before the run, not after it: a typo should not cost a whole suite.
         raise UsageError(f"cannot write {markdown_path}: no such directory")
-    outcomes = run_suite(url, chosen_levels, chosen_tests, step_timeout_s=step_timeout)
+    # A live status on stderr (a few seconds per database): stdout stays the result.
+    with err_console().status(f"running the Hermitage tests against {url} ..."):
+        outcomes = run_suite(url, chosen_levels, chosen_tests, step_timeout_s=step_timeout)
     if markdown_path is not None:
         try:
             markdown_path.write_text(to_markdown(outcomes), encoding="utf-8")
