@@ -1,10 +1,10 @@
-"""Model-based test: the key-value store on SQLite and PostgreSQL against the
-memory backend (the reference model).
+"""Model-based test: the key-value store on SQLite, PostgreSQL and NATS
+against the memory backend (the reference model).
 
 Hypothesis drives both through the same calls (read, write, compare-and-set
 by value and by version, delete, on a few keys with a few values so that
-matches and ABA cases are common) and, on SQLite, closes and reopens the file
-in the middle. Every call must give the same answer on both, and after every
+matches and ABA cases are common) and, on SQLite and NATS, closes and
+reopens the store in the middle. Every call must give the same answer on both, and after every
 step every key must read the same.
 """
 
@@ -16,10 +16,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests.consistency_kv._nats import bucket_url, delete_bucket, fresh_bucket
 from tests.postgres.conftest import drop_schema, server_url
 from unbundled.consistency import KV
 
@@ -118,7 +120,26 @@ class PostgresKV(KVMachine):
         drop_schema(self.schema)
 
 
+class NatsKV(KVMachine):
+    """A fresh JetStream KV bucket per example, deleted after."""
+
+    reopens = True
+
+    def __init__(self) -> None:
+        self.bucket = fresh_bucket("test_kv_model")
+        super().__init__()
+
+    def url(self) -> str:
+        return bucket_url(self.bucket)
+
+    def teardown(self) -> None:
+        super().teardown()
+        delete_bucket(self.bucket)
+
+
 SqliteKV.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 PostgresKV.TestCase.settings = settings(max_examples=25, stateful_step_count=40, deadline=None)
+NatsKV.TestCase.settings = settings(max_examples=25, stateful_step_count=40, deadline=None)
 test_sqlite_kv_matches_the_model = SqliteKV.TestCase
 test_postgres_kv_matches_the_model = PostgresKV.TestCase
+test_nats_kv_matches_the_model = pytest.mark.nats(NatsKV.TestCase)

@@ -7,9 +7,10 @@ linearizability checker (``unbundled.consistency.checker``) against the
 store's sequential model (``unbundled.consistency.kv.model``: values *and*
 versions, partitioned per key). Clients are
 
-* threads of one process sharing one store (memory, sqlite, postgres), and
-  on SQLite also threads with a store each (eight writers on one file);
-* processes (sqlite, postgres; a memory store lives in one process), four of
+* threads of one process sharing one store (memory, sqlite, postgres, nats),
+  and on SQLite also threads with a store each (eight writers on one file;
+  on NATS, eight connections: ``test_kv_nats``);
+* processes (sqlite, postgres, nats; a memory store lives in one process), four of
   which are SIGKILLed mid-run: two at a random moment, two right after an
   operation took effect and before its answer was reported. The last
   operation a killed client invoked has an unknown outcome (it never
@@ -108,7 +109,9 @@ def test_threads_with_a_store_each_on_one_sqlite_file(store_url: str, tmp_path: 
     assert_linearizable(history, tmp_path, f"{CLIENTS} stores on one file")
 
 
-@pytest.mark.parametrize("store_url", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize(
+    "store_url", ["sqlite", "postgres", pytest.param("nats", marks=pytest.mark.nats)], indirect=True
+)
 def test_processes_some_killed_mid_operation(store_url: str, tmp_path: Path) -> None:
     run = run_processes(
         store_url, clients=CLIENTS, ops=PROCESS_OPS, seed=SEED, random_kills=2, stalled_kills=2

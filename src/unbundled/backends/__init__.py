@@ -9,11 +9,16 @@ protocol it can serve. Choose one by construction, or by URL with :func:`open_ba
 * ``redis://host:port/db?prefix=...`` (or ``rediss://``) —
   :class:`~unbundled.backends.redis.RedisBackend`, idempotency keys only
   (needs ``pip install 'unbundled[redis]'``); the log and the event store refuse it.
-* ``nats://`` — not available yet: ``NotSupported``, never a silent fallback.
+* ``nats://host:port?bucket=name`` — :class:`~unbundled.backends.nats.NatsBackend`,
+  the key-value store only (needs ``pip install 'unbundled[nats]'``), opened
+  by :func:`open_kv_backend`; :func:`open_backend` refuses it with
+  ``NotSupported`` (the log, the event store and idempotency keys do not run
+  on NATS yet), never a silent fallback.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -64,14 +69,8 @@ def open_backend(
     if scheme in ("", "sqlite"):
         return SqliteBackend(sqlite_path(text), sync=sync, clock=clock, **options)
     if scheme in ("postgresql", "postgres"):
-        try:
-            from .postgres import PostgresBackend
-        except ImportError as exc:
-            raise NotSupported(
-                f"the postgres backend needs psycopg 3: pip install 'unbundled[postgres]' ({exc})",
-                url=text,
-            ) from exc
-        backend: Any = PostgresBackend(text, sync=sync, clock=clock, **options)
+        postgres = _backend_class("postgres", "PostgresBackend", "psycopg 3", text)
+        backend: Any = postgres(text, sync=sync, clock=clock, **options)
         return backend  # type: ignore[no-any-return]
     if scheme in ("redis", "rediss"):
         redis_backend: Any = _open_redis(text, sync, clock, options)
@@ -85,6 +84,18 @@ def open_backend(
     raise UsageError(f"unknown backend URL scheme {scheme!r} in {text!r}", url=text)
 
 
+def open_kv_backend(
+    url: str | os.PathLike[str], *, sync: SyncLevel = "full", **options: Any
+) -> Any:
+    """Open the backend of the key-value store: :func:`open_backend`'s, and
+    ``nats://`` too (which serves the key-value store only)."""
+    text = os.fspath(url)
+    if isinstance(text, str) and text.startswith("nats://"):
+        nats = _backend_class("nats", "NatsBackend", "nats-py", text)
+        return nats(text, sync=sync, **options)
+    return open_backend(text, sync=sync, **options)
+
+
 def _open_redis(
     text: str, sync: SyncLevel, clock: Callable[[], int], options: dict[str, Any]
 ) -> Any:
@@ -94,14 +105,20 @@ def _open_redis(
             "servers with skewed clocks agree on leases); it takes no clock=",
             url=text,
         )
+    redis = _backend_class("redis", "RedisBackend", "redis-py", text)
+    return redis(text, sync=sync, **options)
+
+
+def _backend_class(extra: str, name: str, driver: str, url: str) -> Any:
+    """A server backend's class, imported only when a URL names it (its
+    driver is an optional extra); ``NotSupported`` saying what to install."""
     try:
-        from .redis import RedisBackend
+        return getattr(importlib.import_module(f".{extra}", __name__), name)
     except ImportError as exc:
         raise NotSupported(
-            f"the redis backend needs redis-py: pip install 'unbundled[redis]' ({exc})",
-            url=text,
+            f"the {extra} backend needs {driver}: pip install 'unbundled[{extra}]' ({exc})",
+            url=url,
         ) from exc
-    return RedisBackend(text, sync=sync, **options)
 
 
 def require_log(backend: Any) -> LogBackend:

@@ -361,7 +361,9 @@ def _pymysql() -> Any:
     try:
         import pymysql
     except ModuleNotFoundError:
-        raise NotSupported("testing MariaDB/MySQL needs pymysql: pip install pymysql") from None
+        raise NotSupported(
+            "testing MariaDB/MySQL needs pymysql: pip install 'unbundled[mysql]'"
+        ) from None
     return pymysql
 
 

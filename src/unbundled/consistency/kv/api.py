@@ -52,7 +52,7 @@ def _require_kv(backend: Any) -> KVBackend:
         close()
     raise NotSupported(
         f"the backend at {url!r} does not serve the key-value store; open it on "
-        "memory://, sqlite:///path.db or postgresql://...",
+        "memory://, sqlite:///path.db, postgresql://... or nats://...",
         url=url,
     )
 
@@ -62,10 +62,13 @@ class KV:
     each process opens its own.
 
     Keys are non-empty ``str`` (at most ``limits.kv_key_bytes_max`` bytes of
-    UTF-8, no NUL); values are ``bytes`` (at most ``limits.kv_value_bytes_max``).
+    UTF-8, no NUL); values are ``bytes`` (at most ``limits.kv_value_bytes_max``;
+    on NATS at most what the server's message limit leaves beside our
+    headers, ``kv.backend.kv_value_bytes_max``: 1 MiB - 112 bytes by default).
     Anything else raises ``UsageError`` naming the key; an oversized value
     raises ``LimitExceeded``. A backend failure raises ``BackendError``
-    (``Unavailable`` when a retry may work): the operation may or may not
+    (``Unavailable`` when the server cannot be reached, ``Timeout`` when it
+    did not answer in time; both retryable): the operation may or may not
     have taken effect, exactly as a timeout in any networked store.
     """
 
@@ -82,18 +85,13 @@ class KV:
         **options: Any,
     ) -> KV:
         """Open the store a URL names: ``memory://``, ``sqlite:///path.db`` (or a
-        plain path), ``postgresql://user@host/db?schema=name``. ``NotSupported``
-        for a backend that cannot serve it (Redis; NATS, which does not exist yet)."""
-        from ...backends import open_backend
+        plain path), ``postgresql://user@host/db?schema=name``,
+        ``nats://host:port?bucket=name`` (a JetStream KV bucket, created if
+        missing; ``timeout_s=`` bounds each request). ``NotSupported`` for a
+        backend that cannot serve it (Redis)."""
+        from ...backends import open_kv_backend
 
-        text = os.fspath(url)
-        if isinstance(text, str) and text.startswith("nats://"):
-            raise NotSupported(
-                f"the NATS backend does not exist yet (url {text!r}); its KV buckets "
-                "(revision-based compare-and-set) will serve this store when it does",
-                url=text,
-            )
-        return cls(open_backend(text, sync=sync, **options))  # type: ignore[arg-type]
+        return cls(open_kv_backend(url, sync=sync, **options))
 
     def __enter__(self) -> KV:
         return self
