@@ -10,8 +10,9 @@
   (``asyncio.run_coroutine_threadsafe``), so one backend serves many threads
   over one connection. ``close()`` drains the connection and stops the loop.
 * After the first connection, nats-py reconnects by itself for ever; an
-  operation that meets no connection, or gets no answer within
-  ``timeout_s``, raises ``Unavailable`` and may or may not have taken effect.
+  operation that meets no connection raises ``Unavailable``, one that gets no
+  answer within ``timeout_s`` raises ``Timeout``; either may or may not have
+  taken effect.
 * Linearizable (``_kv`` says how) on one server, and on a cluster as long as
   the stream leader answers: changes and reads both go to it. A leader cut
   off from its cluster may answer reads until it learns it was replaced
