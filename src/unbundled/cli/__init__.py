@@ -26,6 +26,7 @@ from ._consume import consume
 from ._events import events
 from ._groups import groups
 from ._idempotency import idempotency
+from ._kv import kv
 from ._produce import produce
 from ._projections import projections
 from ._topics import topics
@@ -81,6 +82,7 @@ def cli(ctx: click.Context, url: str, sync: str) -> None:
       unbundled events append account-1 --type Opened --data '{"owner": "ada"}'
       unbundled events read '$all' --json
       unbundled idempotency list --state in_progress
+      unbundled kv cas leader node-a --absent
 
     Errors print "error: <message>" on stderr; the exit status says which kind:
     2 usage, 3 not found, 4 conflict, 5 limit exceeded, 6 corruption,
@@ -99,6 +101,7 @@ cli.add_command(events)
 cli.add_command(projections)
 cli.add_command(idempotency)
 cli.add_command(check)
+cli.add_command(kv)
 
 
 @cli.command()

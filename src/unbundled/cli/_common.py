@@ -43,14 +43,16 @@ class App:
             self.log.close()
             self.log = None
 
-    def _check_exists(self) -> None:
+    def _check_exists(
+        self, create_hint: str = "create a topic first (`unbundled topics create`)"
+    ) -> None:
         scheme = self.url.split("://", 1)[0] if "://" in self.url else ""
         if scheme not in ("", "sqlite"):
             return  # memory:// and server URLs: the backend decides
         path = sqlite_path(self.url)
         if not os.path.exists(path):
             raise NotFound(
-                f"no database at {path!r}: create a topic first (`unbundled topics create`), "
+                f"no database at {path!r}: {create_hint}, "
                 "or choose the store with --db or UNBUNDLED_URL",
                 path=path,
             )
@@ -72,6 +74,19 @@ def err_console() -> Console:
 def stdout_bytes() -> Any:
     """The binary stdout, for record output (no text-layer encoding per line)."""
     return sys.stdout.buffer
+
+
+def bytes_json(raw: bytes) -> dict[str, Any]:
+    """Stored bytes in JSON output: as JSON when they are JSON (``"encoding":
+    "json"``), else UTF-8 text, else base64."""
+    try:
+        return {"value": msgspec.json.decode(raw), "encoding": "json"}
+    except msgspec.DecodeError:
+        pass
+    try:
+        return {"value": raw.decode("utf-8"), "encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"value": base64.b64encode(raw).decode("ascii"), "encoding": "base64"}
 
 
 def echo_json(data: Any) -> None:

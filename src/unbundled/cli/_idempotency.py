@@ -9,20 +9,18 @@ UTF-8 text, else base64.
 
 from __future__ import annotations
 
-import base64
 import time
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import click
-import msgspec
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import NotFound, UsageError
 from ..idempotency import Idempotency, IdempotencyRecord
 from ..idempotency._protocol import State
-from ._common import App, echo_json, out_console, pass_app
+from ._common import App, bytes_json, echo_json, out_console, pass_app
 
 _PAGE = 1000  # records per backend read
 
@@ -34,17 +32,6 @@ def open_idempotency(app: App) -> Idempotency:
     idem = Idempotency.open(app.url, sync=app.sync)
     click.get_current_context().call_on_close(idem.close)
     return idem
-
-
-def _bytes_json(raw: bytes) -> dict[str, Any]:
-    try:
-        return {"value": msgspec.json.decode(raw), "encoding": "json"}
-    except msgspec.DecodeError:
-        pass
-    try:
-        return {"value": raw.decode("utf-8"), "encoding": "utf-8"}
-    except UnicodeDecodeError:
-        return {"value": base64.b64encode(raw).decode("ascii"), "encoding": "base64"}
 
 
 def record_json(record: IdempotencyRecord) -> dict[str, Any]:
@@ -59,8 +46,8 @@ def record_json(record: IdempotencyRecord) -> dict[str, Any]:
         "created_ms": record.created_ms,
         "updated_ms": record.updated_ms,
         "error": record.error,
-        "result": None if record.result is None else _bytes_json(record.result),
-        "phases": {name: _bytes_json(raw) for name, raw in record.phases.items()},
+        "result": None if record.result is None else bytes_json(record.result),
+        "phases": {name: bytes_json(raw) for name, raw in record.phases.items()},
     }
     return out
 
@@ -77,7 +64,7 @@ def _lease(record: IdempotencyRecord, now_ms: int) -> str:
 
 
 def _short(raw: bytes, width: int = 200) -> str:
-    shown = _bytes_json(raw)
+    shown = bytes_json(raw)
     text = shown["value"] if shown["encoding"] != "json" else raw.decode("utf-8")
     text = str(text)
     return text if len(text) <= width else text[: width - 1] + "…"
