@@ -335,6 +335,18 @@ def _raw_own(path: Path, writers: int, per_writer: int, value: bytes) -> float:
     return writers * per_writer / elapsed
 
 
+def _log_one_thread(path: Path, records: int, value: bytes) -> float:
+    """Records/s of one thread calling ``Log.append`` (no other writer)."""
+    with open_log(path) as log:
+        started = time.perf_counter()
+        for _ in range(records):
+            log.append(TOPIC, value)
+        elapsed = time.perf_counter() - started
+        if log.end_offsets(TOPIC)[0] != records:
+            raise AssertionError("the log lost records in the one-thread append benchmark")
+    return records / elapsed
+
+
 def _log_threads(path: Path, writers: int, per_writer: int, value: bytes) -> tuple[float, float]:
     """Records/s and records per transaction of ``writers`` threads on ``Log.append``."""
     with open_log(path) as log:
@@ -403,11 +415,13 @@ def bench_concurrent_appends(
     lines' ratios are to the best of the three.
     """
     value = values(1)[0]
-    samples: dict[str, list[float]] = {k: [] for k in ("one", "shared", "own", "threads", "tasks")}
+    keys = ("one", "shared", "own", "threads", "tasks", "log-one")
+    samples: dict[str, list[float]] = {k: [] for k in keys}
     per_txn: dict[str, list[float]] = {"threads": [], "tasks": []}
     with scratch_dir(parent, "append-one") as d:
         for rep in range(repeats):
             samples["one"].append(_raw_one_thread(d / f"one-{rep}.db", raw_records, value))
+            samples["log-one"].append(_log_one_thread(d / f"log-one-{rep}.db", raw_records, value))
             samples["shared"].append(
                 _raw_shared(d / f"shared-{rep}.db", writers, raw_per_writer, value)
             )
@@ -464,6 +478,14 @@ def bench_concurrent_appends(
             best,
             Floor(ratio_min=15, rate_min=50_000),
             note("tasks", per_writer_tasks),
+        ),
+        measured_row(
+            "2c",
+            "Log.append, 1 thread alone",
+            samples["log-one"],
+            raw[0],
+            None,
+            f"{raw_records:,} records; the caller commits itself when the writer is idle",
         ),
     ]
 

@@ -70,9 +70,10 @@ def test_concurrent_appends(tmp_path: Path) -> None:
         repeats=2,
     )
     check_rows(rows, 2)
-    assert [r.case for r in rows] == ["2", "2", "2", "2a", "2b"]
+    assert [r.case for r in rows] == ["2", "2", "2", "2a", "2b", "2c"]
     best = max(rows[:3], key=lambda r: r.rate)
     assert rows[3].baseline == rows[4].baseline == best.name
+    assert rows[5].baseline == rows[0].name and rows[5].verdict == "context"  # vs 1 raw thread
     assert "records/txn" in rows[3].note and "records/txn" in rows[4].note
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ... import limits
-from ..._waiters import complete_all
+from ..._waiters import SyncWaiter, complete_all
 from ...errors import Closed, CorruptionError, Error, TopicNotFound, UsageError
 from ...log import _core
 from ...log._protocol import Position, TopicConfig, ValueRun, Waiter, WriteBatch
@@ -312,6 +312,10 @@ class Writer:
         self.transactions = 0  # committed transactions, for tests and benchmarks
         self._stage = Stage(conn)
         self._unannounced: list[tuple[Waiter, object]] = []
+        # Held while a transaction runs, by the writer thread or by a caller
+        # that found the writer idle and commits its own request (see submit).
+        self._commit_lock = threading.Lock()
+        self._leader: threading.Thread | None = None  # a caller committing its own request
         conn.execute("PRAGMA busy_timeout = 0")  # _begin waits for the lock itself
         self._streak_start = time.monotonic()  # since when we hold the lock back to back
         self._thread = threading.Thread(
@@ -322,19 +326,50 @@ class Writer:
     def submit(self, request: Request) -> None:
         if self._closed:
             raise Closed(f"the log at {self._path} is closed")
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() in (self._thread, self._leader):
             # From code the writer runs (a projection handler): it would wait
             # for itself forever.
             raise UsageError(
                 "cannot write through the store from inside a write it is running "
                 "(a projection handler): write through the handler's transaction"
             )
+        if (
+            self._sleeping
+            and not self._queue
+            and type(request.done) is SyncWaiter
+            and self._commit_lock.acquire(blocking=False)
+        ):
+            # Leader path: the writer is idle and nobody waits, so commit here
+            # and spare the two thread hand-offs (there and back) that make a
+            # lone caller's append cost twice a raw commit. Under load the
+            # writer is busy and requests queue as usual, so batching is kept.
+            try:
+                if self._sleeping and not self._queue:
+                    self._commit_alone(request)
+                    return
+            finally:
+                self._commit_lock.release()
         self._queue.append(request)
         if self._sleeping:  # waking a busy writer would only cost a futex call
             # Clear it ourselves: until the writer runs again, the submitters
             # after us need not set the event too.
             self._sleeping = False
             self._wake.set()
+
+    def _commit_alone(self, request: Request) -> None:
+        """Commit one request on the caller's thread (the commit lock held)."""
+        self._leader = threading.current_thread()
+        try:
+            self._commit([request])
+        except BaseException as exc:  # as _run does: the caller must hear of it
+            self._rollback()
+            self._announce()
+            complete_all([(request.done, exc)])
+            raise
+        finally:
+            self._leader = None
+        self._announce()
+        self._streak_start = time.monotonic()
 
     def close(self) -> None:
         if not self._closed:
@@ -358,38 +393,44 @@ class Writer:
                 self._streak_start = time.monotonic()
                 if not queue:
                     if self._idle is not None:
-                        self._idle()
+                        with self._commit_lock:
+                            self._idle()
                     continue
-            batch: list[Request] = []
-            records = 0
-            stop = False
-            while queue and len(batch) < limits.commit_requests_max:
-                request = queue.popleft()
-                if request is None:
-                    stop = True
-                    break
-                batch.append(request)
-                records += request.records()
-                if records >= limits.commit_records_max:
-                    break
-            if batch:
-                try:
-                    self._commit(batch)
-                except BaseException as exc:
-                    self._rollback()
+            with self._commit_lock:
+                batch: list[Request] = []
+                records = 0
+                stop = False
+                while queue and len(batch) < limits.commit_requests_max:
+                    request = queue.popleft()
+                    if request is None:
+                        stop = True
+                        break
+                    batch.append(request)
+                    records += request.records()
+                    if records >= limits.commit_records_max:
+                        break
+                if batch:
+                    try:
+                        self._commit(batch)
+                    except BaseException as exc:
+                        self._rollback()
+                        self._announce()
+                        complete_all((r.done, exc) for r in batch)
+                yielding = False
+                if not queue or stop:
                     self._announce()
-                    complete_all((r.done, exc) for r in batch)
-            if not queue or stop:
-                self._announce()
-            elif time.monotonic() - self._streak_start >= _STREAK_S:
-                self._announce()
+                elif time.monotonic() - self._streak_start >= _STREAK_S:
+                    self._announce()
+                    yielding = True
+            if yielding:
                 time.sleep(_YIELD_S)  # other processes' writers get a turn
                 self._streak_start = time.monotonic()
             if stop:
                 self._fail_rest()
                 return
             if self._idle is not None:
-                self._idle()
+                with self._commit_lock:
+                    self._idle()
 
     def _fail_rest(self) -> None:
         rest = [r for r in self._queue if r is not None]
