@@ -25,9 +25,14 @@ class SyncWaiter:
     the GIL, and that herd, not the disk, limited throughput.
     """
 
-    __slots__ = ("_lock", "_next", "_result")
+    __slots__ = ("_lock", "_next", "_result", "inline")
 
-    def __init__(self) -> None:
+    def __init__(self, *, inline: bool = True) -> None:
+        # inline: the writer may run this request on the submitting thread
+        # when it is idle (its leader path). A caller that submits while
+        # holding a lock other threads need must say False, or they would
+        # wait for its whole commit instead of queueing behind it.
+        self.inline = inline
         self._lock = threading.Lock()
         self._lock.acquire()
         self._result: object = None

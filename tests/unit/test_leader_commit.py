@@ -91,3 +91,27 @@ def test_a_handler_cannot_write_through_the_store_it_runs_in(tmp_path: Path) -> 
         with pytest.raises(UsageError, match="from inside a write it is running"):
             runner.catch_up()
         assert [e.type for e in store.read_all()] == ["A"]  # nothing was written
+
+
+def test_threads_sharing_an_idempotent_producer_still_batch(tmp_path: Path) -> None:
+    """A producer submits under its lock (to keep sequences in order); had it
+    committed inline there, its other threads would wait out each commit."""
+    with Log.open(tmp_path / "e.db", sync="full") as log:
+        log.create_topic("t")
+        producer = log.producer("p")
+        writer = log.backend._writer  # type: ignore[attr-defined]
+        before = writer.transactions
+        start = threading.Barrier(16)
+
+        def work(n: int) -> None:
+            start.wait()
+            for i in range(50):
+                producer.append("t", b"%d.%d" % (n, i))
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert log.end_offsets("t")[0] == 16 * 50
+        assert writer.transactions - before < 16 * 50 / 2

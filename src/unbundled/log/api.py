@@ -235,7 +235,9 @@ class Log(LogBase):
 
     def _submit(self, batch: WriteBatch, producer: Producer | None = None) -> list[Position]:
         self._check_open()
-        waiter = SyncWaiter()
+        # Under a producer's lock, never commit inline: the producer's other
+        # threads would wait out this commit instead of batching with it.
+        waiter = SyncWaiter(inline=producer is None)
         if producer is None:
             self.backend.submit(batch, waiter)
         else:
@@ -496,7 +498,7 @@ class Producer:
         # sequences in order even when threads share this producer.
         with self._lock:
             stamp = ProducerStamp(self.producer_id, self.epoch, self._sequence(sequence))
-            waiter = SyncWaiter()
+            waiter = SyncWaiter(inline=False)  # queued, not committed under the lock
             log._check_open()
             log.backend.submit(
                 WriteBatch({topic: items}, (), stamp, {topic: config.partitions}), waiter

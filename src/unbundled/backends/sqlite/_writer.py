@@ -337,6 +337,7 @@ class Writer:
             self._sleeping
             and not self._queue
             and type(request.done) is SyncWaiter
+            and request.done.inline
             and self._commit_lock.acquire(blocking=False)
         ):
             # Leader path: the writer is idle and nobody waits, so commit here
