@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,21 @@ def committing_threads(log: Log | AsyncLog) -> list[str]:
         lambda sql: names.append(threading.current_thread().name) if sql == "COMMIT" else None
     )
     return names
+
+
+def run_threads(count: int, work: Callable[[int], None]) -> None:
+    """``work(n)`` on ``count`` threads that start together; wait for all."""
+    start = threading.Barrier(count)
+
+    def body(n: int) -> None:
+        start.wait()
+        work(n)
+
+    threads = [threading.Thread(target=body, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def test_a_lone_caller_commits_on_its_own_thread(tmp_path: Path) -> None:
@@ -57,18 +73,12 @@ def test_many_threads_still_batch(tmp_path: Path) -> None:
         log.create_topic("t", partitions=4)
         writer = log.backend._writer  # type: ignore[attr-defined]
         before = writer.transactions
-        start = threading.Barrier(32)
 
         def work(n: int) -> None:
-            start.wait()
             for i in range(50):
                 log.append("t", b"%d.%d" % (n, i), key=b"%d" % n)
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(32)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_threads(32, work)
         assert sum(log.end_offsets("t").values()) == 32 * 50
         # 1,600 appends in far fewer commits: the writer kept batching.
         assert writer.transactions - before < 1_600 / 2
@@ -101,17 +111,11 @@ def test_threads_sharing_an_idempotent_producer_still_batch(tmp_path: Path) -> N
         producer = log.producer("p")
         writer = log.backend._writer  # type: ignore[attr-defined]
         before = writer.transactions
-        start = threading.Barrier(16)
 
         def work(n: int) -> None:
-            start.wait()
             for i in range(50):
                 producer.append("t", b"%d.%d" % (n, i))
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_threads(16, work)
         assert log.end_offsets("t")[0] == 16 * 50
         assert writer.transactions - before < 16 * 50 / 2
