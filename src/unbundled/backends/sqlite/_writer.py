@@ -53,7 +53,11 @@ class Request:
         """How many records it appends (counted by the writer, off the callers' path)."""
         if self.batch is None:
             return 1
-        return sum(len(items) for items in self.batch.appends.values())
+        appends = self.batch.appends
+        if len(appends) == 1:  # the common case, without a generator
+            for items in appends.values():
+                return len(items)
+        return sum(len(items) for items in appends.values())
 
 
 class ExtraStage(Protocol):
@@ -165,7 +169,17 @@ class Stage:
 
     def stage(self, batch: WriteBatch) -> list[Position]:
         """Assign offsets and queue rows; all-or-nothing for this batch."""
-        for name, items in batch.appends.items():
+        appends = batch.appends
+        if len(appends) == 1:
+            # The common request, one topic's bare values: checked and staged
+            # in one pass (the general loops below cost a per-record share).
+            for name, items in appends.items():
+                if type(items) is ValueRun:
+                    tid, config = self.topic(name)
+                    _core.check_partition_count(name, batch.partitions, config.partitions)
+                    _core.check_partition(name, items.partition, config.partitions)
+                    return self._stage_run(name, tid, items)
+        for name, items in appends.items():
             _, config = self.topic(name)
             _core.check_partition_count(name, batch.partitions, config.partitions)
             if type(items) is ValueRun:
