@@ -621,7 +621,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-    from rich.table import Table
 
     sizes = QUICK if args.quick else FULL
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
@@ -655,20 +654,18 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("--quick run: tiny sizes, the numbers are not comparable to a full run.")
     notes.append(f"total time of the run: {time.perf_counter() - started:,.0f} s")
 
-    table = Table(title="unbundled linearizability checker vs a straightforward Python search")
-    for header in HEADERS:
-        table.add_column(header, justify="right" if header in ("median", "ratio") else "left")
-    for r in rows:
-        table.add_row(*cells(r), style="red" if r.verdict.startswith("BELOW") else None)
-    for name, value in facts:
-        console.print(f"[bold]{name}[/bold]: {value}")
-    console.print(table)
-    for note in notes:
-        console.print(f"- {note}")
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(markdown(facts, rows, notes), encoding="utf-8")
-        console.print(f"wrote {output}")
+    from bench.run import show_results, write_results
+
+    show_results(
+        console,
+        "unbundled linearizability checker vs a straightforward Python search",
+        HEADERS,
+        lambda header: header in ("median", "ratio"),
+        [(cells(r), r.verdict.startswith("BELOW")) for r in rows],
+        facts,
+        notes,
+    )
+    write_results(console, output, markdown(facts, rows, notes))
     return 0
 
 

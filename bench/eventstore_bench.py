@@ -500,7 +500,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from rich.console import Console
-    from rich.table import Table
 
     from bench.eventstore_report import machine_facts, markdown
     from bench.run import HEADERS, cells, scratch_parent
@@ -562,20 +561,18 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("--quick run: tiny sizes, the numbers are not comparable to a full run.")
     notes.append(f"total time of the run: {time.perf_counter() - started:,.0f} s")
 
-    table = Table(title="unbundled event store vs eventsourcing")
-    for header in HEADERS:
-        table.add_column(header, justify="right" if header in ("median rate", "ratio") else "left")
-    for r in rows:
-        table.add_row(*cells(r), style="red" if r.verdict.startswith("BELOW") else None)
-    for name, value in facts:
-        console.print(f"[bold]{name}[/bold]: {value}")
-    console.print(table)
-    for note in notes:
-        console.print(f"- {note}")
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(markdown(facts, rows, notes), encoding="utf-8")
-        console.print(f"wrote {output}")
+    from bench.run import show_results, write_results
+
+    show_results(
+        console,
+        "unbundled event store vs eventsourcing",
+        HEADERS,
+        lambda header: header in ("median rate", "ratio"),
+        [(cells(r), r.verdict.startswith("BELOW")) for r in rows],
+        facts,
+        notes,
+    )
+    write_results(console, output, markdown(facts, rows, notes))
     return 0
 
 

@@ -30,9 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bench.log_bench import CrashResult, Row
@@ -262,6 +263,44 @@ def markdown(
 # --- running -------------------------------------------------------------------------
 
 
+def show_results(
+    console: Any,
+    title: str,
+    headers: list[str],
+    right: Callable[[str], bool],
+    rows: list[tuple[list[str], bool]],
+    facts: list[tuple[str, str]],
+    notes: list[str],
+    *,
+    extra: Sequence[Any] = (),
+) -> None:
+    """What every suite prints: the machine facts, its table (``rows`` are
+    cells and whether the line is below its floor, shown red; ``right``
+    picks right-aligned columns), any ``extra`` tables, then the notes."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, justify="right" if right(header) else "left")
+    for row_cells, below in rows:
+        table.add_row(*row_cells, style="red" if below else None)
+    for name, value in facts:
+        console.print(f"[bold]{name}[/bold]: {value}")
+    console.print(table)
+    for renderable in extra:
+        console.print(renderable)
+    for note in notes:
+        console.print(f"- {note}")
+
+
+def write_results(console: Any, output: Path | None, text: str) -> None:
+    """Write a suite's Markdown results (``output`` None: a quick run, nowhere)."""
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        console.print(f"wrote {output}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run; writes nothing")
@@ -399,28 +438,24 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("--quick run: tiny sizes, the numbers are not comparable to a full run.")
     notes.append(f"total time of the run: {time.perf_counter() - started:,.0f} s")
 
-    table = Table(title="unbundled log benchmarks")
-    for header in HEADERS:
-        table.add_column(header, justify="right" if header in ("median rate", "ratio") else "left")
-    for row in rows:
-        style = "red" if row.verdict.startswith("BELOW") else None
-        table.add_row(*cells(row), style=style)
-    for name, value in facts:
-        console.print(f"[bold]{name}[/bold]: {value}")
-    console.print(table)
+    extra = []
     if crash is not None:
         crash_table = Table(title="5. crash test (SIGKILL during durable appends)")
         for header in CRASH_HEADERS:
             crash_table.add_column(header)
         crash_table.add_row(*crash_cells(crash), style=None if crash.ok else "red")
-        console.print(crash_table)
-    for note in notes:
-        console.print(f"- {note}")
-
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(markdown(facts, rows, crash, notes), encoding="utf-8")
-        console.print(f"wrote {output}")
+        extra.append(crash_table)
+    show_results(
+        console,
+        "unbundled log benchmarks",
+        HEADERS,
+        lambda header: header in ("median rate", "ratio"),
+        [(cells(row), row.verdict.startswith("BELOW")) for row in rows],
+        facts,
+        notes,
+        extra=extra,
+    )
+    write_results(console, output, markdown(facts, rows, crash, notes))
     # A benchmark below its floor is a finding, not a failure of the run; a
     # crash test that lost or duplicated records is.
     return 1 if crash is not None and not crash.ok else suites_status
