@@ -20,16 +20,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from .consistency.checker import History, Operation, Recorder, check
 from .consistency.isolation import run_suite
 from .consistency.kv import KV
 from .consistency.kv.model import model as kv_model
+from .demo_events import Check, report_checks
 from .errors import Error
 from .testing.causal_sim import SimConfig, simulate
-
-Check = tuple[str, bool, str]
 
 CLIENTS, OPS, KEYS = 8, 60, ("a", "b", "c")
 SIM_SEEDS, SIM_OPERATIONS = 20, 300
@@ -45,19 +43,7 @@ def run_consistency_demo(console: Console, workdir: Path) -> bool:
     except Error as exc:
         console.print(f"[red]consistency demo: failed: {escape(str(exc))}")
         return False
-    table = Table(title="what the consistency demo verified")
-    table.add_column("check")
-    table.add_column("", justify="center")
-    table.add_column("detail")
-    for name, ok, detail in checks:
-        table.add_row(name, "[green]✓[/]" if ok else "[red]✗[/]", escape(detail))
-    console.print(table)
-    failed = [name for name, ok, _ in checks if not ok]
-    if failed:
-        console.print(f"[red]consistency demo: FAILED: {'; '.join(failed)}")
-        return False
-    console.print("[green]consistency demo: all checks passed")
-    return True
+    return report_checks(console, "consistency demo", checks)
 
 
 def _demo(console: Console, workdir: Path) -> list[Check]:

@@ -56,7 +56,13 @@ def run_eventstore_demo(console: Console, workdir: Path, *, commands: int = 40) 
     except Error as exc:
         console.print(f"[red]event store demo: failed: {escape(str(exc))}")
         return False
-    table = Table(title="what the event store demo verified")
+    return report_checks(console, "event store demo", checks)
+
+
+def report_checks(console: Console, part: str, checks: list[Check]) -> bool:
+    """Print what ``part`` of the demo verified as a table, then its verdict;
+    True if every check passed."""
+    table = Table(title=f"what the {part} verified")
     table.add_column("check")
     table.add_column("", justify="center")
     table.add_column("detail")
@@ -65,9 +71,9 @@ def run_eventstore_demo(console: Console, workdir: Path, *, commands: int = 40) 
     console.print(table)
     failed = [name for name, ok, _ in checks if not ok]
     if failed:
-        console.print(f"[red]event store demo: FAILED: {'; '.join(failed)}")
+        console.print(f"[red]{part}: FAILED: {'; '.join(failed)}")
         return False
-    console.print("[green]event store demo: all checks passed")
+    console.print(f"[green]{part}: all checks passed")
     return True
 
 
