@@ -47,6 +47,9 @@ read_events_max = 100_000
 
 # Idempotency keys.
 idempotency_key_chars_max = 255
+# The HTTP middleware stores "<namespace>/<client's key>": a namespace this
+# long still leaves a client 190 characters, room for any UUID or ULID.
+idempotency_namespace_chars_max = 64
 idempotency_result_bytes_max = 16 * 1024 * 1024
 idempotency_lease_ms_default = 30_000
 idempotency_retention_ms_default = 24 * 3600 * 1000
@@ -68,6 +71,7 @@ assert record_bytes_default <= record_bytes_max
 assert key_bytes_max < record_bytes_max
 assert batch_records_max <= commit_records_max
 assert lease_ms_min < lease_ms_max
+assert idempotency_namespace_chars_max + 1 + 190 <= idempotency_key_chars_max
 assert partitions_max * topics_max < 2**31
 # An update's overhead: two vectors (deps, context) of replica ids and counters, and the key.
 assert 2 * causal_replicas_max * (causal_replica_id_bytes_max + 9) + causal_key_bytes_max < (

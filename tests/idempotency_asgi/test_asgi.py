@@ -33,9 +33,12 @@ from starlette.routing import Route
 from unbundled import UsageError
 from unbundled.backends import SqliteBackend
 from unbundled.idempotency import AsyncIdempotency
-from unbundled.idempotency.asgi import IdempotencyMiddleware, parse_key
+from unbundled.idempotency.asgi import IdempotencyMiddleware, by_client, parse_key
 
 KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"
+# Every request of these tests comes from one client; keys are scoped to it.
+CREDENTIALS = {"authorization": "Bearer shop-client"}
+STORED = f"{by_client()({'headers': [(b'authorization', b'Bearer shop-client')]})}/{KEY}"
 WAIT_S = 30.0  # generous deadline for a server or a task to react; never a timing assertion
 
 
@@ -110,7 +113,9 @@ def run(url: str, scenario: Scenario, **options: Any) -> None:
             transport = httpx.ASGITransport(
                 app=shop_app(shop, idem, **options), raise_app_exceptions=False
             )
-            async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://shop", headers=CREDENTIALS
+            ) as client:
                 await scenario(client, shop, idem)
 
     asyncio.run(main())
@@ -142,7 +147,7 @@ def test_first_request_runs_and_a_retry_replays_it_exactly(url: str) -> None:
         assert first.status_code == 201
         assert first.json() == {"order": 1, "amount": 10}
         assert "idempotent-replayed" not in first.headers
-        stored = await idem.get(KEY)
+        stored = await idem.get(STORED)
         assert stored is not None and stored.state == "completed"
 
         retry = await client.post("/orders", json=order, headers={"Idempotency-Key": KEY})
@@ -197,7 +202,7 @@ def test_a_retry_while_the_first_is_in_flight_is_409_with_retry_after(url: str) 
         busy = await client.post("/orders", json=order, headers=headers)
         problem(busy, 409, "request_in_progress")
         assert busy.headers["retry-after"] == "1"
-        record = await idem.get(KEY)
+        record = await idem.get(STORED)
         assert record is not None and record.state == "in_progress"
 
         shop.gate.set()
@@ -286,7 +291,7 @@ def test_a_5xx_releases_the_key_and_the_retry_runs_again(url: str) -> None:
         headers = {"Idempotency-Key": KEY}
         failed = await client.post("/orders", json={"amount": 7}, headers=headers)
         assert failed.status_code == 503
-        assert await idem.get(KEY) is None  # released: nothing stored
+        assert await idem.get(STORED) is None  # released: nothing stored
         retried = await client.post("/orders", json={"amount": 7}, headers=headers)
         assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
         assert shop.attempts == 2 and len(shop.orders) == 1
@@ -299,7 +304,7 @@ def test_a_crash_releases_the_key(url: str) -> None:
         headers = {"Idempotency-Key": KEY}
         crashed = await client.post("/orders", json={"amount": 7, "crash": True}, headers=headers)
         assert crashed.status_code == 500
-        assert await idem.get(KEY) is None
+        assert await idem.get(STORED) is None
 
     run(url, scenario)
 
@@ -337,7 +342,7 @@ def test_get_passes_through_even_with_a_key(url: str) -> None:
             assert response.status_code == 200
             assert "idempotent-replayed" not in response.headers
         assert shop.attempts == 2
-        assert await idem.get(KEY) is None
+        assert await idem.get(STORED) is None
 
     run(url, scenario)
 
@@ -366,7 +371,7 @@ def test_a_too_large_response_passes_through_and_releases_the_key(url: str) -> N
             assert response.content == b"A" * 600 + b"B" * 600 + b"C" * 600
             assert "larger than 1000 bytes" in response.headers["idempotency-warning"]
             assert "idempotent-replayed" not in response.headers
-            assert await idem.get(KEY) is None
+            assert await idem.get(STORED) is None
             assert shop.attempts == attempt  # not stored: the retry runs again
 
     run(url, scenario, response_bytes_max=1000)
@@ -377,7 +382,7 @@ def test_a_too_large_request_body_is_413() -> None:
         headers = {"Idempotency-Key": KEY}
         response = await client.post("/orders", content=b"{" + b" " * 2000 + b"}", headers=headers)
         problem(response, 413, "request_too_large")
-        assert shop.attempts == 0 and await idem.get(KEY) is None
+        assert shop.attempts == 0 and await idem.get(STORED) is None
 
     run("memory://", scenario, request_bytes_max=1000)
 
@@ -456,7 +461,9 @@ def test_concurrent_retries_over_real_http_take_effect_once(tmp_path: Path) -> N
     responses: list[httpx.Response] = []
 
     def client() -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S) as http:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S, headers=CREDENTIALS
+        ) as http:
             barrier.wait()
             response = http.post("/payments", json={"amount": 42}, headers={"Idempotency-Key": KEY})
             responses.append(response)
@@ -479,7 +486,9 @@ def test_concurrent_retries_over_real_http_take_effect_once(tmp_path: Path) -> N
             assert response.status_code == 201
             assert response.json() == {"paid": 42}
 
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S) as http:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S, headers=CREDENTIALS
+        ) as http:
             retry = http.post("/payments", json={"amount": 42}, headers={"Idempotency-Key": KEY})
         assert retry.status_code == 201 and retry.json() == {"paid": 42}
         assert retry.headers["idempotent-replayed"] == "true"

@@ -26,6 +26,13 @@ the key is released and the response streams through with an
 The header value is a Structured Field String (``"8e03978e-40d5"``) as the
 draft says; a bare token (``8e03978e-40d5``), which many clients send, is
 accepted too. Either way the key must pass :func:`unbundled.idempotency._core.check_key`.
+
+Keys are scoped to the client by default (:func:`by_client`): the
+authenticated principal, else a digest of the request's credentials. A keyed
+request from which no client can be told is refused with ``400``
+(``idempotency_client_unknown``), never run in a key space shared with other
+clients; ``namespace=`` chooses the client another way, and only
+``global_keys=True`` shares one key space among all clients.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import msgspec
 from .. import limits
 from ..errors import IdempotencyKeyReused, RequestInProgress, StaleToken, UsageError
 from . import _core
+from ._clients import NamespaceFunction, by_client, check_namespace
 from .aio import AsyncIdempotency
 from .api import Attempt
 
@@ -135,19 +143,28 @@ class _Problem(Exception):
 
 class IdempotencyMiddleware:
     """Wrap an ASGI application: ``app = IdempotencyMiddleware(app, idem)``
-    (Starlette: ``Middleware(IdempotencyMiddleware, idem=idem)``).
+    (Starlette: ``Middleware(IdempotencyMiddleware, idem)``).
 
-    ``idem`` is an :class:`~unbundled.idempotency.AsyncIdempotency`; its
-    ``lease_ms`` must exceed the slowest request, or a retry after the lease
-    runs the request a second time. ``namespace(scope)`` may scope keys (for
-    example per authenticated client, as the draft advises) so that one
-    client's key cannot reach another's response.
+    ``idem`` is an :class:`~unbundled.idempotency.AsyncIdempotency`, or the
+    name of the lifespan state entry that holds one: open the store in the
+    application's lifespan, ``yield {"idempotency": idem}``, and pass
+    ``"idempotency"`` (the server then refuses to start if the lifespan
+    yields no such store). Its ``lease_ms`` must exceed the slowest request,
+    or a retry after the lease runs the request a second time.
+
+    Keys are scoped per client. ``namespace(scope)`` names the client of a
+    request (default :func:`by_client`: the authenticated principal, else a
+    digest of the ``Authorization`` header); a keyed request it returns None
+    (or ``""``) for is answered ``400`` (``idempotency_client_unknown``) and
+    does not run. ``global_keys=True`` instead shares one key space among all
+    clients: only for an API whose every caller is trusted with every other
+    caller's responses.
     """
 
     def __init__(
         self,
         app: ASGIApp,
-        idem: AsyncIdempotency,
+        idem: AsyncIdempotency | str,
         header: str = "Idempotency-Key",
         methods: Iterable[str] = ("POST", "PATCH"),
         required: bool = False,
@@ -159,18 +176,32 @@ class IdempotencyMiddleware:
         retry_after_s: int = 1,
         warning_header: str = "Idempotency-Warning",
         docs_url: str | None = None,
-        namespace: Callable[[Scope], str] | None = None,
+        namespace: NamespaceFunction | None = None,
+        global_keys: bool = False,
     ) -> None:
-        if not isinstance(idem, AsyncIdempotency):
-            raise UsageError("IdempotencyMiddleware needs an AsyncIdempotency")
+        if isinstance(idem, str):
+            if not idem:
+                raise UsageError("name the lifespan state entry that holds the store")
+        elif not isinstance(idem, AsyncIdempotency):
+            raise UsageError(
+                "IdempotencyMiddleware needs an AsyncIdempotency, or the name of the lifespan "
+                f"state entry that holds one; got {type(idem).__name__}"
+            )
         # base64 grows the body by a third; the stored result has a hard limit.
         stored_max = limits.idempotency_result_bytes_max // 2
         if not 0 < response_bytes_max <= stored_max:
             raise UsageError(f"response_bytes_max must be between 1 and {stored_max}")
         if request_bytes_max < 0:
             raise UsageError("request_bytes_max must be >= 0")
+        if not isinstance(global_keys, bool):
+            raise UsageError(f"global_keys must be True or False, got {global_keys!r}")
+        if global_keys and namespace is not None:
+            raise UsageError("pass namespace= or global_keys=True, not both")
+        if namespace is not None and not callable(namespace):
+            raise UsageError(f"namespace must be a function of the scope, got {namespace!r}")
         self.app = app
-        self.idem = idem
+        self.idem = idem if isinstance(idem, AsyncIdempotency) else None
+        self.state_key = idem if isinstance(idem, str) else None
         self.header = header
         self.methods = frozenset(m.upper() for m in methods)
         self.required = required
@@ -181,10 +212,16 @@ class IdempotencyMiddleware:
         self.retry_after_s = retry_after_s
         self.warning_header = warning_header
         self.docs_url = docs_url
-        self.namespace = namespace
+        self.global_keys = global_keys
+        self.namespace: NamespaceFunction | None = (
+            None if global_keys else namespace if namespace is not None else by_client()
+        )
         self._header_name = header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.state_key is not None:
+            await self.app(scope, receive, self._checked_startup(scope, send))
+            return
         if scope["type"] != "http" or scope["method"].upper() not in self.methods:
             await self.app(scope, receive, send)
             return
@@ -192,12 +229,13 @@ class IdempotencyMiddleware:
         if not values and not self.required:
             await self.app(scope, receive, send)
             return
+        idem = self._store(scope)
         try:
             key = self._key(scope, values)
             body = await self._read_body(receive)
             if body is None:
                 return  # the client went away before sending its request
-            attempt = await self._claim(key, scope, body)
+            attempt = await self._claim(idem, key, scope, body)
         except _Problem as problem:
             await self._send_problem(send, problem)
             return
@@ -205,14 +243,50 @@ class IdempotencyMiddleware:
             await self._replay(send, attempt)
             return
         try:
-            await self._first(scope, body, receive, send, attempt)
+            await self._first(idem, scope, body, receive, send, attempt)
         except BaseException:
-            await self.idem.release(attempt)  # transient: a retry runs again
+            await idem.release(attempt)  # transient: a retry runs again
             raise
+
+    # --- the store ------------------------------------------------------------
+
+    def _store(self, scope: Scope) -> AsyncIdempotency:
+        """The store: given, or the lifespan state's entry."""
+        if self.idem is not None:
+            return self.idem
+        found = (scope.get("state") or {}).get(self.state_key)
+        if not isinstance(found, AsyncIdempotency):
+            raise UsageError(self._no_store_message(found), state_key=self.state_key)
+        return found
+
+    def _no_store_message(self, found: object) -> str:
+        return (
+            f"the lifespan state holds no AsyncIdempotency under {self.state_key!r} "
+            f"(found {type(found).__name__}): open the store in the application's lifespan "
+            f"and yield {{{self.state_key!r}: idem}}"
+        )
+
+    def _checked_startup(self, scope: Scope, send: Send) -> Send:
+        """``send`` of the lifespan protocol, failing the startup when the
+        lifespan did not put the store in its state: the server refuses to
+        start instead of answering every keyed request with a 500."""
+
+        async def checked(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                found = (scope.get("state") or {}).get(self.state_key)
+                if not isinstance(found, AsyncIdempotency):
+                    message = {
+                        "type": "lifespan.startup.failed",
+                        "message": self._no_store_message(found),
+                    }
+            await send(message)
+
+        return checked
 
     # --- the request ----------------------------------------------------------
 
     def _key(self, scope: Scope, values: list[bytes]) -> str:
+        """The stored key: the client's namespace, ``/``, the client's key."""
         if not values:
             raise _Problem(
                 400,
@@ -222,13 +296,32 @@ class IdempotencyMiddleware:
             )
         try:
             key = parse_key(values)
-            if self.namespace is not None:
-                key = _core.check_key(f"{self.namespace(scope)}/{key}")
         except UsageError as err:
             raise _Problem(
                 400, "idempotency_key_malformed", f"{self.header} is malformed", err.message
             ) from None
-        return key
+        if self.namespace is None:
+            return key
+        namespace = self.namespace(scope)
+        if namespace is None or namespace == "":
+            raise _Problem(
+                400,
+                "idempotency_client_unknown",
+                f"{self.header} needs a known client",
+                f"an {self.header} is accepted only on a request that identifies its client "
+                "(credentials, or a signed-in user): keys are scoped per client, so that "
+                "one client's key never returns another client's response",
+            )
+        namespace = check_namespace(namespace)  # a bad one is the server's bug: 500
+        room = limits.idempotency_key_chars_max - len(namespace) - 1
+        if len(key) > room:
+            raise _Problem(
+                400,
+                "idempotency_key_malformed",
+                f"{self.header} is malformed",
+                f"an {self.header} may hold at most {room} characters here, got {len(key)}",
+            )
+        return f"{namespace}/{key}"
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []
@@ -250,7 +343,7 @@ class IdempotencyMiddleware:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _claim(self, key: str, scope: Scope, body: bytes) -> Attempt:
+    async def _claim(self, idem: AsyncIdempotency, key: str, scope: Scope, body: bytes) -> Attempt:
         """Claim the key for this request: the fingerprint covers the method,
         path, query and body, so any other request under the key is a 422."""
         request = b"\n".join(
@@ -262,7 +355,7 @@ class IdempotencyMiddleware:
             ]
         )
         try:
-            return await self.idem.attempt(key, request)
+            return await idem.attempt(key, request)
         except IdempotencyKeyReused:
             raise _Problem(
                 422,
@@ -297,7 +390,13 @@ class IdempotencyMiddleware:
         await send({"type": "http.response.body", "body": base64.b64decode(stored.body)})
 
     async def _first(
-        self, scope: Scope, body: bytes, receive: Receive, send: Send, attempt: Attempt
+        self,
+        idem: AsyncIdempotency,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        attempt: Attempt,
     ) -> None:
         """Run the application on the replayed body and store its response."""
         delivered = False
@@ -309,7 +408,7 @@ class IdempotencyMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # then wait for the disconnect, as usual
 
-        capture = _Capture(self, send, attempt)
+        capture = _Capture(self, idem, send, attempt)
         extensions = {
             k: v for k, v in (scope.get("extensions") or {}).items() if k not in _UNCAPTURABLE
         }
@@ -317,7 +416,7 @@ class IdempotencyMiddleware:
         if capture.passing:
             return
         if capture.start is None:
-            await self.idem.release(attempt)  # no response: the server answers 500
+            await idem.release(attempt)  # no response: the server answers 500
             return
         status = int(capture.start["status"])
         content = b"".join(capture.chunks)
@@ -332,9 +431,9 @@ class IdempotencyMiddleware:
             # retry took over (it stores its own response); this one still
             # happened, so the client gets it.
             with contextlib.suppress(StaleToken):
-                await self.idem.complete(attempt, msgspec.to_builtins(stored))
+                await idem.complete(attempt, msgspec.to_builtins(stored))
         else:
-            await self.idem.release(attempt)
+            await idem.release(attempt)
         await send(capture.start)
         await send({"type": "http.response.body", "body": content})
 
@@ -365,8 +464,15 @@ class _Capture:
     or (too large, trailers, an unknown message) stops buffering, releases
     the key and passes the response through with a warning header."""
 
-    def __init__(self, middleware: IdempotencyMiddleware, send: Send, attempt: Attempt) -> None:
+    def __init__(
+        self,
+        middleware: IdempotencyMiddleware,
+        idem: AsyncIdempotency,
+        send: Send,
+        attempt: Attempt,
+    ) -> None:
         self._middleware = middleware
+        self._idem = idem
         self._send = send
         self._attempt = attempt
         self.start: Message | None = None
@@ -402,7 +508,7 @@ class _Capture:
         """Release the key and send what is buffered; ``more_body`` None sends
         the start only."""
         self.passing = True
-        await self._middleware.idem.release(self._attempt)
+        await self._idem.release(self._attempt)
         if self.start is None:
             return
         warning = f"not stored for replay ({reason}): a retry with this key runs the request again"
@@ -412,3 +518,12 @@ class _Capture:
         if more_body is not None:
             body = b"".join(self.chunks)
             await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
+
+
+__all__ = [
+    "IdempotencyMiddleware",
+    "by_client",
+    "parse_key",
+    "store_by_default",
+    "transient_status",
+]
