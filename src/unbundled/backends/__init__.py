@@ -14,6 +14,9 @@ protocol it can serve. Choose one by construction, or by URL with :func:`open_ba
   by :func:`open_kv_backend`; :func:`open_backend` refuses it with
   ``NotSupported`` (the log, the event store and idempotency keys do not run
   on NATS yet), never a silent fallback.
+
+:func:`destroy` drops everything unbundled keeps under a URL (a schema, a
+key prefix, a bucket, a file), after checking that it is ours and not open.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 from ..errors import NotSupported, UsageError
 from ..log._core import now_ms
 from ..log._protocol import LogBackend, SyncLevel
+from ._destroy import DestroyReport as DestroyReport
+from ._destroy import destroy as destroy
 from .memory import MemoryBackend as MemoryBackend
 from .sqlite import SqliteBackend as SqliteBackend
 

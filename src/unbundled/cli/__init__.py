@@ -23,6 +23,7 @@ from ..log._protocol import SyncLevel
 from ._check import check
 from ._common import DEFAULT_DB, App, echo_json, err_console, out_console, pass_app
 from ._consume import consume
+from ._destroy import destroy
 from ._events import events
 from ._groups import groups
 from ._idempotency import idempotency
@@ -102,6 +103,7 @@ cli.add_command(projections)
 cli.add_command(idempotency)
 cli.add_command(check)
 cli.add_command(kv)
+cli.add_command(destroy)
 
 
 @cli.command()

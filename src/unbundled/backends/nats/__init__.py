@@ -47,9 +47,10 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from ...errors import BackendError, Closed, Error, Timeout, Unavailable, UsageError
 from ...log._protocol import SyncLevel
+from ._destroy import destroy
 from ._kv import NatsKV, decode_key, encode_key
 
-__all__ = ["NatsBackend", "decode_key", "encode_key"]
+__all__ = ["NatsBackend", "decode_key", "destroy", "encode_key"]
 
 BUCKET_DEFAULT = "unbundled"
 # Bucket names are stream-name safe ([A-Za-z0-9_-]); the bound keeps the

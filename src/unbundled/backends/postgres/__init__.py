@@ -26,6 +26,7 @@ from collections.abc import Callable
 from ...errors import UsageError
 from ...log._core import now_ms
 from ...log._protocol import SyncLevel
+from ._destroy import destroy
 from ._events import PostgresEvents
 from ._idempotency import PostgresIdempotency
 from ._kv import PostgresKV
@@ -111,4 +112,4 @@ class PostgresBackend(PostgresEvents, PostgresProjections, PostgresIdempotency, 
         self._pool.close()
 
 
-__all__ = ["PostgresBackend"]
+__all__ = ["PostgresBackend", "destroy"]

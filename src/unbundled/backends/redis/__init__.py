@@ -26,6 +26,7 @@ a ``redis://`` URL with ``NotSupported``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import weakref
 from collections.abc import Iterator, Sequence
@@ -47,6 +48,7 @@ from redis.exceptions import (
 
 from ...errors import BackendError, Closed, Timeout, Unavailable, UsageError
 from ...log._protocol import SyncLevel
+from ._destroy import destroy
 from ._idempotency import RedisIdempotency
 from ._scripts import SCRIPTS
 
@@ -76,8 +78,32 @@ def display_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + netloc))
 
 
-def _escape_glob(text: str) -> str:
+def escape_glob(text: str) -> str:
+    """``text`` as a literal in a ``SCAN MATCH`` pattern."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def client_name(prefix: str) -> str:
+    """The name (``CLIENT SETNAME``) of the connections of a store on
+    ``prefix``: ``destroy`` finds the stores still open by it in ``CLIENT
+    LIST``. A digest, as a name may not hold spaces and a prefix may."""
+    return "unbundled-idem-" + hashlib.sha256(prefix.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def translated(where: str, what: str) -> Iterator[None]:
+    """redis-py's errors as ours, chained (the message names the server, never its password)."""
+    try:
+        yield
+    except RedisTimeoutError as exc:
+        raise Timeout(
+            f"Redis at {where} did not answer {what} in time; its outcome is unknown",
+            url=where,
+        ) from exc
+    except (RedisConnectionError, ReadOnlyError) as exc:
+        raise Unavailable(f"Redis at {where} is unavailable for {what}: {exc}", url=where) from exc
+    except RedisError as exc:
+        raise BackendError(f"Redis at {where} failed {what}: {exc}", url=where) from exc
 
 
 class RedisBackend(RedisIdempotency):
@@ -105,10 +131,12 @@ class RedisBackend(RedisIdempotency):
         self._where = display_url(url)
         self._closed = False
         try:
+            # A client_name in the URL wins over ours (redis-py's rule).
             self._pool: redis.ConnectionPool = redis.ConnectionPool.from_url(
                 redis_url,
                 socket_timeout=SOCKET_TIMEOUT_S,
                 socket_connect_timeout=CONNECT_TIMEOUT_S,
+                client_name=client_name(self.prefix),
             )
         except ValueError as exc:
             raise UsageError(f"bad Redis URL {self._where!r}: {exc}", url=self._where) from None
@@ -135,24 +163,8 @@ class RedisBackend(RedisIdempotency):
         if self._closed:
             raise Closed("the Redis backend is closed")
 
-    @contextlib.contextmanager
-    def _translated(self, what: str) -> Iterator[None]:
-        """redis-py's errors as ours, chained (the message names the server, never its password)."""
-        try:
-            yield
-        except RedisTimeoutError as exc:
-            raise Timeout(
-                f"Redis at {self._where} did not answer {what} in time; its outcome is unknown",
-                url=self._where,
-            ) from exc
-        except (RedisConnectionError, ReadOnlyError) as exc:
-            raise Unavailable(
-                f"Redis at {self._where} is unavailable for {what}: {exc}", url=self._where
-            ) from exc
-        except RedisError as exc:
-            raise BackendError(
-                f"Redis at {self._where} failed {what}: {exc}", url=self._where
-            ) from exc
+    def _translated(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return translated(self._where, what)
 
     def load_scripts(self) -> None:
         """Load every script (``SCRIPT LOAD``); done on open and after ``NOSCRIPT``."""
@@ -232,7 +244,7 @@ class RedisBackend(RedisIdempotency):
     def _scan_keys(self) -> list[bytes]:
         self._check_open()
         with self._translated("SCAN"):
-            return list(self.client.scan_iter(match=_escape_glob(self.prefix) + "*", count=1000))
+            return list(self.client.scan_iter(match=escape_glob(self.prefix) + "*", count=1000))
 
 
 def _forget_connections_after_fork() -> None:
@@ -246,4 +258,13 @@ _OPEN: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
 os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
-__all__ = ["PREFIX_DEFAULT", "RedisBackend", "display_url", "parse_url"]
+__all__ = [
+    "PREFIX_DEFAULT",
+    "RedisBackend",
+    "client_name",
+    "destroy",
+    "display_url",
+    "escape_glob",
+    "parse_url",
+    "translated",
+]
