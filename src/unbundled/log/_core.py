@@ -94,8 +94,17 @@ def check_topic_name(name: object) -> str:
     return name
 
 
+_NAME_BOUNDS = {
+    "group": limits.group_name_bytes_max,
+    "member_id": limits.member_id_bytes_max,
+    "instance_id": limits.instance_id_bytes_max,
+}
+
+
 def check_group_name(name: object, what: str = "group") -> str:
-    bound = limits.group_name_bytes_max if what == "group" else limits.member_id_bytes_max
+    """A group name, member id or instance id (``what``): a str of letters,
+    digits and ``._:@-`` within its bound."""
+    bound = _NAME_BOUNDS[what]
     if not isinstance(name, str) or not name or len(name.encode()) > bound:
         raise UsageError(f"{what} {name!r} must be a str of 1 to {bound} bytes", **{what: name})
     if not _GROUP_NAME.fullmatch(name):

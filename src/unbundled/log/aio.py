@@ -203,6 +203,7 @@ class AsyncLog(LogBase):
         offset_reset: OffsetReset = "earliest",
         lease_ms: int = 10_000,
         partitions: Sequence[TopicPartition] | None = None,
+        instance_id: str | None = None,
     ) -> AsyncConsumer:
         self._check_open()
         return AsyncConsumer(
@@ -216,6 +217,7 @@ class AsyncLog(LogBase):
                 offset_reset,
                 lease_ms,
                 partitions,
+                instance_id,
             ),
         )
 
@@ -327,6 +329,10 @@ class AsyncConsumer:
     def member_id(self) -> str:
         return self._core.member_id
 
+    @property
+    def instance_id(self) -> str | None:
+        return self._core.instance_id
+
     async def _drive(self, steps: Steps) -> Any:
         backend = self._log.backend
         loop = asyncio.get_running_loop()
@@ -387,9 +393,9 @@ class AsyncConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._core.seek(TopicPartition(*tp), offset)
 
-    async def close(self) -> None:
+    async def close(self, *, leave: bool | None = None) -> None:
         try:
-            await self._drive(self._core.close())
+            await self._drive(self._core.close(leave))
         finally:
             self._executor.shutdown(wait=False)
 

@@ -348,11 +348,18 @@ class Log(LogBase):
         offset_reset: OffsetReset = "earliest",
         lease_ms: int = 10_000,
         partitions: Sequence[TopicPartition] | None = None,
+        instance_id: str | None = None,
     ) -> Consumer:
         """A consumer of ``topics``. With ``group``, partitions are shared among
         the group's members and progress is committed to the group (at-least-once:
         by default each poll commits what the previous poll returned). Without
-        a group, it reads every partition (or ``partitions``) and commits nothing."""
+        a group, it reads every partition (or ``partitions``) and commits nothing.
+
+        ``instance_id`` makes the member *static* (Kafka's KIP-345): a
+        consumer opened later with the same instance id (say, the same worker
+        restarted) takes this one's partitions at once instead of after its
+        lease, and this one is fenced (``InstanceFenced``). ``member_id``
+        names one incarnation and cannot be combined with ``instance_id``."""
         self._check_open()
         return Consumer(
             self,
@@ -365,6 +372,7 @@ class Log(LogBase):
                 offset_reset,
                 lease_ms,
                 partitions,
+                instance_id,
             ),
         )
 
@@ -417,6 +425,7 @@ def _consumer_core(
     offset_reset: OffsetReset,
     lease_ms: int,
     partitions: Sequence[TopicPartition] | None,
+    instance_id: str | None = None,
 ) -> ConsumerCore:
     names = (topics,) if isinstance(topics, str) else tuple(topics)
     if not names:
@@ -425,6 +434,8 @@ def _consumer_core(
         _core.check_topic_name(name)
     if group is not None:
         _core.check_group_name(group)
+    if instance_id is not None:
+        _check_static(group, member_id, partitions, instance_id)
     member = member_id or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     _core.check_group_name(member, "member_id")
     return ConsumerCore(
@@ -436,7 +447,33 @@ def _consumer_core(
         offset_reset=offset_reset,
         lease_ms=lease_ms,
         partitions=[TopicPartition(*tp) for tp in partitions] if partitions is not None else None,
+        instance_id=instance_id,
     )
+
+
+def _check_static(
+    group: str | None,
+    member_id: str | None,
+    partitions: Sequence[TopicPartition] | None,
+    instance_id: str,
+) -> None:
+    """Validate a static member's options (see ``Log.consumer``)."""
+    _core.check_group_name(instance_id, "instance_id")
+    if group is None or partitions is not None:
+        raise UsageError(
+            f"instance_id {instance_id!r} needs a group and no fixed partitions: "
+            "it names a member of a consumer group",
+            instance_id=instance_id,
+        )
+    if member_id is not None:
+        # Each incarnation needs its own member id: one shared with its
+        # predecessor would let that zombie's commits through.
+        raise UsageError(
+            f"give instance_id {instance_id!r} or member_id {member_id!r}, not both: a "
+            "static member gets a new member id each time it is opened",
+            instance_id=instance_id,
+            member_id=member_id,
+        )
 
 
 class Producer:
@@ -527,6 +564,11 @@ class Consumer:
     def member_id(self) -> str:
         return self._core.member_id
 
+    @property
+    def instance_id(self) -> str | None:
+        """The static member's instance id, or ``None`` for a dynamic member."""
+        return self._core.instance_id
+
     def __enter__(self) -> Consumer:
         return self
 
@@ -568,8 +610,12 @@ class Consumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._core.seek(TopicPartition(*tp), offset)
 
-    def close(self) -> None:
-        run_sync(self._log.backend, self._core.close())
+    def close(self, *, leave: bool | None = None) -> None:
+        """Commit (with auto-commit) and leave the group, handing the
+        partitions to the others at once. A static member (``instance_id``)
+        stays by default, so its restart takes its partitions back without a
+        rebalance; pass ``leave=True`` when it is going away for good."""
+        run_sync(self._log.backend, self._core.close(leave))
 
 
 class Transaction:
