@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from unbundled import Log, Record, StaleGeneration, TopicPartition
+from unbundled import InstanceFenced, Log, Record, StaleGeneration, TopicPartition
 
 LIFETIME_S = 120.0  # a child the parent forgot exits on its own
 
@@ -37,13 +37,20 @@ def guarded(fn: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def eos_member(db: str, group: str, member_id: str, lease_ms: int) -> None:
+def eos_member(db: str, group: str, member_id: str, lease_ms: int, instance_id: str = "") -> None:
     """Consume ``in``, append ``out:<value>`` to ``out`` and commit the input
-    offsets in the same transaction: exactly-once consume-transform-produce."""
+    offsets in the same transaction: exactly-once consume-transform-produce,
+    as docs/how-to/exactly-once.md writes the loop. With ``instance_id``, a
+    static member (``member_id`` is then unused)."""
     deadline = time.monotonic() + LIFETIME_S
     with Log.open(db, sync="full") as log:
         consumer = log.consumer(
-            "in", group=group, member_id=member_id, auto_commit=False, lease_ms=lease_ms
+            "in",
+            group=group,
+            member_id=None if instance_id else member_id,
+            instance_id=instance_id or None,
+            auto_commit=False,
+            lease_ms=lease_ms,
         )
         first = True
         while time.monotonic() < deadline:
@@ -60,13 +67,11 @@ def eos_member(db: str, group: str, member_id: str, lease_ms: int) -> None:
                     time.sleep(0.001)  # some work, so a kill often lands mid-transaction
                     tx.commit_offsets(consumer)
             except StaleGeneration:
-                # Fenced: someone else owns (some of) these partitions now. Our
-                # positions ran ahead of what we committed, so start afresh
-                # from the committed offsets with a new consumer.
+                # Fenced: someone else owns (some of) these partitions now and
+                # nothing of the transaction was written. Keep polling: the
+                # consumer notices, rejoins and starts again from the
+                # committed offsets.
                 say("stale")
-                consumer = log.consumer(
-                    "in", group=group, member_id=member_id, auto_commit=False, lease_ms=lease_ms
-                )
                 continue
             say(f"tx {len(records)}")
 
@@ -93,28 +98,41 @@ def appender(db: str, name: str, threads: int, count: int) -> None:
     say("done")
 
 
-def group_member(db: str, group: str, member_id: str, lease_ms: int, mode: str) -> None:
-    """A consumer-group member on topic ``work``.
+def group_member(
+    db: str, group: str, member_id: str, lease_ms: int, mode: str, instance_id: str = ""
+) -> None:
+    """A consumer-group member on topic ``work``; with ``instance_id``, a
+    static one (its member id is then generated: ``ready <member id>`` says it).
 
     ``auto``: poll, report records (``got p:o``), commit, report the assignment
     whenever it changes (``own p,p,...``), forever. ``manual``: do one thing
-    per command read from stdin: ``poll`` (until some records come),
-    ``commit`` or ``txcommit`` (the latter in a transaction with an append to
-    ``work.out``; both report ``committed`` or ``stale <partition>``), ``exit``.
+    per command read from stdin: ``poll`` (until some records come; reports
+    ``fenced <successor>`` if a newer incarnation replaced it), ``commit`` or
+    ``txcommit`` (the latter in a transaction with an append to ``work.out``;
+    both report ``committed`` or ``stale <partition>``), ``exit``.
     """
     deadline = time.monotonic() + LIFETIME_S
     with Log.open(db, sync="full") as log:
         consumer = log.consumer(
-            "work", group=group, member_id=member_id, auto_commit=False, lease_ms=lease_ms
+            "work",
+            group=group,
+            member_id=None if instance_id else member_id,
+            instance_id=instance_id or None,
+            auto_commit=False,
+            lease_ms=lease_ms,
         )
-        say("ready")
+        say(f"ready {consumer.member_id}")
         if mode == "manual":
             for line in sys.stdin:
                 command = line.strip()
                 if command == "poll":
                     records: list[Record] = []
-                    while not records and time.monotonic() < deadline:
-                        records = consumer.poll(0.2)
+                    try:
+                        while not records and time.monotonic() < deadline:
+                            records = consumer.poll(0.2)
+                    except InstanceFenced as exc:
+                        say(f"fenced {exc.details['replaced_by']}")
+                        continue
                     for record in records:
                         say(f"got {record.partition}:{record.offset}")
                     say(f"polled {len(records)} " + _owned(consumer.assignment()))
@@ -196,11 +214,11 @@ def main(argv: list[str]) -> None:
     exit_with_parent()
     role, *args = argv
     if role == "eos":
-        guarded(lambda: eos_member(args[0], args[1], args[2], int(args[3])))()
+        guarded(lambda: eos_member(args[0], args[1], args[2], int(args[3]), *args[4:]))()
     elif role == "appender":
         guarded(lambda: appender(args[0], args[1], int(args[2]), int(args[3])))()
     elif role == "member":
-        guarded(lambda: group_member(args[0], args[1], args[2], int(args[3]), args[4]))()
+        guarded(lambda: group_member(args[0], args[1], args[2], int(args[3]), *args[4:]))()
     elif role == "create":
         guarded(lambda: create(args[0], float(args[1])))()
     elif role == "tail":

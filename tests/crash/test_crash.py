@@ -137,11 +137,12 @@ def test_consume_transform_produce_is_exactly_once_across_sigkill(tmp_path: Path
             time.sleep(rng.uniform(0.0, 0.004))
             members[victim].kill()  # SIGKILL, whatever it was doing
             kills += 1
-            # Half the time the member restarts under its own id (it takes its
-            # partitions straight back), else a new member takes over after the lease.
-            if rng.random() < 0.5:
-                ids[victim] += 1
-            members[victim] = spawn("eos", db, group, f"{victim}-{ids[victim]}", lease_ms)
+            # Half the time the member restarts as a static member of instance
+            # id `victim` (after a static predecessor, it takes its partitions
+            # straight back), else as a new dynamic member (after the lease).
+            ids[victim] += 1
+            static = victim if rng.random() < 0.5 else ""
+            members[victim] = spawn("eos", db, group, f"{victim}-{ids[victim]}", lease_ms, static)
             children.append(members[victim])
         assert kills >= 10
         assert sum(transactions.values()) > 0
