@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from unbundled import InstanceFenced, Log, Record, StaleGeneration, TopicPartition
+from unbundled import Consumer, InstanceFenced, Log, Record, StaleGeneration, TopicPartition
 
 LIFETIME_S = 120.0  # a child the parent forgot exits on its own
 
@@ -37,6 +37,21 @@ def guarded(fn: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
+def _member(
+    log: Log, topic: str, group: str, member_id: str, lease_ms: int, instance_id: str
+) -> Consumer:
+    """A group member without auto-commit: static if ``instance_id`` (its
+    member id is then generated), else named ``member_id``."""
+    return log.consumer(
+        topic,
+        group=group,
+        member_id=None if instance_id else member_id,
+        instance_id=instance_id or None,
+        auto_commit=False,
+        lease_ms=lease_ms,
+    )
+
+
 def eos_member(db: str, group: str, member_id: str, lease_ms: int, instance_id: str = "") -> None:
     """Consume ``in``, append ``out:<value>`` to ``out`` and commit the input
     offsets in the same transaction: exactly-once consume-transform-produce,
@@ -44,14 +59,7 @@ def eos_member(db: str, group: str, member_id: str, lease_ms: int, instance_id: 
     static member (``member_id`` is then unused)."""
     deadline = time.monotonic() + LIFETIME_S
     with Log.open(db, sync="full") as log:
-        consumer = log.consumer(
-            "in",
-            group=group,
-            member_id=None if instance_id else member_id,
-            instance_id=instance_id or None,
-            auto_commit=False,
-            lease_ms=lease_ms,
-        )
+        consumer = _member(log, "in", group, member_id, lease_ms, instance_id)
         first = True
         while time.monotonic() < deadline:
             records = consumer.poll(0.2, records_max=37)
@@ -113,14 +121,7 @@ def group_member(
     """
     deadline = time.monotonic() + LIFETIME_S
     with Log.open(db, sync="full") as log:
-        consumer = log.consumer(
-            "work",
-            group=group,
-            member_id=None if instance_id else member_id,
-            instance_id=instance_id or None,
-            auto_commit=False,
-            lease_ms=lease_ms,
-        )
+        consumer = _member(log, "work", group, member_id, lease_ms, instance_id)
         say(f"ready {consumer.member_id}")
         if mode == "manual":
             for line in sys.stdin:
