@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import sys
 import threading
 import time
@@ -82,6 +83,29 @@ def eos_member(db: str, group: str, member_id: str, lease_ms: int, instance_id: 
                 say("stale")
                 continue
             say(f"tx {len(records)}")
+
+
+def importer(db: str, count: int) -> None:
+    """Append the numbered input ``line-0 .. line-<count-1>`` to ``lines`` as
+    docs/how-to/exactly-once.md says to resume one: skip up to the
+    producer's ``last_sequence``, send the rest in batches of 1-9 lines, each
+    with the number of its last line as its sequence. Reports ``resume <n>``
+    at the start, ``ack <n>`` after each batch, ``done`` at the end."""
+    rng = random.Random(os.getpid())
+    with Log.open(db, sync="full") as log:
+        producer = log.producer("importer")
+        say(f"resume {producer.last_sequence}")
+        number = producer.last_sequence + 1
+        while number < count:
+            chunk = [b"line-%d" % n for n in range(number, min(count, number + rng.randint(1, 9)))]
+            last = number + len(chunk) - 1
+            if len(chunk) == 1:
+                producer.append("lines", chunk[0], sequence=last)
+            else:
+                producer.append_batch("lines", chunk, sequence=last)
+            say(f"ack {last}")
+            number = last + 1
+    say("done")
 
 
 def appender(db: str, name: str, threads: int, count: int) -> None:
@@ -216,6 +240,8 @@ def main(argv: list[str]) -> None:
     role, *args = argv
     if role == "eos":
         guarded(lambda: eos_member(args[0], args[1], args[2], int(args[3]), *args[4:]))()
+    elif role == "importer":
+        guarded(lambda: importer(args[0], int(args[1])))()
     elif role == "appender":
         guarded(lambda: appender(args[0], args[1], int(args[2]), int(args[3])))()
     elif role == "member":

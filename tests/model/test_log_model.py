@@ -297,7 +297,7 @@ class LogComparison(LogPair):
         real_out = outcome(lambda: pair[1].append_batch(topic, batch, sequence=sequence))
         assert real_out == model_out, f"sqlite {real_out!r} != memory {model_out!r}"
         if model_out[0] == "ok":
-            used.append(pair[0]._next - 1 if sequence is None else sequence)
+            used.append(pair[0]._core.next - 1 if sequence is None else sequence)
 
     # --- transactions ---------------------------------------------------------
 

@@ -426,8 +426,11 @@ def check_sequence(
     if stamp.sequence in window:
         return window[stamp.sequence]
     raise OutOfOrderSequence(
-        f"producer {stamp.producer_id!r} sequence {stamp.sequence} is not above the last "
-        f"written sequence {last_sequence} and is not a recent one",
+        f"producer {stamp.producer_id!r} sequence {stamp.sequence} is not above its last "
+        f"written sequence {last_sequence} and not one of its last "
+        f"{limits.producer_window_requests_max} requests (a retry of those gets its "
+        "positions back); nothing was written. Resuming a numbered input? Skip up to "
+        "the producer's last_sequence",
         producer_id=stamp.producer_id,
         sequence=stamp.sequence,
         last_sequence=last_sequence,
