@@ -12,6 +12,7 @@ from .errors import DuplicateEventId as DuplicateEventId
 from .errors import Error as Error
 from .errors import Fenced as Fenced
 from .errors import IdempotencyKeyReused as IdempotencyKeyReused
+from .errors import InstanceFenced as InstanceFenced
 from .errors import LimitExceeded as LimitExceeded
 from .errors import NotFound as NotFound
 from .errors import NotSupported as NotSupported

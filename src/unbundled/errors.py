@@ -23,6 +23,7 @@ __all__ = [
     "Error",
     "Fenced",
     "IdempotencyKeyReused",
+    "InstanceFenced",
     "LimitExceeded",
     "NotFound",
     "NotSupported",
@@ -229,6 +230,21 @@ class ProducerFenced(Fenced):
     """Another producer opened with the same producer id after this one."""
 
     code = "producer_fenced"
+
+
+# Static group membership (issue 9, item 7).
+class InstanceFenced(Fenced):
+    """Another consumer joined the group with this consumer's ``instance_id``
+    after it (static membership): the newer one took over this one's
+    partitions, so this one must stop (close it), not retry.
+
+    Raised by ``poll()`` of the replaced consumer once it notices; its
+    commits meanwhile raise ``StaleGeneration``. Not raised to a static
+    consumer whose lease merely ran out while no other consumer used its
+    instance id: that one joins the group again, as any member does.
+    """
+
+    code = "instance_fenced"
 
 
 class OutOfOrderSequence(ConflictError):

@@ -31,6 +31,7 @@ producer_window_requests_max = 64  # recent sequences remembered to answer retri
 # Consumer groups.
 group_name_bytes_max = 255
 member_id_bytes_max = 255
+instance_id_bytes_max = 255  # a static member's stable name (Kafka's group.instance.id)
 poll_records_max = 100_000
 lease_ms_max = 3_600_000  # one hour.
 lease_ms_min = 100

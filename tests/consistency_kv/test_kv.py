@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from unbundled import limits
+from unbundled.backends.sqlite import _schema
 from unbundled.consistency import KV, Register, Versioned
 from unbundled.consistency.kv import _core
 from unbundled.errors import Closed, LimitExceeded, NotSupported, UsageError
@@ -301,7 +302,7 @@ def test_sqlite_format_3_file_is_upgraded(tmp_path: Path) -> None:
         assert kv.write("x", b"2") == 1
     raw = sqlite3.connect(path)
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == _schema.FORMAT_VERSION
     finally:
         raw.close()
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 
-from unbundled import Log, Record, StaleGeneration, TopicPartition
+from unbundled import Consumer, InstanceFenced, Log, Record, StaleGeneration, TopicPartition
 
 LIFETIME_S = 120.0  # a child the parent forgot exits on its own
 
@@ -37,14 +38,29 @@ def guarded(fn: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def eos_member(db: str, group: str, member_id: str, lease_ms: int) -> None:
+def _member(
+    log: Log, topic: str, group: str, member_id: str, lease_ms: int, instance_id: str
+) -> Consumer:
+    """A group member without auto-commit: static if ``instance_id`` (its
+    member id is then generated), else named ``member_id``."""
+    return log.consumer(
+        topic,
+        group=group,
+        member_id=None if instance_id else member_id,
+        instance_id=instance_id or None,
+        auto_commit=False,
+        lease_ms=lease_ms,
+    )
+
+
+def eos_member(db: str, group: str, member_id: str, lease_ms: int, instance_id: str = "") -> None:
     """Consume ``in``, append ``out:<value>`` to ``out`` and commit the input
-    offsets in the same transaction: exactly-once consume-transform-produce."""
+    offsets in the same transaction: exactly-once consume-transform-produce,
+    as docs/how-to/exactly-once.md writes the loop. With ``instance_id``, a
+    static member (``member_id`` is then unused)."""
     deadline = time.monotonic() + LIFETIME_S
     with Log.open(db, sync="full") as log:
-        consumer = log.consumer(
-            "in", group=group, member_id=member_id, auto_commit=False, lease_ms=lease_ms
-        )
+        consumer = _member(log, "in", group, member_id, lease_ms, instance_id)
         first = True
         while time.monotonic() < deadline:
             records = consumer.poll(0.2, records_max=37)
@@ -60,15 +76,36 @@ def eos_member(db: str, group: str, member_id: str, lease_ms: int) -> None:
                     time.sleep(0.001)  # some work, so a kill often lands mid-transaction
                     tx.commit_offsets(consumer)
             except StaleGeneration:
-                # Fenced: someone else owns (some of) these partitions now. Our
-                # positions ran ahead of what we committed, so start afresh
-                # from the committed offsets with a new consumer.
+                # Fenced: someone else owns (some of) these partitions now and
+                # nothing of the transaction was written. Keep polling: the
+                # consumer notices, rejoins and starts again from the
+                # committed offsets.
                 say("stale")
-                consumer = log.consumer(
-                    "in", group=group, member_id=member_id, auto_commit=False, lease_ms=lease_ms
-                )
                 continue
             say(f"tx {len(records)}")
+
+
+def importer(db: str, count: int) -> None:
+    """Append the numbered input ``line-0 .. line-<count-1>`` to ``lines`` as
+    docs/how-to/exactly-once.md says to resume one: skip up to the
+    producer's ``last_sequence``, send the rest in batches of 1-9 lines, each
+    with the number of its last line as its sequence. Reports ``resume <n>``
+    at the start, ``ack <n>`` after each batch, ``done`` at the end."""
+    rng = random.Random(os.getpid())
+    with Log.open(db, sync="full") as log:
+        producer = log.producer("importer")
+        say(f"resume {producer.last_sequence}")
+        number = producer.last_sequence + 1
+        while number < count:
+            chunk = [b"line-%d" % n for n in range(number, min(count, number + rng.randint(1, 9)))]
+            last = number + len(chunk) - 1
+            if len(chunk) == 1:
+                producer.append("lines", chunk[0], sequence=last)
+            else:
+                producer.append_batch("lines", chunk, sequence=last)
+            say(f"ack {last}")
+            number = last + 1
+    say("done")
 
 
 def appender(db: str, name: str, threads: int, count: int) -> None:
@@ -93,28 +130,34 @@ def appender(db: str, name: str, threads: int, count: int) -> None:
     say("done")
 
 
-def group_member(db: str, group: str, member_id: str, lease_ms: int, mode: str) -> None:
-    """A consumer-group member on topic ``work``.
+def group_member(
+    db: str, group: str, member_id: str, lease_ms: int, mode: str, instance_id: str = ""
+) -> None:
+    """A consumer-group member on topic ``work``; with ``instance_id``, a
+    static one (its member id is then generated: ``ready <member id>`` says it).
 
     ``auto``: poll, report records (``got p:o``), commit, report the assignment
     whenever it changes (``own p,p,...``), forever. ``manual``: do one thing
-    per command read from stdin: ``poll`` (until some records come),
-    ``commit`` or ``txcommit`` (the latter in a transaction with an append to
-    ``work.out``; both report ``committed`` or ``stale <partition>``), ``exit``.
+    per command read from stdin: ``poll`` (until some records come; reports
+    ``fenced <successor>`` if a newer incarnation replaced it), ``commit`` or
+    ``txcommit`` (the latter in a transaction with an append to ``work.out``;
+    both report ``committed`` or ``stale <partition>``), ``exit``.
     """
     deadline = time.monotonic() + LIFETIME_S
     with Log.open(db, sync="full") as log:
-        consumer = log.consumer(
-            "work", group=group, member_id=member_id, auto_commit=False, lease_ms=lease_ms
-        )
-        say("ready")
+        consumer = _member(log, "work", group, member_id, lease_ms, instance_id)
+        say(f"ready {consumer.member_id}")
         if mode == "manual":
             for line in sys.stdin:
                 command = line.strip()
                 if command == "poll":
                     records: list[Record] = []
-                    while not records and time.monotonic() < deadline:
-                        records = consumer.poll(0.2)
+                    try:
+                        while not records and time.monotonic() < deadline:
+                            records = consumer.poll(0.2)
+                    except InstanceFenced as exc:
+                        say(f"fenced {exc.details['replaced_by']}")
+                        continue
                     for record in records:
                         say(f"got {record.partition}:{record.offset}")
                     say(f"polled {len(records)} " + _owned(consumer.assignment()))
@@ -196,11 +239,13 @@ def main(argv: list[str]) -> None:
     exit_with_parent()
     role, *args = argv
     if role == "eos":
-        guarded(lambda: eos_member(args[0], args[1], args[2], int(args[3])))()
+        guarded(lambda: eos_member(args[0], args[1], args[2], int(args[3]), *args[4:]))()
+    elif role == "importer":
+        guarded(lambda: importer(args[0], int(args[1])))()
     elif role == "appender":
         guarded(lambda: appender(args[0], args[1], int(args[2]), int(args[3])))()
     elif role == "member":
-        guarded(lambda: group_member(args[0], args[1], args[2], int(args[3]), args[4]))()
+        guarded(lambda: group_member(args[0], args[1], args[2], int(args[3]), *args[4:]))()
     elif role == "create":
         guarded(lambda: create(args[0], float(args[1])))()
     elif role == "tail":

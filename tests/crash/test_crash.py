@@ -137,11 +137,12 @@ def test_consume_transform_produce_is_exactly_once_across_sigkill(tmp_path: Path
             time.sleep(rng.uniform(0.0, 0.004))
             members[victim].kill()  # SIGKILL, whatever it was doing
             kills += 1
-            # Half the time the member restarts under its own id (it takes its
-            # partitions straight back), else a new member takes over after the lease.
-            if rng.random() < 0.5:
-                ids[victim] += 1
-            members[victim] = spawn("eos", db, group, f"{victim}-{ids[victim]}", lease_ms)
+            # Half the time the member restarts as a static member of instance
+            # id `victim` (after a static predecessor, it takes its partitions
+            # straight back), else as a new dynamic member (after the lease).
+            ids[victim] += 1
+            static = victim if rng.random() < 0.5 else ""
+            members[victim] = spawn("eos", db, group, f"{victim}-{ids[victim]}", lease_ms, static)
             children.append(members[victim])
         assert kills >= 10
         assert sum(transactions.values()) > 0
@@ -174,6 +175,52 @@ def test_consume_transform_produce_is_exactly_once_across_sigkill(tmp_path: Path
         ends = log.end_offsets("in")
         assert committed == {TopicPartition("in", p): ends[p] for p in range(IN_PARTITIONS)}
         assert sum(ends.values()) == total
+
+
+# --- resuming a numbered input with an idempotent producer ------------------------------
+
+
+def test_a_numbered_import_resumes_exactly_once_across_sigkill(tmp_path: Path) -> None:
+    """The resume recipe of docs/how-to/exactly-once.md, for many more
+    requests than the producer's window of 64: the importer is SIGKILLed at
+    random moments and restarted; each run skips up to ``last_sequence``
+    (never below what it acknowledged) and the topic ends up holding every
+    line exactly once, in order."""
+    rng = random.Random(SEED)
+    db = tmp_path / "import.db"
+    count, kills = 1000, 6
+    with Log.open(db, sync="normal") as log, reaped() as children:
+        log.create_topic("lines")
+        acked, resumed = -1, []
+        for run in range(kills + 1):
+            child = spawn("importer", db, count)
+            children.append(child)
+            seen: list[str] = []
+            line = child.wait_for(lambda text: text.startswith("resume "), 60, seen)
+            assert line is not None, f"seed={SEED}: {child.stderr_text()}"
+            resumed.append(int(line.split(" ")[1]))
+            assert resumed[-1] >= acked, f"seed={SEED}: resumed below an acknowledged line"
+            if run < kills:
+                wanted = rng.randint(1, 25)  # batches to let through before the kill
+
+                def enough(_: str, seen: list[str] = seen, wanted: int = wanted) -> bool:
+                    return sum(x.startswith("ack ") for x in seen) >= wanted
+
+                child.wait_for(enough, 30, seen)
+                time.sleep(rng.uniform(0.0, 0.004))  # often lands mid-commit
+                child.kill()
+                seen += child.drain()
+            else:
+                assert child.wait_for("done".__eq__, 60, seen), (
+                    f"seed={SEED}: {child.stderr_text()}"
+                )
+                assert child.wait(30) == 0, child.stderr_text()
+            acks = [int(x.split(" ")[1]) for x in seen if x.startswith("ack ")]
+            acked = max([acked, *acks])
+        assert acked == count - 1 and resumed[0] == -1
+        assert sorted(set(resumed)) == resumed, f"seed={SEED}: every restart made progress"
+        stored = [r.value for r in log.scan("lines")]
+        assert stored == [b"line-%d" % n for n in range(count)], f"seed={SEED}: lost or doubled"
 
 
 def test_a_log_killed_while_being_created_opens_again(tmp_path: Path) -> None:

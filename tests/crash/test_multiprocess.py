@@ -95,8 +95,12 @@ class Members:
         self.lines: dict[str, list[str]] = defaultdict(list)
         self.dead: set[str] = set()
 
-    def start(self, member_id: str, mode: str = "auto") -> ChildProcess:
-        child = spawn("member", self.db, "g", member_id, self.lease_ms, mode, stdin=True)
+    def start(self, member_id: str, mode: str = "auto", instance_id: str = "") -> ChildProcess:
+        """Start a member process; with ``instance_id`` a static one, whose
+        real member id is in its ``ready`` line (``member_id`` is then a label)."""
+        child = spawn(
+            "member", self.db, "g", member_id, self.lease_ms, mode, instance_id, stdin=True
+        )
         self.children.append(child)
         self.procs[member_id] = child
         return child
@@ -250,6 +254,72 @@ def test_a_paused_member_cannot_commit_over_the_new_owner(tmp_path: Path) -> Non
         assert members.got() >= {(p, o) for p, end in ends.items() for o in range(end)}
         stale.send("exit")
         members.expect("s", "bye")
+
+
+def test_a_restarted_static_member_takes_its_partitions_back_before_its_lease(
+    tmp_path: Path,
+) -> None:
+    """Static membership across processes: a new incarnation of a worker
+    (same ``instance_id``) owns its predecessor's partitions long before the
+    predecessor's lease could have run out, whether that one was SIGKILLed or
+    is a paused zombie; the other member keeps its partitions throughout; the
+    zombie's late transaction is fenced and its next poll tells it to stop."""
+    db = tmp_path / "static.db"
+    lease_s = 60.0  # what a restart would wait without static membership
+    with Log.open(db, sync="normal") as log, reaped() as children:
+        log.create_topic("work", 4)
+        log.create_topic("work.out", 1)
+        members = Members(db, children, lease_ms=int(lease_s * 1000))
+        members.start("a0")
+        zombie = members.start("s", mode="manual", instance_id="w1")
+        zombie_id = members.expect("s", "ready").split(" ")[1]
+        zombie.send("poll")
+
+        def shared() -> bool:
+            owners = _owners(log)
+            return sorted(len(p) for p in owners.values()) == [2, 2]
+
+        wait_until(shared, 60, "a0 and s to share the partitions", members.pump)
+        _fill(log, 40)
+        polled = members.expect("s", "polled")
+        mine = {int(p) for p in polled.split(" ")[2].split(",")}
+        theirs = _owners(log)["a0"]
+        assert mine == _owners(log)[zombie_id] and not mine & theirs
+
+        zombie.signal(signal.SIGSTOP)  # frozen with records it will never commit
+        for label in ("s2", "s3"):
+            stopped = time.monotonic()
+            members.start(label, instance_id="w1")
+            member_id = members.expect(label, "ready").split(" ")[1]
+
+            def back(member_id: str = member_id) -> bool:
+                return _owners(log).get(member_id) == mine
+
+            wait_until(back, lease_s / 2, f"{label} to take w1's partitions", members.pump)
+            assert time.monotonic() - stopped < lease_s, "it waited out the lease"
+            assert _owners(log) == {"a0": theirs, member_id: mine}, "nothing else moved"
+            wait_until(lambda: _drained(log), 60, f"{label} to catch up", members.pump)
+            if label == "s2":
+                # The zombie wakes: its transaction is fenced and writes nothing...
+                before = log.describe_group("g").committed
+                zombie.signal(signal.SIGCONT)
+                zombie.send("txcommit")
+                assert int(members.expect("s", "stale").split(" ")[1]) in mine
+                assert log.describe_group("g").committed == before
+                assert log.end_offsets("work.out") == {0: 0}
+                # ...and its next poll says it was replaced, instead of rejoining.
+                zombie.send("poll")
+                assert members.expect("s", "fenced") == f"fenced {member_id}"
+                assert _owners(log) == {"a0": theirs, member_id: mine}
+                zombie.send("exit")
+                members.expect("s", "bye")
+                assert zombie.wait(30) == 0, zombie.stderr_text()
+                members.dead.add("s")
+                members.kill("s2")  # then s2 dies for real: s3 takes over
+        _fill(log, 40)
+        wait_until(lambda: _drained(log), 60, "the group to catch up", members.pump)
+        ends = log.end_offsets("work")
+        assert members.got() >= {(p, o) for p, end in ends.items() for o in range(end)}
 
 
 def test_a_tailing_consumer_wakes_up_on_another_process_append(tmp_path: Path) -> None:

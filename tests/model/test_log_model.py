@@ -34,6 +34,7 @@ GROUPS = ("g1", "g2")
 MEMBERS = ("m1", "m2", "m3")
 PRODUCERS = ("p", "q")
 CONSUMERS = ("c1", "c2", "c3")
+INSTANCES = ("w1", "w2")  # static members' instance ids
 WALL_SLACK_MS = 60_000  # appends without a timestamp take the wall clock
 RECORD_BYTES_MAX = 30  # small, so some random records are too large
 PRODUCER_WINDOW = 3  # recent sequences remembered per producer (64 in production)
@@ -165,6 +166,7 @@ class LogComparison(LogPair):
         self.sequences: dict[str, list[int]] = {}
         self.views: dict[tuple[str, str], Any] = {}
         self.consumers: dict[str, tuple[Consumer, Consumer]] = {}
+        self.incarnations = 0  # static consumers opened so far (their member ids)
         # A small retry window, so runs reach sequences that fell out of it.
         self.window_max = limits.producer_window_requests_max
         limits.producer_window_requests_max = PRODUCER_WINDOW
@@ -295,7 +297,7 @@ class LogComparison(LogPair):
         real_out = outcome(lambda: pair[1].append_batch(topic, batch, sequence=sequence))
         assert real_out == model_out, f"sqlite {real_out!r} != memory {model_out!r}"
         if model_out[0] == "ok":
-            used.append(pair[0]._next - 1 if sequence is None else sequence)
+            used.append(pair[0]._core.next - 1 if sequence is None else sequence)
 
     # --- transactions ---------------------------------------------------------
 
@@ -414,20 +416,49 @@ class LogComparison(LogPair):
         lease_ms: int,
         reset: Any,
     ) -> None:
+        self._open_pair(
+            name,
+            topics,
+            group=group,
+            member_id=name,
+            auto_commit=auto_commit,
+            lease_ms=lease_ms,
+            offset_reset=reset,
+        )
+
+    def _open_pair(self, name: str, topics: list[str], **options: Any) -> None:
+        """Open the consumer ``name`` on both logs, alike down to its member id."""
         pair = []
         for log in (self.model, self.real):
-            consumer = log.consumer(
-                topics,
-                group=group,
-                member_id=name,
-                auto_commit=auto_commit,
-                lease_ms=lease_ms,
-                offset_reset=reset,
-            )
+            consumer = log.consumer(topics, **options)
+            consumer._core.member_id = name  # a generated one would differ between the two
             # Heartbeat timing from the simulated clock: both sides decide alike.
             consumer._core.clock = lambda: self.clock() / 1000
             pair.append(consumer)
         self.consumers[name] = (pair[0], pair[1])
+
+    @rule(
+        instance=st.sampled_from(INSTANCES),
+        group=st.sampled_from(GROUPS),
+        topics=st.lists(st.sampled_from(TOPICS), min_size=1, max_size=2, unique=True),
+        auto_commit=st.booleans(),
+        lease_ms=st.sampled_from([200, 1000]),
+    )
+    def open_static_consumer(
+        self, instance: str, group: str, topics: list[str], auto_commit: bool, lease_ms: int
+    ) -> None:
+        """A new incarnation of a static member; earlier ones stay in
+        ``consumers`` (abandoned, as by a crash) and are polled as zombies."""
+        name = f"{instance}.{self.incarnations}"
+        self.incarnations += 1
+        self._open_pair(
+            name,
+            topics,
+            group=group,
+            instance_id=instance,
+            auto_commit=auto_commit,
+            lease_ms=lease_ms,
+        )
 
     @precondition(lambda self: bool(self.consumers))
     @rule(data=st.data(), records_max=st.sampled_from([1, 3, 500]))
@@ -454,9 +485,10 @@ class LogComparison(LogPair):
     @rule(data=st.data())
     def close_consumer(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(sorted(self.consumers)))
+        leave = data.draw(st.sampled_from([None, True, False]))
         model, real = self.consumers.pop(name)
-        expected = outcome(model.close)
-        actual = outcome(real.close)
+        expected = outcome(lambda: model.close(leave=leave))
+        actual = outcome(lambda: real.close(leave=leave))
         assert actual == expected, f"sqlite {actual!r} != memory {expected!r}"
 
     # --- consumer groups (the backend's membership protocol) ------------------
@@ -478,12 +510,24 @@ class LogComparison(LogPair):
         member=st.sampled_from(MEMBERS),
         topics=st.lists(st.sampled_from(TOPICS), min_size=1, max_size=2, unique=True),
         lease_ms=st.sampled_from([200, 1000]),
+        instance=st.one_of(st.none(), st.none(), st.sampled_from(INSTANCES)),
+        replace=st.booleans(),
     )
-    def join(self, group: str, member: str, topics: list[str], lease_ms: int) -> None:
+    def join(
+        self,
+        group: str,
+        member: str,
+        topics: list[str],
+        lease_ms: int,
+        instance: str | None,
+        replace: bool,
+    ) -> None:
         self._view(
             group,
             member,
-            lambda log: log.backend.group_join(group, member, tuple(topics), lease_ms),
+            lambda log: log.backend.group_join(
+                group, member, tuple(topics), lease_ms, instance, replace
+            ),
         )
 
     @rule(data=st.data(), group=st.sampled_from(GROUPS), ack=st.booleans())

@@ -17,6 +17,7 @@ from unbundled import (
     AsyncConsumer,
     AsyncLog,
     Closed,
+    InstanceFenced,
     Message,
     OutOfOrderSequence,
     PartitionNotFound,
@@ -122,6 +123,48 @@ def test_producer_dedupes_and_fences(url: str) -> None:
             await old.append("t", b"zombie")
         assert await new.append("t", b"a", sequence=0) == first
         assert [r.value for r in await log.read("t")] == [b"a", b"b"]
+
+    run(url, scenario)
+
+
+def test_producer_last_sequence_tracks_writes(url: str) -> None:
+    """The async twin of ``contract.check_producer_last_sequence_tracks_writes``."""
+
+    async def scenario(log: AsyncLog, clock: SimClock) -> None:
+        await log.create_topic("t")
+        producer = await log.producer("p")
+        assert producer.last_sequence == -1
+        await producer.append_batch("t", [b"a", b"b"], sequence=4)
+        assert producer.last_sequence == 4
+        with pytest.raises(OutOfOrderSequence):
+            await producer.append("t", b"x", sequence=2)
+        async with log.transaction(producer=producer) as tx:
+            await tx.append("t", b"c")
+        assert producer.last_sequence == 5 == (await log.producer("p")).last_sequence
+
+    run(url, scenario)
+
+
+def test_static_member_takes_over_and_fences_its_predecessor(url: str) -> None:
+    async def scenario(log: AsyncLog, clock: SimClock) -> None:
+        await log.create_topic("t", 2)
+        await log.append_batch("t", [Message(b"%d" % i, key=b"%d" % i) for i in range(10)])
+        old = log.consumer("t", group="g", instance_id="w1", auto_commit=False)
+        assert old.instance_id == "w1"
+        await poll_until(old, 10)
+        new = log.consumer("t", group="g", instance_id="w1", auto_commit=False)
+        assert len(await poll_until(new, 10)) == 10, "at once: the clock did not move"
+        with pytest.raises(StaleGeneration):
+            await old.commit()
+        with pytest.raises(InstanceFenced):
+            await old.poll(0.01)
+        await old.close()
+        await new.close()  # a static member stays in the group...
+        assert [m.instance_id for m in (await log.describe_group("g")).members] == ["w1"]
+        again = log.consumer("t", group="g", instance_id="w1")
+        await again.poll(0.01)
+        await again.close(leave=True)  # ...unless told to leave
+        assert (await log.describe_group("g")).members == ()
 
     run(url, scenario)
 

@@ -40,6 +40,7 @@ CODES = {
     "Fenced": "fenced",
     "StaleGeneration": "stale_generation",
     "ProducerFenced": "producer_fenced",
+    "InstanceFenced": "instance_fenced",
     "OutOfOrderSequence": "out_of_order_sequence",
     "LimitExceeded": "limit_exceeded",
     "RecordTooLarge": "record_too_large",

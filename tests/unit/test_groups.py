@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from unbundled.errors import StaleGeneration
+from unbundled.errors import InstanceFenced, StaleGeneration, UsageError
 from unbundled.log._groups import (
     GroupState,
     Member,
@@ -255,6 +255,77 @@ def test_deleted_topic_triggers_a_rebalance() -> None:
     assert set(beat.assigned) == {tp(0)} and state.generation == 2
 
 
+# --- static membership (KIP-345) ---------------------------------------------------
+
+
+def owned(state: GroupState, member: str) -> dict[TopicPartition, int]:
+    return {t: a.generation for t, a in state.assignments.items() if a.owner == member}
+
+
+def test_a_restarted_static_member_takes_its_partitions_back_at_once() -> None:
+    state = GroupState("g")
+    parts = {"a": 4}
+    join(state, "w1.0", ("a",), 10_000, 0, parts, "w1")
+    join(state, "m2", ("a",), 10_000, 0, parts)
+    heartbeat(state, "w1.0", state.generation, 0, parts)  # hands two partitions over
+    before, others = owned(state, "w1.0"), owned(state, "m2")
+    generation = state.generation
+    # w1 restarts (its old process died without leaving) long before its lease ends.
+    fresh = join(state, "w1.1", ("a",), 10_000, 50, parts, "w1", replace=True)
+    assert set(fresh.assigned) == set(before), "exactly the old incarnation's partitions"
+    assert fresh.ready == frozenset(before), "fetchable at once, not after the lease"
+    assert fresh.generation == generation + 1
+    assert set(fresh.assigned.values()) == {generation + 1}
+    assert owned(state, "m2") == others, "nobody else's assignment moved"
+    assert set(state.members) == {"w1.1", "m2"}
+    # The old incarnation is fenced like an expired member: commits, heartbeats...
+    with pytest.raises(StaleGeneration):
+        check_commit(state, commit("w1.0", before))
+    with pytest.raises(StaleGeneration):
+        heartbeat(state, "w1.0", generation, 60, parts)
+    # ...and the rejoin that follows: it must not take the partitions back.
+    with pytest.raises(InstanceFenced) as info:
+        join(state, "w1.0", ("a",), 10_000, 60, parts, "w1")
+    assert info.value.details["replaced_by"] == "w1.1"
+    assert "w1.0" not in state.members and owned(state, "w1.1") == fresh.assigned
+    check_commit(state, commit("w1.1", fresh.assigned))
+
+
+def test_a_static_members_partitions_wait_for_it_until_its_lease_ends() -> None:
+    state = GroupState("g")
+    parts = {"a": 2}
+    join(state, "w1.0", ("a",), 100, 0, parts, "w1")
+    join(state, "m2", ("a",), 100, 0, parts)
+    heartbeat(state, "w1.0", state.generation, 0, parts)
+    kept = owned(state, "w1.0")
+    heartbeat(state, "m2", state.generation, 100, parts)  # w1.0 went quiet at 0
+    assert owned(state, "w1.0") == kept, "a static member keeps its partitions for its lease"
+    heartbeat(state, "m2", state.generation, 101, parts)
+    assert set(state.members) == {"m2"}, "then it expires like anybody"
+    # Its instance id is free again: even a rejoin (no replacing) may use it.
+    view_ = join(state, "w1.0", ("a",), 100, 102, parts, "w1")
+    assert state.members["w1.0"].instance_id == "w1" and view_.assigned
+
+
+def test_a_member_keeps_the_instance_id_it_joined_with() -> None:
+    state = GroupState("g")
+    join(state, "m1", ("a",), 1000, 0, {"a": 1}, "w1")
+    with pytest.raises(UsageError, match="instance id 'w1', not 'w2'"):
+        join(state, "m1", ("a",), 1000, 0, {"a": 1}, "w2")
+    with pytest.raises(UsageError):
+        join(state, "m1", ("a",), 1000, 0, {"a": 1})
+
+
+def test_a_restart_with_other_topics_rebalances() -> None:
+    state = GroupState("g")
+    parts = {"a": 2, "b": 2}
+    join(state, "w1.0", ("a",), 1000, 0, parts, "w1")
+    join(state, "m2", ("a", "b"), 1000, 0, parts)
+    fresh = join(state, "w1.1", ("b",), 1000, 0, parts, "w1", replace=True)
+    assert {t.topic for t in fresh.assigned} == {"b"}
+    check_assignment({t: a.owner for t, a in state.assignments.items()}, state.members, parts)
+
+
 # --- members acting on their last view --------------------------------------------
 
 
@@ -269,13 +340,74 @@ class Membership(RuleBasedStateMachine):
         self.now = 0
         self.views: dict[str, MemberView] = {}
         self.partitions = {"a": 3, "b": 2}
+        # Static members: incarnations of each instance id, oldest first.
+        self.incarnations: dict[str, list[str]] = {"w1": [], "w2": []}
 
     @rule(member=st.sampled_from(NAMES[:4]), topics=st.sampled_from([("a",), ("a", "b"), ("b",)]))
     def join(self, member: str, topics: tuple[str, ...]) -> None:
         self.views[member] = join(self.state, member, topics, 100, self.now, self.partitions)
 
-    @rule(member=st.sampled_from(NAMES[:4]))
-    def heartbeat(self, member: str) -> None:
+    @rule(instance=st.sampled_from(["w1", "w2"]), topics=st.sampled_from([("a",), ("a", "b")]))
+    def restart(self, instance: str, topics: tuple[str, ...]) -> None:
+        """A new incarnation of a static member joins (its first join replaces)."""
+        older = self.incarnations[instance]
+        member = f"{instance}.{len(older)}"
+        holder = next((m for m in self.state.members.values() if m.instance_id == instance), None)
+        quiet = all(m.lease_until_ms >= self.now for m in self.state.members.values())
+        others = {
+            t: (a.owner, a.generation)
+            for t, a in self.state.assignments.items()
+            if holder is None or a.owner != holder.member_id
+        }
+        taken = set(owned(self.state, holder.member_id)) if holder else set()
+        seen = join(self.state, member, topics, 100, self.now, self.partitions, instance, True)
+        older.append(member)
+        self.views[member] = seen
+        if holder is not None and holder.topics == topics and quiet:
+            # Nobody expired, same subscription: a pure replacement.
+            assert set(seen.assigned) == taken
+            assert {
+                t: (a.owner, a.generation)
+                for t, a in self.state.assignments.items()
+                if a.owner != member
+            } == others
+
+    @rule(data=st.data(), instance=st.sampled_from(["w1", "w2"]))
+    def rejoin(self, data: st.DataObject, instance: str) -> None:
+        """An earlier incarnation, expired or replaced, tries to join again."""
+        older = self.incarnations[instance]
+        if not older:
+            return
+        member = data.draw(st.sampled_from(older))
+        expiring = {m for m, v in self.state.members.items() if v.lease_until_ms < self.now}
+        holder = next(
+            (
+                m
+                for m, v in self.state.members.items()
+                if v.instance_id == instance and m not in expiring - {member}
+            ),
+            None,
+        )
+        topics = self.state.members[member].topics if member in self.state.members else ("a",)
+        try:
+            self.views[member] = join(
+                self.state, member, topics, 100, self.now, self.partitions, instance
+            )
+        except InstanceFenced:
+            assert holder is not None and holder != member
+            assert member not in self.state.members
+        else:
+            assert holder is None or holder == member
+
+    @invariant()
+    def one_member_per_instance(self) -> None:
+        ids = [m.instance_id for m in self.state.members.values() if m.instance_id is not None]
+        assert len(ids) == len(set(ids)), ids
+
+    @rule(data=st.data())
+    def heartbeat(self, data: st.DataObject) -> None:
+        statics = [m for older in self.incarnations.values() for m in older]
+        member = data.draw(st.sampled_from([*NAMES[:4], *statics]))
         seen = self.views.get(member)
         acked = seen.generation if seen is not None else 0
         try:

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 
 from ..errors import Error, PartitionNotFound, UsageError
-from ..log import Log, Message, TopicConfig
+from ..log import Log, Message, Producer, TopicConfig
 from ..log._core import check_record
 from ._common import (
     App,
@@ -115,8 +115,21 @@ class _Status:
 class _Appender:
     """Collects records and appends them with ``append_batch`` (one transaction each)."""
 
-    def __init__(self, log: Log, topic: str, batch_records: int, print_positions: bool) -> None:
+    def __init__(
+        self,
+        log: Log,
+        topic: str,
+        batch_records: int,
+        print_positions: bool,
+        producer: Producer | None = None,
+    ) -> None:
         self.log = log
+        self.producer = producer
+        # With a producer, each batch's sequence is the number of its last
+        # line: lines up to the producer's last sequence were appended before.
+        self.skip_through = producer.last_sequence if producer is not None else 0
+        self.skipped = 0
+        self.last_line = 0
         self.topic = topic
         self.batch_records = batch_records
         self.print_positions = print_positions
@@ -131,6 +144,7 @@ class _Appender:
             self.first_line = line
         self.pending.append(record)
         self.pending_bytes += size
+        self.last_line = line
         if len(self.pending) >= self.batch_records or self.pending_bytes >= _BATCH_BYTES_MAX:
             self.flush()
 
@@ -138,7 +152,12 @@ class _Appender:
         if not self.pending:
             return
         try:
-            positions = self.log.append_batch(self.topic, self.pending)
+            if self.producer is not None:
+                positions = self.producer.append_batch(
+                    self.topic, self.pending, sequence=self.last_line
+                )
+            else:
+                positions = self.log.append_batch(self.topic, self.pending)
         except Error:
             err_console().print(
                 f"[red]not appended:[/] lines {self.first_line}..."
@@ -274,6 +293,14 @@ def _parse_header(text: str) -> tuple[str, bytes]:
     help="Records per append_batch (one transaction and one sync each).",
 )
 @click.option(
+    "--producer-id",
+    metavar="ID",
+    default=None,
+    help="Append idempotently as this producer, each batch numbered by its last input "
+    "line: run the same input again after an interruption and the lines appended "
+    "before are skipped. Use one producer id per input.",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Show a progress line on stderr (default: when stderr is a terminal and the input "
@@ -290,6 +317,7 @@ def produce(
     header_texts: tuple[str, ...],
     print_positions: bool,
     batch_records: int,
+    producer_id: str | None,
     progress: bool | None,
 ) -> None:
     """Append stdin to TOPIC, one record per line.
@@ -323,7 +351,8 @@ def produce(
         headers,
         partition,
     )
-    appender = _Appender(log, topic, batch_records, print_positions)
+    producer = log.producer(producer_id) if producer_id is not None else None
+    appender = _Appender(log, topic, batch_records, print_positions, producer)
     stream: BinaryIO = sys.stdin.buffer
     interactive = stdin_is_terminal()
     if interactive:
@@ -369,6 +398,9 @@ def _pump(stream: BinaryIO, parser: _Parser, appender: _Appender, status: _Statu
 
 
 def _add(parser: _Parser, appender: _Appender, line: bytes, number: int) -> None:
+    if number <= appender.skip_through:
+        appender.skipped += 1  # appended by an earlier run of this producer
+        return
     if line.endswith(b"\r"):
         line = line[:-1]  # CRLF input
     try:
@@ -387,8 +419,12 @@ def _summary(appender: _Appender, topic: str, prefix: str = "") -> None:
         shown = ", ".join(map(str, parts[:16])) + (", ..." if len(parts) > 16 else "")
         where = f" (partition{'s' if len(parts) > 1 else ''} {shown})"
     plural = "" if appender.records == 1 else "s"
+    skipped = ""
+    if appender.skipped:
+        skipped = f"; skipped {appender.skipped:,} line(s) appended before by this producer"
     err_console().print(
-        f"{prefix}appended {appender.records:,} record{plural} to {escape(repr(topic))}{where}"
+        f"{prefix}appended {appender.records:,} record{plural} to "
+        f"{escape(repr(topic))}{where}{skipped}"
     )
 
 

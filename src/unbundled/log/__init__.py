@@ -1,5 +1,6 @@
 """The log: topics, partitions, offsets, consumer groups, transactions."""
 
+from ._producer import Producer as Producer
 from ._protocol import GroupInfo as GroupInfo
 from ._protocol import LogBackend as LogBackend
 from ._protocol import MaintenanceReport as MaintenanceReport
@@ -16,5 +17,4 @@ from .aio import AsyncProducer as AsyncProducer
 from .aio import AsyncTransaction as AsyncTransaction
 from .api import Consumer as Consumer
 from .api import Log as Log
-from .api import Producer as Producer
 from .api import Transaction as Transaction

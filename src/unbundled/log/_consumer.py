@@ -17,6 +17,7 @@ from .. import limits
 from ..errors import (
     Closed,
     Error,
+    InstanceFenced,
     OffsetOutOfRange,
     PartitionNotFound,
     StaleGeneration,
@@ -54,6 +55,7 @@ class ConsumerCore:
         partitions: Sequence[TopicPartition] | None = None,
         bytes_max: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
+        instance_id: str | None = None,
     ) -> None:
         if offset_reset not in ("earliest", "latest", "none"):
             raise UsageError(
@@ -71,6 +73,7 @@ class ConsumerCore:
         self.topics = tuple(topics)
         self.group = group
         self.member_id = member_id
+        self.instance_id = instance_id
         self.auto_commit = auto_commit
         self.auto_commit_interval_s = auto_commit_interval_s
         self.offset_reset = offset_reset
@@ -88,6 +91,10 @@ class ConsumerCore:
         self.last_commit = 0.0
         self.turn = 0
         self.closed = False
+        # Set once a newer incarnation of this static member replaced it: from
+        # then on it may neither rejoin (it would take the partitions back)
+        # nor commit; every call raises this.
+        self.replaced: InstanceFenced | None = None
 
     # --- queries (no I/O) -----------------------------------------------------
 
@@ -127,6 +134,8 @@ class ConsumerCore:
     def _check_open(self) -> None:
         if self.closed:
             raise Closed("the consumer is closed")
+        if self.replaced is not None:
+            raise InstanceFenced(self.replaced.message, **self.replaced.details)
 
     # --- operations (generators of Ops) ---------------------------------------
 
@@ -164,19 +173,29 @@ class ConsumerCore:
         yield Op("submit", (WriteBatch({}, (commit,)),))
         self.mark_committed(commit.offsets)
 
-    def close(self) -> Steps:
+    def close(self, leave: bool | None = None) -> Steps:
+        """Commit (with auto-commit) and, if ``leave``, leave the group.
+
+        ``leave=None`` leaves for a dynamic member; a static member (one with
+        an ``instance_id``) stays, so its next incarnation takes its
+        partitions back without a rebalance (KIP-345); if none comes, its
+        lease runs out and the others take them. A replaced member is no
+        longer in the group: it commits nothing and has nothing to leave.
+        """
         if self.closed:
             return
+        if leave is None:
+            leave = self.instance_id is None
         failed: Error | None = None
         try:
-            if self.auto_commit:
+            if self.auto_commit and self.replaced is None:
                 yield from self._commit_quietly(None)
         except Error as exc:
             # Leave even if the final commit failed: otherwise our partitions
             # sit idle until the lease runs out. Then report the failure.
             failed = exc
         try:
-            if self.group is not None and self.view is not None:
+            if leave and self.replaced is None and self.group is not None and self.view is not None:
                 yield Op("group_leave", (self.group, self.member_id))
         finally:
             self.closed = True
@@ -214,7 +233,9 @@ class ConsumerCore:
     def _membership(self) -> Steps:
         assert self.group is not None
         if self.view is None:
-            view = yield Op("group_join", (self.group, self.member_id, self.topics, self.lease_ms))
+            # The first join may replace an earlier incarnation of our
+            # instance id (a restart); a rejoin later may not (see _beat).
+            view = yield from self._join(replace=True)
             yield from self._apply(view)
             return
         due = self.clock() >= self.next_heartbeat
@@ -225,14 +246,27 @@ class ConsumerCore:
             yield from self._heartbeat()
 
     def _heartbeat(self) -> Steps:
+        view = yield from self._beat()
+        yield from self._apply(view)
+
+    def _join(self, replace: bool) -> Steps:
+        assert self.group is not None
+        args = (self.group, self.member_id, self.topics, self.lease_ms, self.instance_id, replace)
+        try:
+            return (yield Op("group_join", args))
+        except InstanceFenced as exc:
+            self.replaced = exc
+            raise
+
+    def _beat(self) -> Steps:
+        """Heartbeat; if we were expired (our partitions handed out), drop
+        everything and join again, starting from the committed offsets."""
         assert self.group is not None
         try:
-            view = yield Op("group_heartbeat", (self.group, self.member_id, self.acked))
+            return (yield Op("group_heartbeat", (self.group, self.member_id, self.acked)))
         except StaleGeneration:
-            # We were expired and our partitions handed out: start afresh.
             self._drop(list(self.held))
-            view = yield Op("group_join", (self.group, self.member_id, self.topics, self.lease_ms))
-        yield from self._apply(view)
+            return (yield from self._join(replace=False))
 
     def _drop(self, tps: Sequence[TopicPartition]) -> None:
         for tp in tps:
@@ -260,8 +294,7 @@ class ConsumerCore:
             if not revoked:
                 return
             # Tell the group at once that we let go, so the new owners start.
-            assert self.group is not None
-            view = yield Op("group_heartbeat", (self.group, self.member_id, self.acked))
+            view = yield from self._beat()
 
     def _start_positions(self, tps: Sequence[TopicPartition]) -> Steps:
         committed: dict[TopicPartition, int] = {}

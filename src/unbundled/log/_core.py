@@ -94,8 +94,17 @@ def check_topic_name(name: object) -> str:
     return name
 
 
+_NAME_BOUNDS = {
+    "group": limits.group_name_bytes_max,
+    "member_id": limits.member_id_bytes_max,
+    "instance_id": limits.instance_id_bytes_max,
+}
+
+
 def check_group_name(name: object, what: str = "group") -> str:
-    bound = limits.group_name_bytes_max if what == "group" else limits.member_id_bytes_max
+    """A group name, member id or instance id (``what``): a str of letters,
+    digits and ``._:@-`` within its bound."""
+    bound = _NAME_BOUNDS[what]
     if not isinstance(name, str) or not name or len(name.encode()) > bound:
         raise UsageError(f"{what} {name!r} must be a str of 1 to {bound} bytes", **{what: name})
     if not _GROUP_NAME.fullmatch(name):
@@ -417,8 +426,11 @@ def check_sequence(
     if stamp.sequence in window:
         return window[stamp.sequence]
     raise OutOfOrderSequence(
-        f"producer {stamp.producer_id!r} sequence {stamp.sequence} is not above the last "
-        f"written sequence {last_sequence} and is not a recent one",
+        f"producer {stamp.producer_id!r} sequence {stamp.sequence} is not above its last "
+        f"written sequence {last_sequence} and not one of its last "
+        f"{limits.producer_window_requests_max} requests (a retry of those gets its "
+        "positions back); nothing was written. Resuming a numbered input? Skip up to "
+        "the producer's last_sequence",
         producer_id=stamp.producer_id,
         sequence=stamp.sequence,
         last_sequence=last_sequence,

@@ -15,13 +15,21 @@ Rules (see docs/explanation/log.md, "Consumer groups"):
   acknowledges the new generation (it has stopped and committed), or its lease
   expires. Only then may the new owner fetch it, so two live members never
   process one partition at the same time.
+* Static membership (Kafka's KIP-345): a member may name a stable
+  *instance id*. A new incarnation joining under a live member's instance id
+  *replaces* it at once: it gets exactly that member's partitions, at a new
+  generation, and nobody else's assignment changes. The old incarnation is no
+  longer a member, so its commits are fenced as an expired member's are, and
+  when it tries to join again it gets ``InstanceFenced``: only a consumer's
+  first join may replace (``replace=True``), a rejoin may not. Member ids stay
+  unique per incarnation; the instance id is what survives a restart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import StaleGeneration
+from ..errors import InstanceFenced, StaleGeneration, UsageError
 from ._protocol import MemberView, OffsetCommit, TopicPartition
 
 
@@ -32,6 +40,7 @@ class Member:
     lease_ms: int
     lease_until_ms: int
     acked_generation: int = 0
+    instance_id: str | None = None
 
 
 @dataclass
@@ -156,18 +165,80 @@ def join(
     lease_ms: int,
     now: int,
     partitions: dict[str, int],
+    instance_id: str | None = None,
+    replace: bool = False,
 ) -> MemberView:
-    """Add (or refresh) a member; rebalance if membership changed."""
-    changed = expire(state, now, keep=member_id)
+    """Add (or refresh) a member; rebalance if membership changed.
+
+    With ``instance_id``, a new member id whose instance id a live member
+    holds replaces that member if ``replace`` (a consumer's first join), and
+    raises ``InstanceFenced`` if not (a replaced incarnation joining again).
+    """
+    # Every check before the first change: a refused join changes nothing.
     old = state.members.get(member_id)
-    if old is None or old.topics != topics:
+    if old is not None and old.instance_id != instance_id:
+        raise UsageError(
+            f"member {member_id!r} of group {state.name!r} joined with instance id "
+            f"{old.instance_id!r}, not {instance_id!r}",
+            group=state.name,
+            member_id=member_id,
+            instance_id=instance_id,
+        )
+    holder = _holder(state, instance_id, now) if old is None else None
+    if holder is not None and not replace:
+        raise InstanceFenced(
+            f"member {member_id!r} of group {state.name!r} was replaced by "
+            f"{holder.member_id!r}, which joined with the same instance id "
+            f"{instance_id!r}: stop this consumer",
+            group=state.name,
+            member_id=member_id,
+            instance_id=instance_id,
+            replaced_by=holder.member_id,
+        )
+    changed = expire(state, now, keep=member_id)
+    if holder is not None:
+        _replace(state, holder, member_id)
+        changed = changed or holder.topics != topics
+    elif old is None or old.topics != topics:
         changed = True
     acked = old.acked_generation if old is not None else 0
-    state.members[member_id] = Member(member_id, topics, lease_ms, now + lease_ms, acked)
+    state.members[member_id] = Member(
+        member_id, topics, lease_ms, now + lease_ms, acked, instance_id
+    )
     if changed or _stale_assignments(state, partitions):
         rebalance(state, partitions)
     release(state)
     return view(state, member_id)
+
+
+def _holder(state: GroupState, instance_id: str | None, now: int) -> Member | None:
+    """The member that joined with ``instance_id``, if any and its lease has
+    not run out (an expired one is removed by ``expire``, freeing the id)."""
+    if instance_id is None:
+        return None
+    for member in state.members.values():
+        if member.instance_id == instance_id and member.lease_until_ms >= now:
+            return member
+    return None
+
+
+def _replace(state: GroupState, old: Member, member_id: str) -> None:
+    """Hand ``old``'s partitions to its new incarnation ``member_id`` at once.
+
+    A new generation, so the view of every member moves on; only the moved
+    assignments carry it, so nobody else revokes anything. Partitions that
+    ``old`` was still handing over to others are released by ``release``
+    (``old`` is gone); partitions it was waiting for stay pending on their
+    previous owner, as they were.
+    """
+    del state.members[old.member_id]
+    state.generation += 1
+    state.version += 1
+    for tp, a in state.assignments.items():
+        if a.owner == old.member_id:
+            state.assignments[tp] = Assignment(
+                member_id, state.generation, a.prev_owner, a.prev_generation
+            )
 
 
 def heartbeat(

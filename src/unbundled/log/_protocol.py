@@ -184,10 +184,14 @@ class MemberView(NamedTuple):
 
 
 class GroupMemberInfo(msgspec.Struct, frozen=True):
+    """One member of a group. ``instance_id`` is the stable name a static
+    member gave (``None`` for a dynamic one); ``member_id`` is per incarnation."""
+
     member_id: str
     topics: tuple[str, ...]
     lease_until_ms: int
     partitions: tuple[TopicPartition, ...]
+    instance_id: str | None = None
 
 
 class GroupInfo(msgspec.Struct, frozen=True):
@@ -268,9 +272,21 @@ class LogBackend(Protocol):
         last_sequence)``. Earlier incarnations are fenced from now on."""
 
     def group_join(
-        self, group: str, member_id: str, topics: tuple[str, ...], lease_ms: int
+        self,
+        group: str,
+        member_id: str,
+        topics: tuple[str, ...],
+        lease_ms: int,
+        instance_id: str | None = None,
+        replace: bool = False,
     ) -> MemberView:
-        """Add or refresh ``member_id`` (rebalancing if membership changed)."""
+        """Add or refresh ``member_id`` (rebalancing if membership changed).
+
+        With ``instance_id`` (static membership) and a live member holding
+        it: ``replace=True`` hands that member's partitions to ``member_id``
+        at once and removes it; ``replace=False`` raises ``InstanceFenced``.
+        Raises ``UsageError`` if ``member_id`` is a member with another
+        instance id. See ``log._groups.join``."""
 
     def group_heartbeat(self, group: str, member_id: str, acked_generation: int) -> MemberView:
         """Renew the lease, acknowledge ``acked_generation`` (releasing revoked

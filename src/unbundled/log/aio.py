@@ -23,6 +23,7 @@ from .._waiters import AsyncWaiter
 from ..errors import Error, PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
 from ._consumer import ConsumerCore, OffsetReset, Steps
+from ._producer import ProducerCore
 from ._protocol import (
     AppendItem,
     CleanupPolicy,
@@ -203,6 +204,7 @@ class AsyncLog(LogBase):
         offset_reset: OffsetReset = "earliest",
         lease_ms: int = 10_000,
         partitions: Sequence[TopicPartition] | None = None,
+        instance_id: str | None = None,
     ) -> AsyncConsumer:
         self._check_open()
         return AsyncConsumer(
@@ -216,6 +218,7 @@ class AsyncLog(LogBase):
                 offset_reset,
                 lease_ms,
                 partitions,
+                instance_id,
             ),
         )
 
@@ -271,17 +274,20 @@ class AsyncProducer:
     def __init__(self, log: AsyncLog, producer_id: str, epoch: int, last_sequence: int) -> None:
         self._log = log
         self.producer_id = producer_id
-        self.epoch = epoch
-        self.last_sequence = last_sequence
-        self._next = last_sequence + 1
+        self._core = ProducerCore(producer_id, epoch, last_sequence)
+
+    @property
+    def epoch(self) -> int:
+        return self._core.epoch
+
+    @property
+    def last_sequence(self) -> int:
+        """The highest sequence written durably under this producer id; see
+        :attr:`unbundled.Producer.last_sequence`."""
+        return self._core.last_sequence
 
     def stamp(self, sequence: int | None = None) -> ProducerStamp:
-        if sequence is None:
-            sequence = self._next
-        elif type(sequence) is not int or sequence < 0:
-            raise UsageError(f"sequence must be an int >= 0, got {sequence!r}", sequence=sequence)
-        self._next = max(self._next, sequence + 1)
-        return ProducerStamp(self.producer_id, self.epoch, sequence)
+        return self._core.stamp(sequence)
 
     async def append(
         self,
@@ -303,10 +309,17 @@ class AsyncProducer:
         log = self._log
         config = log._configs.get(topic) or await log._config(topic)
         items = log._items(topic, config, messages)
+        return await self._write(
+            WriteBatch({topic: items}, (), None, {topic: config.partitions}), sequence
+        )
+
+    async def _write(self, batch: WriteBatch, sequence: int | None = None) -> list[Position]:
         # No await between stamping and submitting: sequences reach the
         # writer in order even with many tasks sharing this producer.
-        stamp = self.stamp(sequence)
-        return await log._submit(WriteBatch({topic: items}, (), stamp, {topic: config.partitions}))
+        stamp = self._core.stamp(sequence)
+        positions = await self._log._submit(batch._replace(producer=stamp))
+        self._core.written(stamp)
+        return positions
 
 
 class AsyncConsumer:
@@ -326,6 +339,10 @@ class AsyncConsumer:
     @property
     def member_id(self) -> str:
         return self._core.member_id
+
+    @property
+    def instance_id(self) -> str | None:
+        return self._core.instance_id
 
     async def _drive(self, steps: Steps) -> Any:
         backend = self._log.backend
@@ -387,9 +404,9 @@ class AsyncConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._core.seek(TopicPartition(*tp), offset)
 
-    async def close(self) -> None:
+    async def close(self, *, leave: bool | None = None) -> None:
         try:
-            await self._drive(self._core.close())
+            await self._drive(self._core.close(leave))
         finally:
             self._executor.shutdown(wait=False)
 
@@ -472,10 +489,11 @@ class AsyncTransaction:
         self._done = True
         if not self._appends and not self._commits:
             return []
-        stamp = self._producer.stamp() if self._producer is not None else None
-        self.positions = await self._log._submit(
-            WriteBatch(self._appends, tuple(self._commits), stamp, self._partitions)
-        )
+        batch = WriteBatch(self._appends, tuple(self._commits), None, self._partitions)
+        if self._producer is not None:
+            self.positions = await self._producer._write(batch)
+        else:
+            self.positions = await self._log._submit(batch)
         for consumer, commit in self._consumers:
             consumer._core.mark_committed(commit.offsets)
         return self.positions

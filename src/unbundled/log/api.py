@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
@@ -22,6 +21,7 @@ from .._waiters import SyncWaiter
 from ..errors import Closed, PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
 from ._consumer import ConsumerCore, OffsetReset, run_sync
+from ._producer import Producer
 from ._protocol import (
     AppendItem,
     CleanupPolicy,
@@ -32,7 +32,6 @@ from ._protocol import (
     Message,
     OffsetCommit,
     Position,
-    ProducerStamp,
     Record,
     SyncLevel,
     TopicConfig,
@@ -234,19 +233,15 @@ class Log(LogBase):
     # --- writing --------------------------------------------------------------
 
     def _submit(self, batch: WriteBatch, producer: Producer | None = None) -> list[Position]:
+        if producer is not None:
+            return producer._write(batch)
         self._check_open()
-        # Under a producer's lock, never commit inline: the producer's other
-        # threads would wait out this commit instead of batching with it.
-        waiter = SyncWaiter(inline=producer is None)
-        if producer is None:
-            self.backend.submit(batch, waiter)
-        else:
-            # Take the sequence and enqueue under the producer's lock, as
-            # Producer.append_batch does: otherwise another thread's append
-            # can reach the writer first with a higher sequence, and this
-            # batch fails with OutOfOrderSequence.
-            with producer._lock:
-                self.backend.submit(batch._replace(producer=producer._stamp_locked()), waiter)
+        waiter = SyncWaiter()
+        self.backend.submit(batch, waiter)
+        return self._wait(waiter)
+
+    def _wait(self, waiter: SyncWaiter) -> list[Position]:
+        """The positions of a submitted batch, once durable."""
         try:
             positions: list[Position] = waiter.wait()
         except (TopicNotFound, PartitionNotFound) as exc:
@@ -348,11 +343,18 @@ class Log(LogBase):
         offset_reset: OffsetReset = "earliest",
         lease_ms: int = 10_000,
         partitions: Sequence[TopicPartition] | None = None,
+        instance_id: str | None = None,
     ) -> Consumer:
         """A consumer of ``topics``. With ``group``, partitions are shared among
         the group's members and progress is committed to the group (at-least-once:
         by default each poll commits what the previous poll returned). Without
-        a group, it reads every partition (or ``partitions``) and commits nothing."""
+        a group, it reads every partition (or ``partitions``) and commits nothing.
+
+        ``instance_id`` makes the member *static* (Kafka's KIP-345): a
+        consumer opened later with the same instance id (say, the same worker
+        restarted) takes this one's partitions at once instead of after its
+        lease, and this one is fenced (``InstanceFenced``). ``member_id``
+        names one incarnation and cannot be combined with ``instance_id``."""
         self._check_open()
         return Consumer(
             self,
@@ -365,6 +367,7 @@ class Log(LogBase):
                 offset_reset,
                 lease_ms,
                 partitions,
+                instance_id,
             ),
         )
 
@@ -417,6 +420,7 @@ def _consumer_core(
     offset_reset: OffsetReset,
     lease_ms: int,
     partitions: Sequence[TopicPartition] | None,
+    instance_id: str | None = None,
 ) -> ConsumerCore:
     names = (topics,) if isinstance(topics, str) else tuple(topics)
     if not names:
@@ -425,6 +429,8 @@ def _consumer_core(
         _core.check_topic_name(name)
     if group is not None:
         _core.check_group_name(group)
+    if instance_id is not None:
+        _check_static(group, member_id, partitions, instance_id)
     member = member_id or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     _core.check_group_name(member, "member_id")
     return ConsumerCore(
@@ -436,75 +442,33 @@ def _consumer_core(
         offset_reset=offset_reset,
         lease_ms=lease_ms,
         partitions=[TopicPartition(*tp) for tp in partitions] if partitions is not None else None,
+        instance_id=instance_id,
     )
 
 
-class Producer:
-    """An idempotent producer: every append carries ``(producer_id, sequence)``
-    and the log writes each sequence at most once, so a retry after an unknown
-    outcome (a crash, a timeout) cannot duplicate a record.
-
-    Opening a producer starts a new *epoch* and fences older instances with the
-    same id (``ProducerFenced``). Sequences grow by one per call unless given:
-    pass your own (say, the position in your input) to make a restarted writer
-    skip what was already written; sequences must increase but may skip.
-    """
-
-    def __init__(self, log: Log, producer_id: str) -> None:
-        self._log = log
-        self.producer_id = _core.check_producer_id(producer_id)
-        self.epoch, self.last_sequence = log.backend.init_producer(self.producer_id)
-        self._next = self.last_sequence + 1
-        self._lock = threading.Lock()
-
-    def _sequence(self, sequence: int | None) -> int:
-        if sequence is None:
-            sequence = self._next
-        elif type(sequence) is not int or sequence < 0:
-            raise UsageError(f"sequence must be an int >= 0, got {sequence!r}", sequence=sequence)
-        self._next = max(self._next, sequence + 1)
-        return sequence
-
-    def stamp(self, sequence: int | None = None) -> ProducerStamp:
-        with self._lock:
-            return self._stamp_locked(sequence)
-
-    def _stamp_locked(self, sequence: int | None = None) -> ProducerStamp:
-        """:meth:`stamp` for a caller already holding the producer's lock."""
-        return ProducerStamp(self.producer_id, self.epoch, self._sequence(sequence))
-
-    def append(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: Headers | dict[str, bytes] | None = None,
-        timestamp: int | None = None,
-        partition: int | None = None,
-        sequence: int | None = None,
-    ) -> Position:
-        message = self._log._one(value, key, headers, timestamp, partition)
-        return self.append_batch(topic, (message,), sequence=sequence)[0]
-
-    def append_batch(
-        self, topic: str, messages: Iterable[bytes | Message], *, sequence: int | None = None
-    ) -> list[Position]:
-        """Append atomically as one sequence number; a retry returns the original positions."""
-        log = self._log
-        config = log._config(topic)
-        items = log._items(topic, config, messages)
-        # Assign the sequence and enqueue under one lock, so the writer sees
-        # sequences in order even when threads share this producer.
-        with self._lock:
-            stamp = ProducerStamp(self.producer_id, self.epoch, self._sequence(sequence))
-            waiter = SyncWaiter(inline=False)  # queued, not committed under the lock
-            log._check_open()
-            log.backend.submit(
-                WriteBatch({topic: items}, (), stamp, {topic: config.partitions}), waiter
-            )
-        positions: list[Position] = waiter.wait()
-        return positions
+def _check_static(
+    group: str | None,
+    member_id: str | None,
+    partitions: Sequence[TopicPartition] | None,
+    instance_id: str,
+) -> None:
+    """Validate a static member's options (see ``Log.consumer``)."""
+    _core.check_group_name(instance_id, "instance_id")
+    if group is None or partitions is not None:
+        raise UsageError(
+            f"instance_id {instance_id!r} needs a group and no fixed partitions: "
+            "it names a member of a consumer group",
+            instance_id=instance_id,
+        )
+    if member_id is not None:
+        # Each incarnation needs its own member id: one shared with its
+        # predecessor would let that zombie's commits through.
+        raise UsageError(
+            f"give instance_id {instance_id!r} or member_id {member_id!r}, not both: a "
+            "static member gets a new member id each time it is opened",
+            instance_id=instance_id,
+            member_id=member_id,
+        )
 
 
 class Consumer:
@@ -526,6 +490,11 @@ class Consumer:
     @property
     def member_id(self) -> str:
         return self._core.member_id
+
+    @property
+    def instance_id(self) -> str | None:
+        """The static member's instance id, or ``None`` for a dynamic member."""
+        return self._core.instance_id
 
     def __enter__(self) -> Consumer:
         return self
@@ -568,8 +537,12 @@ class Consumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._core.seek(TopicPartition(*tp), offset)
 
-    def close(self) -> None:
-        run_sync(self._log.backend, self._core.close())
+    def close(self, *, leave: bool | None = None) -> None:
+        """Commit (with auto-commit) and leave the group, handing the
+        partitions to the others at once. A static member (``instance_id``)
+        stays by default, so its restart takes its partitions back without a
+        rebalance; pass ``leave=True`` when it is going away for good."""
+        run_sync(self._log.backend, self._core.close(leave))
 
 
 class Transaction:

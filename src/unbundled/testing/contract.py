@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .. import limits
 from ..errors import (
     Closed,
     Error,
@@ -478,6 +479,59 @@ def check_producer_dedupes_after_reopen(target: LogTarget) -> None:
         assert [r.value for r in log.read("t")] == [b"a"]
 
 
+def check_producer_last_sequence_tracks_writes(target: LogTarget) -> None:
+    """``last_sequence`` is the highest sequence written under the id: what
+    the log said at open, raised by every append or transaction that
+    succeeded, untouched by one that failed."""
+    with target.open(SimClock()) as log:
+        log.create_topic("t")
+        log.create_topic("gone")
+        log.append("gone", b"x")  # the log caches its config...
+        log.backend.delete_topic("gone")  # ...which goes stale: the write itself fails
+        producer = log.producer("p1")
+        assert producer.last_sequence == -1
+        producer.append("t", b"a", sequence=5)
+        assert producer.last_sequence == 5
+        producer.append_batch("t", [b"b", b"c"])
+        assert producer.last_sequence == 6
+        producer.append("t", b"a", sequence=5)  # a retry answered from the window
+        assert producer.last_sequence == 6
+        raises(OutOfOrderSequence, lambda: producer.append("t", b"x", sequence=1))
+        raises(TopicNotFound, lambda: producer.append_batch("gone", [b"x"], sequence=9))
+        assert producer.last_sequence == 6
+        with log.transaction(producer=producer) as tx:  # the next number: 10, 9 was taken
+            tx.append("t", b"d")
+        assert producer.last_sequence == 10 == log.producer("p1").last_sequence
+        raises(ProducerFenced, lambda: producer.append("t", b"zombie", sequence=11))
+        assert producer.last_sequence == 10
+
+
+@durable_only
+def check_producer_resumes_a_numbered_input(target: LogTarget) -> None:
+    """The resume recipe of docs/how-to/exactly-once.md, for more lines than
+    the producer's window: after a restart, re-sending from the start is
+    refused, skipping up to ``last_sequence`` writes every line exactly once."""
+    lines = [b"line-%d" % n for n in range(3 * limits.producer_window_requests_max)]
+
+    def run(log: Log, stop: int) -> None:
+        producer = log.producer("importer")
+        for number, line in enumerate(lines[:stop]):
+            if number <= producer.last_sequence:
+                continue  # written before the restart
+            producer.append("t", line, sequence=number)
+
+    clock = SimClock()
+    with target.open(clock) as log:
+        log.create_topic("t")
+        run(log, 2 * limits.producer_window_requests_max + 5)  # then the process dies
+    with target.open(clock) as log:
+        naive = log.producer("importer")
+        err = raises(OutOfOrderSequence, lambda: naive.append("t", lines[0], sequence=0))
+        assert "last_sequence" in err.message, "the error says how to resume"
+        run(log, len(lines))
+        assert [r.value for r in read_all(log, "t")] == lines
+
+
 # --- the closed state ---------------------------------------------------------
 
 
@@ -529,5 +583,7 @@ CHECKS: list[Check] = [
     check_producer_rejects_old_sequences,
     check_producer_fencing,
     check_producer_dedupes_after_reopen,
+    check_producer_last_sequence_tracks_writes,
+    check_producer_resumes_a_numbered_input,
     check_closed_log_refuses,
 ]

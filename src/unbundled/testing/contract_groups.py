@@ -7,9 +7,17 @@ expire exactly when the check says, not after a sleep.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
-from ..errors import NotFound, OffsetOutOfRange, PartitionNotFound, StaleGeneration, UsageError
+from ..errors import (
+    InstanceFenced,
+    NotFound,
+    OffsetOutOfRange,
+    PartitionNotFound,
+    StaleGeneration,
+    UsageError,
+)
 from ..log import Consumer, Log, Message, Record, TopicPartition
 from .clock import SimClock
 from .contract import Check, LogTarget, durable_only, poll_until, raises, read_all
@@ -313,6 +321,140 @@ def check_stale_consumer_aborts_transaction(target: LogTarget) -> None:
         assert len(redelivered) == 10, "the heir gets every record again"
 
 
+def check_exactly_once_loop_keeps_polling_after_stale_generation(target: LogTarget) -> None:
+    """The how-to's loop (docs/how-to/exactly-once.md): a member whose
+    partitions moved while it worked gets ``StaleGeneration`` from its
+    transaction, which wrote nothing; it goes on polling with the same
+    consumer, rejoins, gets its share again from the committed offsets, and
+    every input is output exactly once."""
+    clock = SimClock()
+    with target.open(clock) as log:
+        log.create_topic("in", 2)
+        log.create_topic("out")
+        log.append_batch("in", [Message(b"%d" % i, key=b"%d" % i) for i in range(40)])
+
+        def process(worker: Consumer, records: Sequence[Record]) -> None:
+            with log.transaction() as tx:
+                for record in records:
+                    tx.append("out", record.value)
+                tx.commit_offsets(worker)
+
+        def step(worker: Consumer) -> None:  # one turn of the loop
+            records = worker.poll(0.01, records_max=7)
+            if records:
+                with contextlib.suppress(StaleGeneration):
+                    process(worker, records)
+
+        slow = log.consumer("in", group="g", member_id="slow", auto_commit=False, lease_ms=1000)
+        late = slow.poll(0.01, records_max=7)
+        assert late and slow.assignment() == _tps("in", 2)
+        clock.advance(1001)  # slow pauses past its lease; a new member expires it
+        fast = log.consumer("in", group="g", member_id="fast", auto_commit=False, lease_ms=1000)
+        step(fast)
+        before = (read_all(log, "out"), log.describe_group("g").committed)
+        raises(StaleGeneration, lambda: process(slow, late))
+        assert (read_all(log, "out"), log.describe_group("g").committed) == before
+        for _ in range(200):
+            step(slow)  # the same consumer: it rejoins and takes its share back
+            step(fast)
+            if all(c is not None and left == 0 for c, _, left in log.lag("g").values()):
+                break
+        outputs = sorted(int(r.value or b"") for r in read_all(log, "out"))
+        assert outputs == list(range(40)), "every input exactly once"
+        settle([slow, fast], _tps("in", 2))
+        assert len(slow.assignment()) == len(fast.assignment()) == 1, "the slow one is back"
+
+
+# --- static membership (KIP-345) ----------------------------------------------
+
+
+def check_static_member_restart_takes_partitions_back(target: LogTarget) -> None:
+    """A consumer opened with the instance id of one that died (without
+    leaving) gets exactly its partitions at once, before its lease ends; the
+    other members keep theirs; the dead one's late commits are fenced and it
+    cannot rejoin (``InstanceFenced``)."""
+    with target.open(SimClock()) as log:
+        log.create_topic("t", 4)
+        old = log.consumer("t", group="g", instance_id="w1", auto_commit=False)
+        other = log.consumer("t", group="g", member_id="other", auto_commit=False)
+        settle([old, other], _tps("t", 4))
+        mine, theirs = old.assignment(), other.assignment()
+        _fill(log, "t", 40)
+        late = poll_until(old, 1)  # consumed, then its process froze
+        new = log.consumer("t", group="g", instance_id="w1", auto_commit=False)
+        assert new.member_id != old.member_id, "each incarnation has its own member id"
+        got = poll_until(new, 1)  # the clock did not move: no lease ran out
+        assert new.assignment() == mine and {r.partition for r in got} <= {
+            tp.partition for tp in mine
+        }
+        members = {m.member_id: m for m in log.describe_group("g").members}
+        assert set(members) == {new.member_id, "other"}
+        assert members[new.member_id].instance_id == "w1" and members["other"].instance_id is None
+        assert set(members[new.member_id].partitions) == mine
+        other.poll(0.01)
+        assert other.assignment() == theirs, "a restart moves nobody else's partitions"
+        # The old incarnation wakes up: its transaction is fenced and wrote nothing...
+        tx = log.transaction()
+        tx.append("t", b"zombie", partition=0)
+        tx.commit_offsets(old, offsets={TopicPartition(r.topic, r.partition): 1 for r in late})
+        raises(StaleGeneration, tx.commit)
+        assert log.describe_group("g").committed == {}
+        assert b"zombie" not in {r.value for r in read_all(log, "t")}
+        # ...and its next poll tells it to stop, for good.
+        err = raises(InstanceFenced, lambda: old.poll(0.01))
+        assert err.details["replaced_by"] == new.member_id
+        raises(InstanceFenced, lambda: old.poll(0.01))
+        raises(InstanceFenced, old.commit)
+        old.close()  # quietly: it has nothing to commit or leave
+        assert new.assignment() == mine
+        assert {m.member_id for m in log.describe_group("g").members} == {new.member_id, "other"}
+
+
+def check_static_member_close_keeps_its_partitions(target: LogTarget) -> None:
+    """Closing a static member does not leave the group (no rebalance for a
+    restart, as in KIP-345); ``close(leave=True)`` does, for good."""
+    clock = SimClock()
+    with target.open(clock) as log:
+        log.create_topic("t", 2)
+        first = log.consumer("t", group="g", instance_id="w1", lease_ms=1000)
+        other = log.consumer("t", group="g", member_id="other", lease_ms=1000)
+        settle([first, other], _tps("t", 2))
+        mine = first.assignment()
+        first.close()
+        other.poll(0.01)
+        assert other.assignment() != _tps("t", 2), "the closed static member keeps its share"
+        again = log.consumer("t", group="g", instance_id="w1", lease_ms=1000)
+        settle([again, other], _tps("t", 2))
+        assert again.assignment() == mine
+        again.close(leave=True)
+        settle([other], _tps("t", 2))
+        assert [m.member_id for m in log.describe_group("g").members] == ["other"]
+        # A static member that is closed and never comes back expires with its lease.
+        gone = log.consumer("t", group="g", instance_id="w2", lease_ms=1000)
+        settle([gone, other], _tps("t", 2))
+        gone.close()
+        clock.advance(1001)
+        settle([other], _tps("t", 2))
+
+
+def check_static_member_options_are_checked(target: LogTarget) -> None:
+    with target.open(SimClock()) as log:
+        log.create_topic("t")
+        for call in (
+            lambda: log.consumer("t", group="g", instance_id="w1", member_id="m1"),
+            lambda: log.consumer("t", instance_id="w1"),
+            lambda: log.consumer("t", group="g", instance_id=""),
+            lambda: log.consumer("t", group="g", instance_id="a b"),
+            lambda: log.consumer("t", group="g", instance_id="x" * 256),
+            lambda: log.consumer(
+                "t", group="g", instance_id="w1", partitions=[TopicPartition("t", 0)]
+            ),
+        ):
+            err = raises(UsageError, call)
+            assert "instance_id" in err.details, err
+        assert log.groups() == [], "nothing joined"
+
+
 # --- retention and compaction -------------------------------------------------
 
 
@@ -387,6 +529,10 @@ CHECKS: list[Check] = [
     check_transaction_commits_atomically,
     check_transaction_exception_leaves_nothing,
     check_stale_consumer_aborts_transaction,
+    check_exactly_once_loop_keeps_polling_after_stale_generation,
+    check_static_member_restart_takes_partitions_back,
+    check_static_member_close_keeps_its_partitions,
+    check_static_member_options_are_checked,
     check_consumer_start_positions,
     check_consumer_survives_topic_deletion,
     check_committed_offsets_survive_reopen,

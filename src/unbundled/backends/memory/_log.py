@@ -257,14 +257,27 @@ class MemoryLog:
         return self._partition_counts(topics)
 
     def group_join(
-        self, group: str, member_id: str, topics: tuple[str, ...], lease_ms: int
+        self,
+        group: str,
+        member_id: str,
+        topics: tuple[str, ...],
+        lease_ms: int,
+        instance_id: str | None = None,
+        replace: bool = False,
     ) -> MemberView:
         with self._lock:
             for t in topics:
                 self._topic(t)
             state = self._groups.setdefault(group, _groups.GroupState(group))
             view = _groups.join(
-                state, member_id, topics, lease_ms, self.clock(), self._subscribed(state, topics)
+                state,
+                member_id,
+                topics,
+                lease_ms,
+                self.clock(),
+                self._subscribed(state, topics),
+                instance_id,
+                replace,
             )
             self._bump()
             return view
@@ -323,6 +336,7 @@ class MemoryLog:
                     tuple(
                         sorted(tp for tp, a in state.assignments.items() if a.owner == m.member_id)
                     ),
+                    m.instance_id,
                 )
                 for m in sorted(state.members.values(), key=lambda m: m.member_id)
             )

@@ -17,13 +17,13 @@ def load(conn: sqlite3.Connection, name: str) -> _groups.GroupState:
     if row is None:
         return state
     state.generation, state.version = row
-    for member_id, topics, lease_ms, lease_until, acked in conn.execute(
-        "SELECT member_id, topics, lease_ms, lease_until_ms, acked_generation "
+    for member_id, topics, lease_ms, lease_until, acked, instance_id in conn.execute(
+        "SELECT member_id, topics, lease_ms, lease_until_ms, acked_generation, instance_id "
         "FROM group_members WHERE grp = ? ORDER BY member_id",
         (name,),
     ):
         state.members[member_id] = _groups.Member(
-            member_id, tuple(msgspec.json.decode(topics)), lease_ms, lease_until, acked
+            member_id, tuple(msgspec.json.decode(topics)), lease_ms, lease_until, acked, instance_id
         )
     for topic, partition, owner, gen, prev_owner, prev_gen in conn.execute(
         "SELECT topic, partition, owner, generation, prev_owner, prev_generation "
@@ -46,7 +46,8 @@ def save(conn: sqlite3.Connection, state: _groups.GroupState) -> None:
     )
     conn.execute("DELETE FROM group_members WHERE grp = ?", (name,))
     conn.executemany(
-        "INSERT INTO group_members VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO group_members(grp, member_id, topics, lease_ms, lease_until_ms, "
+        "acked_generation, instance_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 name,
@@ -55,6 +56,7 @@ def save(conn: sqlite3.Connection, state: _groups.GroupState) -> None:
                 m.lease_ms,
                 m.lease_until_ms,
                 m.acked_generation,
+                m.instance_id,
             )
             for m in state.members.values()
         ],

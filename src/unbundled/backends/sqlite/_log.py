@@ -400,7 +400,13 @@ class SqliteLog:
         return counts
 
     def group_join(
-        self, group: str, member_id: str, topics: tuple[str, ...], lease_ms: int
+        self,
+        group: str,
+        member_id: str,
+        topics: tuple[str, ...],
+        lease_ms: int,
+        instance_id: str | None = None,
+        replace: bool = False,
     ) -> MemberView:
         def join(conn: sqlite3.Connection, stage: Stage) -> MemberView:
             for t in topics:
@@ -413,6 +419,8 @@ class SqliteLog:
                 lease_ms,
                 self.clock(),
                 self._partition_counts(conn, state, topics),
+                instance_id,
+                replace,
             )
             _group_rows.save(conn, state)
             return view
@@ -494,6 +502,7 @@ class SqliteLog:
                 m.topics,
                 m.lease_until_ms,
                 tuple(sorted(tp for tp, a in state.assignments.items() if a.owner == m.member_id)),
+                m.instance_id,
             )
             for m in state.members.values()
         )

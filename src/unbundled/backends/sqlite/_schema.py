@@ -16,7 +16,7 @@ from ...errors import BackendError, CorruptionError, Error, NotSupported, Unavai
 
 # 'unbd' in the SQLite header: tools like `file` and our open() recognise it.
 APPLICATION_ID = 0x756E6264
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 BUSY_TIMEOUT_MS = 60_000
 
 SYNC_PRAGMA = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -159,7 +159,23 @@ CREATE TABLE kv(
 );
 """
 
-MIGRATIONS = {2: EVENTS_SCHEMA, 3: IDEMPOTENCY_SCHEMA, 4: KV_SCHEMA}
+
+def _add_group_instance_id(conn: sqlite3.Connection) -> None:
+    """Version 5: static group membership (issue 9, item 7). The stable
+    instance id a member joined with; NULL for a dynamic member (and for the
+    members of an older file, which had none). Skipped if the column exists:
+    a file whose version number was lowered by hand keeps its columns."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(group_members)")}
+    if "instance_id" not in columns:
+        conn.execute("ALTER TABLE group_members ADD COLUMN instance_id TEXT")
+
+
+MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
+    2: EVENTS_SCHEMA,
+    3: IDEMPOTENCY_SCHEMA,
+    4: KV_SCHEMA,
+    5: _add_group_instance_id,
+}
 
 EXPECTED_TABLES = {
     "meta",
@@ -297,7 +313,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     transaction, so another process never sees half a migration)."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     for target in range(version + 1, FORMAT_VERSION + 1):
-        _run_script(conn, MIGRATIONS[target])
+        step = MIGRATIONS[target]
+        if callable(step):
+            step(conn)
+        else:
+            _run_script(conn, step)
         conn.execute(f"PRAGMA user_version = {target}")
 
 
