@@ -304,7 +304,7 @@ def test_subscribe_catches_up_filters_and_says_where_to_resume(db: str) -> None:
 
 def test_subscribe_tails_another_process_and_stops_on_sigint(db: str) -> None:
     """The real console script: events appended by this process reach a
-    `subscribe` process, which exits 0 on Ctrl-C saying where to resume; the
+    `subscribe` process, which exits 130 on Ctrl-C saying where to resume; the
     events are appended through another real `events append` process too."""
     run(db, "events", "append", "account-1", "--type", "Opened")
     proc = popen([console_script(), "--db", db, "events", "subscribe", "--after", "0", "--json"])
@@ -333,7 +333,7 @@ def test_subscribe_tails_another_process_and_stops_on_sigint(db: str) -> None:
         assert json.loads(lines.get(timeout=WAIT_S))["type"] == "Withdrawn"
         assert proc.poll() is None  # still tailing
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(WAIT_S) == 0
+        assert proc.wait(WAIT_S) == 130  # 128 + SIGINT, like every command
     finally:
         proc.kill()
         proc.wait()

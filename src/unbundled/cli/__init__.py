@@ -9,6 +9,7 @@ one public function. A typed error (``unbundled.Error``) prints
 from __future__ import annotations
 
 import importlib
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +30,7 @@ from ._idempotency import idempotency
 from ._kv import kv
 from ._produce import produce
 from ._projections import projections
+from ._signals import interrupts, signal_exit_status, signum_of
 from ._topics import topics
 
 HELP_WIDTH = 100
@@ -39,14 +41,31 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 
 
 class _Cli(click.Group):
-    """The root group: turns typed library errors into a message and an exit status."""
+    """The root group: turns typed library errors into a message and an exit
+    status, and Ctrl-C and SIGTERM into a clean stop (see ``_signals``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except Error as err:
-            err_console().print(f"[bold red]error:[/] {escape(err.message)}")
-            raise click.exceptions.Exit(exit_status(err)) from None
+        with interrupts().installed() as signals:
+            try:
+                try:
+                    result = super().invoke(ctx)
+                finally:
+                    ctx.close()  # the store too closes before the handlers go
+            except Error as err:
+                err_console().print(f"[bold red]error:[/] {escape(err.message)}")
+                raise click.exceptions.Exit(exit_status(err)) from None
+            except KeyboardInterrupt as exc:
+                signum = signum_of(exc)
+                err_console().print(f"interrupted ({signal.Signals(signum).name})")
+                raise click.exceptions.Exit(signal_exit_status(signum)) from None
+            except click.Abort:
+                if signals.received is None:
+                    raise
+                raise click.exceptions.Exit(signal_exit_status(signals.received)) from None
+            if signals.received is not None:
+                # The command stopped early and said so: exit as a stopped process.
+                raise click.exceptions.Exit(signal_exit_status(signals.received))
+            return result
 
 
 @click.group(cls=_Cli, context_settings=CONTEXT_SETTINGS)
