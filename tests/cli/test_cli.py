@@ -381,15 +381,19 @@ def test_console_script_end_to_end(db: str) -> None:
 
 
 def lines_of(
-    proc: subprocess.Popen[bytes], into: queue.Queue[bytes] | None = None
+    proc: subprocess.Popen[bytes],
+    into: queue.Queue[bytes] | None = None,
+    *,
+    stderr: bool = False,
 ) -> queue.Queue[bytes]:
-    """Read the process's stdout lines on a thread (into a queue, shared if
-    given), so the test can wait for them with a deadline."""
+    """Read the process's stdout (or stderr) lines on a thread (into a queue,
+    shared if given), so the test can wait for them with a deadline."""
     lines: queue.Queue[bytes] = queue.Queue() if into is None else into
+    stream = proc.stderr if stderr else proc.stdout
+    assert stream is not None
 
     def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+        for line in stream:
             lines.put(line)
 
     threading.Thread(target=pump, daemon=True).start()
