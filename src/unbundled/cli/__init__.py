@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import Error, NotSupported, exit_status
 from ..log._protocol import SyncLevel
 from ._check import check
-from ._common import DEFAULT_DB, App, echo_json, err_console, out_console, pass_app
+from ._common import DEFAULT_DB, App, db_help, echo_json, err_console, out_console, pass_app
 from ._consume import consume
 from ._events import events
 from ._groups import groups
@@ -77,7 +77,7 @@ class _Cli(click.Group):
     default=DEFAULT_DB,
     show_default=True,
     metavar="PATH|URL",
-    help="The store: a SQLite file path, sqlite:///path.db, or memory:// (empty, for trying out).",
+    help=db_help(),
 )
 @click.option(
     "--sync",
