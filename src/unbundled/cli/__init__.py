@@ -105,7 +105,9 @@ def cli(ctx: click.Context, url: str, sync: str) -> None:
 
     Errors print "error: <message>" on stderr; the exit status says which kind:
     2 usage, 3 not found, 4 conflict, 5 limit exceeded, 6 corruption,
-    7 backend, 8 not supported, 1 anything else.
+    7 backend, 8 not supported, 1 anything else. Ctrl-C and SIGTERM stop any
+    command cleanly (summary printed, store closed, group left) with status
+    130 and 143.
     """
     app = App(url, cast(SyncLevel, sync))
     ctx.obj = app

@@ -30,7 +30,7 @@ from ..log._core import check_record, record_size
 from ._common import App, err_console, pass_app, stdin_is_terminal, stdout_bytes
 from ._lines import LineSplitter
 from ._progress import LiveLine, show_progress
-from ._signals import signal_exit_status, signum_of
+from ._signals import interrupts, signal_exit_status, signum_of
 
 _CHUNK_BYTES = 1 << 20
 _BATCH_BYTES_MAX = 8 << 20  # well under limits.batch_bytes_max; keeps memory flat
@@ -139,26 +139,29 @@ class _Appender:
             self.flush()
 
     def flush(self) -> None:
+        """Append what is pending. A stop signal waits for the batch to be
+        appended, counted and its positions printed, so the summary is exact."""
         if not self.pending:
             return
-        try:
-            positions = self.log.append_batch(self.topic, self.pending)
-        except Error:
-            self.status.console.print(
-                f"[red]not appended:[/] lines {self.first_line}..."
-                f"{self.first_line + len(self.pending) - 1} (one batch; "
-                f"{self.records:,} records before them were appended)"
-            )
-            raise
-        self.pending = []
-        self.pending_bytes = 0
-        self.records += len(positions)
-        self.partitions.update(p.partition for p in positions)
-        if self.print_positions:
-            out = stdout_bytes()
-            with self.status.line.writing():
-                out.write(b"".join(b"%d\t%d\n" % (p.partition, p.offset) for p in positions))
-                out.flush()
+        with interrupts().protected():
+            try:
+                positions = self.log.append_batch(self.topic, self.pending)
+            except Error:
+                self.status.console.print(
+                    f"[red]not appended:[/] lines {self.first_line}..."
+                    f"{self.first_line + len(self.pending) - 1} (one batch; "
+                    f"{self.records:,} records before them were appended)"
+                )
+                raise
+            self.pending = []
+            self.pending_bytes = 0
+            self.records += len(positions)
+            self.partitions.update(p.partition for p in positions)
+            if self.print_positions:
+                out = stdout_bytes()
+                with self.status.line.writing():
+                    out.write(b"".join(b"%d\t%d\n" % (p.partition, p.offset) for p in positions))
+                    out.flush()
 
 
 class _Parser:
