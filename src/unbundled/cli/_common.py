@@ -212,10 +212,6 @@ def stdin_is_terminal() -> bool:
     return is_terminal(sys.stdin)
 
 
-def stderr_is_terminal() -> bool:
-    return is_terminal(sys.stderr)
-
-
 def _put_bytes(out: dict[str, Any], name: str, data: bytes | None) -> None:
     """``data`` as text when it is UTF-8, else base64 flagged by ``<name>_encoding``."""
     if data is None:

@@ -382,7 +382,7 @@ def produce(
         console.print("reading records from the terminal, one per line; end with Ctrl-D")
     status = _Status(
         console,
-        enabled=not interactive and show_progress(progress, print_positions),
+        enabled=show_progress(progress, print_positions) and (progress or not interactive),
         immediate=bool(progress),
         total=_input_bytes(stream),
     )
