@@ -28,10 +28,43 @@ HEADER = """\
 
 The `unbundled` command is a thin shell over the library: each subcommand
 opens the store chosen by `--db` (or `UNBUNDLED_URL`, default `./unbundled.db`)
-and calls one public function. Typed errors print `error: <message>` on
-stderr and exit with a status by kind (2 usage, 3 not found, 4 conflict,
-5 limit exceeded, 6 corruption, 7 backend, 8 not supported). `--json` output
-is JSON only, on stdout; messages and progress go to stderr.
+and calls one public function. `--json` output is JSON only, on stdout;
+messages and progress go to stderr.
+
+**Stores.** Every command takes a SQLite file (a path or `sqlite:///path.db`)
+or `memory://`. Server URLs serve some commands only: `postgresql://` the
+event store (`events`, `projections`), idempotency keys (`idempotency`) and
+the key-value store (`kv`); `redis://` idempotency keys; `nats://` the
+key-value store. Any other pairing fails at once with status 8, naming the
+command and the URLs it takes. Commands that only read (`topics list` and
+`describe`, `groups list` and `describe`, `consume` without `--group`,
+`events read`, `streams` and `subscribe`, `projections status`,
+`idempotency show` and `list`, `kv get`) open a SQLite file read-only
+(`sqlite:///path.db?mode=ro`): they create and write nothing, and work on a
+read-only file system. A read of a file that does not exist says which
+command makes one.
+
+**Exit status.** 0 on success. A typed error prints `error: <message>` on
+stderr (one line) and exits with a status by kind: 2 usage, 3 not found,
+4 conflict, 5 limit exceeded, 6 corruption, 7 backend, 8 not supported; 1 is
+anything unexpected. (`check linearizable` has its own: 0, 1, 2 for
+linearizable, not, unknown, and 3 for bad input.)
+
+**Signals.** Ctrl-C (SIGINT) and SIGTERM stop every command the same way:
+what is in hand is finished or given up cleanly (a consumer commits what it
+printed and leaves its group at once; `produce` appends nothing after the
+stop), the store is closed, a command that reports (`produce`, `consume`,
+`events subscribe`) prints its summary, one that does not prints
+`interrupted (SIGINT)` or `interrupted (SIGTERM)`, and the exit status is
+128 + the signal: 130 after Ctrl-C, 143 after SIGTERM. A closed output pipe
+(`| head`) stops `consume` and `events subscribe` quietly with status 0.
+
+**Progress.** `produce` and `consume` show a live line on stderr only when
+stderr is a terminal and their records do not go where a person may be
+reading them: none on stdout, or stdout redirected to a file. Records on a
+terminal, or in a pipe (`| tee`, `| less`), would mix with it. `--progress`
+forces it (it is then cleared before each write of records to a terminal);
+`--no-progress` turns it off.
 """
 
 

@@ -21,6 +21,7 @@ import random
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -206,6 +207,13 @@ def _snapshot_used(accounts: Repository[BankAccount], id: str, events: list[Stor
     )
 
 
+def _when(ms: int) -> str:
+    """A recorded time as people read it (UTC, to the millisecond: events of
+    the demo are milliseconds apart)."""
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S}.{ms % 1000:03d} UTC"
+
+
 def _time_travel(
     accounts: Repository[BankAccount], id: str, events: list[StoredEvent]
 ) -> list[Check]:
@@ -223,7 +231,7 @@ def _time_travel(
         (
             "time travel by time",
             by_time.balance == _fold(until) and by_time.version == until[-1].version,
-            f"as of {middle.recorded_ms} ms: v{by_time.version}, {by_time.balance}",
+            f"as of {_when(middle.recorded_ms)}: v{by_time.version}, {by_time.balance}",
         ),
     ]
 

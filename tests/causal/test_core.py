@@ -92,6 +92,19 @@ def test_a_blind_write_adds_a_sibling_and_a_delete_is_a_tombstone() -> None:
     assert read.context.vector() == {"a": 3}
 
 
+def test_a_write_whose_client_saw_a_value_without_its_context_supersedes_nothing() -> None:
+    """Guarantee 2 as documented: having seen a value (in the session) is not
+    enough; only a write that passes the read's context supersedes it."""
+    a, b = ReplicaCore("a"), ReplicaCore("b")
+    b.apply(a.write("k", b"first"))
+    me = Session()
+    assert b.read("k", me).values == (b"first",)  # the client has seen it
+    b.write("k", b"blind", session=me)
+    assert sorted(b.read("k").values) == [b"blind", b"first"]
+    b.write("k", b"resolved", context=b.read("k", me).context, session=me)
+    assert b.read("k").values == (b"resolved",)
+
+
 def test_delete_concurrent_with_a_write_keeps_the_write() -> None:
     a, b = ReplicaCore("a"), ReplicaCore("b")
     first = a.write("k", b"v")

@@ -23,6 +23,7 @@ from unbundled import (
     TopicExists,
     Unavailable,
     UsageError,
+    limits,
 )
 from unbundled.consistency.causal import Replica, Session
 from unbundled.consistency.causal._core import merge
@@ -164,7 +165,24 @@ def test_the_log_is_checked_and_the_membership_too(log: Log) -> None:
         Replica(log, "c", NAMES)
 
 
+def test_a_topic_that_cannot_hold_an_update_is_refused_at_open(log: Log) -> None:
+    """A topic made by hand with the default record limit could not take the
+    largest update: refused when the replica opens, not at that write."""
+    log.create_topic("causal", 3)
+    with pytest.raises(UsageError, match="takes records of up to 1,048,576 bytes"):
+        Replica(log, "a", NAMES)
+    log.create_topic("roomy", 3, record_bytes_max=limits.causal_update_bytes_max * 2)
+    Replica(log, "a", NAMES, topic="roomy")  # other settings are fine if they fit
+
+
 # --- three replica processes on one SQLite file -------------------------------------------------
+
+
+def replica_child(db: Path, name: str) -> ChildProcess:
+    """Replica ``name`` of NAMES in a child process (``tests.causal._child``)."""
+    return ChildProcess(
+        ["-m", "tests.causal._child", str(db), name, ",".join(NAMES)], cwd=ROOT, stdin=True
+    )
 
 
 class ReplicaProcess:
@@ -172,9 +190,7 @@ class ReplicaProcess:
 
     def __init__(self, db: Path, name: str) -> None:
         self.name = name
-        self.child = ChildProcess(
-            ["-m", "tests.causal._child", str(db), name, ",".join(NAMES)], cwd=ROOT, stdin=True
-        )
+        self.child = replica_child(db, name)
         self.answers: dict[int, dict[str, Any]] = {}
         self._next = 0
         line = self.child.wait_for(lambda text: '"ready"' in text, 60.0)
@@ -233,6 +249,22 @@ def converged(processes: dict[str, ReplicaProcess], timeout_s: float) -> dict[st
             return states["a"]
         assert time.monotonic() < deadline, f"no convergence: {states}"
         time.sleep(0.05)
+
+
+def test_replica_processes_started_at_once_share_one_topic(tmp_path: Path) -> None:
+    """No file and no topic beforehand: three processes open their replicas
+    at the same moment; one creates the topic, the others find it."""
+    db = tmp_path / "fresh.db"
+    children = [replica_child(db, name) for name in NAMES]
+    try:
+        for child in children:
+            line = child.wait_for(lambda text: '"ready"' in text, 60.0)
+            assert line is not None, child.stderr_text()
+    finally:
+        for child in children:
+            child.close()
+    with Log.open(db) as log:
+        assert log.describe_topic("causal").config.partitions == len(NAMES)
 
 
 def test_replica_processes_converge_after_one_is_killed_and_restarted(tmp_path: Path) -> None:

@@ -381,15 +381,19 @@ def test_console_script_end_to_end(db: str) -> None:
 
 
 def lines_of(
-    proc: subprocess.Popen[bytes], into: queue.Queue[bytes] | None = None
+    proc: subprocess.Popen[bytes],
+    into: queue.Queue[bytes] | None = None,
+    *,
+    stderr: bool = False,
 ) -> queue.Queue[bytes]:
-    """Read the process's stdout lines on a thread (into a queue, shared if
-    given), so the test can wait for them with a deadline."""
+    """Read the process's stdout (or stderr) lines on a thread (into a queue,
+    shared if given), so the test can wait for them with a deadline."""
     lines: queue.Queue[bytes] = queue.Queue() if into is None else into
+    stream = proc.stderr if stderr else proc.stdout
+    assert stream is not None
 
     def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+        for line in stream:
             lines.put(line)
 
     threading.Thread(target=pump, daemon=True).start()
@@ -445,7 +449,7 @@ def test_follow_tails_another_process_and_leaves_cleanly(db: str, stop: signal.S
         assert (record["value"], record["key"], record["offset"]) == ("appended elsewhere", "k", 0)
         assert proc.poll() is None  # --follow keeps tailing
         proc.send_signal(stop)
-        assert proc.wait(WAIT_S) == 0
+        assert proc.wait(WAIT_S) == 128 + stop  # stopped by a signal, and it says so
     finally:
         proc.kill()
         proc.wait()
@@ -489,13 +493,13 @@ def test_group_members_share_partitions_and_hand_over(db: str) -> None:
                 log.append("t", b"r%d" % i, key=b"k%d" % (i % 17))
             collect(lines, got, 200)
             procs[0].terminate()
-            assert procs[0].wait(WAIT_S) == 0
+            assert procs[0].wait(WAIT_S) == 128 + signal.SIGTERM
             assert len(group_info(db, "g")["members"]) == 1  # left at once
             for i in range(200, 300):
                 log.append("t", b"r%d" % i, key=b"k%d" % (i % 17))
             collect(lines, got, 300)
         procs[1].terminate()
-        assert procs[1].wait(WAIT_S) == 0
+        assert procs[1].wait(WAIT_S) == 128 + signal.SIGTERM
     finally:
         for proc in procs:
             proc.kill()

@@ -7,10 +7,8 @@ Every test runs on a real SQLite file.
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import subprocess
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from unbundled.cli import cli
 from unbundled.cli._events import event_json
 from unbundled.eventstore import NewEvent, ProjectionTxn
 
-from .test_cli import console_script, popen
+from .test_cli import console_script, lines_of, popen
 
 WAIT_S = 30.0  # generous deadline for a subprocess to react; never a timing assertion
 
@@ -304,19 +302,12 @@ def test_subscribe_catches_up_filters_and_says_where_to_resume(db: str) -> None:
 
 def test_subscribe_tails_another_process_and_stops_on_sigint(db: str) -> None:
     """The real console script: events appended by this process reach a
-    `subscribe` process, which exits 0 on Ctrl-C saying where to resume; the
+    `subscribe` process, which exits 130 on Ctrl-C saying where to resume; the
     events are appended through another real `events append` process too."""
     run(db, "events", "append", "account-1", "--type", "Opened")
     proc = popen([console_script(), "--db", db, "events", "subscribe", "--after", "0", "--json"])
     try:
-        lines: queue.Queue[bytes] = queue.Queue()
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.put(line)
-
-        threading.Thread(target=pump, daemon=True).start()
+        lines = lines_of(proc)
         assert json.loads(lines.get(timeout=WAIT_S))["position"] == 1
         appended = subprocess.run(
             [console_script(), "--db", db, "events", "append", "account-1"],
@@ -333,7 +324,7 @@ def test_subscribe_tails_another_process_and_stops_on_sigint(db: str) -> None:
         assert json.loads(lines.get(timeout=WAIT_S))["type"] == "Withdrawn"
         assert proc.poll() is None  # still tailing
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(WAIT_S) == 0
+        assert proc.wait(WAIT_S) == 130  # 128 + SIGINT, like every command
     finally:
         proc.kill()
         proc.wait()

@@ -23,7 +23,7 @@ from nats.js.api import KeyValueConfig
 
 from tests.consistency_kv._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
 from tests.consistency_kv._workload import KEYS, run_threads
-from unbundled import Log, limits
+from unbundled import EventStore, Idempotency, Log, limits
 from unbundled.backends import open_backend
 from unbundled.backends.nats import decode_key, encode_key
 from unbundled.consistency import KV, Versioned
@@ -273,8 +273,10 @@ def test_bad_urls_are_usage_errors_without_the_password() -> None:
 
 
 def test_only_the_key_value_store_runs_on_nats() -> None:
-    for opener in (Log.open, open_backend):
-        with pytest.raises(NotSupported, match="does not serve the log"):
+    """Whatever opens it, the message says what nats:// serves (not "the log"
+    to the event store)."""
+    for opener in (Log.open, open_backend, EventStore.open, Idempotency.open):
+        with pytest.raises(NotSupported, match="nats:// serves only the key-value store"):
             opener("nats://127.0.0.1:4222")
 
 

@@ -2,10 +2,13 @@
 protocol it can serve. Choose one by construction, or by URL with :func:`open_backend`.
 
 * ``memory://`` — :class:`MemoryBackend`, the reference model; no durability.
-* ``sqlite:///path.db`` or a plain path — :class:`SqliteBackend`, the embedded default.
+* ``sqlite:///path.db`` or a plain path — :class:`SqliteBackend`, the embedded
+  default; ``sqlite:///path.db?mode=ro`` opens it read-only (nothing is
+  created, migrated or written: it works on a read-only file system).
 * ``postgresql://user@host/db?schema=name`` (or ``postgres://``) —
-  :class:`~unbundled.backends.postgres.PostgresBackend`, the event store only
-  (needs ``pip install 'unbundled[postgres]'``); the log refuses it.
+  :class:`~unbundled.backends.postgres.PostgresBackend`: the event store,
+  idempotency keys and the key-value store (needs ``pip install
+  'unbundled[postgres]'``); the log refuses it.
 * ``redis://host:port/db?prefix=...`` (or ``rediss://``) —
   :class:`~unbundled.backends.redis.RedisBackend`, idempotency keys only
   (needs ``pip install 'unbundled[redis]'``); the log and the event store refuse it.
@@ -14,6 +17,9 @@ protocol it can serve. Choose one by construction, or by URL with :func:`open_ba
   by :func:`open_kv_backend`; :func:`open_backend` refuses it with
   ``NotSupported`` (the log, the event store and idempotency keys do not run
   on NATS yet), never a silent fallback.
+
+:data:`SERVES` says the same as a table, which the CLI's ``--db`` help and
+its errors are made from.
 
 :func:`destroy` drops everything unbundled keeps under a URL (a schema, a
 key prefix, a bucket, a file), after checking that it is ours and not open.
@@ -26,7 +32,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import NotSupported, UsageError
+from ..errors import BackendError, NotFound, NotSupported, UsageError
 from ..log._core import now_ms
 from ..log._protocol import LogBackend, SyncLevel
 from ._destroy import DestroyReport as DestroyReport
@@ -34,22 +40,117 @@ from ._destroy import destroy as destroy
 from .memory import MemoryBackend as MemoryBackend
 from .sqlite import SqliteBackend as SqliteBackend
 
-_SERVER_SCHEMES = {
-    "nats": "nats",
+LOG = "the log"
+EVENTS = "the event store"
+IDEMPOTENCY = "idempotency keys"
+KV = "the key-value store"
+_EVERYTHING = (LOG, EVENTS, IDEMPOTENCY, KV)
+
+#: What each URL scheme serves (aliases: "" and sqlite, postgres and postgresql,
+#: rediss and redis). The backends' ``supports_*`` flags say the same once opened.
+SERVES: dict[str, tuple[str, ...]] = {
+    "sqlite": _EVERYTHING,
+    "memory": _EVERYTHING,
+    "postgresql": (EVENTS, IDEMPOTENCY, KV),
+    "redis": (IDEMPOTENCY,),
+    "nats": (KV,),
 }
+#: How to write a URL of each scheme, for messages and help.
+URL_FORMS = {
+    "sqlite": "a SQLite file (PATH or sqlite:///PATH)",
+    "memory": "memory://",
+    "postgresql": "postgresql://user@host/db?schema=name",
+    "redis": "redis://host:port/db?prefix=name",
+    "nats": "nats://host:port?bucket=name",
+}
+_ALIASES = {"": "sqlite", "postgres": "postgresql", "rediss": "redis"}
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of a backend URL, aliases resolved (a plain path is ``sqlite``)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    return _ALIASES.get(scheme, scheme)
+
+
+def urls_serving(what: str) -> str:
+    """The URL forms that serve ``what`` (one of :data:`SERVES`' values), as prose."""
+    forms = [URL_FORMS[scheme] for scheme, serves in SERVES.items() if what in serves]
+    return ", ".join(forms[:-1]) + f" or {forms[-1]}" if len(forms) > 1 else forms[0]
+
+
+def _listed(items: tuple[str, ...], conjunction: str = "and") -> str:
+    if len(items) < 2:
+        return items[0]
+    return ", ".join(items[:-1]) + f" {conjunction} {items[-1]}"
+
+
+_SQLITE_OPTIONS = {"mode": ("ro", "rw")}
+
+
+def sqlite_target(url: str) -> tuple[str, bool]:
+    """The file path of a ``sqlite:///...`` URL (``sqlite:////abs`` for
+    absolute) or of a plain path, and whether it asks to be read-only
+    (``?mode=ro``; only a ``sqlite:///`` URL takes options)."""
+    if not url.startswith("sqlite://"):
+        return url, False
+    if not url.startswith("sqlite:///"):
+        raise UsageError(
+            f"bad SQLite URL {url!r}: write sqlite:///relative.db or sqlite:////absolute.db",
+            url=url,
+        )
+    path, sep, query = url[len("sqlite:///") :].rpartition("?")
+    if not sep:
+        return query, False
+    options = dict(item.partition("=")[::2] for item in query.split("&"))
+    for name, value in options.items():
+        if value not in _SQLITE_OPTIONS.get(name, ()):
+            raise UsageError(
+                f"bad SQLite URL {url!r}: the only option is mode=ro (read-only) or mode=rw",
+                url=url,
+            )
+    return path, options.get("mode") == "ro"
 
 
 def sqlite_path(url: str) -> str:
     """The file path of a ``sqlite:///...`` URL (``sqlite:////abs`` for absolute),
     or of a plain path."""
-    if url.startswith("sqlite:///"):
-        return url[len("sqlite:///") :]
-    if url.startswith("sqlite://"):
+    return sqlite_target(url)[0]
+
+
+def read_only_url(url: str) -> str:
+    """``url`` opened read-only: for a SQLite file, ``sqlite:///PATH?mode=ro``;
+    other URLs unchanged (a server's permissions are its own)."""
+    if url_scheme(url) != "sqlite":
+        return url
+    path, _ = sqlite_target(url)
+    return f"sqlite:///{path}?mode=ro"
+
+
+def check_sqlite_path(path: str, *, must_exist: bool) -> None:
+    """A clear error for a path SQLite cannot open, instead of its "unable to
+    open database file": a directory, a file in a missing directory, or (when
+    ``must_exist``) a file that is not there."""
+    if os.path.isdir(path):
         raise UsageError(
-            f"bad SQLite URL {url!r}: write sqlite:///relative.db or sqlite:////absolute.db",
-            url=url,
+            f"{path!r} is a directory, not a database file: name a file, "
+            f"e.g. {os.path.join(path, 'unbundled.db')!r}",
+            path=path,
         )
-    return url
+    if os.path.exists(path):
+        return
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        what = f"no database at {path!r}" if must_exist else f"cannot create {path!r}"
+        raise NotFound(f"{what}: there is no directory {directory!r}", path=path)
+    if must_exist:
+        raise NotFound(f"no database at {path!r}", path=path)
+
+
+def _writable(path: str) -> bool:
+    """Whether SQLite can write ``path`` (the file, and its directory for the
+    write-ahead log beside it)."""
+    directory = os.path.dirname(path) or "."
+    return os.access(directory, os.W_OK) and (not os.path.exists(path) or os.access(path, os.W_OK))
 
 
 def open_backend(
@@ -72,7 +173,21 @@ def open_backend(
     if scheme == "memory":
         return MemoryBackend(clock=clock)
     if scheme in ("", "sqlite"):
-        return SqliteBackend(sqlite_path(text), sync=sync, clock=clock, **options)
+        path, read_only = sqlite_target(text)
+        if path != ":memory:":
+            check_sqlite_path(path, must_exist=read_only)
+        if read_only:
+            options = {**options, "read_only": True}
+        try:
+            return SqliteBackend(path, sync=sync, clock=clock, **options)
+        except BackendError as exc:
+            if read_only or _writable(path):
+                raise
+            raise BackendError(
+                f"{path} cannot be written here (a read-only file system or no permission); "
+                f"to read it, open it read-only: sqlite:///{path}?mode=ro",
+                path=path,
+            ) from exc
     if scheme in ("postgresql", "postgres"):
         postgres = _backend_class("postgres", "PostgresBackend", "psycopg 3", text)
         backend: Any = postgres(text, sync=sync, clock=clock, **options)
@@ -80,10 +195,10 @@ def open_backend(
     if scheme in ("redis", "rediss"):
         redis_backend: Any = _open_redis(text, sync, clock, options)
         return redis_backend  # type: ignore[no-any-return]
-    if scheme in _SERVER_SCHEMES:
+    if scheme == "nats":
         raise NotSupported(
-            f"the {_SERVER_SCHEMES[scheme]} backend does not serve the log yet "
-            f"(url {text!r}); use sqlite:///path.db or memory://",
+            f"{text!r}: nats:// serves only the key-value store (KV.open, `unbundled kv`), "
+            f"not {_listed(tuple(w for w in _EVERYTHING if w != KV), 'or')}",
             url=text,
         )
     raise UsageError(f"unknown backend URL scheme {scheme!r} in {text!r}", url=text)
@@ -126,27 +241,28 @@ def _backend_class(extra: str, name: str, driver: str, url: str) -> Any:
         ) from exc
 
 
+def _refuse(backend: Any, what: str) -> NotSupported:
+    """Close ``backend`` (opened for ``what``, which it does not serve) and
+    say what it serves and which URLs serve ``what``."""
+    backend.close()
+    serves = SERVES.get(url_scheme(backend.url), ())
+    return NotSupported(
+        f"the backend at {backend.url!r} serves {_listed(serves) if serves else 'other parts'}, "
+        f"not {what}; open {what} on {urls_serving(what)}",
+        url=backend.url,
+    )
+
+
 def require_log(backend: Any) -> LogBackend:
     """``backend`` if it serves the log; otherwise close it and raise ``NotSupported``."""
     if getattr(backend, "supports_log", True):
         result: LogBackend = backend
         return result
-    backend.close()
-    serves = getattr(backend, "serves", "the event store")
-    raise NotSupported(
-        f"the backend at {backend.url!r} serves {serves}, not the log (yet); "
-        "open the log on sqlite:///path.db or memory://",
-        url=backend.url,
-    )
+    raise _refuse(backend, LOG)
 
 
 def require_events(backend: Any) -> Any:
     """``backend`` if it serves the event store; otherwise close it and raise ``NotSupported``."""
     if getattr(backend, "supports_events", True):
         return backend
-    backend.close()
-    raise NotSupported(
-        f"the backend at {backend.url!r} serves {backend.serves}, not the event store; "
-        "open the event store on sqlite:///path.db, postgresql://... or memory://",
-        url=backend.url,
-    )
+    raise _refuse(backend, EVENTS)

@@ -9,6 +9,7 @@ one public function. A typed error (``unbundled.Error``) prints
 from __future__ import annotations
 
 import importlib
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +22,7 @@ from .. import __version__
 from ..errors import Error, NotSupported, exit_status
 from ..log._protocol import SyncLevel
 from ._check import check
-from ._common import DEFAULT_DB, App, echo_json, err_console, out_console, pass_app
+from ._common import DEFAULT_DB, App, db_help, echo_json, err_console, out_console, pass_app
 from ._consume import consume
 from ._destroy import destroy
 from ._events import events
@@ -30,6 +31,7 @@ from ._idempotency import idempotency
 from ._kv import kv
 from ._produce import produce
 from ._projections import projections
+from ._signals import interrupts, signal_exit_status, signum_of
 from ._topics import topics
 
 HELP_WIDTH = 100
@@ -40,14 +42,31 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 
 
 class _Cli(click.Group):
-    """The root group: turns typed library errors into a message and an exit status."""
+    """The root group: turns typed library errors into a message and an exit
+    status, and Ctrl-C and SIGTERM into a clean stop (see ``_signals``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except Error as err:
-            err_console().print(f"[bold red]error:[/] {escape(err.message)}")
-            raise click.exceptions.Exit(exit_status(err)) from None
+        with interrupts().installed() as signals:
+            try:
+                try:
+                    result = super().invoke(ctx)
+                finally:
+                    ctx.close()  # the store too closes before the handlers go
+            except Error as err:
+                err_console().print(f"[bold red]error:[/] {escape(err.message)}")
+                raise click.exceptions.Exit(exit_status(err)) from None
+            except KeyboardInterrupt as exc:
+                signum = signum_of(exc)
+                err_console().print(f"interrupted ({signal.Signals(signum).name})")
+                raise click.exceptions.Exit(signal_exit_status(signum)) from None
+            except click.Abort:
+                if signals.received is None:
+                    raise
+                raise click.exceptions.Exit(signal_exit_status(signals.received)) from None
+            if signals.received is not None:
+                # The command stopped early and said so: exit as a stopped process.
+                raise click.exceptions.Exit(signal_exit_status(signals.received))
+            return result
 
 
 @click.group(cls=_Cli, context_settings=CONTEXT_SETTINGS)
@@ -59,7 +78,7 @@ class _Cli(click.Group):
     default=DEFAULT_DB,
     show_default=True,
     metavar="PATH|URL",
-    help="The store: a SQLite file path, sqlite:///path.db, or memory:// (empty, for trying out).",
+    help=db_help(),
 )
 @click.option(
     "--sync",
@@ -87,7 +106,9 @@ def cli(ctx: click.Context, url: str, sync: str) -> None:
 
     Errors print "error: <message>" on stderr; the exit status says which kind:
     2 usage, 3 not found, 4 conflict, 5 limit exceeded, 6 corruption,
-    7 backend, 8 not supported, 1 anything else.
+    7 backend, 8 not supported, 1 anything else. Ctrl-C and SIGTERM stop any
+    command cleanly (summary printed, store closed, group left) with status
+    130 and 143.
     """
     app = App(url, cast(SyncLevel, sync))
     ctx.obj = app

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +15,78 @@ import click
 import msgspec
 from rich.console import Console
 
-from ..backends import sqlite_path
-from ..errors import NotFound
+from ..backends import (
+    EVENTS,
+    IDEMPOTENCY,
+    KV,
+    LOG,
+    SERVES,
+    URL_FORMS,
+    check_sqlite_path,
+    read_only_url,
+    sqlite_path,
+    url_scheme,
+    urls_serving,
+)
+from ..errors import NotFound, NotSupported
 from ..log import Log, Record
 from ..log._protocol import SyncLevel
 
 DEFAULT_DB = "unbundled.db"
+
+#: What each top-level command works on, which decides the stores it takes.
+COMMAND_STORES = {
+    "topics": LOG,
+    "produce": LOG,
+    "consume": LOG,
+    "groups": LOG,
+    "maintain": LOG,
+    "events": EVENTS,
+    "projections": EVENTS,
+    "idempotency": IDEMPOTENCY,
+    "kv": KV,
+}
+# The commands that only read: they open a SQLite file read-only, so they
+# work on a read-only file system and never write (not even maintenance).
+# `consume` reads only without --group (a group member commits offsets).
+_READ_ONLY_COMMANDS = {
+    "topics list",
+    "topics describe",
+    "groups list",
+    "groups describe",
+    "consume",
+    "events read",
+    "events streams",
+    "events subscribe",
+    "projections status",
+    "idempotency show",
+    "idempotency list",
+    "kv get",
+}
+# What to do when a read command finds no database file.
+_CREATE_HINTS = {
+    LOG: "create a topic first (`unbundled topics create`)",
+    EVENTS: "append an event first (`unbundled events append`)",
+    IDEMPOTENCY: "nothing has stored idempotency keys there yet (your application "
+    "does, through Idempotency.open)",
+    KV: "write a key first (`unbundled kv put`)",
+}
+
+
+def db_help() -> str:
+    """The ``--db`` help: which stores every command takes, from :data:`SERVES`."""
+    servers = []
+    for scheme, serves in SERVES.items():
+        if scheme in ("sqlite", "memory"):
+            continue
+        commands = [name for name, what in COMMAND_STORES.items() if what in serves]
+        servers.append(f"{URL_FORMS[scheme]} for {', '.join(commands)}")
+    return (
+        "The store. Every command takes a SQLite file (PATH or sqlite:///PATH; add ?mode=ro "
+        "to open it read-only) or memory:// (empty, for trying out); servers: "
+        + "; ".join(servers)
+        + "."
+    )
 
 
 @dataclass
@@ -28,6 +96,26 @@ class App:
     url: str
     sync: SyncLevel
     log: Log | None = None
+    command: str = ""  # the command running ("events read"), set by pass_app
+    store: str = LOG  # what it works on: one of SERVES' values
+
+    def enter(self, command: str, params: dict[str, Any]) -> None:
+        """Before ``command`` runs: refuse a store that does not serve it, and
+        open a SQLite file read-only for a command that only reads."""
+        self.command = command
+        top = command.split(" ", 1)[0]
+        self.store = COMMAND_STORES.get(top, LOG)
+        scheme = url_scheme(self.url)
+        if top in COMMAND_STORES and scheme in SERVES and self.store not in SERVES[scheme]:
+            raise NotSupported(
+                f"`unbundled {command}` works on {self.store}, which {scheme}:// does not "
+                f"serve; it takes {urls_serving(self.store)}",
+                url=self.url,
+                command=command,
+            )
+        reads_only = command in _READ_ONLY_COMMANDS and params.get("group") is None
+        if reads_only:
+            self.url = read_only_url(self.url)
 
     def open(self, *, create: bool = False) -> Log:
         """The log. Only commands that create something may create the file:
@@ -43,22 +131,41 @@ class App:
             self.log.close()
             self.log = None
 
-    def _check_exists(
-        self, create_hint: str = "create a topic first (`unbundled topics create`)"
-    ) -> None:
-        scheme = self.url.split("://", 1)[0] if "://" in self.url else ""
-        if scheme not in ("", "sqlite"):
+    def _check_exists(self, create_hint: str | None = None) -> None:
+        """A read of a SQLite file that is not there: say so, and how to make one."""
+        if url_scheme(self.url) != "sqlite":
             return  # memory:// and server URLs: the backend decides
         path = sqlite_path(self.url)
-        if not os.path.exists(path):
+        if not os.path.exists(path) and os.path.isdir(os.path.dirname(path) or "."):
+            hint = create_hint or _CREATE_HINTS[self.store]
             raise NotFound(
-                f"no database at {path!r}: {create_hint}, "
-                "or choose the store with --db or UNBUNDLED_URL",
+                f"no database at {path!r}: {hint}, or choose the store with --db or UNBUNDLED_URL",
                 path=path,
             )
+        check_sqlite_path(path, must_exist=True)  # a directory, a missing directory
 
 
-pass_app = click.make_pass_decorator(App)
+def pass_app(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Like ``click.make_pass_decorator(App)``, and first :meth:`App.enter`
+    the command (which checks that the store serves it)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        app = ctx.find_object(App)
+        assert app is not None, "the root command makes the App"
+        app.enter(_command_path(ctx), ctx.params)
+        return ctx.invoke(f, app, *args, **kwargs)
+
+    return functools.update_wrapper(wrapper, f)
+
+
+def _command_path(ctx: click.Context) -> str:
+    """``"events read"`` for ``unbundled events read``: the path below the root."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
 
 
 def out_console() -> Console:
@@ -103,10 +210,6 @@ def is_terminal(stream: Any) -> bool:
 
 def stdin_is_terminal() -> bool:
     return is_terminal(sys.stdin)
-
-
-def stderr_is_terminal() -> bool:
-    return is_terminal(sys.stderr)
 
 
 def _put_bytes(out: dict[str, Any], name: str, data: bytes | None) -> None:

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from types import FrameType
 from typing import Any
 
 import click
@@ -18,65 +13,16 @@ from rich.status import Status
 
 from ..errors import Fenced
 from ..log import Consumer, Log, Record, TopicPartition
-from ._common import (
-    App,
-    err_console,
-    is_terminal,
-    pass_app,
-    record_line,
-    stderr_is_terminal,
-    stdout_bytes,
-)
+from ._common import App, err_console, pass_app, record_line, stdout_bytes
+from ._progress import LiveLine, show_progress
+from ._signals import interrupts, signal_exit_status, signum_of
+
+# cli/_events.py takes its interrupts from here; there is one per process.
+_Interrupts = interrupts
 
 _POLL_RECORDS_MAX = 500
 _FOLLOW_POLL_S = 0.5  # how long one poll waits; also bounds the reaction to --timeout
 _CATCH_UP_POLL_S = 0.1
-
-
-class _Interrupts:
-    """Ctrl-C and SIGTERM as ``KeyboardInterrupt``, deferred inside :meth:`protected`.
-
-    SIGTERM is handled like Ctrl-C so a terminated consumer still leaves its
-    group at once (its partitions move now, not after the lease). Inside
-    ``protected()`` a stop waits for the block to end, so "written out" and
-    "counted as delivered" never come apart; a second signal forces it.
-    """
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.pending = False
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.depth and not self.pending:
-            self.pending = True
-            return
-        raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signals reach only the main thread; nothing to install
-            return
-        previous = {}
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(signum) is not signal.SIG_IGN:  # respect nohup & co
-                previous[signum] = signal.signal(signum, self._handle)
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-    @contextlib.contextmanager
-    def protected(self) -> Iterator[None]:
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-            if not self.depth and self.pending:
-                self.pending = False
-                raise KeyboardInterrupt
 
 
 class _Session:
@@ -87,7 +33,8 @@ class _Session:
         self.consumer = consumer
         self.as_json = as_json
         self.status: Status | None = None
-        self.interrupts = _Interrupts()
+        self.line = LiveLine(None)
+        self.interrupts = interrupts()
         self.out: Any = stdout_bytes()
         self.count = 0
         # Next offset per partition of what was written *and flushed*: the only
@@ -98,7 +45,7 @@ class _Session:
     def emit(self, records: list[Record]) -> None:
         as_json = self.as_json
         data = b"".join(record_line(r, as_json) for r in records)
-        with self.interrupts.protected():
+        with self.interrupts.protected(), self.line.writing():
             self.out.write(data)
             self.out.flush()
             for record in records:
@@ -204,7 +151,8 @@ class _Session:
 @click.option(
     "--progress/--no-progress",
     default=None,
-    help="Show a live count on stderr (default: when stderr is a terminal and stdout is not).",
+    help="Show a live count on stderr (default: when stderr is a terminal and stdout is a "
+    "file: records on a terminal, or in a pipe whose reader may print them, would mix with it).",
 )
 @pass_app
 def consume(
@@ -225,7 +173,9 @@ def consume(
     prints null); use --json to get every field exactly. With --group, offsets
     are committed after the records are written out (at-least-once), and Ctrl-C
     or SIGTERM leaves the group at once so its partitions move to the other
-    members without waiting for the lease to expire.
+    members without waiting for the lease to expire. Stopped by Ctrl-C or
+    SIGTERM it prints its summary and exits with status 130 or 143; stopped
+    by --max-records, --timeout, catching up or a closed pipe (| head), 0.
     """
     log = app.open()
     for topic in dict.fromkeys(topics):
@@ -239,22 +189,23 @@ def consume(
         if partition is None
         else [TopicPartition(topic, partition) for topic in dict.fromkeys(topics)],
     )
-    show = progress if progress is not None else stderr_is_terminal() and not _stdout_terminal()
     console = err_console()
     session = _Session(log, consumer, as_json)
     with contextlib.ExitStack() as stack:
-        if show:
+        if show_progress(progress, records_to_stdout=True):
             session.status = stack.enter_context(console.status("consuming"))
-        interrupted = _run(session, follow, max_records, timeout_s)
-    _finish(session, console, group, interrupted)
+            session.line = LiveLine(session.status)
+        stopped, signum = _run(session, follow, max_records, timeout_s)
+    _finish(session, console, group, stopped)
+    if signum is not None:
+        raise click.exceptions.Exit(signal_exit_status(signum))
 
 
-def _stdout_terminal() -> bool:
-    return is_terminal(sys.stdout)
-
-
-def _run(session: _Session, follow: bool, max_records: int | None, timeout_s: float | None) -> bool:
-    """Poll and print until done; True if interrupted (Ctrl-C, SIGTERM, closed pipe)."""
+def _run(
+    session: _Session, follow: bool, max_records: int | None, timeout_s: float | None
+) -> tuple[bool, int | None]:
+    """Poll and print until done. Returns whether it stopped early (a signal,
+    a closed pipe) and the signal, if one stopped it."""
     consumer = session.consumer
     quiet_since = time.monotonic()
     try:
@@ -278,16 +229,16 @@ def _run(session: _Session, follow: bool, max_records: int | None, timeout_s: fl
                     break
                 if not follow and session.caught_up():
                     break
-        return False
-    except KeyboardInterrupt:
-        return True
+        return False, None
+    except KeyboardInterrupt as exc:
+        return True, signum_of(exc)
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python from
         # failing again when it flushes stdout at exit.
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, session.out.fileno())
-        return True
+        return True, None
     finally:
         try:
             session.commit()
@@ -295,10 +246,10 @@ def _run(session: _Session, follow: bool, max_records: int | None, timeout_s: fl
             consumer.close()
 
 
-def _finish(session: _Session, console: Console, group: str | None, interrupted: bool) -> None:
+def _finish(session: _Session, console: Console, group: str | None, stopped: bool) -> None:
     plural = "" if session.count == 1 else "s"
     note = f", committed to group {group!r}" if group is not None else ""
-    prefix = "stopped: " if interrupted else ""
+    prefix = "stopped: " if stopped else ""
     console.print(f"{prefix}consumed {session.count:,} record{plural}{note}", markup=False)
 
 

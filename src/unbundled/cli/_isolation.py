@@ -152,13 +152,15 @@ def isolation(
     terminal is too narrow for a column per test, the table is turned: a row
     per test, a column per level under a short name, with a legend. The exit
     status is 0 whatever the database allows: this measures, it does not
-    judge.
+    judge. URL may be a SQLite file's path, as --db takes everywhere.
 
     \b
       unbundled check isolation 'sqlite:///tmp/x.db?journal_mode=wal'
       unbundled check isolation postgresql://postgres@127.0.0.1/test --level serializable
       unbundled check isolation mysql://root@127.0.0.1:3306/test --test P4 --json
     """
+    if "://" not in url:
+        url = f"sqlite:///{url}"  # a plain path, as --db takes everywhere
     chosen_levels = list(levels) or None
     chosen_tests = list(tests) or None
     if markdown_path is not None and not markdown_path.parent.is_dir():

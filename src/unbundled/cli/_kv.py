@@ -26,7 +26,7 @@ def _open(app: App, *, create: bool) -> KV:
     """The store at ``--db``, closed when the command ends. Only a change may
     create a SQLite file: a mistyped ``--db`` must not read as "absent"."""
     if not create:
-        app._check_exists("write a key first (`unbundled kv put`)")
+        app._check_exists()
     store = KV.open(app.url, sync=app.sync)
     click.get_current_context().call_on_close(store.close)
     return store

@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 
 import click
 import msgspec
+from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -23,21 +24,18 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ..errors import Error, PartitionNotFound, UsageError
+from ..errors import Error, PartitionNotFound, RecordTooLarge, UsageError
 from ..log import Log, Message, Producer, TopicConfig
-from ..log._core import check_record
-from ._common import (
-    App,
-    err_console,
-    pass_app,
-    stderr_is_terminal,
-    stdin_is_terminal,
-    stdout_bytes,
-)
+from ..log._core import check_record, record_size
+from ._common import App, err_console, pass_app, stdin_is_terminal, stdout_bytes
+from ._lines import LineSplitter
+from ._progress import LiveLine, show_progress
+from ._signals import interrupts, signal_exit_status, signum_of
 
 _CHUNK_BYTES = 1 << 20
 _BATCH_BYTES_MAX = 8 << 20  # well under limits.batch_bytes_max; keeps memory flat
 _PROGRESS_DELAY_S = 0.5  # small inputs finish before a progress bar would flash
+_SKIPS_SHOWN = 20  # skipped lines named one by one; the summary counts the rest
 
 
 def _chunks(stream: BinaryIO) -> Iterator[tuple[bytes, bool]]:
@@ -77,12 +75,14 @@ def _input_bytes(stream: BinaryIO) -> int | None:
 class _Status:
     """A rich progress line on stderr, started only once the input proves large."""
 
-    def __init__(self, enabled: bool, immediate: bool, total: int | None) -> None:
+    def __init__(self, console: Console, enabled: bool, immediate: bool, total: int | None) -> None:
+        self.console = console
         self.enabled = enabled
         self.total = total
         self.started_at = time.monotonic() - (_PROGRESS_DELAY_S if immediate else 0.0)
         self.progress: Progress | None = None
         self.task: TaskID | None = None
+        self.line = LiveLine(None)
 
     def update(self, bytes_read: int, records: int) -> None:
         if not self.enabled:
@@ -97,10 +97,11 @@ class _Status:
                 TextColumn("{task.fields[records]:,} records"),
                 TransferSpeedColumn(),
                 TimeElapsedColumn(),
-                console=err_console(),
+                console=self.console,
                 transient=True,
                 redirect_stdout=False,  # --print-positions writes stdout's buffer itself
             )
+            self.line = LiveLine(self.progress)
             self.progress.start()
             self.task = self.progress.add_task("appending", total=self.total, records=0)
         assert self.task is not None
@@ -121,9 +122,11 @@ class _Appender:
         topic: str,
         batch_records: int,
         print_positions: bool,
+        status: _Status,
         producer: Producer | None = None,
     ) -> None:
         self.log = log
+        self.status = status
         self.producer = producer
         # With a producer, each batch's sequence is the number of its last
         # line: lines up to the producer's last sequence were appended before.
@@ -149,30 +152,34 @@ class _Appender:
             self.flush()
 
     def flush(self) -> None:
+        """Append what is pending. A stop signal waits for the batch to be
+        appended, counted and its positions printed, so the summary is exact."""
         if not self.pending:
             return
-        try:
-            if self.producer is not None:
-                positions = self.producer.append_batch(
-                    self.topic, self.pending, sequence=self.last_line
+        with interrupts().protected():
+            try:
+                if self.producer is not None:
+                    positions = self.producer.append_batch(
+                        self.topic, self.pending, sequence=self.last_line
+                    )
+                else:
+                    positions = self.log.append_batch(self.topic, self.pending)
+            except Error:
+                self.status.console.print(
+                    f"[red]not appended:[/] lines {self.first_line}..."
+                    f"{self.first_line + len(self.pending) - 1} (one batch; "
+                    f"{self.records:,} records before them were appended)"
                 )
-            else:
-                positions = self.log.append_batch(self.topic, self.pending)
-        except Error:
-            err_console().print(
-                f"[red]not appended:[/] lines {self.first_line}..."
-                f"{self.first_line + len(self.pending) - 1} (one batch; "
-                f"{self.records:,} records before them were appended)"
-            )
-            raise
-        self.pending = []
-        self.pending_bytes = 0
-        self.records += len(positions)
-        self.partitions.update(p.partition for p in positions)
-        if self.print_positions:
-            out = stdout_bytes()
-            out.write(b"".join(b"%d\t%d\n" % (p.partition, p.offset) for p in positions))
-            out.flush()
+                raise
+            self.pending = []
+            self.pending_bytes = 0
+            self.records += len(positions)
+            self.partitions.update(p.partition for p in positions)
+            if self.print_positions:
+                out = stdout_bytes()
+                with self.status.line.writing():
+                    out.write(b"".join(b"%d\t%d\n" % (p.partition, p.offset) for p in positions))
+                    out.flush()
 
 
 class _Parser:
@@ -199,6 +206,25 @@ class _Parser:
         # A bare value within the size limit on a delete topic cannot fail.
         self.fast_bytes_max = config.record_bytes_max if config.cleanup_policy == "delete" else -1
         self.decoder = msgspec.json.Decoder()
+        # The longest value a record of this topic can have next to the fixed
+        # key and headers (a --key-field key only makes it shorter). A longer
+        # line can never be appended, so it is refused before it is held
+        # whole; +1 for the "\r" of a CRLF line end, which is not stored.
+        self.overhead = record_size(key, b"", headers)
+        self.value_bytes_max = max(config.record_bytes_max - self.overhead, 0)
+        self.line_bytes_max = self.value_bytes_max + 1
+
+    def oversize(self, number: int) -> RecordTooLarge:
+        """The error for line ``number``, found longer than ``line_bytes_max``."""
+        with_what = " with the key and headers" if self.overhead else ""
+        return RecordTooLarge(
+            f"line {number} is longer than {self.value_bytes_max:,} bytes: its record would "
+            f"exceed the record_bytes_max of topic {self.topic!r} "
+            f"({self.config.record_bytes_max:,} bytes{with_what})",
+            topic=self.topic,
+            line=number,
+            record_bytes_max=self.config.record_bytes_max,
+        )
 
     def parse(self, line: bytes, number: int) -> bytes | Message | None:
         """The record for ``line``, or None to skip it (a blank line in JSON input)."""
@@ -246,6 +272,24 @@ def _parse_header(text: str) -> tuple[str, bytes]:
     if not sep or not name:
         raise click.BadParameter(f"expected NAME=VALUE, got {text!r}", param_hint="--header")
     return name, value.encode("utf-8")
+
+
+class _Skips:
+    """``--on-oversize``: stop at a line too large for the topic (the default),
+    or skip it, say so on stderr, and go on."""
+
+    def __init__(self, skip: bool, console: Console) -> None:
+        self.skip = skip
+        self.console = console
+        self.lines: list[int] = []
+
+    def handle(self, error: RecordTooLarge, appender: _Appender) -> None:
+        if not self.skip:
+            appender.flush()  # the lines before the bad one are good: keep them
+            raise error
+        self.lines.append(error.details.get("line", 0))
+        if len(self.lines) <= _SKIPS_SHOWN:
+            self.console.print(f"skipped: {escape(error.message)}", soft_wrap=True)
 
 
 @click.command()
@@ -301,10 +345,19 @@ def _parse_header(text: str) -> tuple[str, bytes]:
     "before are skipped. Use one producer id per input.",
 )
 @click.option(
+    "--on-oversize",
+    type=click.Choice(["stop", "skip"]),
+    default="stop",
+    show_default=True,
+    help="A line too large for the topic's record_bytes_max: stop there with an error "
+    "(status 5), or skip it with a warning on stderr and go on. Either way it is refused "
+    "as soon as it passes the limit, without reading the rest of it into memory.",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
-    help="Show a progress line on stderr (default: when stderr is a terminal and the input "
-    "takes more than half a second).",
+    help="Show a progress line on stderr (default: when stderr is a terminal, the input "
+    "takes more than half a second, and positions are not printed to a terminal or pipe).",
 )
 @pass_app
 def produce(
@@ -318,14 +371,19 @@ def produce(
     print_positions: bool,
     batch_records: int,
     producer_id: str | None,
+    on_oversize: str,
     progress: bool | None,
 ) -> None:
     """Append stdin to TOPIC, one record per line.
 
-    Each line (without its newline) is a record value. Records are appended in
-    batches; when the input pauses (a terminal, a slow pipe) what was read is
-    appended at once. If a line fails (bad JSON, too large), every line before
-    it that could be appended was, and nothing from it on.
+    Each line, without its newline, is a record value; a carriage return
+    before the newline (a CRLF line end) is removed too. Records are
+    appended in batches; when the input pauses (a terminal, a slow pipe)
+    what was read is appended at once. If a line fails (bad JSON, too
+    large), every line before it that could be appended was, and nothing
+    from it on (with --on-oversize skip, a too-large line is left out and
+    the rest goes on). Ctrl-C or SIGTERM stops it after the batch in hand:
+    the summary says what was appended, and the exit status is 130 or 143.
     """
     if key is not None and key_field is not None:
         raise click.UsageError("--key and --key-field cannot be used together")
@@ -342,69 +400,72 @@ def produce(
             topic=topic,
             partition=partition,
         )
-    parser = _Parser(
-        topic,
-        config,
-        as_json,
-        None if key is None else key.encode("utf-8"),
-        key_field,
-        headers,
-        partition,
-    )
-    producer = log.producer(producer_id) if producer_id is not None else None
-    appender = _Appender(log, topic, batch_records, print_positions, producer)
+    encoded_key = None if key is None else key.encode("utf-8")
+    parser = _Parser(topic, config, as_json, encoded_key, key_field, headers, partition)
     stream: BinaryIO = sys.stdin.buffer
+    console = err_console()
     interactive = stdin_is_terminal()
     if interactive:
-        err_console().print("reading records from the terminal, one per line; end with Ctrl-D")
+        console.print("reading records from the terminal, one per line; end with Ctrl-D")
     status = _Status(
-        enabled=progress if progress is not None else stderr_is_terminal() and not interactive,
+        console,
+        enabled=show_progress(progress, print_positions) and (progress or not interactive),
         immediate=bool(progress),
         total=_input_bytes(stream),
     )
+    producer = log.producer(producer_id) if producer_id is not None else None
+    appender = _Appender(log, topic, batch_records, print_positions, status, producer)
+    skips = _Skips(on_oversize == "skip", console)
     try:
-        _pump(stream, parser, appender, status)
-    except KeyboardInterrupt:
+        _pump(stream, parser, appender, status, skips)
+    except KeyboardInterrupt as exc:
         status.stop()
-        _summary(appender, topic, "interrupted: ")
-        raise click.exceptions.Exit(130) from None
+        _summary(console, appender, skips, topic, "interrupted: ")
+        raise click.exceptions.Exit(signal_exit_status(signum_of(exc))) from None
     except Error:
         status.stop()
-        _summary(appender, topic, "before the error: ")
+        _summary(console, appender, skips, topic, "before the error: ")
         raise
     finally:
         status.stop()
-    _summary(appender, topic)
+    _summary(console, appender, skips, topic)
 
 
-def _pump(stream: BinaryIO, parser: _Parser, appender: _Appender, status: _Status) -> None:
-    tail = b""
-    number = 0
+def _pump(
+    stream: BinaryIO, parser: _Parser, appender: _Appender, status: _Status, skips: _Skips
+) -> None:
+    """Read, split, parse and append until the input ends. Linear in the
+    input, and never more than one line's limit of a line held in memory."""
+    splitter = LineSplitter(parser.line_bytes_max)
     bytes_read = 0
     for chunk, more in _chunks(stream):
         bytes_read += len(chunk)
-        lines = (tail + chunk).split(b"\n")
-        tail = lines.pop()
-        for line in lines:
-            number += 1
-            _add(parser, appender, line, number)
+        for line in splitter.feed(chunk):
+            _add(parser, appender, skips, line, splitter.number)
         if not more:
             appender.flush()
         status.update(bytes_read, appender.records + len(appender.pending))
-    if tail:
-        number += 1
-        _add(parser, appender, tail, number)
+    for line in splitter.finish():
+        _add(parser, appender, skips, line, splitter.number)
     appender.flush()
 
 
-def _add(parser: _Parser, appender: _Appender, line: bytes, number: int) -> None:
+def _add(
+    parser: _Parser, appender: _Appender, skips: _Skips, line: bytes | None, number: int
+) -> None:
     if number <= appender.skip_through:
         appender.skipped += 1  # appended by an earlier run of this producer
         return
+    if line is None:
+        skips.handle(parser.oversize(number), appender)
+        return
     if line.endswith(b"\r"):
-        line = line[:-1]  # CRLF input
+        line = line[:-1]  # CRLF input (documented in the help)
     try:
         record = parser.parse(line, number)
+    except RecordTooLarge as exc:
+        skips.handle(exc, appender)
+        return
     except Error:
         appender.flush()  # the lines before the bad one are good: keep them
         raise
@@ -412,7 +473,9 @@ def _add(parser: _Parser, appender: _Appender, line: bytes, number: int) -> None
         appender.add(record, len(line), number)
 
 
-def _summary(appender: _Appender, topic: str, prefix: str = "") -> None:
+def _summary(
+    console: Console, appender: _Appender, skips: _Skips, topic: str, prefix: str = ""
+) -> None:
     parts = sorted(appender.partitions)
     where = ""
     if parts:
@@ -422,9 +485,17 @@ def _summary(appender: _Appender, topic: str, prefix: str = "") -> None:
     skipped = ""
     if appender.skipped:
         skipped = f"; skipped {appender.skipped:,} line(s) appended before by this producer"
-    err_console().print(
-        f"{prefix}appended {appender.records:,} record{plural} to "
-        f"{escape(repr(topic))}{where}{skipped}"
+    if skips.lines:
+        numbers = ", ".join(map(str, skips.lines[:16])) + (", ..." if len(skips.lines) > 16 else "")
+        many = len(skips.lines) > 1
+        skipped += (
+            f"; skipped {len(skips.lines):,} line{'s' if many else ''} too large for the "
+            f"topic (line{'s' if many else ''} {numbers})"
+        )
+    console.print(
+        f"{prefix}appended {appender.records:,} record{plural} to {escape(repr(topic))}"
+        f"{where}{skipped}",
+        soft_wrap=True,
     )
 
 

@@ -64,8 +64,9 @@ class AsyncEventStore(EventStoreBase):
         serializer: Serializer | None = None,
         **options: Any,
     ) -> AsyncEventStore:
-        """Open the store at ``url`` (``sqlite:///path.db``, a path, or ``memory://``).
-        Opening may create or migrate the file, so it runs in a worker thread."""
+        """Open the store at ``url``, as :meth:`EventStore.open` does (a SQLite
+        file, ``memory://`` or ``postgresql://``). Opening may create or
+        migrate the file, so it runs in a worker thread."""
         from ..backends import open_backend, require_events
 
         backend: Any = await asyncio.to_thread(partial(open_backend, url, sync=sync, **options))

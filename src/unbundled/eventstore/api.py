@@ -229,7 +229,10 @@ class EventStore(EventStoreBase):
         serializer: Serializer | None = None,
         **options: Any,
     ) -> EventStore:
-        """Open the store at ``url`` (``sqlite:///path.db``, a path, or ``memory://``)."""
+        """Open the store at ``url``: a SQLite file (a path or ``sqlite:///path.db``;
+        ``?mode=ro`` opens it read-only), ``memory://`` or
+        ``postgresql://user@host/db?schema=name``. ``redis://`` and ``nats://``
+        do not serve the event store: ``NotSupported``."""
         from ..backends import open_backend, require_events
 
         backend: Any = require_events(open_backend(url, sync=sync, **options))

@@ -70,11 +70,12 @@ class AsyncIdempotency(IdempotencyBase):
         sync: SyncLevel = "full",
         **options: Any,
     ) -> AsyncIdempotency:
-        """Open the store at ``url`` (``sqlite:///path.db``, a path, or
-        ``memory://``); options named like the settings (``lease_ms``,
-        ``retention_ms``, ``fingerprint``, ``deterministic``, ``encode``,
-        ``decode``) configure the facade, the rest go to the backend. Opening
-        may create or migrate a file, so it runs in a worker thread."""
+        """Open the store at ``url``, as :meth:`Idempotency.open` does (a
+        SQLite file, ``memory://``, ``postgresql://`` or ``redis://``); options
+        named like the settings (``lease_ms``, ``retention_ms``, ``fingerprint``,
+        ``deterministic``, ``encode``, ``decode``) configure the facade, the
+        rest go to the backend. Opening may create or migrate a file, so it
+        runs in a worker thread."""
         from ..backends import open_backend
 
         settings = {k: options.pop(k) for k in list(options) if k in _SETTINGS}

@@ -151,7 +151,18 @@ class IdempotencyBase:
         return _core.fingerprint(payload if self.fingerprinting else None)
 
     def _encode_result(self, result: Any) -> bytes:
-        raw = self._encode(result)
+        """The stored form of a result or phase output: ``UsageError`` naming
+        its type if it cannot be encoded (before anything is stored)."""
+        try:
+            raw = self._encode(result)
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            kind = type(result).__name__
+            raise UsageError(
+                f"cannot store a result of type {kind}: {exc}; return JSON-encodable "
+                "values (dict, list, str, int, float, bool, None, msgspec Structs, "
+                "dataclasses) or open the store with encode= and decode=",
+                type=kind,
+            ) from None
         if len(raw) > limits.idempotency_result_bytes_max:
             raise LimitExceeded(
                 f"a result of {len(raw)} bytes exceeds {limits.idempotency_result_bytes_max}"
@@ -204,6 +215,13 @@ class Idempotency(IdempotencyBase):
         sync: SyncLevel = "full",
         **options: Any,
     ) -> Idempotency:
+        """Open the store at ``url``: a SQLite file (a path or
+        ``sqlite:///path.db``; ``?mode=ro`` opens it read-only), ``memory://``,
+        ``postgresql://user@host/db?schema=name`` or
+        ``redis://host:port/db?prefix=name``; ``nats://`` does not serve
+        idempotency keys (``NotSupported``). Options named like the settings
+        (``lease_ms``, ``retention_ms``, ``fingerprint``, ``deterministic``,
+        ``encode``, ``decode``) configure the facade, the rest go to the backend."""
         from ..backends import open_backend
 
         settings = {k: options.pop(k) for k in list(options) if k in _SETTINGS}

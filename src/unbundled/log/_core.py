@@ -238,8 +238,8 @@ def check_record(
     size = record_size(key, value, headers)
     if size > config.record_bytes_max:
         raise RecordTooLarge(
-            f"record of {size} bytes exceeds topic {topic!r}'s record_bytes_max "
-            f"of {config.record_bytes_max}",
+            f"record of {size} bytes exceeds the record_bytes_max of topic {topic!r} "
+            f"({config.record_bytes_max} bytes)",
             topic=topic,
             size=size,
             record_bytes_max=config.record_bytes_max,

@@ -324,8 +324,8 @@ def check_commit(state: GroupState, commit: OffsetCommit) -> None:
             owner = a.owner if a is not None else None
             raise StaleGeneration(
                 f"member {commit.member_id!r} of group {state.name!r} no longer owns "
-                f"{tp.topic}[{tp.partition}] (generation {held}); it is now "
-                f"{owner!r}'s: commit rejected",
+                f"{tp.topic}[{tp.partition}] (generation {held}); its owner is now "
+                f"{owner!r}: commit rejected",
                 group=state.name,
                 member_id=commit.member_id,
                 topic=tp.topic,

@@ -159,7 +159,10 @@ class Log(LogBase):
         sync: SyncLevel = "full",
         **options: Any,
     ) -> Log:
-        """Open the log at ``url`` (``sqlite:///path.db``, a path, or ``memory://``)."""
+        """Open the log at ``url``: a SQLite file (a path or ``sqlite:///path.db``;
+        ``?mode=ro`` opens it read-only) or ``memory://``. The server URLs
+        (``postgresql://``, ``redis://``, ``nats://``) do not serve the log:
+        ``NotSupported``."""
         from ..backends import open_backend, require_log
 
         return cls(require_log(open_backend(url, sync=sync, **options)))

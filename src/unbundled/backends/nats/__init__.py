@@ -74,6 +74,15 @@ _UNREACHABLE = (
 )
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in words (not the exception's repr)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is nats-server running there, with JetStream?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]  # "name or service not known"
+    return str(exc) or type(exc).__name__
+
+
 def parse_url(url: str) -> tuple[str, str, str]:
     """``(server URL for nats-py, bucket, URL for messages without the password)``."""
     parts = urlsplit(url)
@@ -191,7 +200,7 @@ class NatsBackend(NatsKV):
         cause = first_failure.result() if first_failure.done() else None
         raise Unavailable(
             f"cannot connect to NATS at {self.url}: "
-            + (f"{cause!r}" if cause is not None else f"no answer in {self.timeout_s} s"),
+            + (_reason(cause) if cause is not None else f"no answer in {self.timeout_s} s"),
             url=self.url,
         ) from cause
 

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -46,6 +46,7 @@ from ...log._protocol import (
 )
 from . import _group_rows
 from ._maintain import maintain as _maintain
+from ._readonly import ReadOnlyWriter, check_read_only_file, read_only_connector
 from ._schema import connect, open_file, records_ddl, records_table, translate, translated
 from ._writer import ExtraStage, Request, Stage, Writer
 
@@ -72,6 +73,7 @@ class SqliteLog:
         sync: SyncLevel = "full",
         clock: Callable[[], int] = _core.now_ms,
         maintenance_interval_s: float | None = 60.0,
+        read_only: bool = False,
     ) -> None:
         if sync not in ("full", "normal", "off"):
             raise UsageError(f"sync must be 'full', 'normal' or 'off', got {sync!r}", sync=sync)
@@ -85,13 +87,23 @@ class SqliteLog:
         self._changed = threading.Condition()
         self._token = 0
         self._closed = False
+        self.read_only = read_only
+        if read_only:  # nothing created, migrated or written (see _readonly)
+            self._connect_reader = read_only_connector(self.path, sync)
+            self._watch = self._connect_reader()
+            check_read_only_file(self._watch, self.path)
+            self._watch_version = self._data_version()
+            self._maintenance_interval_s = None
+            self._writer = cast(Writer, ReadOnlyWriter(self._connect_reader(), self.path))
+            return
         conn = connect(self.path, sync)
         try:
             open_file(conn, self.path, clock)
         except BaseException:
             conn.close()
             raise
-        self._watch = connect(self.path, sync, readonly=True)
+        self._connect_reader = lambda: connect(self.path, sync, readonly=True)
+        self._watch = self._connect_reader()
         self._watch_version = self._data_version()
         self._maintenance_interval_s = maintenance_interval_s
         self._last_maintenance = time.monotonic()
@@ -116,7 +128,7 @@ class SqliteLog:
             raise Closed(f"the log at {self.path} is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, self.sync, readonly=True)
+            conn = self._connect_reader()
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)

@@ -272,7 +272,11 @@ def open_file(conn: sqlite3.Connection, path: str, now_ms: Callable[[], int]) ->
                     _migrate(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # A signal (KeyboardInterrupt) can land before BEGIN took
+                # effect or after COMMIT did: then there is nothing to roll
+                # back, and the signal, not "no transaction", must propagate.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             return
         if app_id != APPLICATION_ID or not tables >= EXPECTED_TABLES:
@@ -297,7 +301,11 @@ def open_file(conn: sqlite3.Connection, path: str, now_ms: Callable[[], int]) ->
                 _migrate(conn)  # re-reads the version under the lock
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # A signal (KeyboardInterrupt) can land before BEGIN took
+                # effect or after COMMIT did: then there is nothing to roll
+                # back, and the signal, not "no transaction", must propagate.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
 
 

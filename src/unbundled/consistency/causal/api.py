@@ -104,25 +104,43 @@ class Replica:
 
     @staticmethod
     def _open_topic(log: Log, topic: str, partitions: int) -> None:
-        """Create the topic, or accept an existing one with one partition per replica."""
+        """Create the topic, or accept an existing one that can hold the store.
+
+        Several replicas (processes) may open at the same moment: creating is
+        idempotent (``exist_ok``), so whichever comes first creates it and the
+        others find it. A topic created otherwise (by hand, with other
+        settings) is accepted if it has one partition per replica, keeps every
+        record and takes the largest update; else nothing is written and the
+        error says what is wrong.
+        """
         try:
             log.create_topic(
-                topic, partitions=partitions, record_bytes_max=limits.causal_update_bytes_max
+                topic,
+                partitions=partitions,
+                record_bytes_max=limits.causal_update_bytes_max,
+                exist_ok=True,
             )
+            return
         except TopicExists:
-            config = log.describe_topic(topic).config
-            if config.partitions != partitions or config.cleanup_policy != "delete":
-                raise TopicExists(
-                    f"topic {topic!r} has {config.partitions} partitions "
-                    f"({config.cleanup_policy}); a store of {partitions} replicas needs "
-                    f"{partitions} (delete)",
-                    topic=topic,
-                ) from None
-            if config.retention_ms is not None or config.retention_bytes is not None:
-                # A restarted replica replays the topic from the start.
-                raise UsageError(
-                    f"topic {topic!r} must keep every record (no retention)", topic=topic
-                ) from None
+            pass  # there, with other settings: check that they serve the store
+        config = log.describe_topic(topic).config
+        if config.partitions != partitions or config.cleanup_policy != "delete":
+            raise TopicExists(
+                f"topic {topic!r} has {config.partitions} partitions "
+                f"({config.cleanup_policy}); a store of {partitions} replicas needs "
+                f"{partitions} (delete)",
+                topic=topic,
+            )
+        if config.retention_ms is not None or config.retention_bytes is not None:
+            # A restarted replica replays the topic from the start.
+            raise UsageError(f"topic {topic!r} must keep every record (no retention)", topic=topic)
+        if config.record_bytes_max < limits.causal_update_bytes_max:
+            # Checked now, not at the first large write (which could not be appended).
+            raise UsageError(
+                f"topic {topic!r} takes records of up to {config.record_bytes_max:,} bytes; "
+                f"an update of the store can be {limits.causal_update_bytes_max:,}",
+                topic=topic,
+            )
 
     # --- client operations ---------------------------------------------------------
 

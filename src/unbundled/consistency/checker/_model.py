@@ -64,18 +64,35 @@ class Model(Generic[S]):
     def operation_text(self, input: Any, output: Any) -> str:
         if self.describe_operation is not None:
             return self.describe_operation(input, output)
-        return f"{_show_input(input)} -> {'?' if output is UNKNOWN else repr(output)}"
+        return f"{_show_input(input)} -> {'?' if output is UNKNOWN else show_value(output)}"
 
     def state_text(self, state: S) -> str:
         if self.describe_state is not None:
             return self.describe_state(state)
-        return repr(state)
+        return show_value(state)
+
+
+def show_value(value: Any) -> str:
+    """A value as a person reads it in a message: bytes that are UTF-8 as
+    their text (``'5'``, not ``b'5'``: histories recorded from the key-value
+    store hold bytes), tuples and lists element by element, anything else
+    as its repr."""
+    if isinstance(value, bytes):
+        try:
+            return repr(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            return repr(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(show_value, value)) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(show_value, value)) + "]"
+    return repr(value)
 
 
 def _show_input(input: Any) -> str:
     if isinstance(input, tuple) and input and isinstance(input[0], str):
-        return f"{input[0]}({', '.join(map(repr, input[1:]))})"
-    return repr(input)
+        return f"{input[0]}({', '.join(map(show_value, input[1:]))})"
+    return show_value(input)
 
 
 def partition_by(
@@ -193,8 +210,8 @@ def kv(initial: Hashable = None) -> Model[frozenset[tuple[Hashable, Hashable]]]:
 
     def describe_state(state: frozenset[tuple[Hashable, Hashable]]) -> str:
         if not state:
-            return f"all keys {initial!r}"
-        return ", ".join(f"{k!r}: {v!r}" for k, v in sorted(state, key=repr))
+            return f"all keys {show_value(initial)}"
+        return ", ".join(f"{show_value(k)}: {show_value(v)}" for k, v in sorted(state, key=repr))
 
     return Model(
         "kv",

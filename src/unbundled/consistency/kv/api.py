@@ -85,7 +85,8 @@ class KV:
         **options: Any,
     ) -> KV:
         """Open the store a URL names: ``memory://``, ``sqlite:///path.db`` (or a
-        plain path), ``postgresql://user@host/db?schema=name``,
+        plain path; ``?mode=ro`` opens it read-only),
+        ``postgresql://user@host/db?schema=name``,
         ``nats://host:port?bucket=name`` (a JetStream KV bucket, created if
         missing; ``timeout_s=`` bounds each request). ``NotSupported`` for a
         backend that cannot serve it (Redis)."""

@@ -28,6 +28,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from ..checker import Model, partition_by
+from ..checker._model import show_value
 from ..history import UNKNOWN
 
 Cell = tuple[Hashable, int]  # (value or None, version)
@@ -81,7 +82,7 @@ def _step(state: State, input: Any, output: Any) -> tuple[bool, State]:
 def _describe(state: State) -> str:
     if not state:
         return "all keys absent"
-    return ", ".join(f"{k!r}: {v!r}@{n}" for k, (v, n) in sorted(state, key=repr))
+    return ", ".join(f"{k!r}: {show_value(v)}@{n}" for k, (v, n) in sorted(state, key=repr))
 
 
 def model() -> Model[State]:
