@@ -506,3 +506,28 @@ def test_group_members_share_partitions_and_hand_over(db: str) -> None:
             proc.wait()
     assert got == {b"r%d" % i for i in range(300)}
     assert group_info(db, "g")["lag"] == 0
+
+
+def test_consume_as_a_static_member_keeps_its_partitions_for_its_restart(db: str) -> None:
+    """`consume --instance-id` joins as a static member: stopping keeps its
+    partitions (no rebalance), and a restart under the same id takes them back
+    at once (not after the 10 s lease) and resumes after what it committed."""
+    run(db, "topics", "create", "jobs", "--partitions", "2")
+    run(db, "produce", "jobs", "--key", "k", input="".join(f"job{i}\n" for i in range(6)))
+    args = ["consume", "jobs", "-g", "w", "--instance-id", "worker-1", "--from-beginning"]
+    first = run(db, *args, "--max-records", "4")
+    assert first.stdout.splitlines() == ["job0", "job1", "job2", "job3"]
+    info = group_info(db, "w")
+    [member] = info["members"]
+    assert member["instance_id"] == "worker-1"  # still a member: its restart is expected
+    assert len(member["partitions"]) == 2
+    table = run(db, "groups", "describe", "w").stdout
+    assert "worker-1" in table and "instance" in table
+    # --timeout 0: one poll. A dynamic member would find both partitions still
+    # held by the old member's lease and print nothing.
+    second = run(db, *args, "--timeout", "0")
+    assert second.stdout.splitlines() == ["job4", "job5"]
+    [again] = group_info(db, "w")["members"]
+    assert again["instance_id"] == "worker-1" and again["member_id"] != member["member_id"]
+    refused = run(db, "consume", "jobs", "--instance-id", "worker-1", code=2)
+    assert "--group" in refused.stderr

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.status import Status
 
-from ..errors import Fenced
+from ..errors import Fenced, UsageError
 from ..log import Consumer, Log, Record, TopicPartition
 from ._common import App, err_console, pass_app, record_line, stdout_bytes
 from ._progress import LiveLine, show_progress
@@ -106,6 +106,14 @@ class _Session:
     "group's other members and progress is committed as records are printed.",
 )
 @click.option(
+    "--instance-id",
+    metavar="ID",
+    default=None,
+    help="With --group: join as a static member under this stable name (Kafka's "
+    "group.instance.id). A restart with the same ID takes the same partitions back at "
+    "once, and stopping does not hand them to the others until the member's lease runs out.",
+)
+@click.option(
     "--from-beginning",
     is_flag=True,
     help="Start at the oldest stored record (default: at the end, only new records). With "
@@ -159,6 +167,7 @@ def consume(
     app: App,
     topics: tuple[str, ...],
     group: str | None,
+    instance_id: str | None,
     from_beginning: bool,
     follow: bool,
     as_json: bool,
@@ -173,16 +182,21 @@ def consume(
     prints null); use --json to get every field exactly. With --group, offsets
     are committed after the records are written out (at-least-once), and Ctrl-C
     or SIGTERM leaves the group at once so its partitions move to the other
-    members without waiting for the lease to expire. Stopped by Ctrl-C or
+    members without waiting for the lease to expire (a static member,
+    --instance-id, keeps them for its restart until its lease runs out).
+    Stopped by Ctrl-C or
     SIGTERM it prints its summary and exits with status 130 or 143; stopped
     by --max-records, --timeout, catching up or a closed pipe (| head), 0.
     """
+    if instance_id is not None and group is None:
+        raise UsageError("--instance-id names a member of a group: give --group too")
     log = app.open()
     for topic in dict.fromkeys(topics):
         log.describe_topic(topic)  # an unknown topic is an error, not an empty result
     consumer = log.consumer(
         list(dict.fromkeys(topics)),
         group=group,
+        instance_id=instance_id,
         auto_commit=False,  # we commit what was delivered, see _Session.commit
         offset_reset="earliest" if from_beginning else "latest",
         partitions=None

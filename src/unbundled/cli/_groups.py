@@ -32,6 +32,7 @@ def _group_data(log: Log, name: str) -> dict[str, Any]:
         "members": [
             {
                 "member_id": m.member_id,
+                "instance_id": m.instance_id,
                 "topics": list(m.topics),
                 "partitions": [
                     {"topic": tp.topic, "partition": tp.partition} for tp in m.partitions
@@ -106,11 +107,12 @@ def groups_describe(app: App, group: str, as_json: bool) -> None:
     console.print(f"[bold]{escape(g['name'])}[/]  generation {g['generation']}, lag {g['lag']:,}")
     if g["members"]:
         now_ms = int(time.time() * 1000)
-        members = Table("member", "topics", "partitions", "lease")
+        members = Table("member", "instance", "topics", "partitions", "lease")
         for m in g["members"]:
             left_s = (m["lease_until_ms"] - now_ms) / 1000
             members.add_row(
                 escape(m["member_id"]),
+                escape(m["instance_id"] or "-"),
                 escape(", ".join(m["topics"])),
                 str(len(m["partitions"])),
                 f"{left_s:.1f} s left" if left_s > 0 else "expired",
