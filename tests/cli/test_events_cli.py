@@ -364,6 +364,7 @@ def project(db: str, name: str, upto: int, docs: dict[str, bytes]) -> None:
 def test_projections_status_shows_checkpoint_and_lag(db: str) -> None:
     seed(db)
     assert "no projections (safe position 5)" in run(db, "projections", "status").stdout
+    assert json.loads(run(db, "projections", "status", "--json").stdout) == []
     project(db, "balances", 3, {"account-1": b"12"})
     project(db, "audit", 5, {})
     status = json.loads(run(db, "projections", "status", "--json").stdout)
