@@ -386,6 +386,13 @@ def test_collections_are_owned_by_one_projection_and_dollar_names_are_reserved(
     with pytest.raises(UsageError, match="both own collection 'rb_totals'"):
         store.projections(TypedTotals(), Also())
 
+    class Unpacked(TypedTotals):
+        name = "unpacked"
+        collections = "rb_totals"  # type: ignore[assignment]
+
+    with pytest.raises(UsageError, match="got the string 'rb_totals'"):
+        store.projections(Unpacked())
+
     class Reserved(Projection):
         name = "reserved"
 

@@ -141,6 +141,12 @@ class _Worker:
         self.checkpoint: int | None = None  # None: read it from the backend
         self.reload = threading.Event()  # set by rebuild(): re-read the checkpoint
         self.thread: threading.Thread | None = None
+        if isinstance(projection.collections, str):  # ("balances") without its comma
+            raise UsageError(
+                f"projection {self.name!r}: collections is a sequence of names, "
+                f"got the string {projection.collections!r}",
+                projection=self.name,
+            )
         self.declared = [check_collection(c) for c in projection.collections]
         self.has_reset = has_reset(projection)
         self.described = False  # the stored description covers this code's
