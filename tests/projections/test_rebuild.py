@@ -115,10 +115,6 @@ class SqlWithoutReset(SqlTotals):
     reset = Projection.reset
 
 
-def is_sql(url: str) -> bool:
-    return not url.startswith("memory")
-
-
 def table_name(store: EventStore, table: str) -> tuple[str, str]:
     """The table's qualified name and the driver's placeholder on ``store``."""
     schema = getattr(store.backend, "schema", None)
@@ -185,7 +181,7 @@ def fresh_copy(store: EventStore, url: str, tmp_path: Path) -> Iterator[EventSto
 
 @contextmanager
 def server_store(backend: str, tmp_path: Path) -> Iterator[tuple[str, EventStore]]:
-    """A new store on ``backend`` and its URL (for the CLI)."""
+    """A new store on ``backend`` and its URL (the CLI and fresh copies need it)."""
     with (
         fresh_url(backend, tmp_path) as url,
         EventStore.open(url, sync="normal", events=EVENTS) as store,
@@ -201,10 +197,13 @@ def from_scratch(store: EventStore, url: str, tmp_path: Path, kind: str) -> dict
 
 
 KINDS = ["typed", "undeclared", "sql"]
-
-
-def kinds_for(url: str) -> list[str]:
-    return KINDS if is_sql(url) else KINDS[:2]
+SQL_BACKENDS = [b for b in BACKENDS if b != "memory"]
+# Every backend with every kind of read model it can hold (memory has no SQL).
+CASES = [pytest.param("memory", kind, id=f"memory-{kind}") for kind in KINDS if kind != "sql"] + [
+    pytest.param(*getattr(b, "values", (b,)), kind, marks=getattr(b, "marks", ()))
+    for b in SQL_BACKENDS
+    for kind in KINDS
+]
 
 
 def cli_rebuild(url: str, name: str, code: int = 0) -> str:
@@ -217,12 +216,13 @@ def cli_rebuild(url: str, name: str, code: int = 0) -> str:
 # --- the API and the CLI, each kind ---------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_rebuild_from_the_api_equals_a_fresh_run(
-    store: EventStore, store_url: str, tmp_path: Path, kind: str
-) -> None:
-    if kind not in kinds_for(store_url):
-        pytest.skip("the memory backend has no SQL")
+@pytest.mark.parametrize(("backend", "kind"), CASES)
+def test_a_rebuild_from_the_api_equals_a_fresh_run(tmp_path: Path, backend: str, kind: str) -> None:
+    with server_store(backend, tmp_path) as (url, store):
+        check_api_rebuild(store, url, tmp_path, kind)
+
+
+def check_api_rebuild(store: EventStore, url: str, tmp_path: Path, kind: str) -> None:
     projection = make(kind, store)
     runner = store.projections(projection, batch_size=7)
     fill(store, 40)
@@ -233,11 +233,11 @@ def test_a_rebuild_from_the_api_equals_a_fresh_run(
     assert read_model(store, projection) == ({"rows": []} if kind == "sql" else {})
     assert store.backend.checkpoints()[projection.name] == 0
     runner.catch_up()
-    assert read_model(store, projection) == from_scratch(store, store_url, tmp_path, kind)
+    assert read_model(store, projection) == from_scratch(store, url, tmp_path, kind)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "memory"])
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
 def test_a_rebuild_from_the_cli_equals_a_fresh_run(tmp_path: Path, backend: str, kind: str) -> None:
     with server_store(backend, tmp_path) as (url, store):
         projection = make(kind, store)
@@ -254,7 +254,7 @@ def test_a_rebuild_from_the_cli_equals_a_fresh_run(tmp_path: Path, backend: str,
         assert built == from_scratch(store, url, tmp_path, kind)
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "memory"])
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
 def test_sql_tables_without_reset_are_refused_with_nothing_changed(
     tmp_path: Path, backend: str
 ) -> None:
@@ -303,7 +303,7 @@ def test_a_rebuild_while_runners_run_in_other_threads_ends_equal(
         assert got == from_scratch(store, store_url, tmp_path, kind), kind
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "memory"])
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
 def test_a_cli_rebuild_in_another_process_while_a_runner_runs_ends_equal(
     tmp_path: Path, backend: str
 ) -> None:
