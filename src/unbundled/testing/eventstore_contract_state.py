@@ -127,9 +127,10 @@ def check_projection_reset_runs_its_hook_in_one_transaction(target: EventStoreTa
         def failing(txn: ProjectionTxn) -> None:
             txn.clear("docs")
             txn.put("kept", "k", b"changed")
-            raise LookupError("the hook failed")
+            raise UsageError("the hook failed")
 
-        raises(LookupError, lambda: backend.reset_projection("p", ["kept"], failing))
+        err = raises(UsageError, lambda: backend.reset_projection("p", ["kept"], failing))
+        assert str(err) == "the hook failed", "the hook's own error, as it was raised"
         assert backend.checkpoints() == {"p": 5}, "a failed hook changes nothing"
         assert backend.list_documents("docs", "", 10) == [("a", b"1"), ("b", b"2")]
         assert backend.get_document("kept", "k") == b"k"
