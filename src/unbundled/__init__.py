@@ -10,6 +10,7 @@ from .errors import ConflictError as ConflictError
 from .errors import CorruptionError as CorruptionError
 from .errors import DuplicateEventId as DuplicateEventId
 from .errors import Error as Error
+from .errors import EventSchemaMismatch as EventSchemaMismatch
 from .errors import Fenced as Fenced
 from .errors import IdempotencyKeyReused as IdempotencyKeyReused
 from .errors import InstanceFenced as InstanceFenced

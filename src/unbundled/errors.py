@@ -21,6 +21,7 @@ __all__ = [
     "CorruptionError",
     "DuplicateEventId",
     "Error",
+    "EventSchemaMismatch",
     "Fenced",
     "IdempotencyKeyReused",
     "InstanceFenced",
@@ -103,6 +104,26 @@ class PartitionNotFound(UsageError):
     """A partition number outside ``0 .. partitions-1`` of the topic."""
 
     code = "partition_not_found"
+
+
+class EventSchemaMismatch(UsageError):
+    """A stored event does not decode under today's event class: its schema
+    drifted (a field's type changed, a field was added without a default, an
+    upcaster is missing, or the event is newer than the code).
+
+    The stored event is intact (on SQLite its checksum passed): the code
+    reading it is out of date. Register an upcaster, or fix the class.
+    ``details`` names the ``event_type``, its stored ``schema_version``, the
+    ``field`` (a path such as ``$.amount``; ``None`` when the whole event is
+    concerned) and, on reads, where it is: ``stream``, ``version``,
+    ``position``, ``event_id``; ``raw`` is the stored
+    :class:`~unbundled.eventstore.RecordedEvent`, also readable with
+    ``EventStore.read_raw``. Not raised for a checksum failure (that is
+    ``CorruptionError``), nor at append: an event that does not fit its own
+    class is refused there with a plain ``UsageError``.
+    """
+
+    code = "event_schema_mismatch"
 
 
 # --- not there ----------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
-from unbundled import CorruptionError, Log, NotSupported, UsageError
+from unbundled import CorruptionError, EventSchemaMismatch, Log, NotSupported, UsageError
 from unbundled.backends.sqlite import _schema
 from unbundled.eventstore import NO_STREAM, Event, EventStore, NewEvent, Serializer
 
@@ -253,10 +253,13 @@ def test_a_missing_upcaster_is_a_clear_error(tmp_path: Path) -> None:
     serializer = Serializer([AccountOpened])
     serializer.upcaster("AccountOpened", 1)(_v1_to_v2)  # no v2 -> v3
     with _open(path, serializer=serializer) as store:
-        with pytest.raises(UsageError) as caught:
+        with pytest.raises(EventSchemaMismatch) as caught:
             store.read("acct-1")
-        assert caught.value.details == {"event_type": "AccountOpened", "version": 2}
-        assert "no upcaster registered for AccountOpened v2 -> v3" in str(caught.value)
+        details = caught.value.details
+        assert (details["event_type"], details["schema_version"]) == ("AccountOpened", 1)
+        assert (details["missing_from"], details["stream"], details["version"]) == (2, "acct-1", 0)
+        assert "none is registered for AccountOpened v2 -> v3" in str(caught.value)
+        assert isinstance(caught.value, UsageError), "the code is out of date: the caller's fault"
         assert store.read("acct-1", 2, limit=1)[0].event.first == "Grace", "v3 needs none"
 
 
@@ -273,11 +276,16 @@ def test_events_newer_than_the_code_or_not_matching_it_are_refused(tmp_path: Pat
             ],
         )
     with _open(path, events=[AccountOpened]) as store:
-        with pytest.raises(UsageError, match="newer than the code"):
+        with pytest.raises(EventSchemaMismatch, match="newer than the code"):
             store.read("acct-1", limit=1)
-        with pytest.raises(CorruptionError) as caught:
+        with pytest.raises(EventSchemaMismatch) as caught:
             store.read("acct-1", 1)
-        assert caught.value.details == {"event_type": "AccountOpened"}
+        details = caught.value.details
+        assert (details["event_type"], details["field"], details["position"]) == (
+            "AccountOpened",
+            "first",
+            2,
+        )
 
 
 def test_typed_events_round_trip_as_json() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,19 +14,31 @@ from unbundled.eventstore import EventStore
 
 from ._helpers import EVENTS
 
+BACKENDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "memory":
+
+@contextmanager
+def fresh_url(backend: str, tmp_path: Path, name: str = "events") -> Iterator[str]:
+    """The URL of an empty event store on ``backend``, removed afterwards
+    (PostgreSQL: a schema of its own)."""
+    if backend == "memory":
         yield "memory://"
-    elif request.param == "sqlite":
-        yield str(tmp_path / "events.db")
+    elif backend == "sqlite":
+        yield str(tmp_path / f"{name}.db")
     else:
         from tests.postgres.conftest import drop_schema, server_url
 
         schema = f"test_{uuid.uuid4().hex[:16]}"
-        yield f"{server_url()}?schema={schema}"
-        drop_schema(schema)
+        try:
+            yield f"{server_url()}?schema={schema}"
+        finally:
+            drop_schema(schema)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with fresh_url(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

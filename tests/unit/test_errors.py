@@ -23,6 +23,7 @@ CODES = {
     "UsageError": "usage",
     "Closed": "closed",
     "PartitionNotFound": "partition_not_found",
+    "EventSchemaMismatch": "event_schema_mismatch",
     "NotFound": "not_found",
     "TopicNotFound": "topic_not_found",
     "OffsetOutOfRange": "offset_out_of_range",

@@ -2,9 +2,10 @@
 
 A projection's checkpoint is the last global position it has applied; its
 lag is how many positions of ``$all`` it has still to apply (up to the safe
-position). Rebuilding resets the checkpoint to 0 and deletes the projection's
-documents in one transaction; the projection's runner then replays every
-event the next time it runs.
+position). Rebuilding empties the projection's read-model collections (its
+runner records which they are) and resets the checkpoint to 0 in one
+transaction; the projection's runner then replays every event, calling its
+``reset()`` first to empty its SQL tables.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import NotFound, UsageError
-from ..eventstore.projections import projection_status
+from ..eventstore.projections import projection_status, rebuild_projection
 from ._common import App, echo_json, err_console, out_console, pass_app
 from ._events import open_store
 
@@ -25,7 +26,13 @@ def projections() -> None:
 
 
 @projections.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a JSON array instead of a table: one object per projection, sorted by name, "
+    "with name, checkpoint, lag and safe_position ([] if there is none).",
+)
 @pass_app
 def projections_status(app: App, as_json: bool) -> None:
     """List projections with their checkpoint and lag behind $all.
@@ -36,10 +43,15 @@ def projections_status(app: App, as_json: bool) -> None:
     store = open_store(app)
     found = projection_status(store)
     head = store.safe_position() if not found else next(iter(found.values())).safe_position
-    rows = [{"name": s.name, "checkpoint": s.checkpoint, "lag": s.lag} for s in found.values()]
     if as_json:
-        echo_json({"safe_position": head, "projections": rows})
+        echo_json(
+            [
+                {"name": s.name, "checkpoint": s.checkpoint, "lag": s.lag, "safe_position": head}
+                for s in found.values()
+            ]
+        )
         return
+    rows = [{"name": s.name, "checkpoint": s.checkpoint, "lag": s.lag} for s in found.values()]
     console = out_console()
     if not rows:
         console.print(f"no projections (safe position {head:,})")
@@ -57,19 +69,24 @@ def projections_status(app: App, as_json: bool) -> None:
     "collections",
     metavar="C",
     multiple=True,
-    help="A document collection of the projection (its Projection.collections): its documents "
-    "are deleted with the reset. Repeatable. SQL tables are emptied by the projection's reset() "
-    "when its runner replays from 0.",
+    help="Also empty this document collection. Repeatable. Not needed for the projection's "
+    "own collections: its runner records every collection it declares or writes, and they "
+    "are always emptied.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def projections_rebuild(app: App, name: str, collections: tuple[str, ...], yes: bool) -> None:
     """Reset projection NAME so it is rebuilt from the first event.
 
-    Its checkpoint goes to 0 and the documents of each --collection are
-    deleted, in one transaction. The rebuild itself happens when the
-    projection's runner next runs (in your application): it replays $all
-    from the start. Run it while the projection's runners are stopped.
+    In one transaction its checkpoint goes to 0 and its document
+    collections are emptied. Its runner (in your application, in any
+    process) then replays $all from the start, calling the projection's
+    reset() first to empty its SQL tables; a runner that is running notices
+    and starts over. The result is what a new projection would build.
+
+    Refused, with nothing changed (exit status 2), for a projection that
+    writes SQL tables but has no reset(), and for one whose runner has not
+    run with this version of unbundled (it records what the read model is).
     """
     if not name:
         raise UsageError("a projection name is required")
@@ -79,15 +96,17 @@ def projections_rebuild(app: App, name: str, collections: tuple[str, ...], yes: 
         names = ", ".join(sorted(known)) or "none"
         raise NotFound(f"no projection named {name!r} (known: {names})", projection=name)
     if not yes:
-        what = f" and delete the documents of {', '.join(collections)}" if collections else ""
         click.confirm(
-            f"Reset projection {name!r} (at position {known[name]:,}) to 0{what}?",
+            f"Reset projection {name!r} (at position {known[name]:,}) to 0 and empty its "
+            "read model?",
             abort=True,
             err=True,
         )
-    store.backend.reset_projection(name, list(collections))
+    description = rebuild_projection(store, name, collections=collections)
+    emptied = sorted({*description.collections, *collections})
+    what = f"; emptied {', '.join(emptied)}" if emptied else ""
     err_console().print(
-        f"projection {escape(repr(name))} reset to 0 (was {known[name]:,}); "
+        f"projection {escape(repr(name))} reset to 0 (was {known[name]:,}){escape(what)}; "
         "its runner rebuilds it from the first event"
     )
 

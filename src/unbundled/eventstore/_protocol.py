@@ -103,6 +103,9 @@ class ProjectionTxn(Protocol):
     def delete(self, collection: str, key: str) -> None:
         """Remove a document (no error if absent)."""
 
+    def clear(self, collection: str) -> None:
+        """Remove every document of ``collection`` (a rebuild's reset)."""
+
     @property
     def sql(self) -> Any:
         """The DB-API connection inside the transaction (``sqlite3``, psycopg).
@@ -188,9 +191,17 @@ class EventStoreBackend(Protocol):
     def checkpoints(self) -> dict[str, int]:
         """Every projection's checkpoint (the last position it has applied)."""
 
-    def reset_projection(self, name: str, collections: Sequence[str]) -> None:
-        """Delete the documents of ``collections`` and set ``name``'s
-        checkpoint to 0, atomically (a rebuild starts from here)."""
+    def reset_projection(
+        self,
+        name: str,
+        collections: Sequence[str],
+        apply: Callable[[ProjectionTxn], None] | None = None,
+    ) -> None:
+        """Delete the documents of ``collections``, run ``apply`` (if given)
+        and set ``name``'s checkpoint to 0, whatever it was, in one
+        transaction: a rebuild starts from here. An exception from ``apply``
+        leaves everything as it was and is raised as it is. Moves the events
+        change token, so runners waiting for events look at the checkpoint again."""
 
     def get_document(self, collection: str, key: str) -> bytes | None:
         """A committed document, or None."""

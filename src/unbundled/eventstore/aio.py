@@ -31,7 +31,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._waiters import AsyncWaiter
-from ..errors import UsageError
 from ..log._protocol import SyncLevel
 from . import _core
 from ._protocol import ANY, AppendResult, NewEvent, RecordedEvent, StreamState, StreamWrite
@@ -44,9 +43,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _PAGE = 1000  # events per read in iter_stream
-
-
-_END = 2**62  # a version past the end of any stream: "from the end"
 
 
 class AsyncEventStore(EventStoreBase):
@@ -165,13 +161,22 @@ class AsyncEventStore(EventStoreBase):
         """Events of ``stream`` from ``from_version`` (default: the first, or
         with ``backwards`` the last), decoded (and upcast). Raises
         ``StreamNotFound`` / ``StreamDeleted``."""
-        _core.check_stream_name(stream)
-        if from_version is None:
-            from_version = _END if backwards else 0
-        elif type(from_version) is not int or from_version < 0:
-            raise UsageError(f"from_version must be an int >= 0, got {from_version!r}")
+        stream, start = self._read_args(stream, from_version, backwards)
+        limit = self._check_limit(limit)
+        return await self._run(self._read_stream, stream, start, limit, backwards)
+
+    async def read_raw(
+        self,
+        stream: str,
+        from_version: int | None = None,
+        *,
+        limit: int = 10_000,
+        backwards: bool = False,
+    ) -> list[RecordedEvent]:
+        """Like :meth:`read` without decoding; see :meth:`unbundled.EventStore.read_raw`."""
+        stream, start = self._read_args(stream, from_version, backwards)
         return await self._run(
-            self._read_stream, stream, from_version, self._check_limit(limit), backwards
+            self.backend.read_stream, stream, start, self._check_limit(limit), backwards
         )
 
     async def iter_stream(self, stream: str, from_version: int = 0) -> AsyncIterator[StoredEvent]:

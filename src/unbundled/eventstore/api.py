@@ -21,7 +21,7 @@ import msgspec
 
 from .. import limits
 from .._waiters import SyncWaiter
-from ..errors import Closed, UsageError
+from ..errors import Closed, CorruptionError, Error, EventSchemaMismatch, UsageError
 from ..log._protocol import SyncLevel
 from . import _core
 from ._protocol import (
@@ -118,17 +118,23 @@ class EventStoreBase:
         events: Sequence[EventInput],
         ids: Sequence[str | uuid.UUID] | None,
         metadata: Metadata | None,
-    ) -> list[NewEvent]:
+    ) -> tuple[list[NewEvent], list[NewEvent]]:
+        """The events to store, and those of them given already serialized
+        (checked by :meth:`_check_serialized` once their sizes are known fine)."""
         if isinstance(events, Event | NewEvent):
             raise UsageError("append takes a sequence of events, not one event")
         if ids is not None and len(ids) != len(events):
             raise UsageError(f"{len(ids)} ids for {len(events)} events")
-        meta = self.serializer.encode_metadata(metadata) if metadata is not None else b"{}"
+        meta = self._metadata(metadata) if metadata is not None else b"{}"
         out = []
+        serialized = []
         for i, event in enumerate(events):
             event_id = _core.check_event_id(ids[i]) if ids is not None else new_event_id()
             if isinstance(event, NewEvent):
-                out.append(event if ids is None else msgspec.structs.replace(event, id=event_id))
+                _check_fields(event)
+                given = event if ids is None else msgspec.structs.replace(event, id=event_id)
+                out.append(given)
+                serialized.append(given)
                 continue
             if not isinstance(event, Event):
                 raise UsageError(
@@ -138,7 +144,37 @@ class EventStoreBase:
             if type(event).personal_data:
                 data = self.shredder.seal(self.backend, event, kind, data)
             out.append(NewEvent(event_id, kind, data, meta, version))
-        return out
+        return out, serialized
+
+    def _metadata(self, metadata: Metadata) -> bytes:
+        """The append's metadata as stored, checked to read back as it is."""
+        if not isinstance(metadata, Metadata):
+            raise UsageError(f"metadata must be a Metadata, got {type(metadata).__name__}")
+        try:
+            data = self.serializer.encode_metadata(metadata)
+            self.serializer.decode_metadata(data)
+        except (TypeError, CorruptionError) as exc:
+            raise UsageError(f"metadata cannot be stored: {exc}; nothing was written") from None
+        return data
+
+    def _check_serialized(self, event: NewEvent) -> None:
+        """A serialized event must read back: as its registered class (or as
+        a JSON object for a type without one), with metadata that decodes."""
+        # Sealed personal data decodes only with its subject's key, at read
+        # time: here it must at least be a JSON object, as any event.
+        sealed = b'"$personal"' in event.data
+        try:
+            # (A type no class is registered for decodes as a JSON object.)
+            kind = "" if sealed else event.type
+            self.serializer.decode(kind, event.schema_version, event.data)
+            if event.metadata != b"{}":
+                self.serializer.decode_metadata(event.metadata)
+        except (EventSchemaMismatch, CorruptionError) as exc:
+            raise UsageError(
+                f"event {event.id} ({event.type} v{event.schema_version}) would not be "
+                f"readable: {exc.message}; nothing was written",
+                **{**exc.details, "event_type": event.type, "event_id": event.id},
+            ) from None
 
     def _write(
         self,
@@ -148,12 +184,15 @@ class EventStoreBase:
         ids: Sequence[str | uuid.UUID] | None,
         metadata: Metadata | None,
     ) -> StreamWrite:
+        built, serialized = self._new_events(events, ids, metadata)
         write = StreamWrite(
             _core.check_stream_name(stream),
             _core.check_expected_version(expected_version),
-            self._new_events(events, ids, metadata),
+            built,
         )
         _core.check_write(write)
+        for event in serialized:
+            self._check_serialized(event)
         return write
 
     def _decode(self, recorded: RecordedEvent) -> StoredEvent:
@@ -171,19 +210,23 @@ class EventStoreBase:
             data = r.data
             kind = r.type
             fast = current.get((kind, r.schema_version))
-            if b'"$personal"' in data:  # sealed personal data: decrypt, or None if forgotten
-                data = self.shredder.unseal(self.backend, kind, data)
-                fast = None
-            # A registered type at its current version decodes in one call;
-            # anything else (upcasts, unknown types, bad data) goes the long way.
-            if fast is None:
-                event = decode(kind, r.schema_version, data)
-            else:
-                try:
-                    event = fast.decode(data)
-                except msgspec.DecodeError:
-                    event = decode(kind, r.schema_version, data)  # raises CorruptionError
-            metadata = r.metadata
+            try:
+                if b'"$personal"' in data:  # sealed personal data: decrypt, or None if forgotten
+                    data = self.shredder.unseal(self.backend, kind, data)
+                    fast = None
+                # A registered type at its current version decodes in one call;
+                # anything else (upcasts, unknown types, bad data) goes the long way.
+                if fast is None:
+                    event = decode(kind, r.schema_version, data)
+                else:
+                    try:
+                        event = fast.decode(data)
+                    except msgspec.DecodeError:
+                        event = decode(kind, r.schema_version, data)  # raises, naming why
+                metadata = r.metadata
+                meta = Metadata() if metadata == b"{}" else decode_metadata(metadata)
+            except (EventSchemaMismatch, CorruptionError) as exc:
+                raise _located(exc, r) from None
             append(
                 StoredEvent(
                     r.id,
@@ -193,11 +236,21 @@ class EventStoreBase:
                     kind,
                     r.schema_version,
                     event,
-                    Metadata() if metadata == b"{}" else decode_metadata(metadata),
+                    meta,
                     r.recorded_ms,
                 )
             )
         return out
+
+    @staticmethod
+    def _read_args(stream: str, from_version: int | None, backwards: bool) -> tuple[str, int]:
+        """A stream read's checked name and first version."""
+        _core.check_stream_name(stream)
+        if from_version is None:
+            return stream, _END if backwards else 0
+        if type(from_version) is not int or from_version < 0:
+            raise UsageError(f"from_version must be an int >= 0, got {from_version!r}")
+        return stream, from_version
 
     @staticmethod
     def _type_names(types: Sequence[str | type[Event]] | None) -> list[str] | None:
@@ -210,6 +263,32 @@ class EventStoreBase:
         if type(limit) is not int or not 1 <= limit <= limits.read_events_max:
             raise UsageError(f"limit must be 1..{limits.read_events_max}, got {limit!r}")
         return limit
+
+
+def _check_fields(event: NewEvent) -> None:
+    """msgspec does not check a struct's field types when it is made."""
+    if type(event.data) is not bytes or type(event.metadata) is not bytes:
+        raise UsageError(f"event {event.id}: data and metadata must be bytes", event_id=event.id)
+    if type(event.schema_version) is not int:
+        raise UsageError(
+            f"event {event.id}: schema_version must be an int, got {event.schema_version!r}",
+            event_id=event.id,
+        )
+
+
+def _located(exc: Error, recorded: RecordedEvent) -> Error:
+    """``exc`` (a stored event that does not decode) naming where the event is."""
+    where = {
+        "stream": recorded.stream,
+        "version": recorded.version,
+        "position": recorded.position,
+        "event_id": recorded.id,
+    }
+    return type(exc)(
+        f"{exc.message} [event {recorded.id}, {recorded.stream}@{recorded.version}, "
+        f"position {recorded.position}: read it as stored with read_raw()]",
+        **{**exc.details, **where, "raw": recorded},
+    )
 
 
 class EventStore(EventStoreBase):
@@ -319,14 +398,23 @@ class EventStore(EventStoreBase):
         """Events of ``stream`` from ``from_version`` (default: the first, or
         with ``backwards`` the last), decoded (and upcast). Raises
         ``StreamNotFound`` / ``StreamDeleted``."""
-        self._check_open()
-        _core.check_stream_name(stream)
-        if from_version is None:
-            from_version = _END if backwards else 0
-        elif type(from_version) is not int or from_version < 0:
-            raise UsageError(f"from_version must be an int >= 0, got {from_version!r}")
-        rows = self.backend.read_stream(stream, from_version, self._check_limit(limit), backwards)
+        rows = self.read_raw(stream, from_version, limit=limit, backwards=backwards)
         return self._decode_many(rows)
+
+    def read_raw(
+        self,
+        stream: str,
+        from_version: int | None = None,
+        *,
+        limit: int = 10_000,
+        backwards: bool = False,
+    ) -> list[RecordedEvent]:
+        """Like :meth:`read` without decoding: the events as stored (type,
+        schema version, JSON bytes). For tools, and to look at an event that
+        raises ``EventSchemaMismatch`` when decoded."""
+        self._check_open()
+        stream, start = self._read_args(stream, from_version, backwards)
+        return self.backend.read_stream(stream, start, self._check_limit(limit), backwards)
 
     def iter_stream(self, stream: str, from_version: int = 0) -> Iterator[StoredEvent]:
         """Every event of ``stream`` from ``from_version``, page by page."""

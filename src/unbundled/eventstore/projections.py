@@ -22,14 +22,20 @@ applied; it backs off and re-reads the checkpoint.
 
 Checkpoint 0 means "nothing applied yet": every transaction that starts from
 0 first calls :meth:`Projection.reset`, where a projection with SQL tables
-creates or empties them. That makes a rebuild atomic even for SQL read models
-(``reset_projection`` clears the documents and the checkpoint; the tables are
-emptied in the same transaction as the first replayed batch).
+creates or empties them.
+
+A rebuild must end exactly where a fresh projection would. The runner keeps,
+with each projection, a description of its read model (see
+:mod:`unbundled.eventstore._read_model`): the collections it declared or
+wrote, whether it ran SQL, whether it has ``reset()``. A rebuild (API or CLI)
+empties those collections, calls ``reset()`` and moves the checkpoint to 0
+in one transaction, or refuses with nothing changed when SQL tables could
+not be emptied. A runner that is applying a batch meanwhile loses its
+compare-and-set, and one that waits for events is woken: both replay.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -38,8 +44,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import limits
-from ..errors import Error, ProjectionConflict, UsageError
+from ..errors import Error, NotFound, ProjectionConflict, UsageError
 from ._protocol import ProjectionTxn
+from ._read_model import DESCRIPTIONS, Description, TrackedTxn, check_collection, load, merged
+from ._read_model import reset_read_model as _reset_read_model
 from .api import StoredEvent
 from .serialization import Event
 from .subscriptions import WAIT_SLICE_S
@@ -66,8 +74,9 @@ class Projection:
     ``name`` identifies the checkpoint (keep it stable across releases; a
     new name means a new projection built from scratch). ``categories`` and
     ``types`` filter the events (``None``: all). ``collections`` are the
-    document collections the projection owns: :meth:`ProjectionRunner.rebuild`
-    deletes them.
+    document collections the projection owns; a rebuild empties them, and
+    any other collection its handlers write to (the runner records them).
+    A collection belongs to one projection: rebuilding one empties it.
     """
 
     name: ClassVar[str] = ""
@@ -87,8 +96,15 @@ class Projection:
 
     def reset(self, txn: ProjectionTxn) -> None:
         """Called in the transaction of the first batch from checkpoint 0 (the
-        first run, and after a rebuild): create or empty SQL tables here.
-        Documents of :attr:`collections` are already deleted by a rebuild."""
+        first run, and after a rebuild) and in the rebuild's own transaction:
+        create or empty SQL tables here. A projection that writes SQL tables
+        without a ``reset()`` cannot be rebuilt (``UsageError``): its tables
+        would get every event twice. Documents are emptied by the rebuild."""
+
+
+def has_reset(projection: Projection) -> bool:
+    """Whether ``projection`` defines its own :meth:`Projection.reset`."""
+    return type(projection).reset is not Projection.reset
 
 
 @dataclass(frozen=True)
@@ -125,10 +141,20 @@ class _Worker:
         self.checkpoint: int | None = None  # None: read it from the backend
         self.reload = threading.Event()  # set by rebuild(): re-read the checkpoint
         self.thread: threading.Thread | None = None
+        if isinstance(projection.collections, str):  # ("balances") without its comma
+            raise UsageError(
+                f"projection {self.name!r}: collections is a sequence of names, "
+                f"got the string {projection.collections!r}",
+                projection=self.name,
+            )
+        self.declared = [check_collection(c) for c in projection.collections]
+        self.has_reset = has_reset(projection)
+        self.described = False  # the stored description covers this code's
 
     def start(self) -> None:
         self.error = None
         self.checkpoint = None
+        self.described = False
         self.thread = threading.Thread(
             target=self.run, name=f"unbundled-projection:{self.name}", daemon=True
         )
@@ -155,20 +181,41 @@ class _Worker:
         if self.filtered and len(rows) < batch_size:
             reached = max(reached, safe)
         if reached == checkpoint:
-            return False
+            return self._describe(checkpoint)
         decode = self.runner.store._decode
         events = [decode(r) for r in rows]  # outside the transaction: it holds the write lock
         projection = self.projection
 
         def apply(txn: ProjectionTxn) -> None:
+            tracked = TrackedTxn(txn, self.name, self.declared, self.has_reset)
             if checkpoint == 0:
-                projection.reset(txn)
+                projection.reset(tracked)
             for event in events:
-                projection.handle(event, txn)
+                projection.handle(event, tracked)
+            tracked.save()
 
         backend.project(self.name, checkpoint, reached, apply)
         self.checkpoint = reached
+        self.described = True
         self.applied += len(events)
+        return True
+
+    def _describe(self, checkpoint: int) -> bool:
+        """With nothing to apply: store the description of what this code
+        declares if it is not stored yet (so a rebuild from the CLI knows
+        it). True if that took a transaction (a step, though not a batch)."""
+        if self.described:
+            return False
+        backend = self.runner.store.backend
+        stored = load(self.name, backend.get_document(DESCRIPTIONS, self.name))
+        self.described = True
+        if stored == merged(stored, self.declared, False, self.has_reset):
+            return False
+
+        def describe(txn: ProjectionTxn) -> None:
+            TrackedTxn(txn, self.name, self.declared, self.has_reset).save()
+
+        backend.project(self.name, checkpoint, checkpoint, describe)
         return True
 
     def run(self) -> None:
@@ -247,7 +294,16 @@ class ProjectionRunner:
                 raise UsageError(f"{type(projection).__name__} has no name")
             if name in self._workers:
                 raise UsageError(f"two projections are named {name!r}")
-            self._workers[name] = _Worker(self, projection)
+            worker = _Worker(self, projection)
+            for other in self._workers.values():
+                shared = sorted(set(worker.declared) & set(other.declared))
+                if shared:
+                    raise UsageError(
+                        f"projections {other.name!r} and {name!r} both own collection "
+                        f"{shared[0]!r}: rebuilding one would empty the other's documents",
+                        collection=shared[0],
+                    )
+            self._workers[name] = worker
 
     @property
     def names(self) -> list[str]:
@@ -313,18 +369,30 @@ class ProjectionRunner:
         return applied
 
     def rebuild(self, name: str) -> None:
-        """Delete the projection's documents, reset its checkpoint to 0 and
-        replay it from the first event (on its thread if the runner is
-        running, else at the next :meth:`start` or :meth:`catch_up`). Its
-        SQL tables are emptied by :meth:`Projection.reset` in the same
-        transaction as the first replayed batch."""
+        """Rebuild projection ``name`` from the first event: in one
+        transaction, empty every collection of its read model (declared, or
+        written by it: the runner records them), call its
+        :meth:`Projection.reset` and move its checkpoint to 0; then replay
+        (on its thread if the runner is running, else at the next
+        :meth:`start` or :meth:`catch_up`). It ends where a fresh projection
+        would, even while runners of it run here or in other processes.
+
+        Raises ``UsageError``, changing nothing, if the projection wrote SQL
+        tables and defines no ``reset()`` to empty them."""
         worker = self._worker(name)
-        backend = self.store.backend
-        backend.reset_projection(name, list(worker.projection.collections))
-        # Empty the SQL tables now too, so an empty store reads as empty. A
-        # conflict means a runner already applied a batch from 0, which did it.
-        with contextlib.suppress(ProjectionConflict):
-            backend.project(name, 0, 0, worker.projection.reset)
+        projection = worker.projection
+
+        def reset(txn: ProjectionTxn) -> None:
+            _reset_read_model(
+                txn,
+                name,
+                declared=worker.declared,
+                reset=projection.reset,
+                has_reset=worker.has_reset,
+            )
+
+        self.store._check_open()
+        self.store.backend.reset_projection(name, (), reset)
         worker.checkpoint = None
         worker.reload.set()
         if worker.error is not None and self._started and not worker.running:
@@ -376,6 +444,32 @@ class ProjectionRunner:
             token = backend.wait_for_events(token, min(remaining, WAIT_SLICE_S / 2))
 
 
+def rebuild_projection(
+    store: EventStore, name: str, *, collections: Sequence[str] = ()
+) -> Description:
+    """Reset projection ``name`` to be rebuilt by its runner, without its
+    :class:`Projection` class (for tools and the CLI): in one transaction,
+    empty every collection its stored description names (and
+    ``collections``) and move its checkpoint to 0. Its runner, wherever it
+    runs, then replays every event, calling ``reset()`` first. Returns the
+    description. ``NotFound`` for an unknown projection; ``UsageError``,
+    changing nothing, if it was never described (its runner has not run
+    with this version) or writes SQL tables without a ``reset()``."""
+    store._check_open()
+    backend = store.backend
+    known = backend.checkpoints()
+    if name not in known:
+        names = ", ".join(sorted(known)) or "none"
+        raise NotFound(f"no projection named {name!r} (known: {names})", projection=name)
+    done: list[Description] = []
+
+    def reset(txn: ProjectionTxn) -> None:
+        done.append(_reset_read_model(txn, name, extra=collections))
+
+    backend.reset_projection(name, (), reset)
+    return done[-1]
+
+
 def projection_status(store: EventStore) -> dict[str, ProjectionStatus]:
     """Checkpoint and lag of every projection the store has a checkpoint for
     (whichever process runs it), without a runner: for tools and the CLI."""
@@ -387,4 +481,10 @@ def projection_status(store: EventStore) -> dict[str, ProjectionStatus]:
     }
 
 
-__all__ = ["Projection", "ProjectionRunner", "ProjectionStatus", "projection_status"]
+__all__ = [
+    "Projection",
+    "ProjectionRunner",
+    "ProjectionStatus",
+    "projection_status",
+    "rebuild_projection",
+]

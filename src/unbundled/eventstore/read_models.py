@@ -20,8 +20,8 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from ..errors import UsageError
 from ._protocol import ProjectionTxn
+from ._read_model import check_collection
 from .api import EventStoreBase
 
 T = TypeVar("T")
@@ -34,9 +34,7 @@ class Documents(Generic[T]):
     """The documents of one collection, as values of ``model``."""
 
     def __init__(self, collection: str, model: type[T]) -> None:
-        if type(collection) is not str or not collection:
-            raise UsageError(f"a collection is named by a non-empty string, got {collection!r}")
-        self.collection = collection
+        self.collection = check_collection(collection)
         self.model = model
         self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(model)
 

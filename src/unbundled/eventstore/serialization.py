@@ -18,12 +18,14 @@ Deposited(amount=5)
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import msgspec
 
-from ..errors import CorruptionError, UsageError
+from ..errors import CorruptionError, EventSchemaMismatch, UsageError
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -105,50 +107,73 @@ class Serializer:
         return self._by_name.get(event_type)
 
     def encode(self, event: Event) -> tuple[str, int, bytes]:
+        """``(type name, schema version, JSON)`` of ``event``, checked against
+        its class: ``UsageError`` naming the field and the value if it does
+        not fit (msgspec does not check types when a struct is made or
+        encoded, only when decoded), so nothing stored fails a later read."""
         cls = type(event)
         name = type_name(cls)
         if self._by_name.get(name) is not cls:
             self.register(cls)
-        return name, cls.schema_version, _encoder.encode(event)
+        try:
+            data = _encoder.encode(event)
+            # Decoding is what every read does, so it is the check: the
+            # cheapest complete one (about 0.2 us for a small event).
+            self._decoders[name].decode(data)
+        except (TypeError, msgspec.ValidationError) as exc:
+            raise misfit(name, event, exc) from None
+        return name, cls.schema_version, data
 
     def decode(self, event_type: str, schema_version: int, data: bytes) -> Any:
         """The typed event (upcast to its class's version); a dict for an
-        unknown type. ``CorruptionError`` if stored data does not decode."""
+        unknown type. ``EventSchemaMismatch`` if the stored event does not
+        fit today's class (or no upcaster leads there); ``CorruptionError``
+        if the stored data is not JSON at all."""
         cls = self._by_name.get(event_type)
+        upcast: dict[str, Any] | None = None
         try:
             if cls is None:
                 return _decode_dict(data)
             if schema_version == cls.schema_version:
                 return self._decoders[event_type].decode(data)
-            return msgspec.convert(
-                self.upcast(event_type, schema_version, _decode_dict(data), cls.schema_version),
-                cls,
-            )
-        except msgspec.DecodeError as exc:  # malformed JSON, or not fitting the class
+            upcast = self.upcast(event_type, schema_version, _decode_dict(data), cls.schema_version)
+            return msgspec.convert(upcast, cls)
+        except msgspec.ValidationError as exc:  # JSON, but not fitting the class
+            raise drifted(event_type, schema_version, data, upcast, exc) from None
+        except msgspec.DecodeError as exc:  # not JSON: not something we wrote
             raise CorruptionError(
-                f"stored {event_type} v{schema_version} does not decode: {exc}",
+                f"stored {event_type} v{schema_version} is not JSON: {exc}",
                 event_type=event_type,
+                schema_version=schema_version,
             ) from exc
 
     def upcast(
         self, event_type: str, version: int, data: dict[str, Any], target: int
     ) -> dict[str, Any]:
+        """``data`` of ``event_type`` at ``version`` upgraded to ``target``
+        through the registered upcasters; ``EventSchemaMismatch`` if one is
+        missing or the stored version is newer than the code."""
+        stored = version
         while version < target:
             step = self._upcasters.get((event_type, version))
             if step is None:
-                raise UsageError(
-                    f"no upcaster registered for {event_type} v{version} -> v{version + 1}",
+                raise EventSchemaMismatch(
+                    f"stored {event_type} v{stored} needs an upcaster: none is registered "
+                    f"for {event_type} v{version} -> v{version + 1}",
                     event_type=event_type,
-                    version=version,
+                    schema_version=stored,
+                    field=None,
+                    missing_from=version,
                 )
             data = step(data)
             version += 1
         if version > target:
-            raise UsageError(
+            raise EventSchemaMismatch(
                 f"stored {event_type} v{version} is newer than the code (v{target}): "
                 "deploy the newer code",
                 event_type=event_type,
-                version=version,
+                schema_version=version,
+                field=None,
             )
         return data
 
@@ -162,3 +187,93 @@ class Serializer:
             return _decode_metadata(raw)
         except msgspec.DecodeError as exc:
             raise CorruptionError(f"stored event metadata does not decode: {exc}") from exc
+
+
+# --- naming what does not fit ------------------------------------------------------
+
+_AT = re.compile(r" - at `\$([^`]*)`$")
+_MISSING = re.compile(r"missing required field `([^`]*)`")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+_SHOWN_CHARS_MAX = 100  # of a value's repr in a message
+
+
+def _where(exc: Exception) -> tuple[str, str | None]:
+    """msgspec's reason and the path it names, as ``amount`` or
+    ``lines[2].sku`` (``None``: the event as a whole)."""
+    text = str(exc)
+    found = _AT.search(text)
+    reason, path = (text[: found.start()], found.group(1)) if found else (text, "")
+    missing = _MISSING.search(reason)
+    if missing:
+        path += f".{missing.group(1)}"
+    return reason, path.lstrip(".") or None
+
+
+def _value_at(value: Any, field: str) -> tuple[bool, Any]:
+    """The value at ``field`` (a path from :func:`_where`) inside an event or
+    decoded JSON, and whether it was found."""
+    try:
+        for name, index in _STEP.findall("." + field):
+            if index == "...":  # a dict value: msgspec does not say under which key
+                return True, value
+            if index:
+                value = value[int(index)]
+            elif isinstance(value, dict):
+                value = value[name]
+            else:
+                attrs = {f.encode_name: f.name for f in msgspec.structs.fields(type(value))}
+                value = getattr(value, attrs.get(name, name))
+    except (LookupError, TypeError, AttributeError):
+        return False, None
+    return True, value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS_MAX else text[: _SHOWN_CHARS_MAX - 3] + "..."
+
+
+def misfit(event_type: str, event: Any, exc: Exception) -> UsageError:
+    """The error for an event that does not fit its own class (at append)."""
+    if isinstance(exc, TypeError):  # the encoder met a value JSON cannot hold
+        return UsageError(
+            f"event {event_type} cannot be stored as JSON: {exc}; nothing was written",
+            event_type=event_type,
+            field=None,
+            value=None,
+        )
+    reason, field = _where(exc)
+    found, value = _value_at(event, field) if field is not None else (False, None)
+    what = f"field {field}" if field is not None else "it"
+    shown = f" = {_shown(value)}" if found else ""
+    return UsageError(
+        f"event {event_type}: {what}{shown} does not fit its class: {reason}; nothing was written",
+        event_type=event_type,
+        field=field,
+        value=_shown(value) if found else None,
+    )
+
+
+def drifted(
+    event_type: str,
+    schema_version: int,
+    data: bytes,
+    upcast: dict[str, Any] | None,
+    exc: Exception,
+) -> EventSchemaMismatch:
+    """The error for a stored event that does not fit today's class."""
+    reason, field = _where(exc)
+    found, value = False, None
+    if field is not None:
+        with contextlib.suppress(msgspec.DecodeError):
+            found, value = _value_at(upcast if upcast is not None else _decode_dict(data), field)
+    at = f" at field {field}" if field is not None else ""
+    shown = f" (stored value {_shown(value)})" if found else ""
+    upcasted = " after upcasting" if upcast is not None else ""
+    return EventSchemaMismatch(
+        f"stored {event_type} v{schema_version} does not fit today's class{upcasted}: "
+        f"{reason}{at}{shown}; register an upcaster for it or fix the class",
+        event_type=event_type,
+        schema_version=schema_version,
+        field=field,
+    )

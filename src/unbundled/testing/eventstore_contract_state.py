@@ -110,6 +110,47 @@ def check_projections(target: EventStoreTarget) -> None:
         assert backend.list_documents("balances", "", 10) == [("z", b"0")]
 
 
+def check_projection_reset_runs_its_hook_in_one_transaction(target: EventStoreTarget) -> None:
+    """``reset_projection`` with ``apply``: collections emptied (``clear``),
+    the hook's writes and the checkpoint's 0 commit together or not at all,
+    and waiting runners are woken."""
+    with target.open(SimClock()) as store:
+        backend = store.backend
+
+        def build(txn: ProjectionTxn) -> None:
+            txn.put("docs", "a", b"1")
+            txn.put("docs", "b", b"2")
+            txn.put("kept", "k", b"k")
+
+        backend.project("p", 0, 5, build)
+
+        def failing(txn: ProjectionTxn) -> None:
+            txn.clear("docs")
+            txn.put("kept", "k", b"changed")
+            raise UsageError("the hook failed")
+
+        err = raises(UsageError, lambda: backend.reset_projection("p", ["kept"], failing))
+        assert str(err) == "the hook failed", "the hook's own error, as it was raised"
+        assert backend.checkpoints() == {"p": 5}, "a failed hook changes nothing"
+        assert backend.list_documents("docs", "", 10) == [("a", b"1"), ("b", b"2")]
+        assert backend.get_document("kept", "k") == b"k"
+        seen: list[bytes | None] = []
+
+        def hook(txn: ProjectionTxn) -> None:
+            txn.put("docs", "early", b"gone")
+            txn.clear("docs")  # also what this transaction wrote before
+            seen.append(txn.get("docs", "a"))
+            txn.put("docs", "c", b"3")  # a write after the clear stays
+
+        token = backend.events_change_token()
+        backend.reset_projection("p", [], hook)
+        assert seen == [None]
+        assert backend.checkpoints() == {"p": 0}
+        assert backend.list_documents("docs", "", 10) == [("c", b"3")]
+        assert backend.get_document("kept", "k") == b"k", "only what it was told to empty"
+        assert backend.wait_for_events(token, 5.0) != token, "waiting runners must look again"
+
+
 def check_subject_keys(target: EventStoreTarget) -> None:
     with target.open(SimClock()) as store:
         backend = store.backend
@@ -176,6 +217,7 @@ def check_reopen_keeps_everything(target: EventStoreTarget) -> None:
 CHECKS: list[Check] = [
     check_snapshots,
     check_projections,
+    check_projection_reset_runs_its_hook_in_one_transaction,
     check_subject_keys,
     check_wait_for_events,
     check_reopen_keeps_everything,

@@ -247,11 +247,14 @@ class _MemoryProjectionTxn:
 
     def __init__(self, documents: dict[str, dict[str, bytes]]) -> None:
         self._documents = documents
+        self.cleared: set[str] = set()  # collections emptied, before the writes
         self.writes: dict[tuple[str, str], bytes | None] = {}
 
     def get(self, collection: str, key: str) -> bytes | None:
         if (collection, key) in self.writes:
             return self.writes[(collection, key)]
+        if collection in self.cleared:
+            return None
         return self._documents.get(collection, {}).get(key)
 
     def put(self, collection: str, key: str, value: bytes) -> None:
@@ -261,9 +264,24 @@ class _MemoryProjectionTxn:
     def delete(self, collection: str, key: str) -> None:
         self.writes[(collection, key)] = None
 
+    def clear(self, collection: str) -> None:
+        self.cleared.add(collection)
+        for written in [w for w in self.writes if w[0] == collection]:
+            del self.writes[written]
+
     @property
     def sql(self) -> Any:
         raise NotSupported("the memory backend has no SQL; use documents (get/put/delete)")
+
+    def commit(self) -> None:
+        for collection in self.cleared:
+            self._documents.pop(collection, None)
+        for (collection, key), value in self.writes.items():
+            docs = self._documents.setdefault(collection, {})
+            if value is None:
+                docs.pop(key, None)
+            else:
+                docs[key] = value
 
 
 class MemoryProjections:
@@ -272,6 +290,7 @@ class MemoryProjections:
     _lock: threading.RLock
     _bump: Callable[[], None]
     _check_events_open: Callable[[], None]
+    _events_token: int
 
     def _init_projections(self) -> None:
         self._checkpoints: dict[str, int] = {}
@@ -296,30 +315,42 @@ class MemoryProjections:
                     expected=expected_checkpoint,
                     actual=current,
                 )
-            txn = _MemoryProjectionTxn(self._documents)
+            self._apply_documents(apply, ())
+            self._checkpoints[name] = new_checkpoint
+
+    def _apply_documents(
+        self, apply: Callable[[ProjectionTxn], None] | None, cleared: Sequence[str]
+    ) -> None:
+        """Empty ``cleared``, run ``apply`` and commit its writes; an
+        exception from ``apply`` leaves nothing behind."""
+        txn = _MemoryProjectionTxn(self._documents)
+        for collection in cleared:
+            txn.clear(collection)
+        if apply is not None:
             self._handler = threading.get_ident()
             try:
-                apply(txn)  # an exception here leaves nothing behind
+                apply(txn)
             finally:
                 self._handler = None
-            for (collection, key), value in txn.writes.items():
-                docs = self._documents.setdefault(collection, {})
-                if value is None:
-                    docs.pop(key, None)
-                else:
-                    docs[key] = value
-            self._checkpoints[name] = new_checkpoint
+        txn.commit()
 
     def checkpoints(self) -> dict[str, int]:
         with self._lock:
             return dict(self._checkpoints)
 
-    def reset_projection(self, name: str, collections: Sequence[str]) -> None:
+    def reset_projection(
+        self,
+        name: str,
+        collections: Sequence[str],
+        apply: Callable[[ProjectionTxn], None] | None = None,
+    ) -> None:
         with self._lock:
             self._check_events_open()
-            for collection in collections:
-                self._documents.pop(collection, None)
+            self._apply_documents(apply, collections)
             self._checkpoints[name] = 0
+            # Wake runners waiting for events: their projection starts over.
+            self._events_token += 1
+            self._bump()
 
     def get_document(self, collection: str, key: str) -> bytes | None:
         with self._lock:

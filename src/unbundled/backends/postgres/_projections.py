@@ -16,6 +16,7 @@ from typing import Any
 from ...errors import ProjectionConflict
 from ...eventstore import _core
 from ...eventstore._protocol import ProjectionTxn
+from ._notify import Notifier
 from ._schema import Conn
 
 
@@ -54,6 +55,9 @@ class _PostgresProjectionTxn:
             f"DELETE FROM {self._documents} WHERE collection = %s AND key = %s", (collection, key)
         )
 
+    def clear(self, collection: str) -> None:
+        self._conn.execute(f"DELETE FROM {self._documents} WHERE collection = %s", (collection,))
+
     @property
     def sql(self) -> Conn:
         """The psycopg connection, inside the projection's transaction: run
@@ -66,7 +70,9 @@ class PostgresProjections:
     """Checkpoints and documents of :class:`unbundled.backends.PostgresBackend`."""
 
     schema: str
+    channel: str
     _where: str
+    _notifier: Notifier
     _handling: threading.local
     _run: Callable[[Callable[[Conn], Any]], Any]
     _rows: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
@@ -100,21 +106,28 @@ class PostgresProjections:
                         expected=expected_checkpoint,
                         actual=current,
                     )
-                self._handling.name = name
-                try:
-                    apply(_PostgresProjectionTxn(conn, self.schema))
-                except Exception as exc:
-                    # Roll back, and hand the handler's error back as it is:
-                    # a psycopg error from its own SQL is not ours to translate.
-                    raise _HandlerFailed(exc) from exc
-                finally:
-                    self._handling.name = None
+                self._apply(conn, name, apply)
                 conn.execute(
                     f'UPDATE "{self.schema}".projection_checkpoints SET position = %s '
                     "WHERE name = %s",
                     (new_checkpoint, name),
                 )
 
+        self._run_handler(run)
+
+    def _apply(self, conn: Conn, name: str, apply: Callable[[ProjectionTxn], None]) -> None:
+        self._handling.name = name
+        try:
+            apply(_PostgresProjectionTxn(conn, self.schema))
+        except Exception as exc:
+            # Roll back, and hand the handler's error back as it is:
+            # a psycopg error from its own SQL is not ours to translate.
+            raise _HandlerFailed(exc) from exc
+        finally:
+            self._handling.name = None
+
+    def _run_handler(self, run: Callable[[Conn], None]) -> None:
+        """``run`` on a pooled connection; a handler's error comes out as it was raised."""
         try:
             self._run(run)
             return
@@ -126,7 +139,12 @@ class PostgresProjections:
         rows = self._rows(f'SELECT name, position FROM "{self.schema}".projection_checkpoints', ())
         return {str(name): int(position) for name, position in rows}
 
-    def reset_projection(self, name: str, collections: Sequence[str]) -> None:
+    def reset_projection(
+        self,
+        name: str,
+        collections: Sequence[str],
+        apply: Callable[[ProjectionTxn], None] | None = None,
+    ) -> None:
         def reset(conn: Conn) -> None:
             with conn.transaction():
                 self._lock_checkpoint(conn, name)
@@ -134,13 +152,18 @@ class PostgresProjections:
                     f'DELETE FROM "{self.schema}".documents WHERE collection = ANY(%s::text[])',
                     (list(collections),),
                 )
+                if apply is not None:
+                    self._apply(conn, name, apply)
                 conn.execute(
                     f'UPDATE "{self.schema}".projection_checkpoints SET position = 0 '
                     "WHERE name = %s",
                     (name,),
                 )
+                # Runners waiting for events in other processes: start over.
+                conn.execute("SELECT pg_notify(%s, 'reset')", (self.channel,))
 
-        self._run(reset)
+        self._run_handler(reset)
+        self._notifier.bump()
 
     def get_document(self, collection: str, key: str) -> bytes | None:
         rows = self._rows(

@@ -487,6 +487,9 @@ class _SqliteProjectionTxn:
             "DELETE FROM documents WHERE collection = ? AND key = ?", (collection, key)
         )
 
+    def clear(self, collection: str) -> None:
+        self._conn.execute("DELETE FROM documents WHERE collection = ?", (collection,))
+
     @property
     def sql(self) -> sqlite3.Connection:
         return self._conn
@@ -534,10 +537,19 @@ class SqliteProjections:
     def checkpoints(self) -> dict[str, int]:
         return dict(self._read("SELECT name, position FROM projection_checkpoints", ()))
 
-    def reset_projection(self, name: str, collections: Sequence[str]) -> None:
+    def reset_projection(
+        self,
+        name: str,
+        collections: Sequence[str],
+        apply: Callable[[ProjectionTxn], None] | None = None,
+    ) -> None:
+        # One writer transaction (waiting runners see its commit as a change).
         def reset(conn: sqlite3.Connection, stage: Stage) -> None:
+            txn = _SqliteProjectionTxn(conn)
             for collection in collections:
-                conn.execute("DELETE FROM documents WHERE collection = ?", (collection,))
+                txn.clear(collection)
+            if apply is not None:
+                apply(txn)
             conn.execute("INSERT OR REPLACE INTO projection_checkpoints VALUES (?, 0)", (name,))
 
         self._call(reset)
