@@ -32,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 from .. import limits
-from ..errors import UsageError
+from .._waiters import Failure
+from ..errors import Error, UsageError
 from .api import EventStoreBase, StoredEvent
 from .serialization import Event
 
@@ -199,7 +200,10 @@ class SubscriptionWorker:
     If the handler raises, the worker stops; :attr:`error` holds the
     exception, :attr:`position` the last event handled successfully (so a
     restart from there retries the failed event), and :meth:`stop` /
-    :meth:`join` re-raise it.
+    :meth:`join` re-raise it. If reading fails, the worker stops the same
+    way: :attr:`error` is the backend's typed error (``Closed``,
+    ``CorruptionError``...), or :class:`~unbundled.errors.ThreadFailed`
+    naming the cause of anything unexpected.
     """
 
     def __init__(self, subscription: Subscription, handler: Handler) -> None:
@@ -228,12 +232,21 @@ class SubscriptionWorker:
                 for event in subscription.poll(3600.0):
                     if subscription.stopped:
                         return
-                    self._handler(event)
+                    try:
+                        self._handler(event)
+                    except BaseException as exc:  # the handler's own: re-raised as it is
+                        self.error = exc
+                        return
                     self._handled = event.position
                 if not subscription.stopped:
                     self._handled = subscription.position  # filtered-out events included
-        except BaseException as exc:
+        except Error as exc:  # from the store: typed already
             self.error = exc
+        except BaseException as exc:  # unexpected: say which thread, and why
+            failure = Failure()
+            failure.set(self._thread.name, exc, "the subscription")
+            self.error = failure.error()
+        finally:
             subscription.stop()
 
     def join(self, timeout_s: float | None = None) -> None:

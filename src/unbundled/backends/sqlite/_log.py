@@ -26,6 +26,7 @@ from ...errors import (
     OffsetOutOfRange,
     TopicExists,
     TopicNotFound,
+    Unavailable,
     UsageError,
 )
 from ...log import _core, _groups
@@ -145,16 +146,21 @@ class SqliteLog:
         self._writer_maintain_inline()
 
     def _writer_maintain_inline(self) -> None:
-        # Runs on the writer thread itself, between batches.
+        # Runs on the writer thread itself, between batches. Another process
+        # holding the write lock only postpones it; any other failure stops
+        # the writer (it rolls back and tells every caller: ThreadFailed).
         conn = self._writer._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             removed = _maintain(conn, self.clock())
             conn.execute("COMMIT")
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            return
+            error = translate(exc, self.path)
+            if isinstance(error, Unavailable):
+                return  # busy: the next idle pass tries again
+            raise error from exc
         if removed:
             self._on_commit()
 

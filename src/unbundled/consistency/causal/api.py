@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ... import limits
+from ..._waiters import Failure
 from ...errors import CorruptionError, Error, SessionBehind, TopicExists, UsageError
 from ...log.api import Log
 from ._core import Context, ReplicaCore, Session, Update, Versions, decode_update, encode_update
@@ -276,6 +277,10 @@ class Replica:
                     self.sync(wait_s=poll_s)
             except Error as exc:  # a corrupt log, a closed log: tell the next caller
                 self._failure = exc
+            except BaseException as exc:  # unexpected: the next caller hears it, typed
+                failure = Failure()
+                failure.set(threading.current_thread().name, exc, "the replica")
+                self._failure = failure.error()
 
         self._thread = threading.Thread(target=follow, name=f"causal-{self.replica_id}")
         self._thread.daemon = True
