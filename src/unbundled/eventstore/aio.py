@@ -101,7 +101,10 @@ class AsyncEventStore(EventStoreBase):
         metadata: Metadata | None = None,
     ) -> AppendResult:
         """Append ``events`` to ``stream`` if it is at ``expected_version``; see
-        :meth:`unbundled.EventStore.append`. Returns once the events are durable."""
+        :meth:`unbundled.EventStore.append`. Returns once the events are durable.
+
+        Cancelled before the writer takes it, nothing is written; after,
+        it commits. Retry a cancelled append with the same ``ids``."""
         if _personal((events,)):
             write = await self._run(self._write, stream, events, expected_version, ids, metadata)
         else:
@@ -127,8 +130,10 @@ class AsyncEventStore(EventStoreBase):
         self._check_open()
         waiter = AsyncWaiter()
         self.backend.submit_events(writes, waiter)
-        # Cancelling this await does not take the append back: it may still
-        # commit (as a lost reply would). Retry with the same ids to find out.
+        # Cancelled before the writer takes it, the append is withdrawn (not
+        # written); once taken, it commits and cancelling only ends the wait.
+        # The caller cannot tell which: retry with the same ids (a no-op if
+        # it committed).
         results: list[AppendResult] = await waiter.future
         return results
 

@@ -47,7 +47,12 @@ T = TypeVar("T")
 
 
 class AsyncLog(LogBase):
-    """The log for asyncio programs. Same semantics as :class:`unbundled.Log`."""
+    """The log for asyncio programs. Same semantics as :class:`unbundled.Log`.
+
+    A cancelled append is withdrawn (not written) if the writer has not
+    taken it yet, and commits if it has; retry it with an idempotent
+    producer and the same sequence (docs/how-to/asyncio.md).
+    """
 
     @classmethod
     async def open(
