@@ -18,6 +18,7 @@ from rich.status import Status
 
 from ..errors import Fenced
 from ..log import Consumer, Log, Record, TopicPartition
+from ._bounds import PARTITION, POSITIVE, Seconds
 from ._common import (
     App,
     err_console,
@@ -180,7 +181,7 @@ class _Session:
 @click.option(
     "--max-records",
     "-n",
-    type=click.IntRange(min=1),
+    type=POSITIVE,
     metavar="N",
     default=None,
     help="Stop after this many records (with --group, exactly these are committed).",
@@ -188,7 +189,7 @@ class _Session:
 @click.option(
     "--timeout",
     "timeout_s",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=None,
     metavar="SECONDS",
     help="Stop when no record arrived for this many seconds.",
@@ -196,7 +197,7 @@ class _Session:
 @click.option(
     "--partition",
     "-p",
-    type=click.IntRange(min=0),
+    type=PARTITION,
     metavar="P",
     default=None,
     help="Read only this partition of each topic (default: all partitions).",

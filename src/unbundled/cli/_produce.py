@@ -23,9 +23,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from .. import limits
 from ..errors import Error, PartitionNotFound, UsageError
 from ..log import Log, Message, TopicConfig
 from ..log._core import check_record
+from ._bounds import PARTITION
 from ._common import (
     App,
     err_console,
@@ -247,7 +249,7 @@ def _parse_header(text: str) -> tuple[str, bytes]:
 @click.option(
     "--partition",
     "-p",
-    type=click.IntRange(min=0),
+    type=PARTITION,
     metavar="P",
     default=None,
     help="Append every record to this partition (default: chosen by key hash, or sticky).",
@@ -267,7 +269,7 @@ def _parse_header(text: str) -> tuple[str, bytes]:
 )
 @click.option(
     "--batch-records",
-    type=click.IntRange(1, 100_000),
+    type=click.IntRange(1, limits.batch_records_max),
     metavar="N",
     default=1000,
     show_default=True,

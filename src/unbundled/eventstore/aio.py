@@ -31,7 +31,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._waiters import AsyncWaiter
-from ..errors import UsageError
 from ..log._protocol import SyncLevel
 from . import _core
 from ._protocol import ANY, AppendResult, NewEvent, RecordedEvent, StreamState, StreamWrite
@@ -170,10 +169,7 @@ class AsyncEventStore(EventStoreBase):
         with ``backwards`` the last), decoded (and upcast). Raises
         ``StreamNotFound`` / ``StreamDeleted``."""
         _core.check_stream_name(stream)
-        if from_version is None:
-            from_version = _END if backwards else 0
-        elif type(from_version) is not int or from_version < 0:
-            raise UsageError(f"from_version must be an int >= 0, got {from_version!r}")
+        from_version = self._check_from_version(from_version, backwards)
         return await self._run(
             self._read_stream, stream, from_version, self._check_limit(limit), backwards
         )
@@ -209,7 +205,7 @@ class AsyncEventStore(EventStoreBase):
         to the safe position (never skipping one that commits later)."""
         return await self._run(
             self._read_all,
-            after_position,
+            self._check_position(after_position),
             self._check_limit(limit),
             categories,
             self._type_names(types),
@@ -220,7 +216,11 @@ class AsyncEventStore(EventStoreBase):
     ) -> list[RecordedEvent]:
         """Like :meth:`read_all` without decoding (for copying and tools)."""
         return await self._run(
-            self.backend.read_all, after_position, self._check_limit(limit), None, None
+            self.backend.read_all,
+            self._check_position(after_position),
+            self._check_limit(limit),
+            None,
+            None,
         )
 
     async def state(self, stream: str) -> StreamState:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, overload
 import msgspec
 
 from .. import limits
+from .._bounds import check_int
 from .._waiters import SyncWaiter
 from ..errors import Closed, UsageError
 from ..log._protocol import SyncLevel
@@ -207,9 +208,17 @@ class EventStoreBase:
 
     @staticmethod
     def _check_limit(limit: int) -> int:
-        if type(limit) is not int or not 1 <= limit <= limits.read_events_max:
-            raise UsageError(f"limit must be 1..{limits.read_events_max}, got {limit!r}")
-        return limit
+        return check_int("limit", limit, 1, limits.read_events_max)
+
+    @staticmethod
+    def _check_position(after_position: int) -> int:
+        return check_int("after_position", after_position, 0, limits.position_max)
+
+    @staticmethod
+    def _check_from_version(from_version: int | None, backwards: bool) -> int:
+        if from_version is None:
+            return _END if backwards else 0
+        return check_int("from_version", from_version, 0, limits.position_max)
 
 
 class EventStore(EventStoreBase):
@@ -318,10 +327,7 @@ class EventStore(EventStoreBase):
         ``StreamNotFound`` / ``StreamDeleted``."""
         self._check_open()
         _core.check_stream_name(stream)
-        if from_version is None:
-            from_version = _END if backwards else 0
-        elif type(from_version) is not int or from_version < 0:
-            raise UsageError(f"from_version must be an int >= 0, got {from_version!r}")
+        from_version = self._check_from_version(from_version, backwards)
         rows = self.backend.read_stream(stream, from_version, self._check_limit(limit), backwards)
         return self._decode_many(rows)
 
@@ -346,14 +352,19 @@ class EventStore(EventStoreBase):
         up to the safe position (never skipping one that commits later)."""
         self._check_open()
         rows = self.backend.read_all(
-            after_position, self._check_limit(limit), categories, self._type_names(types)
+            self._check_position(after_position),
+            self._check_limit(limit),
+            categories,
+            self._type_names(types),
         )
         return self._decode_many(rows)
 
     def read_all_raw(self, after_position: int = 0, *, limit: int = 1000) -> list[RecordedEvent]:
         """Like :meth:`read_all` without decoding (for copying and tools)."""
         self._check_open()
-        return self.backend.read_all(after_position, self._check_limit(limit), None, None)
+        return self.backend.read_all(
+            self._check_position(after_position), self._check_limit(limit), None, None
+        )
 
     def state(self, stream: str) -> StreamState:
         """The stream's version (``NO_STREAM`` if none) and deletion state."""

@@ -194,7 +194,7 @@ class AsyncLog(LogBase):
         records_max: int = 1000,
         bytes_max: int = 64 * 1024 * 1024,
     ) -> list[Record]:
-        self._check_read(topic, offset, records_max)
+        self._check_read(topic, offset, records_max, bytes_max)
         return await self._run(self.backend.read, topic, partition, offset, records_max, bytes_max)
 
     def consumer(
@@ -249,7 +249,7 @@ class AsyncLog(LogBase):
         timeout_s: float | None = None,
     ) -> AsyncIterator[Record]:
         """Every record of a partition from ``offset``; see :meth:`unbundled.Log.scan`."""
-        self._check_read(topic, offset, 1)
+        self._check_read(topic, offset, 1, timeout_s=timeout_s)
         while True:
             token = await self._run(self.backend.change_token)
             records = await self.read(topic, partition, offset, records_max=10_000)
@@ -281,10 +281,7 @@ class AsyncProducer:
         self._next = last_sequence + 1
 
     def stamp(self, sequence: int | None = None) -> ProducerStamp:
-        if sequence is None:
-            sequence = self._next
-        elif type(sequence) is not int or sequence < 0:
-            raise UsageError(f"sequence must be an int >= 0, got {sequence!r}", sequence=sequence)
+        sequence = LogBase._check_sequence(sequence, self._next)
         self._next = max(self._next, sequence + 1)
         return ProducerStamp(self.producer_id, self.epoch, sequence)
 
@@ -467,8 +464,7 @@ class AsyncTransaction:
             self._commits.append(commit)
         elif group is not None and offsets is not None:
             _core.check_group_name(group)
-            chosen = {TopicPartition(*tp): offset for tp, offset in offsets.items()}
-            self._commits.append(OffsetCommit(group, None, chosen, {}))
+            self._commits.append(OffsetCommit(group, None, _core.check_offsets(offsets), {}))
         else:
             raise UsageError("commit_offsets needs a consumer, or a group and offsets")
 

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from ... import limits
+from ..._bounds import check_optional_seconds
 from ..._waiters import SyncWaiter
 from ...errors import (
     Closed,
@@ -76,6 +77,7 @@ class SqliteLog:
     ) -> None:
         if sync not in ("full", "normal", "off"):
             raise UsageError(f"sync must be 'full', 'normal' or 'off', got {sync!r}", sync=sync)
+        check_optional_seconds("maintenance_interval_s", maintenance_interval_s, positive=True)
         self.path = os.fspath(path)
         self.url = f"sqlite:///{self.path}"
         self.sync = sync
