@@ -10,6 +10,7 @@ introspection: a new field without a bound in ``CONFIG_BOUNDS`` fails.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -279,11 +280,8 @@ CALLS: dict[str, tuple[st.SearchStrategy[object], Call]] = {
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
-    opened = Setup(tmp_path)
-    try:
+    with contextlib.closing(Setup(tmp_path)) as opened:
         yield opened
-    finally:
-        opened.close()
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))
