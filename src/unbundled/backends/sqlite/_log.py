@@ -65,6 +65,10 @@ class SqliteLog:
       survives power loss.
     * ``"normal"``: no fsync at commit; survives a process crash, not power loss.
     * ``"off"``: no fsync at all; for tests and scratch data.
+
+    ``maintenance_interval_s`` (0 < seconds <= ``limits.wait_s_max``): how
+    often the idle writer applies retention and compaction; ``None``: never
+    (call :meth:`maintain`).
     """
 
     def __init__(
