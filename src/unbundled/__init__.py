@@ -30,6 +30,7 @@ from .errors import StaleToken as StaleToken
 from .errors import StreamDeleted as StreamDeleted
 from .errors import StreamNotFound as StreamNotFound
 from .errors import SubjectForgotten as SubjectForgotten
+from .errors import ThreadFailed as ThreadFailed
 from .errors import Timeout as Timeout
 from .errors import TopicExists as TopicExists
 from .errors import TopicNotFound as TopicNotFound

@@ -41,6 +41,7 @@ __all__ = [
     "StreamDeleted",
     "StreamNotFound",
     "SubjectForgotten",
+    "ThreadFailed",
     "Timeout",
     "TopicExists",
     "TopicNotFound",
@@ -334,6 +335,28 @@ class SessionBehind(Unavailable):
     and the ``missing`` updates (origin to sequence number)."""
 
     code = "session_behind"
+
+
+# --- issue 9 (threads): a background thread failed ---------------------------
+
+
+class ThreadFailed(BackendError):
+    """A background thread of unbundled failed with an unexpected exception:
+    the group-commit writer (or the maintenance it runs between batches), the
+    PostgreSQL listener, or a subscription worker's reads.
+
+    The call that was waiting on the thread, and every later call that needs
+    it, raises this error at once, chained from the original exception
+    (``__cause__``); ``details`` name the ``thread`` and the ``cause``. Before
+    failing, the thread rolled back its open transaction and released its
+    locks, so other processes can write. Close the object and open it again.
+
+    You don't get it for the ordinary failure of one request (a conflict, a
+    bad argument, a busy database): that goes to its own caller and the
+    thread carries on.
+    """
+
+    code = "thread_failed"
 
 
 class NotSupported(Error):

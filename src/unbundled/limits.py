@@ -68,6 +68,24 @@ causal_update_bytes_max = causal_value_bytes_max + 64 * 1024  # one update recor
 causal_pending_updates_max = 100_000  # received updates buffered until deliverable.
 causal_read_records_max = 1000  # log records a replica reads per partition per pass.
 
+# --- issue 9: every number a user sets has a bound (checked by ``_bounds``) ---
+# Offsets, global positions, stream and key versions, producer sequences, and
+# counts of them: what SQLite's INTEGER and PostgreSQL's bigint hold.
+position_max = 2**63 - 1
+timestamp_ms_max = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, as in Java's Instant.
+retention_ms_max = 100 * 365 * 86_400_000  # a topic's retention_ms, tombstone_retention_ms.
+retention_bytes_max = 2**50  # a topic's retention_bytes (per partition): 1 PiB.
+read_bytes_max = 1 << 30  # one read call's bytes_max.
+# Timeouts, waits, polling and maintenance intervals, budgets: a week. Within
+# every clock API (poll(2) takes milliseconds in a C int).
+wait_s_max = 7 * 86_400.0
+idempotency_lease_ms_max = 24 * 3_600_000
+idempotency_retention_ms_max = 366 * 86_400_000
+idempotency_request_bytes_max = 256 * 1024 * 1024  # a request body the middleware buffers.
+snapshot_every_events_max = 1_000_000
+isolation_workers_max = 256
+pool_size_max = 1000  # connections of one PostgreSQL backend.
+
 assert record_bytes_default <= record_bytes_max
 assert key_bytes_max < record_bytes_max
 assert batch_records_max <= commit_records_max
@@ -79,3 +97,11 @@ assert 2 * causal_replicas_max * (causal_replica_id_bytes_max + 9) + causal_key_
     causal_update_bytes_max - causal_value_bytes_max
 )
 assert causal_update_bytes_max <= record_bytes_max
+assert timestamp_ms_max + retention_ms_max < position_max  # "now - retention" stays in range
+assert retention_bytes_max < position_max
+assert wait_s_max * 1000 < 2**31 - 1
+assert lease_ms_max < wait_s_max * 1000
+assert lease_ms_min <= idempotency_lease_ms_default <= idempotency_lease_ms_max
+assert idempotency_lease_ms_max <= idempotency_retention_ms_max
+assert idempotency_retention_ms_default <= idempotency_retention_ms_max
+assert read_records_max <= position_max and read_bytes_max >= record_bytes_max

@@ -50,6 +50,7 @@ CODES = {
     "Unavailable": "unavailable",
     "Timeout": "timeout",
     "SessionBehind": "session_behind",
+    "ThreadFailed": "thread_failed",
     "NotSupported": "not_supported",
 }
 

@@ -11,6 +11,7 @@ from ..consistency import checker
 from ..consistency.checker import FORMATS, Verdict, kv, parse_history, register
 from ..consistency.checker._formats import resolve
 from ..errors import UsageError
+from ._bounds import Seconds
 from ._common import err_console
 
 # Bad input (unreadable file, malformed line, bad option) exits 3: 1 and 2
@@ -69,7 +70,7 @@ def check() -> None:
 )
 @click.option(
     "--budget",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=60.0,
     show_default=True,
     metavar="SECONDS",

@@ -13,6 +13,7 @@ from rich.status import Status
 
 from ..errors import Fenced, UsageError
 from ..log import Consumer, Log, Record, TopicPartition
+from ._bounds import PARTITION, POSITIVE, Seconds
 from ._common import App, err_console, pass_app, record_line, stdout_bytes
 from ._progress import LiveLine, show_progress
 from ._signals import interrupts, signal_exit_status, signum_of
@@ -135,7 +136,7 @@ class _Session:
 @click.option(
     "--max-records",
     "-n",
-    type=click.IntRange(min=1),
+    type=POSITIVE,
     metavar="N",
     default=None,
     help="Stop after this many records (with --group, exactly these are committed).",
@@ -143,7 +144,7 @@ class _Session:
 @click.option(
     "--timeout",
     "timeout_s",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=None,
     metavar="SECONDS",
     help="Stop when no record arrived for this many seconds.",
@@ -151,7 +152,7 @@ class _Session:
 @click.option(
     "--partition",
     "-p",
-    type=click.IntRange(min=0),
+    type=PARTITION,
     metavar="P",
     default=None,
     help="Read only this partition of each topic (default: all partitions).",

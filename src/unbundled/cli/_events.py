@@ -31,6 +31,7 @@ from ..eventstore import (
 from ..eventstore import _core as es_core
 from ..eventstore.api import new_event_id
 from ..eventstore.subscriptions import Subscription
+from ._bounds import POSITION, POSITIVE, Seconds
 from ._common import App, echo_json, err_console, out_console, pass_app
 from ._consume import _Interrupts
 from ._event_output import Output, event_json, stored_json
@@ -309,7 +310,7 @@ def _all_pages_backwards(
 @click.option(
     "--from",
     "start",
-    type=click.IntRange(min=0),
+    type=POSITION,
     metavar="N",
     default=None,
     help="Start at this version of STREAM, or this position of $all (inclusive). Default: "
@@ -318,7 +319,7 @@ def _all_pages_backwards(
 @click.option(
     "--limit",
     "-n",
-    type=click.IntRange(min=1),
+    type=POSITIVE,
     metavar="N",
     default=None,
     help="Print at most N events. Default: all.",
@@ -419,7 +420,7 @@ def events_streams(app: App, category: str | None, as_json: bool) -> None:
 @events.command("subscribe")
 @click.option(
     "--after",
-    type=click.IntRange(min=0),
+    type=POSITION,
     metavar="N",
     default=None,
     help="Print events after global position N (0: from the very first). Default: only "
@@ -433,7 +434,7 @@ def events_streams(app: App, category: str | None, as_json: bool) -> None:
 @click.option(
     "--max-events",
     "-n",
-    type=click.IntRange(min=1),
+    type=POSITIVE,
     metavar="N",
     default=None,
     help="Stop after this many events.",
@@ -441,7 +442,7 @@ def events_streams(app: App, category: str | None, as_json: bool) -> None:
 @click.option(
     "--timeout",
     "timeout_s",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     metavar="SECONDS",
     default=None,
     help="Stop when no event arrived for this many seconds.",

@@ -20,6 +20,7 @@ from rich.table import Table
 from ..errors import NotFound, UsageError
 from ..idempotency import Idempotency, IdempotencyRecord
 from ..idempotency._protocol import State
+from ._bounds import POSITIVE
 from ._common import App, bytes_json, echo_json, out_console, pass_app
 
 _PAGE = 1000  # records per backend read
@@ -130,7 +131,7 @@ def idempotency_show(app: App, key: str, as_json: bool) -> None:
 @click.option("--after", default="", metavar="KEY", help="Start after this key (keys are sorted).")
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=POSITIVE,
     default=None,
     help="At most this many records (default: all).",
 )

@@ -10,8 +10,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .. import limits
 from ..consistency.isolation import TEST_NAMES, Outcome, run_suite, to_markdown, variants
 from ..errors import UsageError
+from ._bounds import Seconds
 from ._common import echo_json, err_console, out_console
 
 _MARKS = {"prevented": "[green]✓[/]", "anomaly": "[bold red]✗[/]"}
@@ -122,7 +124,7 @@ def _render(outcomes: list[Outcome], console: Console) -> RenderableType:
 )
 @click.option(
     "--step-timeout",
-    type=click.FloatRange(min=0.05),
+    type=Seconds(0.05, limits.wait_s_max / 5),
     default=1.0,
     show_default=True,
     metavar="SECONDS",

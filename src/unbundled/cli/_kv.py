@@ -19,6 +19,7 @@ import click
 
 from ..consistency import KV
 from ..errors import ConflictError, NotFound, UsageError
+from ._bounds import POSITION
 from ._common import App, bytes_json, echo_json, pass_app
 
 
@@ -92,7 +93,7 @@ def put(app: App, key: str, value: str) -> None:
 @kv.command()
 @click.argument("key")
 @click.argument("new")
-@click.option("--expected-version", type=click.IntRange(min=0), help="Swap only at this version.")
+@click.option("--expected-version", type=POSITION, help="Swap only at this version.")
 @click.option("--expected-value", help="Swap only if the key holds this value (UTF-8).")
 @click.option("--absent", is_flag=True, help="Swap only if the key is absent.")
 @pass_app

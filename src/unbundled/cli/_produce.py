@@ -24,9 +24,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from .. import limits
 from ..errors import Error, PartitionNotFound, RecordTooLarge, UsageError
 from ..log import Log, Message, Producer, TopicConfig
 from ..log._core import check_record, record_size
+from ._bounds import PARTITION
 from ._common import App, err_console, pass_app, stdin_is_terminal, stdout_bytes
 from ._lines import LineSplitter
 from ._progress import LiveLine, show_progress
@@ -310,7 +312,7 @@ class _Skips:
 @click.option(
     "--partition",
     "-p",
-    type=click.IntRange(min=0),
+    type=PARTITION,
     metavar="P",
     default=None,
     help="Append every record to this partition (default: chosen by key hash, or sticky).",
@@ -330,7 +332,7 @@ class _Skips:
 )
 @click.option(
     "--batch-records",
-    type=click.IntRange(1, 100_000),
+    type=click.IntRange(1, limits.batch_records_max),
     metavar="N",
     default=1000,
     show_default=True,

@@ -23,7 +23,7 @@ def topics() -> None:
 @click.option(
     "--partitions",
     "-p",
-    type=int,
+    type=click.IntRange(1, limits.partitions_max),
     metavar="N",
     default=1,
     show_default=True,
@@ -31,14 +31,14 @@ def topics() -> None:
 )
 @click.option(
     "--retention-ms",
-    type=int,
+    type=click.IntRange(1, limits.retention_ms_max),
     metavar="MS",
     default=None,
     help="Delete records older than this many milliseconds (delete policy). Default: keep all.",
 )
 @click.option(
     "--retention-bytes",
-    type=int,
+    type=click.IntRange(1, limits.retention_bytes_max),
     metavar="BYTES",
     default=None,
     help="Keep at most this many bytes per partition, oldest removed first. Default: no limit.",
@@ -52,7 +52,7 @@ def topics() -> None:
 )
 @click.option(
     "--tombstone-retention-ms",
-    type=int,
+    type=click.IntRange(0, limits.retention_ms_max),
     metavar="MS",
     default=86_400_000,
     show_default=True,
@@ -60,7 +60,7 @@ def topics() -> None:
 )
 @click.option(
     "--record-bytes-max",
-    type=int,
+    type=click.IntRange(1, limits.record_bytes_max),
     metavar="BYTES",
     default=limits.record_bytes_default,
     show_default=True,

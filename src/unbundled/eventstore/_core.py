@@ -56,10 +56,12 @@ def check_stream_name(stream: object) -> str:
 
 
 def check_expected_version(expected: object) -> int:
-    if type(expected) is not int or (expected < 0 and expected not in _EXPECTED_NAMES):
+    if type(expected) is not int or (
+        expected not in _EXPECTED_NAMES and not 0 <= expected <= limits.position_max
+    ):
         raise UsageError(
-            f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or a version >= 0, "
-            f"got {expected!r}",
+            f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or a version "
+            f"0..{limits.position_max}, got {expected!r}",
             expected_version=expected,
         )
     return expected

@@ -45,6 +45,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Generic, TypeVar
 
+from .. import limits
+from .._bounds import check_int, check_optional_int
 from ..errors import NotSupported, StreamNotFound, UsageError
 from ..log._core import now_ms
 from . import _core
@@ -194,8 +196,7 @@ class Repository(Generic[A]):
         if not aggregate.category:
             raise UsageError(f"{aggregate.__name__} must set a category")
         if snapshot_every is not None:
-            if type(snapshot_every) is not int or snapshot_every < 1:
-                raise UsageError(f"snapshot_every must be an int >= 1, got {snapshot_every!r}")
+            check_int("snapshot_every", snapshot_every, 1, limits.snapshot_every_events_max)
             if aggregate.snapshot_type is None:
                 raise UsageError(
                     f"{aggregate.__name__} has no snapshot_type: it cannot be snapshotted"
@@ -241,9 +242,8 @@ class Repository(Generic[A]):
         """
         if as_of_version is not None and as_of_time is not None:
             raise UsageError("pass as_of_version or as_of_time, not both")
-        for name, value in (("as_of_version", as_of_version), ("as_of_time", as_of_time)):
-            if value is not None and (type(value) is not int or value < 0):
-                raise UsageError(f"{name} must be an int >= 0, got {value!r}")
+        check_optional_int("as_of_version", as_of_version, 0, limits.position_max)
+        check_optional_int("as_of_time", as_of_time, 0, limits.timestamp_ms_max)
         aggregate = self.aggregate(id)
         snapshot_max = as_of_version
         for attempt in range(_SNAPSHOT_TRIES + 1):

@@ -98,7 +98,10 @@ class AsyncEventStore(EventStoreBase):
         metadata: Metadata | None = None,
     ) -> AppendResult:
         """Append ``events`` to ``stream`` if it is at ``expected_version``; see
-        :meth:`unbundled.EventStore.append`. Returns once the events are durable."""
+        :meth:`unbundled.EventStore.append`. Returns once the events are durable.
+
+        Cancelled before the writer takes it, nothing is written; after,
+        it commits. Retry a cancelled append with the same ``ids``."""
         if _personal((events,)):
             write = await self._run(self._write, stream, events, expected_version, ids, metadata)
         else:
@@ -124,8 +127,10 @@ class AsyncEventStore(EventStoreBase):
         self._check_open()
         waiter = AsyncWaiter()
         self.backend.submit_events(writes, waiter)
-        # Cancelling this await does not take the append back: it may still
-        # commit (as a lost reply would). Retry with the same ids to find out.
+        # Cancelled before the writer takes it, the append is withdrawn (not
+        # written); once taken, it commits and cancelling only ends the wait.
+        # The caller cannot tell which: retry with the same ids (a no-op if
+        # it committed).
         results: list[AppendResult] = await waiter.future
         return results
 
@@ -210,7 +215,7 @@ class AsyncEventStore(EventStoreBase):
         to the safe position (never skipping one that commits later)."""
         return await self._run(
             self._read_all,
-            after_position,
+            self._check_position(after_position),
             self._check_limit(limit),
             categories,
             self._type_names(types),
@@ -221,7 +226,11 @@ class AsyncEventStore(EventStoreBase):
     ) -> list[RecordedEvent]:
         """Like :meth:`read_all` without decoding (for copying and tools)."""
         return await self._run(
-            self.backend.read_all, after_position, self._check_limit(limit), None, None
+            self.backend.read_all,
+            self._check_position(after_position),
+            self._check_limit(limit),
+            None,
+            None,
         )
 
     async def state(self, stream: str) -> StreamState:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, overload
 import msgspec
 
 from .. import limits
+from .._bounds import check_int
 from .._waiters import SyncWaiter
 from ..errors import Closed, CorruptionError, Error, EventSchemaMismatch, UsageError
 from ..log._protocol import SyncLevel
@@ -246,11 +247,7 @@ class EventStoreBase:
     def _read_args(stream: str, from_version: int | None, backwards: bool) -> tuple[str, int]:
         """A stream read's checked name and first version."""
         _core.check_stream_name(stream)
-        if from_version is None:
-            return stream, _END if backwards else 0
-        if type(from_version) is not int or from_version < 0:
-            raise UsageError(f"from_version must be an int >= 0, got {from_version!r}")
-        return stream, from_version
+        return stream, EventStoreBase._check_from_version(from_version, backwards)
 
     @staticmethod
     def _type_names(types: Sequence[str | type[Event]] | None) -> list[str] | None:
@@ -260,9 +257,17 @@ class EventStoreBase:
 
     @staticmethod
     def _check_limit(limit: int) -> int:
-        if type(limit) is not int or not 1 <= limit <= limits.read_events_max:
-            raise UsageError(f"limit must be 1..{limits.read_events_max}, got {limit!r}")
-        return limit
+        return check_int("limit", limit, 1, limits.read_events_max)
+
+    @staticmethod
+    def _check_position(after_position: int) -> int:
+        return check_int("after_position", after_position, 0, limits.position_max)
+
+    @staticmethod
+    def _check_from_version(from_version: int | None, backwards: bool) -> int:
+        if from_version is None:
+            return _END if backwards else 0
+        return check_int("from_version", from_version, 0, limits.position_max)
 
 
 def _check_fields(event: NewEvent) -> None:
@@ -437,14 +442,19 @@ class EventStore(EventStoreBase):
         up to the safe position (never skipping one that commits later)."""
         self._check_open()
         rows = self.backend.read_all(
-            after_position, self._check_limit(limit), categories, self._type_names(types)
+            self._check_position(after_position),
+            self._check_limit(limit),
+            categories,
+            self._type_names(types),
         )
         return self._decode_many(rows)
 
     def read_all_raw(self, after_position: int = 0, *, limit: int = 1000) -> list[RecordedEvent]:
         """Like :meth:`read_all` without decoding (for copying and tools)."""
         self._check_open()
-        return self.backend.read_all(after_position, self._check_limit(limit), None, None)
+        return self.backend.read_all(
+            self._check_position(after_position), self._check_limit(limit), None, None
+        )
 
     def state(self, stream: str) -> StreamState:
         """The stream's version (``NO_STREAM`` if none) and deletion state."""

@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import limits
+from .._bounds import check_int, check_seconds
 from ..errors import Error, NotFound, ProjectionConflict, UsageError
 from ._protocol import ProjectionTxn
 from ._read_model import DESCRIPTIONS, Description, TrackedTxn, check_collection, load, merged
@@ -277,8 +278,8 @@ class ProjectionRunner:
         batch_size: int = BATCH_SIZE,
         conflict_backoff_s: float = CONFLICT_BACKOFF_S,
     ) -> None:
-        if type(batch_size) is not int or not 1 <= batch_size <= limits.read_events_max:
-            raise UsageError(f"batch_size must be 1..{limits.read_events_max}, got {batch_size!r}")
+        check_int("batch_size", batch_size, 1, limits.read_events_max)
+        check_seconds("conflict_backoff_s", conflict_backoff_s)
         store._check_open()
         self.store = store
         self.batch_size = batch_size
@@ -322,6 +323,7 @@ class ProjectionRunner:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop every projection after its current batch and wait for the threads."""
+        check_seconds("timeout_s", timeout_s)
         self._stopping.set()
         deadline = time.monotonic() + timeout_s
         for worker in self._workers.values():
@@ -424,6 +426,7 @@ class ProjectionRunner:
         """Block until every projection has looked at every event committed
         before the call (lag 0 as of then); False on timeout. Raises the
         error of a projection that failed meanwhile."""
+        check_seconds("timeout_s", timeout_s)
         target = self.store.backend.safe_position()
         deadline = time.monotonic() + timeout_s
         backend = self.store.backend

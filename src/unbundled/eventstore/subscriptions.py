@@ -32,7 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 from .. import limits
-from ..errors import UsageError
+from .._bounds import check_int, check_optional_seconds, check_seconds
+from .._waiters import Failure
+from ..errors import Error, UsageError
 from .api import EventStoreBase, StoredEvent
 from .serialization import Event
 
@@ -64,10 +66,8 @@ class Subscription:
         types: Sequence[str | type[Event]] | None = None,
         batch_size: int = BATCH_SIZE,
     ) -> None:
-        if type(after_position) is not int or after_position < 0:
-            raise UsageError(f"after_position must be an int >= 0, got {after_position!r}")
-        if type(batch_size) is not int or not 1 <= batch_size <= limits.read_events_max:
-            raise UsageError(f"batch_size must be 1..{limits.read_events_max}, got {batch_size!r}")
+        store._check_position(after_position)
+        check_int("batch_size", batch_size, 1, limits.read_events_max)
         if isinstance(categories, str) or isinstance(types, str):
             raise UsageError("categories and types take a sequence of names, not one string")
         store._check_open()
@@ -146,6 +146,7 @@ class Subscription:
         """The next events, waiting up to ``timeout_s`` for some to commit;
         ``[]`` if none did (or the subscription was stopped)."""
         self._store._check_open()
+        check_seconds("timeout_s", timeout_s)
         if self._next < len(self._buffer):  # left over from iteration
             events = self._buffer[self._next :]
             self._buffer, self._next = [], 0
@@ -199,7 +200,10 @@ class SubscriptionWorker:
     If the handler raises, the worker stops; :attr:`error` holds the
     exception, :attr:`position` the last event handled successfully (so a
     restart from there retries the failed event), and :meth:`stop` /
-    :meth:`join` re-raise it.
+    :meth:`join` re-raise it. If reading fails, the worker stops the same
+    way: :attr:`error` is the backend's typed error (``Closed``,
+    ``CorruptionError``...), or :class:`~unbundled.errors.ThreadFailed`
+    naming the cause of anything unexpected.
     """
 
     def __init__(self, subscription: Subscription, handler: Handler) -> None:
@@ -228,18 +232,27 @@ class SubscriptionWorker:
                 for event in subscription.poll(3600.0):
                     if subscription.stopped:
                         return
-                    self._handler(event)
+                    try:
+                        self._handler(event)
+                    except BaseException as exc:  # the handler's own: re-raised as it is
+                        self.error = exc
+                        return
                     self._handled = event.position
                 if not subscription.stopped:
                     self._handled = subscription.position  # filtered-out events included
-        except BaseException as exc:
+        except Error as exc:  # from the store: typed already
             self.error = exc
+        except BaseException as exc:  # unexpected: say which thread, and why
+            failure = Failure()
+            failure.set(self._thread.name, exc, "the subscription")
+            self.error = failure.error()
+        finally:
             subscription.stop()
 
     def join(self, timeout_s: float | None = None) -> None:
         """Wait for the worker to end (after :meth:`stop` or a handler error);
         re-raise the handler's error if it had one."""
-        self._thread.join(timeout_s)
+        self._thread.join(check_optional_seconds("timeout_s", timeout_s))
         if self.error is not None:
             raise self.error
 
@@ -340,6 +353,7 @@ class AsyncSubscription:
 
     async def poll(self, timeout_s: float = 1.0) -> list[StoredEvent]:
         """The next events, waiting up to ``timeout_s``; ``[]`` if none."""
+        check_seconds("timeout_s", timeout_s)
         events, self._position = await self._fetch(timeout_s)
         return events
 

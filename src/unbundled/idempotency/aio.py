@@ -120,6 +120,7 @@ class AsyncIdempotency(IdempotencyBase):
         :meth:`unbundled.idempotency.Idempotency.call`."""
         self._check_open()
         _core.check_key(key)
+        wait_s = self._check_wait(wait_s)
         fp = self.fingerprint(payload)
         while True:
             claim = await self._run(self.backend.claim, key, fp, self.lease_ms, self.retention_ms)
@@ -288,9 +289,9 @@ class AsyncIdempotency(IdempotencyBase):
     ) -> list[IdempotencyRecord]:
         if state not in (None, "in_progress", "completed"):
             raise UsageError(f"state must be 'in_progress' or 'completed', got {state!r}")
-        if type(limit) is not int or limit < 1:  # backends read 0 and -1 differently
-            raise UsageError(f"limit must be an int >= 1, got {limit!r}")
-        return await self._run(self.backend.list_records, state, after, limit)
+        return await self._run(
+            self.backend.list_records, state, after, self._check_list_limit(limit)
+        )
 
     async def purge_expired(self) -> int:
         return await self._run(self.backend.purge_expired)

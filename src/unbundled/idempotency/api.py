@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from .. import limits
+from .._bounds import check_int, check_optional_seconds
 from ..errors import (
     Closed,
     IdempotencyKeyReused,
@@ -129,9 +130,10 @@ class IdempotencyBase:
         encode: Callable[[Any], bytes] = _encode,
         decode: Callable[[bytes], Any] = msgspec.json.decode,
     ) -> None:
-        for name, value in (("lease_ms", lease_ms), ("retention_ms", retention_ms)):
-            if type(value) is not int or value < limits.lease_ms_min:
-                raise UsageError(f"{name} must be an int >= {limits.lease_ms_min}, got {value!r}")
+        check_int("lease_ms", lease_ms, limits.lease_ms_min, limits.idempotency_lease_ms_max)
+        check_int(
+            "retention_ms", retention_ms, limits.lease_ms_min, limits.idempotency_retention_ms_max
+        )
         if retention_ms < lease_ms:
             raise UsageError("retention_ms must be at least lease_ms")
         self.backend = backend
@@ -142,6 +144,15 @@ class IdempotencyBase:
         self._encode = encode
         self._decode = decode
         self._closed = False
+
+    @staticmethod
+    def _check_wait(wait_s: float | None) -> float | None:
+        return check_optional_seconds("wait_s", wait_s)
+
+    @staticmethod
+    def _check_list_limit(limit: int) -> int:
+        # Backends read 0 and -1 differently: never let them see either.
+        return check_int("limit", limit, 1, limits.read_records_max)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -246,6 +257,7 @@ class Idempotency(IdempotencyBase):
     def _attempt(self, key: str, payload: Any, wait_s: float | None) -> Attempt:
         self._check_open()
         _core.check_key(key)
+        wait_s = self._check_wait(wait_s)
         fp = self.fingerprint(payload)
         while True:
             claim = self.backend.claim(key, fp, self.lease_ms, self.retention_ms)
@@ -375,9 +387,7 @@ class Idempotency(IdempotencyBase):
         self._check_open()
         if state not in (None, "in_progress", "completed"):
             raise UsageError(f"state must be 'in_progress' or 'completed', got {state!r}")
-        if type(limit) is not int or limit < 1:  # backends read 0 and -1 differently
-            raise UsageError(f"limit must be an int >= 1, got {limit!r}")
-        return self.backend.list_records(state, after, limit)
+        return self.backend.list_records(state, after, self._check_list_limit(limit))
 
     def purge_expired(self) -> int:
         self._check_open()

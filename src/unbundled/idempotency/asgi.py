@@ -47,6 +47,7 @@ from typing import Any
 import msgspec
 
 from .. import limits
+from .._bounds import check_int
 from ..errors import IdempotencyKeyReused, RequestInProgress, StaleToken, UsageError
 from . import _core
 from ._clients import NamespaceFunction, by_client, check_namespace
@@ -188,11 +189,11 @@ class IdempotencyMiddleware:
                 f"state entry that holds one; got {type(idem).__name__}"
             )
         # base64 grows the body by a third; the stored result has a hard limit.
-        stored_max = limits.idempotency_result_bytes_max // 2
-        if not 0 < response_bytes_max <= stored_max:
-            raise UsageError(f"response_bytes_max must be between 1 and {stored_max}")
-        if request_bytes_max < 0:
-            raise UsageError("request_bytes_max must be >= 0")
+        check_int(
+            "response_bytes_max", response_bytes_max, 1, limits.idempotency_result_bytes_max // 2
+        )
+        check_int("request_bytes_max", request_bytes_max, 0, limits.idempotency_request_bytes_max)
+        check_int("retry_after_s", retry_after_s, 0, int(limits.wait_s_max))
         if not isinstance(global_keys, bool):
             raise UsageError(f"global_keys must be True or False, got {global_keys!r}")
         if global_keys and namespace is not None:

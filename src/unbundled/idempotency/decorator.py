@@ -100,6 +100,7 @@ def idempotent(
     """
     if not callable(key):
         raise UsageError("@idempotent needs key=<a function of the arguments returning a key>")
+    idem._check_wait(wait_s)
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         name = getattr(fn, "__qualname__", repr(fn))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, Literal, NamedTuple
 
 from .. import limits
+from .._bounds import check_int, check_seconds
 from ..errors import (
     Closed,
     Error,
@@ -24,6 +25,7 @@ from ..errors import (
     TopicNotFound,
     UsageError,
 )
+from . import _core
 from ._protocol import MemberView, OffsetCommit, Record, TopicPartition, WriteBatch
 
 OffsetReset = Literal["earliest", "latest", "none"]
@@ -62,12 +64,8 @@ class ConsumerCore:
                 f"offset_reset must be 'earliest', 'latest' or 'none', got {offset_reset!r}",
                 offset_reset=offset_reset,
             )
-        if type(lease_ms) is not int or not limits.lease_ms_min <= lease_ms <= limits.lease_ms_max:
-            raise UsageError(
-                f"lease_ms must be an int {limits.lease_ms_min}..{limits.lease_ms_max}, "
-                f"got {lease_ms!r}",
-                lease_ms=lease_ms,
-            )
+        check_int("lease_ms", lease_ms, limits.lease_ms_min, limits.lease_ms_max)
+        check_seconds("auto_commit_interval_s", auto_commit_interval_s)
         if group is None and auto_commit and partitions is None:
             auto_commit = False  # nothing to commit to without a group
         self.topics = tuple(topics)
@@ -113,10 +111,7 @@ class ConsumerCore:
         """The commit of ``offsets`` (default: everything consumed) as this member."""
         if self.group is None:
             raise UsageError("this consumer has no group: there is nowhere to commit offsets")
-        if offsets is None:
-            chosen = self.uncommitted()
-        else:
-            chosen = {TopicPartition(*tp): offset for tp, offset in offsets.items()}
+        chosen = self.uncommitted() if offsets is None else _core.check_offsets(offsets)
         member = self.member_id if self.fixed is None else None
         return OffsetCommit(
             self.group, member, chosen, {tp: self.held.get(tp, -1) for tp in chosen}
@@ -129,7 +124,7 @@ class ConsumerCore:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if tp not in self.positions:
             raise UsageError(f"{tp.topic}[{tp.partition}] is not assigned to this consumer")
-        self.positions[tp] = offset
+        self.positions[tp] = _core.check_offset("offset", offset)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -141,10 +136,8 @@ class ConsumerCore:
 
     def poll(self, timeout_s: float, records_max: int) -> Steps:
         self._check_open()
-        if type(records_max) is not int or not 1 <= records_max <= limits.poll_records_max:
-            raise UsageError(
-                f"records_max must be 1..{limits.poll_records_max}, got {records_max!r}"
-            )
+        check_int("records_max", records_max, 1, limits.poll_records_max)
+        timeout_s = check_seconds("timeout_s", timeout_s)
         deadline = self.clock() + timeout_s
         if self.auto_commit and self.clock() - self.last_commit >= self.auto_commit_interval_s:
             yield from self._commit_quietly(None)

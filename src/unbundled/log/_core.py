@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from .. import limits
+from .._bounds import check_int, check_optional_int
 from ..errors import (
     LimitExceeded,
     OutOfOrderSequence,
@@ -28,6 +29,7 @@ from ._protocol import (
     Position,
     ProducerStamp,
     TopicConfig,
+    TopicPartition,
     ValueRun,
 )
 
@@ -128,27 +130,41 @@ def check_producer_id(producer_id: object) -> str:
     return producer_id
 
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if type(value) is not int or value < low or (high is not None and value > high):
-        bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise UsageError(f"{name} must be an int {bound}, got {value!r}", **{name: value})
-    return value
-
-
 def check_config(config: TopicConfig) -> TopicConfig:
-    _check_int("partitions", config.partitions, 1, limits.partitions_max)
-    if config.retention_ms is not None:
-        _check_int("retention_ms", config.retention_ms, 1)
-    if config.retention_bytes is not None:
-        _check_int("retention_bytes", config.retention_bytes, 1)
-    _check_int("tombstone_retention_ms", config.tombstone_retention_ms, 0)
-    _check_int("record_bytes_max", config.record_bytes_max, 1, limits.record_bytes_max)
+    """Every field in its bound (``limits``): a config that passes can never
+    make maintenance or a read fail later."""
+    check_int("partitions", config.partitions, 1, limits.partitions_max)
+    check_optional_int("retention_ms", config.retention_ms, 1, limits.retention_ms_max)
+    check_optional_int("retention_bytes", config.retention_bytes, 1, limits.retention_bytes_max)
+    check_int("tombstone_retention_ms", config.tombstone_retention_ms, 0, limits.retention_ms_max)
+    check_int("record_bytes_max", config.record_bytes_max, 1, limits.record_bytes_max)
     if config.cleanup_policy not in ("delete", "compact"):
         raise UsageError(
             f"cleanup_policy must be 'delete' or 'compact', got {config.cleanup_policy!r}",
             cleanup_policy=config.cleanup_policy,
         )
     return config
+
+
+def check_timestamp(timestamp: object, topic: str) -> int:
+    """A record's timestamp: milliseconds since the epoch, up to year 9999."""
+    if type(timestamp) is not int or not 0 <= timestamp <= limits.timestamp_ms_max:
+        raise UsageError(
+            f"timestamp must be an int 0..{limits.timestamp_ms_max} (ms), got {timestamp!r}",
+            topic=topic,
+            timestamp=timestamp,
+        )
+    return timestamp
+
+
+def check_offset(name: str, offset: object) -> int:
+    """An offset, position, version or sequence number a caller passes."""
+    return check_int(name, offset, 0, limits.position_max)
+
+
+def check_offsets(offsets: Mapping[Any, object]) -> dict[TopicPartition, int]:
+    """Offsets to commit, by ``(topic, partition)``."""
+    return {TopicPartition(*tp): check_offset("offset", o) for tp, o in offsets.items()}
 
 
 def check_partition(topic: str, partition: int, partitions: int) -> int:
@@ -315,9 +331,7 @@ def build_items(
             partition = partitioner.choose(message.key, partitions, sticky)
         else:
             partition = check_partition(topic, message.partition, partitions)
-        ts = timestamp if message.timestamp is None else message.timestamp
-        if type(ts) is not int or ts < 0:
-            raise UsageError(f"timestamp must be an int >= 0 (ms), got {ts!r}", topic=topic)
+        ts = timestamp if message.timestamp is None else check_timestamp(message.timestamp, topic)
         items.append(AppendItem(partition, message.key, message.value, headers, ts))
     if len(items) > limits.batch_records_max:
         raise LimitExceeded(

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .._waiters import SyncWaiter
-from ..errors import UsageError
 from . import _core
 from ._protocol import Headers, Message, Position, ProducerStamp, WriteBatch
 
@@ -41,10 +40,7 @@ class ProducerCore:
 
     def stamp(self, sequence: int | None = None) -> ProducerStamp:
         """The stamp of the next request: ``sequence``, or one above the last used."""
-        if sequence is None:
-            sequence = self.next
-        elif type(sequence) is not int or sequence < 0:
-            raise UsageError(f"sequence must be an int >= 0, got {sequence!r}", sequence=sequence)
+        sequence = self.next if sequence is None else _core.check_offset("sequence", sequence)
         self.next = max(self.next, sequence + 1)
         return ProducerStamp(self.producer_id, self.epoch, sequence)
 

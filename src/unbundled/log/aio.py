@@ -48,7 +48,12 @@ T = TypeVar("T")
 
 
 class AsyncLog(LogBase):
-    """The log for asyncio programs. Same semantics as :class:`unbundled.Log`."""
+    """The log for asyncio programs. Same semantics as :class:`unbundled.Log`.
+
+    A cancelled append is withdrawn (not written) if the writer has not
+    taken it yet, and commits if it has; retry it with an idempotent
+    producer and the same sequence (docs/how-to/asyncio.md).
+    """
 
     @classmethod
     async def open(
@@ -190,7 +195,7 @@ class AsyncLog(LogBase):
         records_max: int = 1000,
         bytes_max: int = 64 * 1024 * 1024,
     ) -> list[Record]:
-        self._check_read(topic, offset, records_max)
+        self._check_read(topic, offset, records_max, bytes_max)
         return await self._run(self.backend.read, topic, partition, offset, records_max, bytes_max)
 
     def consumer(
@@ -247,7 +252,7 @@ class AsyncLog(LogBase):
         timeout_s: float | None = None,
     ) -> AsyncIterator[Record]:
         """Every record of a partition from ``offset``; see :meth:`unbundled.Log.scan`."""
-        self._check_read(topic, offset, 1)
+        self._check_read(topic, offset, 1, timeout_s=timeout_s)
         while True:
             token = await self._run(self.backend.change_token)
             records = await self.read(topic, partition, offset, records_max=10_000)
@@ -479,8 +484,7 @@ class AsyncTransaction:
             self._commits.append(commit)
         elif group is not None and offsets is not None:
             _core.check_group_name(group)
-            chosen = {TopicPartition(*tp): offset for tp, offset in offsets.items()}
-            self._commits.append(OffsetCommit(group, None, chosen, {}))
+            self._commits.append(OffsetCommit(group, None, _core.check_offsets(offsets), {}))
         else:
             raise UsageError("commit_offsets needs a consumer, or a group and offsets")
 

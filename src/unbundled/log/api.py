@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from .. import limits
+from .._bounds import check_int, check_optional_seconds
 from .._waiters import SyncWaiter
 from ..errors import Closed, PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
@@ -133,14 +134,18 @@ class LogBase:
         )
 
     @staticmethod
-    def _check_read(topic: str, offset: int, records_max: int) -> None:
+    def _check_read(
+        topic: str,
+        offset: int,
+        records_max: int,
+        bytes_max: int = limits.read_bytes_max,
+        timeout_s: float | None = None,
+    ) -> None:
         _core.check_topic_name(topic)
-        if type(offset) is not int or offset < 0:
-            raise UsageError(f"offset must be an int >= 0, got {offset!r}", offset=offset)
-        if type(records_max) is not int or not 1 <= records_max <= limits.read_records_max:
-            raise UsageError(
-                f"records_max must be 1..{limits.read_records_max}, got {records_max!r}"
-            )
+        _core.check_offset("offset", offset)
+        check_int("records_max", records_max, 1, limits.read_records_max)
+        check_int("bytes_max", bytes_max, 1, limits.read_bytes_max)
+        check_optional_seconds("timeout_s", timeout_s)
 
 
 class Log(LogBase):
@@ -299,7 +304,7 @@ class Log(LogBase):
     ) -> list[Record]:
         """Records of one partition from ``offset``, in offset order."""
         self._check_open()
-        self._check_read(topic, offset, records_max)
+        self._check_read(topic, offset, records_max, bytes_max)
         return self.backend.read(topic, partition, offset, records_max, bytes_max)
 
     def scan(
@@ -313,7 +318,7 @@ class Log(LogBase):
     ) -> Iterator[Record]:
         """Every record of a partition from ``offset``; with ``follow``, keep
         waiting for new ones (without spinning) until ``timeout_s`` of quiet."""
-        self._check_read(topic, offset, 1)
+        self._check_read(topic, offset, 1, timeout_s=timeout_s)
         while True:
             token = self.backend.change_token()
             records = self.read(topic, partition, offset, records_max=10_000)
@@ -623,8 +628,7 @@ class Transaction:
             self._commits.append(commit)
         elif group is not None and offsets is not None:
             _core.check_group_name(group)
-            chosen = {TopicPartition(*tp): offset for tp, offset in offsets.items()}
-            self._commits.append(OffsetCommit(group, None, chosen, {}))
+            self._commits.append(OffsetCommit(group, None, _core.check_offsets(offsets), {}))
         else:
             raise UsageError("commit_offsets needs a consumer, or a group and offsets")
 

@@ -45,6 +45,7 @@ from nats.aio.client import Client
 from nats.js import errors as js_errors
 from nats.js.api import KeyValueConfig, StorageType
 
+from ..._bounds import check_seconds
 from ...errors import BackendError, Closed, Error, Timeout, Unavailable, UsageError
 from ...log._protocol import SyncLevel
 from ._destroy import destroy
@@ -131,8 +132,7 @@ class NatsBackend(NatsKV):
     ) -> None:
         if sync not in ("full", "normal", "off"):
             raise UsageError(f"sync must be 'full', 'normal' or 'off', got {sync!r}", sync=sync)
-        if not timeout_s > 0:
-            raise UsageError(f"timeout_s must be > 0, got {timeout_s!r}", timeout_s=timeout_s)
+        check_seconds("timeout_s", timeout_s, positive=True)
         server, self.bucket, self.url = parse_url(url)
         self.sync = sync
         self.timeout_s = float(timeout_s)

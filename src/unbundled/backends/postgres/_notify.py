@@ -10,6 +10,11 @@ every ``POLL_S`` while the thread reconnects.
 A second token follows idempotency keys (a notification whose payload is
 ``KEYS_PAYLOAD``, sent when a key completes or is released), so waiters for
 a key and subscribers to events do not wake each other.
+
+If the listener thread fails for a reason it does not expect (not a lost
+connection, which it survives by reconnecting), it stops, and every waiting
+and later call raises :class:`~unbundled.errors.ThreadFailed` naming the
+cause: a subscription must not sleep through commits nobody announces.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from ..._waiters import Failure
 from ...errors import Error
 from ._schema import Conn
 
@@ -47,6 +53,8 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
         self._polled: int | None = None  # the position the poll fallback last saw
+        self._failure = Failure()  # why the listener thread stopped, if it failed
+        self._live: Conn | None = None  # the listener thread's connection
 
     def bump(self) -> None:
         with self._changed:
@@ -72,7 +80,10 @@ class Notifier:
         with self._changed:
             if not self._listening:
                 timeout_s = min(timeout_s, POLL_S)
-            self._changed.wait_for(lambda: self._keys != token or self._closed, timeout_s)
+            self._changed.wait_for(
+                lambda: self._keys != token or self._closed or self._failure, timeout_s
+            )
+            self._failure.check()
 
     def token(self) -> int:
         self._start()
@@ -86,6 +97,7 @@ class Notifier:
         deadline = time.monotonic() + timeout_s
         while True:
             with self._changed:
+                self._failure.check()
                 if self._token != token or self._closed:
                     return self._token
                 remaining = deadline - time.monotonic()
@@ -123,8 +135,10 @@ class Notifier:
                 self._polled = position
 
     def _start(self) -> None:
-        """Listen before the first token is handed out, so no commit after it is missed."""
+        """Listen before the first token is handed out, so no commit after it is
+        missed; raise the listener's failure, if it failed."""
         if self._thread is not None:
+            self._failure.check()
             return
         with self._changed:
             if self._thread is not None or self._closed:
@@ -159,14 +173,30 @@ class Notifier:
             self._changed.notify_all()
 
     def _run(self, conn: Conn | None) -> None:
+        self._live = conn
+        try:
+            self._listen_loop()
+        except BaseException as exc:  # not a lost connection (that is retried): a bug
+            with self._changed:
+                self._failure.set(threading.current_thread().name, exc, "the event store")
+                self._listening = False
+                self._changed.notify_all()  # waiters raise it now, not at their timeout
+        finally:
+            if self._live is not None:
+                self._live.close()
+                self._live = None
+
+    def _listen_loop(self) -> None:
+        """Deliver notifications until close(); ``_live`` is the connection."""
         backoff = 0.05
         while not self._closed:
+            conn = self._live
             if conn is None:
                 ready, _, _ = select.select([self._wake_r], [], [], backoff)
                 if ready:
                     break
                 backoff = min(2 * backoff, _BACKOFF_MAX_S)
-                conn = self._listen()
+                self._live = self._listen()
                 continue
             backoff = 0.05
             try:
@@ -187,6 +217,4 @@ class Notifier:
             except (psycopg.Error, OSError):
                 self._set_listening(False)
                 conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
+                self._live = None

@@ -19,6 +19,8 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
+from ... import limits
+from ..._bounds import check_int
 from ...errors import (
     BackendError,
     Closed,
@@ -254,8 +256,7 @@ class Pool:
     """
 
     def __init__(self, connect: Callable[[], Conn], where: str, size: int) -> None:
-        if type(size) is not int or size < 1:
-            raise UsageError(f"pool_size must be an int >= 1, got {size!r}", pool_size=size)
+        check_int("pool_size", size, 1, limits.pool_size_max)
         self._connect = connect
         self._where = where
         self._size = size

@@ -18,6 +18,12 @@ queue, and replays the batch on the careful path (:meth:`Writer._commit`:
 retries, then one request per transaction to isolate the culprit). The
 replay is safe even if the failed round trip did commit: every event id
 then exists, and the idempotent-retry rule returns the original results.
+
+An append whose caller stopped waiting before the writer took it (a
+cancelled asyncio task) is withdrawn: skipped, never written. An exception
+the writer does not expect (a bug) stops it for good: it rolls back, closes
+its connection (releasing every lock) and fails the waiting and every later
+append with :class:`~unbundled.errors.ThreadFailed`.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from ... import limits
-from ..._waiters import complete_all
+from ..._waiters import Failure, complete_all, withdrawn
 from ...errors import Closed, Error, Unavailable
 from ...eventstore._protocol import StreamWrite
 from ...log._protocol import Waiter
@@ -72,6 +78,11 @@ class Writer:
         self._stopping = False  # the writer took close()'s marker from the queue
         self._sent_commit = False  # this attempt's COMMIT went out: its outcome may be unknown
         self.transactions = 0  # committed transactions, for tests and benchmarks
+        self._failure = Failure()  # why the thread stopped, if it failed
+        self._stopped = False  # the thread has ended: nobody takes from the queue any more
+        # Taken from the queue and not yet answered (by id): a failure answers them.
+        self._unanswered: dict[int, Request] = {}
+        self._drain_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._run, name=f"unbundled-pg-writer:{where}", daemon=True
         )
@@ -80,9 +91,12 @@ class Writer:
     # --- the callers' side ----------------------------------------------------
 
     def submit(self, writes: Sequence[StreamWrite], done: Waiter) -> None:
-        if self._closed:
+        if self._closed or self._stopped:
+            self._failure.check()  # the thread failed: say why
             raise Closed(f"the event store at {self._where} is closed")
         self._queue.append(Request(writes, done))
+        if self._stopped:  # the thread ended after the check above: answer it ourselves
+            self._drain()
         if self._sleeping:  # waking a busy writer would only cost a futex call
             self._sleeping = False
             self._wake.set()
@@ -102,8 +116,8 @@ class Writer:
 
     def _run(self) -> None:
         opened: Opened | None = None
-        while True:
-            try:
+        try:
+            while True:
                 if opened is None:
                     requests = self._take()
                     if not requests:
@@ -114,15 +128,37 @@ class Writer:
                     opened = self._open(requests)
                 else:
                     opened = self._advance(opened)
-            except BaseException as exc:  # a bug: never leave callers hanging
-                if opened is not None:
-                    complete_all((r.done, exc) for r in opened.requests)
-                    opened = None
-                self._rollback()
-        rest = [r for r in self._queue if r is not None]
-        self._queue.clear()
-        closed = Closed(f"the event store at {self._where} was closed")
-        complete_all((r.done, closed) for r in rest)
+        except BaseException as exc:  # a bug, not a request's error: stop for good
+            self._failure.set(self._thread.name, exc, f"the event store at {self._where}")
+            self._rollback()
+            if self._conn is not None:  # closing it releases every lock it holds
+                self._conn.close()
+                self._conn = None
+        finally:
+            self._stopped = True
+            self._drain()
+
+    def _drain(self) -> None:
+        """Answer every queued or taken append: the thread has ended (closed or failed)."""
+        queue = self._queue
+        with self._drain_lock:  # the thread and late submitters may drain at once
+            rest = self._unanswered  # empty unless the thread failed
+            self._unanswered = {}
+            while queue:
+                request = queue.popleft()
+                if request is not None:
+                    rest[id(request)] = request
+        if rest:
+            failure = self._failure
+            complete_all(
+                (
+                    r.done,
+                    failure.error()
+                    if failure
+                    else Closed(f"the event store at {self._where} was closed"),
+                )
+                for r in rest.values()
+            )
 
     def _sleep(self) -> None:
         # Announce sleep, then re-check: a submit that saw us awake has
@@ -143,13 +179,19 @@ class Writer:
             if request is None:
                 self._stopping = True
                 continue  # appends that raced with close() still commit
+            if withdrawn(request.done):  # its caller gave up before we took it
+                continue
             batch.append(request)
+            self._unanswered[id(request)] = request
             events += request.events()
             if events >= limits.commit_records_max:
                 break
         return batch
 
     def _complete(self, opened: Opened, results: list[object]) -> None:
+        unanswered = self._unanswered
+        for request in opened.requests:
+            unanswered.pop(id(request), None)
         complete_all(zip([r.done for r in opened.requests], results, strict=True))
 
     def _open(self, requests: list[Request]) -> Opened | None:

@@ -18,6 +18,7 @@ from typing import Any, cast
 import msgspec
 
 from ... import limits
+from ..._bounds import check_optional_seconds
 from ..._waiters import SyncWaiter
 from ...errors import (
     Closed,
@@ -26,6 +27,7 @@ from ...errors import (
     OffsetOutOfRange,
     TopicExists,
     TopicNotFound,
+    Unavailable,
     UsageError,
 )
 from ...log import _core, _groups
@@ -64,6 +66,10 @@ class SqliteLog:
       survives power loss.
     * ``"normal"``: no fsync at commit; survives a process crash, not power loss.
     * ``"off"``: no fsync at all; for tests and scratch data.
+
+    ``maintenance_interval_s`` (0 < seconds <= ``limits.wait_s_max``): how
+    often the idle writer applies retention and compaction; ``None``: never
+    (call :meth:`maintain`).
     """
 
     def __init__(
@@ -77,6 +83,7 @@ class SqliteLog:
     ) -> None:
         if sync not in ("full", "normal", "off"):
             raise UsageError(f"sync must be 'full', 'normal' or 'off', got {sync!r}", sync=sync)
+        check_optional_seconds("maintenance_interval_s", maintenance_interval_s, positive=True)
         self.path = os.fspath(path)
         self.url = f"sqlite:///{self.path}"
         self.sync = sync
@@ -157,16 +164,21 @@ class SqliteLog:
         self._writer_maintain_inline()
 
     def _writer_maintain_inline(self) -> None:
-        # Runs on the writer thread itself, between batches.
+        # Runs on the writer thread itself, between batches. Another process
+        # holding the write lock only postpones it; any other failure stops
+        # the writer (it rolls back and tells every caller: ThreadFailed).
         conn = self._writer._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             removed = _maintain(conn, self.clock())
             conn.execute("COMMIT")
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            return
+            error = translate(exc, self.path)
+            if isinstance(error, Unavailable):
+                return  # busy: the next idle pass tries again
+            raise error from exc
         if removed:
             self._on_commit()
 

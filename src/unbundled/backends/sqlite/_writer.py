@@ -6,6 +6,13 @@ next one accumulates, so under load each fsync carries many requests. Each
 request is atomic on its own: requests that can fail after validation run in
 a SAVEPOINT, so one failure rolls back that request alone. Across processes
 on the same file, SQLite's write lock serialises the writers' batches.
+
+A request whose caller stopped waiting before the writer took it (a
+cancelled asyncio task) is withdrawn: skipped, never written. Anything the
+writer does not expect (a bug, a failure in the maintenance it runs between
+batches) stops it for good: it rolls back, which releases the file's write
+lock for other processes, and fails the waiting and every later request with
+:class:`~unbundled.errors.ThreadFailed` (see :class:`~unbundled._waiters.Failure`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ... import limits
-from ..._waiters import SyncWaiter, complete_all
+from ..._waiters import Failure, SyncWaiter, complete_all, withdrawn
 from ...errors import Closed, CorruptionError, Error, TopicNotFound, UsageError
 from ...log import _core
 from ...log._protocol import Position, TopicConfig, ValueRun, Waiter, WriteBatch
@@ -332,13 +339,18 @@ class Writer:
         self._leader: threading.Thread | None = None  # a caller committing its own request
         conn.execute("PRAGMA busy_timeout = 0")  # _begin waits for the lock itself
         self._streak_start = time.monotonic()  # since when we hold the lock back to back
+        self._failure = Failure()  # why the thread stopped, if it failed
+        self._stopped = False  # the thread has ended: nobody takes from the queue any more
+        self._batch: list[Request] = []  # the batch being committed ...
+        self._answered = 0  # ... and how many of it (a prefix) have their result
         self._thread = threading.Thread(
             target=self._run, name=f"unbundled-writer:{path}", daemon=True
         )
         self._thread.start()
 
     def submit(self, request: Request) -> None:
-        if self._closed:
+        if self._closed or self._stopped:
+            self._failure.check()  # the thread failed: say why
             raise Closed(f"the log at {self._path} is closed")
         if threading.current_thread() in (self._thread, self._leader):
             # From code the writer runs (a projection handler): it would wait
@@ -365,6 +377,8 @@ class Writer:
             finally:
                 self._commit_lock.release()
         self._queue.append(request)
+        if self._stopped:  # the thread ended after the checks above: answer it ourselves
+            self._drain()
         if self._sleeping:  # waking a busy writer would only cost a futex call
             # Clear it ourselves: until the writer runs again, the submitters
             # after us need not set the event too.
@@ -394,6 +408,15 @@ class Writer:
         self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # not a request's error (those go to its caller): ours
+            self._fail(exc)
+        finally:
+            self._stopped = True
+            self._drain()
+
+    def _serve(self) -> None:
         queue = self._queue
         while True:
             if not queue:
@@ -415,22 +438,25 @@ class Writer:
                 batch: list[Request] = []
                 records = 0
                 stop = False
+                skipped: list[Request] = []
                 while queue and len(batch) < limits.commit_requests_max:
                     request = queue.popleft()
                     if request is None:
                         stop = True
                         break
+                    if withdrawn(request.done):  # its caller gave up before we took it
+                        skipped.append(request)
+                        continue
                     batch.append(request)
                     records += request.records()
                     if records >= limits.commit_records_max:
                         break
+                if skipped:  # an interrupted sync waiter's rescue thread waits for its turn
+                    complete_all((r.done, None) for r in skipped)
                 if batch:
-                    try:
-                        self._commit(batch)
-                    except BaseException as exc:
-                        self._rollback()
-                        self._announce()
-                        complete_all((r.done, exc) for r in batch)
+                    self._batch, self._answered = batch, 0
+                    self._commit(batch)
+                    self._batch = []
                 yielding = False
                 if not queue or stop:
                     self._announce()
@@ -441,16 +467,42 @@ class Writer:
                 time.sleep(_YIELD_S)  # other processes' writers get a turn
                 self._streak_start = time.monotonic()
             if stop:
-                self._fail_rest()
                 return
             if self._idle is not None:
                 with self._commit_lock:
                     self._idle()
 
-    def _fail_rest(self) -> None:
-        rest = [r for r in self._queue if r is not None]
-        self._queue.clear()
-        complete_all((r.done, Closed(f"the log at {self._path} was closed")) for r in rest)
+    def _fail(self, exc: BaseException) -> None:
+        """Stop for good after an unexpected exception: roll back (releasing
+        the file's write lock), give the decided results to their callers,
+        and fail the rest of the batch being committed."""
+        self._failure.set(self._thread.name, exc, f"the database {self._path}")
+        with self._commit_lock:  # a leader (see submit) may still be committing
+            self._rollback()
+            self._announce()
+            unanswered, self._batch = self._batch[self._answered :], []
+            complete_all((r.done, self._failure.error()) for r in unanswered)
+
+    def _drain(self) -> None:
+        """Answer every queued request: the thread has ended (closed or failed)."""
+        queue = self._queue
+        rest: list[Request] = []
+        while queue:
+            try:
+                request = queue.popleft()
+            except IndexError:  # a submitter drained it meanwhile
+                break
+            if request is not None:
+                rest.append(request)
+        if rest:
+            failure = self._failure
+            complete_all(
+                (
+                    r.done,
+                    failure.error() if failure else Closed(f"the log at {self._path} was closed"),
+                )
+                for r in rest
+            )
 
     def _announce(self) -> None:
         """Wake the callers of the last committed batch (it is durable)."""
@@ -489,6 +541,7 @@ class Writer:
             self.transactions += 1
         self._on_commit()
         self._unannounced.extend(zip([r.done for r in batch], results, strict=True))
+        self._answered += len(batch)
 
     def _rollback(self) -> None:
         self._stage.invalidate()  # counters may have moved past what was rolled back

@@ -36,6 +36,8 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ... import limits
+from ..._bounds import check_seconds
+from ..._waiters import Failure
 from ...errors import CorruptionError, Error, SessionBehind, TopicExists, UsageError
 from ...log.api import Log
 from ._core import Context, ReplicaCore, Session, Update, Versions, decode_update, encode_update
@@ -82,7 +84,7 @@ class Replica:
         self.replica_id = replica_id
         self.replicas = tuple(names)
         self.topic = topic
-        self.timeout_s = timeout_s
+        self.timeout_s = check_seconds("timeout_s", timeout_s)
         self._open_topic(log, topic, len(names))
         self._partition = names.index(replica_id)
         self._positions = [0] * len(names)
@@ -204,7 +206,7 @@ class Replica:
         read the log and wait for it to grow, up to the timeout."""
         if self._failure is not None:
             raise self._failure
-        budget = self.timeout_s if timeout_s is None else timeout_s
+        budget = self.timeout_s if timeout_s is None else check_seconds("timeout_s", timeout_s)
         deadline = time.monotonic() + budget
         backend = self._log.backend
         while True:
@@ -226,6 +228,7 @@ class Replica:
         """Read what is new in the log and apply every deliverable update.
         With ``wait_s``, wait up to that long for news if nothing applied.
         Returns the number of updates applied."""
+        wait_s = check_seconds("wait_s", wait_s)
         backend = self._log.backend
         token = backend.change_token()
         with self._lock:
@@ -284,6 +287,7 @@ class Replica:
 
     def start(self, poll_s: float = 0.5) -> None:
         """Apply other replicas' updates continuously, in a daemon thread."""
+        check_seconds("poll_s", poll_s)
         if self._thread is not None:
             return
         self._stop.clear()
@@ -294,6 +298,10 @@ class Replica:
                     self.sync(wait_s=poll_s)
             except Error as exc:  # a corrupt log, a closed log: tell the next caller
                 self._failure = exc
+            except BaseException as exc:  # unexpected: the next caller hears it, typed
+                failure = Failure()
+                failure.set(threading.current_thread().name, exc, "the replica")
+                self._failure = failure.error()
 
         self._thread = threading.Thread(target=follow, name=f"causal-{self.replica_id}")
         self._thread.daemon = True

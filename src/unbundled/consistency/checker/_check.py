@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import UsageError
+from ..._bounds import check_optional_seconds
 from ..history import History, Operation
 from ._model import Model
 from ._search import search
@@ -122,8 +122,7 @@ def check(
     ``model.step`` raises for an input it does not understand (a ``ValueError``
     for the built-in models).
     """
-    if budget_s is not None and budget_s < 0:
-        raise UsageError(f"budget_s must be >= 0, not {budget_s}", budget_s=budget_s)
+    check_optional_seconds("budget_s", budget_s)
     if not isinstance(history, History):
         history = History.of(history)
     started = time.perf_counter()

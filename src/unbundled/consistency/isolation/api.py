@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ... import limits
+from ..._bounds import check_int, check_seconds
 from ...errors import UsageError
 from ._drivers import MysqlTarget, PostgresTarget, SqliteTarget, Variant, open_target
 from ._runner import Entry, Timing, run_script
@@ -144,8 +146,9 @@ def run_suite(
     and :class:`~unbundled.errors.BackendError` when a statement fails in a
     way that is not the database protecting isolation (a bug, not a result).
     """
-    if step_timeout_s <= 0 or workers < 1:
-        raise UsageError("step_timeout_s must be positive and workers at least 1")
+    # The databases' lock timeouts are five times the step timeout: in range too.
+    check_seconds("step_timeout_s", step_timeout_s, high=limits.wait_s_max / 5, positive=True)
+    check_int("workers", workers, 1, limits.isolation_workers_max)
     timing = Timing(
         step_timeout_s=step_timeout_s,
         settle_s=min(0.3, step_timeout_s),

@@ -81,9 +81,10 @@ def expectation(key: str, expected_value: Any, expected_version: Any) -> Expect:
             key=key,
         )
     if expected_version is not UNSET:
-        if type(expected_version) is not int or expected_version < 0:
+        if type(expected_version) is not int or not 0 <= expected_version <= limits.position_max:
             raise UsageError(
-                f"expected_version for key {key!r} must be an int >= 0 (0: absent), "
+                f"expected_version for key {key!r} must be an int 0..{limits.position_max} "
+                "(0: absent), "
                 f"got {expected_version!r}",
                 key=key,
                 expected_version=expected_version,
