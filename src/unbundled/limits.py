@@ -79,3 +79,6 @@ assert 2 * causal_replicas_max * (causal_replica_id_bytes_max + 9) + causal_key_
     causal_update_bytes_max - causal_value_bytes_max
 )
 assert causal_update_bytes_max <= record_bytes_max
+
+# Every bound above, computed so that a new one is exported without a second edit.
+__all__ = [name for name in sorted(dir()) if not name.startswith("_") and name != "annotations"]

@@ -126,10 +126,25 @@ class ConsumerCore:
         self.committed.update(offsets)
         self.last_commit = self.clock()
 
+    def position(self, tp: TopicPartition) -> int:
+        """The next offset to fetch from ``tp``; ``UsageError`` if not assigned."""
+        self._check_assigned(tp)
+        return self.positions[tp]
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        if tp not in self.positions:
-            raise UsageError(f"{tp.topic}[{tp.partition}] is not assigned to this consumer")
+        """Fetch ``tp`` from ``offset`` next; ``UsageError`` if not assigned."""
+        self._check_assigned(tp)
+        if type(offset) is not int or offset < 0:
+            raise UsageError(f"offset must be an int >= 0, got {offset!r}", offset=offset)
         self.positions[tp] = offset
+
+    def _check_assigned(self, tp: TopicPartition) -> None:
+        if tp not in self.positions:
+            raise UsageError(
+                f"{tp.topic}[{tp.partition}] is not assigned to this consumer",
+                topic=tp.topic,
+                partition=tp.partition,
+            )
 
     def _check_open(self) -> None:
         if self.closed:
