@@ -2,8 +2,9 @@
 
 The page's table names the public modules. Each must import and declare
 ``__all__``; every name in it must exist and be documented; every public
-method and property of every public class must have a docstring; and the code
-in README.md, docs/ and the public modules' docstring examples may import only
+method and property of every public class must have a docstring; what a public
+call returns must be a class some public module exports; and the code in
+README.md, docs/ and the public modules' docstring examples may import only
 public names from public modules.
 """
 
@@ -79,6 +80,18 @@ def _members(cls: type) -> Iterator[tuple[str, str, Any]]:
                 raw = attribute.__func__
             if isinstance(raw, property) or inspect.isfunction(raw):
                 yield name, klass.__name__, raw
+
+
+def _overridden_doc(cls: type, name: str) -> str:
+    """The docstring of ``name`` in one of our base classes of ``cls``: an
+    override without a docstring keeps the contract of the method it overrides."""
+    for klass in inspect.getmro(cls):
+        raw = vars(klass).get(name) if _is_ours(klass) else None
+        if isinstance(raw, staticmethod | classmethod):
+            raw = raw.__func__
+        if raw is not None and _own_doc(raw):
+            return _own_doc(raw)
+    return ""
 
 
 def _protocols() -> list[type]:
@@ -174,7 +187,7 @@ def test_public_methods_and_properties_have_docstrings() -> None:
     undocumented = []
     for qualname, cls in _public_classes():
         for name, owner, raw in _members(cls):
-            if _own_doc(raw) or inspect.getdoc(getattr(cls, name)) or _protocol_doc(cls, name):
+            if _own_doc(raw) or _overridden_doc(cls, name) or _protocol_doc(cls, name):
                 continue
             undocumented.append(
                 f"{qualname}.{name}" + ("" if owner == cls.__name__ else f" ({owner})")
@@ -288,7 +301,7 @@ def _refusal(module_name: str, name: str | None) -> str | None:
     """Why code may not import ``name`` from ``module_name``, or None."""
     if module_name not in PUBLIC:
         return f"{module_name} is not a public module (docs/reference/api.md)"
-    if name is None or name == "*" or f"{module_name}.{name}" in PUBLIC:
+    if name is None or name == "*" or name.startswith("__") or f"{module_name}.{name}" in PUBLIC:
         return None
     if name not in _module(module_name).__all__:
         return f"{name} is not in {module_name}.__all__"

@@ -194,8 +194,13 @@ class Log(LogBase):
         record_bytes_max: int = limits.record_bytes_default,
         exist_ok: bool = False,
     ) -> TopicConfig:
-        """Create a topic. With ``exist_ok``, an existing topic with the same
-        config is fine; a different config still raises ``TopicExists``."""
+        """Create topic ``name`` with ``partitions`` partitions and return its
+        config; blocks until that is committed. Raises ``TopicExists`` if the
+        name is taken; with ``exist_ok``, an existing topic with the same config
+        is fine (so the call is idempotent) while a different config still
+        raises ``TopicExists``. ``UsageError`` for a bad name, a setting out
+        of its bounds (``limits.partitions_max``, ``limits.record_bytes_max``),
+        or a topic beyond ``limits.topics_max``."""
         self._check_open()
         _core.check_topic_name(name)
         config = self._topic_config(
@@ -289,8 +294,11 @@ class Log(LogBase):
         return self._submit(WriteBatch({topic: items}, partitions={topic: config.partitions}))[0]
 
     def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> list[Position]:
-        """Append many records atomically (all or none), in order. Keyless
-        records of one batch go to one partition."""
+        """Append many records atomically (all or none), in order, and return
+        their positions once durable. Keyless records of one batch go to one
+        partition. Raises what :meth:`append` raises, for the first bad record
+        (nothing written), and ``LimitExceeded`` for a batch above
+        ``limits.batch_records_max`` records or ``limits.batch_bytes_max`` bytes."""
         config = self._config(topic)
         items = self._items(topic, config, messages)
         if not items:
@@ -298,7 +306,10 @@ class Log(LogBase):
         return self._submit(WriteBatch({topic: items}, partitions={topic: config.partitions}))
 
     def producer(self, producer_id: str) -> Producer:
-        """An idempotent producer; see :class:`Producer`."""
+        """An idempotent producer named ``producer_id``; see :class:`Producer`.
+        Opening it starts a new epoch and fences earlier producers with the same
+        id (their appends raise ``ProducerFenced``). Blocks while the epoch is
+        registered. ``UsageError`` for an empty or too long id."""
         return Producer(self, producer_id)
 
     def transaction(self, *, producer: Producer | None = None) -> Transaction:
@@ -318,7 +329,13 @@ class Log(LogBase):
         records_max: int = 1000,
         bytes_max: int = 64 * 1024 * 1024,
     ) -> list[Record]:
-        """Records of one partition from ``offset``, in offset order."""
+        """Records of one partition from ``offset`` on, in offset order, at most
+        ``records_max``; ``[]`` at the end of the partition. Only committed
+        records, never a partial transaction; does not wait for new ones (see
+        :meth:`scan` or a consumer). Raises ``TopicNotFound``,
+        ``PartitionNotFound``, ``OffsetOutOfRange`` for an offset below the
+        first stored one (removed by retention) or beyond the end, and
+        ``CorruptionError`` rather than return a damaged record."""
         self._check_open()
         self._check_read(topic, offset, records_max)
         return self.backend.read(topic, partition, offset, records_max, bytes_max)
@@ -415,7 +432,10 @@ class Log(LogBase):
         return group_lag(self.backend, _core.check_group_name(group))
 
     def maintain(self) -> MaintenanceReport:
-        """Apply retention and compaction now (SQLite also does it every minute)."""
+        """Apply retention and compaction now and report what was removed, per
+        topic (SQLite also does it every minute). Safe at any time: consumers
+        past the removed records are unaffected, and one behind them is
+        reset by its ``offset_reset``."""
         self._check_open()
         return self.backend.maintain()
 
