@@ -38,6 +38,10 @@ class Op(NamedTuple):
 
 Steps = Generator[Op, Any, Any]
 
+# The longest single wait for a change; poll waits longer (up to an infinite
+# timeout_s) in slices of it.
+_WAIT_SLICE_S = 3600.0
+
 
 class ConsumerCore:
     """Positions, ownership and commits of one consumer; no I/O of its own."""
@@ -160,6 +164,11 @@ class ConsumerCore:
             raise UsageError(
                 f"records_max must be 1..{limits.poll_records_max}, got {records_max!r}"
             )
+        if type(timeout_s) not in (int, float) or not timeout_s >= 0:  # NaN fails >= too
+            raise UsageError(
+                f"timeout_s must be a number of seconds >= 0, got {timeout_s!r}",
+                timeout_s=timeout_s,
+            )
         deadline = self.clock() + timeout_s
         if self.auto_commit and self.clock() - self.last_commit >= self.auto_commit_interval_s:
             yield from self._commit_quietly(None)
@@ -177,7 +186,8 @@ class ConsumerCore:
                 return []
             if self.view is not None:
                 remaining = min(remaining, max(0.0, self.next_heartbeat - self.clock()) + 0.001)
-            yield Op("wait_for_change", (token, remaining))
+            # In slices: a backend's condition wait overflows on a huge timeout.
+            yield Op("wait_for_change", (token, min(remaining, _WAIT_SLICE_S)))
 
     def commit(self, offsets: dict[TopicPartition, int] | None = None) -> Steps:
         """Commit ``offsets`` (default: all consumed); raises ``StaleGeneration``."""

@@ -562,8 +562,10 @@ class Consumer:
     def poll(self, timeout_s: float = 1.0, *, records_max: int = 500) -> list[Record]:
         """The next records of the assigned partitions, at most ``records_max``
         (1 to ``limits.poll_records_max``), in offset order per partition.
-        Blocks (without spinning) until some arrive or ``timeout_s`` passes;
-        then returns ``[]``.
+        Blocks (without spinning) until some arrive or ``timeout_s`` passes
+        (``0``: does not wait; ``math.inf``: waits until records arrive); then
+        returns ``[]``. ``UsageError`` for a ``timeout_s`` that is negative,
+        NaN or not a number.
 
         A group member joins the group on its first poll and renews its lease
         (and takes part in rebalances) on each one, so poll at least once per
