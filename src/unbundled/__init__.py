@@ -51,6 +51,7 @@ from .eventstore import ProjectionRunner as ProjectionRunner
 from .eventstore import Repository as Repository
 from .eventstore import StoredEvent as StoredEvent
 from .eventstore import Subscription as Subscription
+from .eventstore import applies as applies
 from .idempotency import AsyncIdempotency as AsyncIdempotency
 from .idempotency import Idempotency as Idempotency
 from .idempotency import idempotent as idempotent
@@ -69,5 +70,74 @@ from .log import TopicConfig as TopicConfig
 from .log import TopicInfo as TopicInfo
 from .log import TopicPartition as TopicPartition
 from .log import Transaction as Transaction
+
+__all__ = [
+    "ANY",
+    "Aggregate",
+    "AsyncConsumer",
+    "AsyncEventStore",
+    "AsyncIdempotency",
+    "AsyncLog",
+    "AsyncProducer",
+    "AsyncSubscription",
+    "AsyncTransaction",
+    "BackendError",
+    "Closed",
+    "ConflictError",
+    "Consumer",
+    "CorruptionError",
+    "DuplicateEventId",
+    "Error",
+    "Event",
+    "EventSchemaMismatch",
+    "EventStore",
+    "Fenced",
+    "GroupInfo",
+    "Idempotency",
+    "IdempotencyKeyReused",
+    "InstanceFenced",
+    "LimitExceeded",
+    "Log",
+    "Message",
+    "Metadata",
+    "NO_STREAM",
+    "NotFound",
+    "NotSupported",
+    "OffsetOutOfRange",
+    "OutOfOrderSequence",
+    "PartitionNotFound",
+    "Position",
+    "Producer",
+    "ProducerFenced",
+    "Projection",
+    "ProjectionConflict",
+    "ProjectionRunner",
+    "Record",
+    "RecordTooLarge",
+    "Repository",
+    "RequestInProgress",
+    "STREAM_EXISTS",
+    "SessionBehind",
+    "StaleGeneration",
+    "StaleToken",
+    "StoredEvent",
+    "StreamDeleted",
+    "StreamNotFound",
+    "SubjectForgotten",
+    "Subscription",
+    "ThreadFailed",
+    "Timeout",
+    "TopicConfig",
+    "TopicExists",
+    "TopicInfo",
+    "TopicNotFound",
+    "TopicPartition",
+    "Transaction",
+    "Unavailable",
+    "UsageError",
+    "WrongExpectedVersion",
+    "applies",
+    "idempotent",
+]
 
 __version__ = "0.1.0"

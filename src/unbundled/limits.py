@@ -105,3 +105,6 @@ assert lease_ms_min <= idempotency_lease_ms_default <= idempotency_lease_ms_max
 assert idempotency_lease_ms_max <= idempotency_retention_ms_max
 assert idempotency_retention_ms_default <= idempotency_retention_ms_max
 assert read_records_max <= position_max and read_bytes_max >= record_bytes_max
+
+# Every bound above, computed so that a new one is exported without a second edit.
+__all__ = [name for name in sorted(dir()) if not name.startswith("_") and name != "annotations"]

@@ -13,7 +13,6 @@ scenario of the issue in a real process and ends it with SIGTERM.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading

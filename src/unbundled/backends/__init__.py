@@ -40,9 +40,30 @@ from ._destroy import destroy as destroy
 from .memory import MemoryBackend as MemoryBackend
 from .sqlite import SqliteBackend as SqliteBackend
 
+__all__ = [
+    "EVENTS",
+    "IDEMPOTENCY",
+    "KV",
+    "LOG",
+    "SERVES",
+    "URL_FORMS",
+    "DestroyReport",
+    "MemoryBackend",
+    "SqliteBackend",
+    "destroy",
+    "open_backend",
+    "open_kv_backend",
+    "url_scheme",
+]
+
+# The parts of unbundled a backend may serve, as SERVES names them.
+#: The log (:class:`unbundled.Log`), as :data:`SERVES` names it.
 LOG = "the log"
+#: The event store (:class:`unbundled.EventStore`), as :data:`SERVES` names it.
 EVENTS = "the event store"
+#: Idempotency keys (:class:`unbundled.Idempotency`), as :data:`SERVES` names them.
 IDEMPOTENCY = "idempotency keys"
+#: The key-value store (:class:`unbundled.consistency.KV`), as :data:`SERVES` names it.
 KV = "the key-value store"
 _EVERYTHING = (LOG, EVENTS, IDEMPOTENCY, KV)
 

@@ -31,3 +31,36 @@ from .serialization import Serializer as Serializer
 from .subscriptions import AsyncSubscription as AsyncSubscription
 from .subscriptions import Subscription as Subscription
 from .subscriptions import SubscriptionWorker as SubscriptionWorker
+
+__all__ = [
+    "ANY",
+    "Aggregate",
+    "AppendResult",
+    "AsyncEventStore",
+    "AsyncSubscription",
+    "Documents",
+    "Event",
+    "EventStore",
+    "EventStoreBackend",
+    "Metadata",
+    "NO_STREAM",
+    "NewEvent",
+    "Projection",
+    "ProjectionRunner",
+    "ProjectionStatus",
+    "ProjectionTxn",
+    "RecordedEvent",
+    "Repository",
+    "STREAM_EXISTS",
+    "Serializer",
+    "Snapshot",
+    "SnapshotState",
+    "StoredEvent",
+    "StreamState",
+    "StreamWrite",
+    "Subscription",
+    "SubscriptionWorker",
+    "applies",
+    "category_of",
+    "projection_status",
+]

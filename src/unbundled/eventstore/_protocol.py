@@ -15,8 +15,12 @@ import msgspec
 from ..log._protocol import Waiter
 
 # Expected-version sentinels (an int >= 0 means "exactly this version").
+#: Expected version: append whatever version the stream is at (no check).
 ANY = -2
+#: Expected version: the stream must not exist (the first append creates it).
+#: Also the version of a stream without events.
 NO_STREAM = -1
+#: Expected version: the stream must exist, at any version.
 STREAM_EXISTS = -4
 
 
@@ -45,6 +49,7 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def category(self) -> str:
+        """The stream's category: ``account`` for ``account-42`` (see :func:`category_of`)."""
         return category_of(self.stream)
 
 
@@ -75,6 +80,9 @@ class StreamState(NamedTuple):
 
 
 class Snapshot(NamedTuple):
+    """An aggregate's state at one version of its stream, as stored: the
+    state's type, schema version and JSON, and when it was taken (ms)."""
+
     stream: str
     version: int  # the stream version the snapshot's state includes
     type: str

@@ -127,6 +127,7 @@ class Aggregate:
 
     @property
     def stream(self) -> str:
+        """The stream's name: ``{category}-{id}``, e.g. ``account-42``."""
         return f"{self.category}-{self.id}"
 
     @property

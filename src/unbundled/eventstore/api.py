@@ -329,6 +329,8 @@ class EventStore(EventStoreBase):
         self.close()
 
     def close(self) -> None:
+        """Close the backend (a SQLite or PostgreSQL backend finishes its queued
+        appends first). Idempotent; afterwards every call raises ``Closed``."""
         if not self._closed:
             self._closed = True
             close = getattr(self.backend, "close", None)

@@ -308,6 +308,7 @@ class ProjectionRunner:
 
     @property
     def names(self) -> list[str]:
+        """The names of the runner's projections, in the order given."""
         return list(self._workers)
 
     def start(self) -> ProjectionRunner:

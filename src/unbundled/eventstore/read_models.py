@@ -39,9 +39,13 @@ class Documents(Generic[T]):
         self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(model)
 
     def encode(self, value: T) -> bytes:
+        """``value`` as the JSON bytes a document is stored as (``TypeError`` if
+        it cannot be encoded). Pure: no I/O."""
         return _encoder.encode(value)
 
     def decode(self, data: bytes) -> T:
+        """Stored JSON bytes as a ``model`` value; ``msgspec.ValidationError``
+        if they do not fit ``model``. Pure: no I/O."""
         return self._decoder.decode(data)
 
     # --- inside a projection's transaction ---------------------------------------
@@ -52,9 +56,13 @@ class Documents(Generic[T]):
         return self._decoder.decode(data) if data is not None else None
 
     def put(self, txn: ProjectionTxn, key: str, value: T) -> None:
+        """Insert or replace the document ``key`` inside the projection's
+        transaction ``txn``: it commits with the projection's checkpoint, or not at all."""
         txn.put(self.collection, key, _encoder.encode(value))
 
     def delete(self, txn: ProjectionTxn, key: str) -> None:
+        """Delete the document ``key`` inside the projection's transaction
+        ``txn`` (no error if there is none)."""
         txn.delete(self.collection, key)
 
     # --- outside: what is committed ------------------------------------------

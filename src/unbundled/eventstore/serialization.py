@@ -76,6 +76,10 @@ class Serializer:
             self.register(cls)
 
     def register(self, *classes: type[Event]) -> None:
+        """Make ``classes`` (Event subclasses) known by their type names, so
+        stored events of those types decode to them. Registering a class again is a
+        no-op. Raises ``UsageError`` for a class that is not an Event subclass, or
+        for a second class with a type name already taken."""
         for cls in classes:
             if not (isinstance(cls, type) and issubclass(cls, Event)):
                 raise UsageError(f"{cls!r} is not an Event subclass")
@@ -104,6 +108,7 @@ class Serializer:
         }
 
     def class_for(self, event_type: str) -> type[Event] | None:
+        """The class registered for ``event_type``, or ``None``."""
         return self._by_name.get(event_type)
 
     def encode(self, event: Event) -> tuple[str, int, bytes]:
@@ -179,10 +184,15 @@ class Serializer:
 
     @staticmethod
     def encode_metadata(metadata: Metadata) -> bytes:
+        """``metadata`` as the JSON bytes stored with an event; ``TypeError``
+        if a value in ``user`` cannot be encoded (``EventStore.append`` turns that
+        into a ``UsageError`` before writing anything)."""
         return _encoder.encode(metadata)
 
     @staticmethod
     def decode_metadata(raw: bytes) -> Metadata:
+        """Stored metadata bytes as :class:`Metadata`; ``CorruptionError`` if
+        they are not the JSON of a ``Metadata``."""
         try:
             return _decode_metadata(raw)
         except msgspec.DecodeError as exc:

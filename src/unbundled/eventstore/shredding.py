@@ -58,7 +58,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a test by hiding t
 
 __all__ = ["ENVELOPE", "Shredder", "SubjectKeys"]
 
-ENVELOPE = "$personal"  # the JSON key holding the sealed personal fields
+#: The JSON key that holds an event's sealed personal fields.
+ENVELOPE = "$personal"
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # the GCM standard nonce
 
@@ -69,9 +70,11 @@ _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 class SubjectKeys(Protocol):
     """Where subjects' keys live: every event-store backend."""
 
-    def subject_key(self, subject: str, new_key: bytes) -> bytes: ...
+    def subject_key(self, subject: str, new_key: bytes) -> bytes:
+        """See :meth:`unbundled.eventstore.EventStoreBackend.subject_key`."""
 
-    def find_subject_keys(self, subjects: Sequence[str]) -> dict[str, bytes | None]: ...
+    def find_subject_keys(self, subjects: Sequence[str]) -> dict[str, bytes | None]:
+        """See :meth:`unbundled.eventstore.EventStoreBackend.find_subject_keys`."""
 
 
 class _Sealed(msgspec.Struct, frozen=True):
@@ -159,7 +162,7 @@ class Shredder:
     def __init__(self) -> None:
         self._specs: dict[type[Event], _Spec] = {}
 
-    def spec(self, cls: type[Event]) -> _Spec:
+    def _spec(self, cls: type[Event]) -> _Spec:
         found = self._specs.get(cls)
         if found is None:
             found = self._specs[cls] = personal_spec(cls)  # a race only checks twice
@@ -169,7 +172,7 @@ class Shredder:
         """``data`` (the event's JSON) with its personal fields encrypted under
         the subject's key (created on first use). Raises ``SubjectForgotten``
         for a forgotten subject: its personal data may not be written again."""
-        spec = self.spec(type(event))
+        spec = self._spec(type(event))
         subject = getattr(event, spec.subject)
         if not isinstance(subject, str) or not subject:
             raise UsageError(

@@ -93,6 +93,7 @@ class Subscription:
 
     @property
     def stopped(self) -> bool:
+        """True once :meth:`stop` was called (or a worker's handler failed)."""
         return self._stopped.is_set()
 
     def stop(self) -> None:
@@ -223,6 +224,8 @@ class SubscriptionWorker:
 
     @property
     def running(self) -> bool:
+        """True while the worker's thread runs: False after :meth:`stop` or once
+        the handler raised (then :attr:`error` holds the exception)."""
         return self._thread.is_alive()
 
     def _run(self) -> None:
@@ -312,6 +315,7 @@ class AsyncSubscription:
 
     @property
     def stopped(self) -> bool:
+        """True once :meth:`stop` or :meth:`close` was called."""
         return self._sync.stopped
 
     def stop(self) -> None:

@@ -5,7 +5,7 @@ customer (``customer_id``): forgetting the customer makes it ``None`` in
 every event and snapshot, while the balance history stays intact.
 
 >>> from unbundled.eventstore import EventStore
->>> from unbundled.eventstore.aggregate import Repository
+>>> from unbundled.eventstore import Repository
 >>> with EventStore.open("memory://") as store:
 ...     accounts = Repository(store, BankAccount, snapshot_every=50)
 ...     account = accounts.create("42")
@@ -42,6 +42,9 @@ __all__ = [
 
 
 class Opened(Event, frozen=True):
+    """An account was opened for a customer; ``owner`` is the customer's
+    personal data (``None`` once the customer is forgotten)."""
+
     event_type = "AccountOpened"
     personal_data = ("owner",)
     data_subject = "customer_id"
@@ -51,12 +54,16 @@ class Opened(Event, frozen=True):
 
 
 class Deposited(Event, frozen=True):
+    """Money was paid in (``amount`` in cents, > 0)."""
+
     event_type = "MoneyDeposited"
 
     amount: int
 
 
 class Withdrawn(Event, frozen=True):
+    """Money was paid out (``amount`` in cents, > 0, at most the balance)."""
+
     event_type = "MoneyWithdrawn"
 
     amount: int
@@ -110,20 +117,27 @@ class BankAccount(Aggregate):
 
     @property
     def is_open(self) -> bool:
+        """True once the account was opened."""
         return self.customer_id is not None
 
     # --- commands: check the rules, then record -----------------------------------
 
     def open(self, customer_id: str, owner: str) -> None:
+        """Open the account for a customer; ``BankError`` if it is open already."""
         if self.is_open:
             raise BankError(f"account {self.id} is already open")
         self.record(Opened(customer_id=customer_id, owner=owner))
 
     def deposit(self, amount: int) -> None:
+        """Pay in ``amount`` cents; ``ValueError`` unless it is an int > 0,
+        ``BankError`` if the account is not open."""
         self._check_open()
         self.record(Deposited(amount=_check_amount(amount)))
 
     def withdraw(self, amount: int) -> None:
+        """Pay out ``amount`` cents; ``InsufficientFunds`` if the balance is
+        smaller (nothing recorded), ``ValueError`` unless it is an int > 0,
+        ``BankError`` if the account is not open."""
         self._check_open()
         if _check_amount(amount) > self.balance:
             raise InsufficientFunds(self.id, self.balance, amount)

@@ -9,3 +9,15 @@ from .api import Attempt as Attempt
 from .api import Idempotency as Idempotency
 from .api import ReplayedError as ReplayedError
 from .decorator import idempotent as idempotent
+
+__all__ = [
+    "AsyncIdempotency",
+    "Attempt",
+    "Claim",
+    "EffectsTxn",
+    "Idempotency",
+    "IdempotencyBackend",
+    "IdempotencyRecord",
+    "ReplayedError",
+    "idempotent",
+]

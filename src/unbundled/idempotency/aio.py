@@ -282,11 +282,13 @@ class AsyncIdempotency(IdempotencyBase):
     # --- inspection -----------------------------------------------------------
 
     async def get(self, key: str) -> IdempotencyRecord | None:
+        """Async twin of :meth:`unbundled.Idempotency.get` (the read runs in a worker thread)."""
         return await self._run(self.backend.get, _core.check_key(key))
 
     async def records(
         self, *, state: State | None = None, after: str = "", limit: int = 1000
     ) -> list[IdempotencyRecord]:
+        """Async twin of :meth:`unbundled.Idempotency.records`."""
         if state not in (None, "in_progress", "completed"):
             raise UsageError(f"state must be 'in_progress' or 'completed', got {state!r}")
         return await self._run(
@@ -294,4 +296,5 @@ class AsyncIdempotency(IdempotencyBase):
         )
 
     async def purge_expired(self) -> int:
+        """Async twin of :meth:`unbundled.Idempotency.purge_expired`."""
         return await self._run(self.backend.purge_expired)

@@ -159,6 +159,12 @@ class IdempotencyBase:
             raise Closed("the idempotency store is closed")
 
     def fingerprint(self, payload: Any) -> str:
+        """The fingerprint stored with a key for ``payload``: a SHA-256 prefix
+        of its canonical form (bytes as they are; anything else as JSON with sorted
+        keys, so dict order does not matter). A key claimed again with a payload of
+        another fingerprint raises ``IdempotencyKeyReused``. With ``fingerprint=False``
+        every payload gets the same one, so that check is off. Raises ``UsageError``
+        for a payload that cannot be encoded as JSON. Pure: no I/O."""
         return _core.fingerprint(payload if self.fingerprinting else None)
 
     def _encode_result(self, result: Any) -> bytes:
@@ -246,6 +252,8 @@ class Idempotency(IdempotencyBase):
         self.close()
 
     def close(self) -> None:
+        """Close the backend (a SQLite backend finishes its queued writes first).
+        Idempotent; afterwards every call raises ``Closed``."""
         if not self._closed:
             self._closed = True
             close = getattr(self.backend, "close", None)
@@ -378,18 +386,31 @@ class Idempotency(IdempotencyBase):
     # --- inspection -----------------------------------------------------------
 
     def get(self, key: str) -> IdempotencyRecord | None:
+        """The record of ``key`` (state, fencing token, lease, expiry, the stored
+        result still encoded, recorded phases), or ``None`` if there is none or it
+        expired. Only reads: claims nothing, waits for nothing. Raises ``UsageError``
+        for a bad key."""
         self._check_open()
         return self.backend.get(_core.check_key(key))
 
     def records(
         self, *, state: State | None = None, after: str = "", limit: int = 1000
     ) -> list[IdempotencyRecord]:
+        """The records with keys greater than ``after``, sorted by key, at most
+        ``limit``, optionally only those in ``state`` (``"in_progress"`` or
+        ``"completed"``); expired records are left out. Page by passing the last key
+        as ``after``. Only reads. Raises ``UsageError`` for a bad ``state`` or a
+        ``limit`` below 1."""
         self._check_open()
         if state not in (None, "in_progress", "completed"):
             raise UsageError(f"state must be 'in_progress' or 'completed', got {state!r}")
         return self.backend.list_records(state, after, self._check_list_limit(limit))
 
     def purge_expired(self) -> int:
+        """Delete the records past their expiry and return how many. Expired
+        records already count as absent (a claim starts afresh), so this only frees
+        space; run it now and then, from any process. Idempotent: a second call
+        right after finds nothing to delete."""
         self._check_open()
         return self.backend.purge_expired()
 

@@ -1,16 +1,22 @@
 """The log: topics, partitions, offsets, consumer groups, transactions."""
 
 from ._producer import Producer as Producer
+from ._protocol import AppendItem as AppendItem
 from ._protocol import GroupInfo as GroupInfo
+from ._protocol import GroupMemberInfo as GroupMemberInfo
 from ._protocol import LogBackend as LogBackend
 from ._protocol import MaintenanceReport as MaintenanceReport
+from ._protocol import MemberView as MemberView
 from ._protocol import Message as Message
+from ._protocol import OffsetCommit as OffsetCommit
 from ._protocol import PartitionInfo as PartitionInfo
 from ._protocol import Position as Position
+from ._protocol import ProducerStamp as ProducerStamp
 from ._protocol import Record as Record
 from ._protocol import TopicConfig as TopicConfig
 from ._protocol import TopicInfo as TopicInfo
 from ._protocol import TopicPartition as TopicPartition
+from ._protocol import WriteBatch as WriteBatch
 from .aio import AsyncConsumer as AsyncConsumer
 from .aio import AsyncLog as AsyncLog
 from .aio import AsyncProducer as AsyncProducer
@@ -18,3 +24,30 @@ from .aio import AsyncTransaction as AsyncTransaction
 from .api import Consumer as Consumer
 from .api import Log as Log
 from .api import Transaction as Transaction
+
+__all__ = [
+    "AppendItem",
+    "AsyncConsumer",
+    "AsyncLog",
+    "AsyncProducer",
+    "AsyncTransaction",
+    "Consumer",
+    "GroupInfo",
+    "GroupMemberInfo",
+    "Log",
+    "LogBackend",
+    "MaintenanceReport",
+    "MemberView",
+    "Message",
+    "OffsetCommit",
+    "PartitionInfo",
+    "Position",
+    "Producer",
+    "ProducerStamp",
+    "Record",
+    "TopicConfig",
+    "TopicInfo",
+    "TopicPartition",
+    "Transaction",
+    "WriteBatch",
+]

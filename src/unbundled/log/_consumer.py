@@ -40,6 +40,10 @@ class Op(NamedTuple):
 
 Steps = Generator[Op, Any, Any]
 
+# The longest single wait for a change; poll waits longer (up to an infinite
+# timeout_s) in slices of it.
+_WAIT_SLICE_S = 3600.0
+
 
 class ConsumerCore:
     """Positions, ownership and commits of one consumer; no I/O of its own."""
@@ -121,10 +125,23 @@ class ConsumerCore:
         self.committed.update(offsets)
         self.last_commit = self.clock()
 
+    def position(self, tp: TopicPartition) -> int:
+        """The next offset to fetch from ``tp``; ``UsageError`` if not assigned."""
+        self._check_assigned(tp)
+        return self.positions[tp]
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        if tp not in self.positions:
-            raise UsageError(f"{tp.topic}[{tp.partition}] is not assigned to this consumer")
+        """Fetch ``tp`` from ``offset`` next; ``UsageError`` if not assigned."""
+        self._check_assigned(tp)
         self.positions[tp] = _core.check_offset("offset", offset)
+
+    def _check_assigned(self, tp: TopicPartition) -> None:
+        if tp not in self.positions:
+            raise UsageError(
+                f"{tp.topic}[{tp.partition}] is not assigned to this consumer",
+                topic=tp.topic,
+                partition=tp.partition,
+            )
 
     def _check_open(self) -> None:
         if self.closed:
@@ -155,7 +172,8 @@ class ConsumerCore:
                 return []
             if self.view is not None:
                 remaining = min(remaining, max(0.0, self.next_heartbeat - self.clock()) + 0.001)
-            yield Op("wait_for_change", (token, remaining))
+            # In slices: a backend's condition wait overflows on a huge timeout.
+            yield Op("wait_for_change", (token, min(remaining, _WAIT_SLICE_S)))
 
     def commit(self, offsets: dict[TopicPartition, int] | None = None) -> Steps:
         """Commit ``offsets`` (default: all consumed); raises ``StaleGeneration``."""

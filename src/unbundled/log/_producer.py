@@ -98,6 +98,14 @@ class Producer:
         partition: int | None = None,
         sequence: int | None = None,
     ) -> Position:
+        """Append one record as the next sequence number (or
+        ``sequence``) and return its position, once durable; see
+        :meth:`Log.append <unbundled.Log.append>` for the arguments. Safe to retry
+        after an unknown outcome with the same ``sequence``: a retry of one of the
+        last ``limits.producer_window_requests_max`` requests writes nothing and
+        returns the original position. Raises ``ProducerFenced`` once the producer id
+        was opened again, ``OutOfOrderSequence`` for an older sequence (nothing
+        written), and what :meth:`Log.append <unbundled.Log.append>` raises."""
         message = self._log._one(value, key, headers, timestamp, partition)
         return self.append_batch(topic, (message,), sequence=sequence)[0]
 

@@ -39,6 +39,7 @@ class Record(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def position(self) -> Position:
+        """Where this record is: its topic, partition and offset."""
         return Position(self.topic, self.partition, self.offset)
 
 
@@ -88,6 +89,9 @@ class PartitionInfo(msgspec.Struct, frozen=True):
 
 
 class TopicInfo(msgspec.Struct, frozen=True):
+    """A topic as :meth:`Log.describe_topic <unbundled.Log.describe_topic>`
+    finds it: its config, and its partitions in partition order."""
+
     name: str
     config: TopicConfig
     partitions: tuple[PartitionInfo, ...]
@@ -195,6 +199,10 @@ class GroupMemberInfo(msgspec.Struct, frozen=True):
 
 
 class GroupInfo(msgspec.Struct, frozen=True):
+    """A consumer group as :meth:`Log.describe_group <unbundled.Log.describe_group>`
+    finds it: the generation (it moves on every rebalance), the live members,
+    and the committed offsets (the next offset to consume, per partition)."""
+
     name: str
     generation: int
     members: tuple[GroupMemberInfo, ...]

@@ -63,6 +63,7 @@ class AsyncLog(LogBase):
         sync: SyncLevel = "full",
         **options: Any,
     ) -> AsyncLog:
+        """Async twin of :meth:`unbundled.Log.open`; the backend is opened in a worker thread."""
         from ..backends import open_backend, require_log
 
         backend = await asyncio.to_thread(partial(open_backend, url, sync=sync, **options))
@@ -79,6 +80,8 @@ class AsyncLog(LogBase):
         await self.close()
 
     async def close(self) -> None:
+        """Async twin of :meth:`unbundled.Log.close`: finishes queued writes and
+        releases the backend (in a worker thread). Idempotent."""
         if not self._closed:
             self._closed = True
             await asyncio.to_thread(self.backend.close)
@@ -97,6 +100,7 @@ class AsyncLog(LogBase):
         record_bytes_max: int = limits.record_bytes_default,
         exist_ok: bool = False,
     ) -> TopicConfig:
+        """Async twin of :meth:`unbundled.Log.create_topic`."""
         _core.check_topic_name(name)
         config = self._topic_config(
             partitions,
@@ -115,13 +119,16 @@ class AsyncLog(LogBase):
         return config
 
     async def delete_topic(self, name: str) -> None:
+        """Async twin of :meth:`unbundled.Log.delete_topic`."""
         self._configs.pop(name, None)
         await self._run(self.backend.delete_topic, _core.check_topic_name(name))
 
     async def topics(self) -> list[str]:
+        """Async twin of :meth:`unbundled.Log.topics`."""
         return await self._run(self.backend.list_topics)
 
     async def describe_topic(self, name: str) -> TopicInfo:
+        """Async twin of :meth:`unbundled.Log.describe_topic`."""
         return await self._run(self.backend.describe_topic, _core.check_topic_name(name))
 
     async def _config(self, topic: str) -> TopicConfig:
@@ -154,6 +161,9 @@ class AsyncLog(LogBase):
         timestamp: int | None = None,
         partition: int | None = None,
     ) -> Position:
+        """Async twin of :meth:`unbundled.Log.append`: the record goes to the
+        group-commit writer from the event loop (no thread hop) and the task awaits
+        its durability without blocking the loop."""
         config = self._configs.get(topic) or await self._config(topic)
         items = self._prepare_one(topic, config, value, key, headers, timestamp, partition)
         self._check_open()
@@ -169,6 +179,7 @@ class AsyncLog(LogBase):
         return position
 
     async def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> list[Position]:
+        """Async twin of :meth:`unbundled.Log.append_batch`."""
         config = self._configs.get(topic) or await self._config(topic)
         items = self._items(topic, config, messages)
         if not items:
@@ -176,11 +187,15 @@ class AsyncLog(LogBase):
         return await self._submit(WriteBatch({topic: items}, partitions={topic: config.partitions}))
 
     async def producer(self, producer_id: str) -> AsyncProducer:
+        """Async twin of :meth:`unbundled.Log.producer` (a coroutine:
+        registering the new epoch is a backend call)."""
         _core.check_producer_id(producer_id)
         epoch, last = await self._run(self.backend.init_producer, producer_id)
         return AsyncProducer(self, producer_id, epoch, last)
 
     def transaction(self, *, producer: AsyncProducer | None = None) -> AsyncTransaction:
+        """Twin of :meth:`unbundled.Log.transaction` (not a coroutine); use the
+        transaction with ``async with``."""
         self._check_open()
         return AsyncTransaction(self, producer)
 
@@ -195,6 +210,7 @@ class AsyncLog(LogBase):
         records_max: int = 1000,
         bytes_max: int = 64 * 1024 * 1024,
     ) -> list[Record]:
+        """Async twin of :meth:`unbundled.Log.read` (the read runs in a worker thread)."""
         self._check_read(topic, offset, records_max, bytes_max)
         return await self._run(self.backend.read, topic, partition, offset, records_max, bytes_max)
 
@@ -211,6 +227,9 @@ class AsyncLog(LogBase):
         partitions: Sequence[TopicPartition] | None = None,
         instance_id: str | None = None,
     ) -> AsyncConsumer:
+        """Twin of :meth:`unbundled.Log.consumer` (not a coroutine: the consumer
+        joins its group on its first poll); the consumer's methods that wait are
+        coroutines."""
         self._check_open()
         return AsyncConsumer(
             self,
@@ -228,9 +247,11 @@ class AsyncLog(LogBase):
         )
 
     async def groups(self) -> list[str]:
+        """Async twin of :meth:`unbundled.Log.groups`."""
         return await self._run(self.backend.list_groups)
 
     async def describe_group(self, group: str) -> GroupInfo:
+        """Async twin of :meth:`unbundled.Log.describe_group`."""
         return await self._run(self.backend.describe_group, _core.check_group_name(group))
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
@@ -270,6 +291,7 @@ class AsyncLog(LogBase):
                 return
 
     async def maintain(self) -> MaintenanceReport:
+        """Async twin of :meth:`unbundled.Log.maintain`."""
         return await self._run(self.backend.maintain)
 
 
@@ -283,6 +305,7 @@ class AsyncProducer:
 
     @property
     def epoch(self) -> int:
+        """This incarnation's epoch; see :attr:`unbundled.Producer.epoch`."""
         return self._core.epoch
 
     @property
@@ -292,6 +315,7 @@ class AsyncProducer:
         return self._core.last_sequence
 
     def stamp(self, sequence: int | None = None) -> ProducerStamp:
+        """Async twin of :meth:`unbundled.Producer.stamp` (not a coroutine)."""
         return self._core.stamp(sequence)
 
     async def append(
@@ -305,12 +329,14 @@ class AsyncProducer:
         partition: int | None = None,
         sequence: int | None = None,
     ) -> Position:
+        """Async twin of :meth:`unbundled.Producer.append`."""
         message = self._log._one(value, key, headers, timestamp, partition)
         return (await self.append_batch(topic, (message,), sequence=sequence))[0]
 
     async def append_batch(
         self, topic: str, messages: Iterable[bytes | Message], *, sequence: int | None = None
     ) -> list[Position]:
+        """Async twin of :meth:`unbundled.Producer.append_batch`."""
         log = self._log
         config = log._configs.get(topic) or await log._config(topic)
         items = log._items(topic, config, messages)
@@ -339,14 +365,17 @@ class AsyncConsumer:
 
     @property
     def group(self) -> str | None:
+        """See :attr:`unbundled.Consumer.group`."""
         return self._core.group
 
     @property
     def member_id(self) -> str:
+        """See :attr:`unbundled.Consumer.member_id`."""
         return self._core.member_id
 
     @property
     def instance_id(self) -> str | None:
+        """See :attr:`unbundled.Consumer.instance_id`."""
         return self._core.instance_id
 
     async def _drive(self, steps: Steps) -> Any:
@@ -383,6 +412,9 @@ class AsyncConsumer:
         await self.close()
 
     async def poll(self, timeout_s: float = 1.0, *, records_max: int = 500) -> list[Record]:
+        """Async twin of :meth:`unbundled.Consumer.poll`: waits
+        without blocking the event loop (the backend calls run on this consumer's own
+        worker thread)."""
         records: list[Record] = await self._drive(self._core.poll(timeout_s, records_max))
         return records
 
@@ -392,24 +424,33 @@ class AsyncConsumer:
                 yield record
 
     async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Async twin of :meth:`unbundled.Consumer.commit`."""
         await self._drive(self._core.commit(offsets))
 
     def offset_commit(self, offsets: dict[TopicPartition, int] | None = None) -> OffsetCommit:
+        """Twin of :meth:`unbundled.Consumer.offset_commit`
+        (not a coroutine: nothing is written)."""
         return self._core.offset_commit(offsets)
 
     def assignment(self) -> set[TopicPartition]:
+        """Twin of :meth:`unbundled.Consumer.assignment` (not a coroutine)."""
         return self._core.assignment()
 
     def position(self, tp: TopicPartition) -> int:
-        return self._core.positions[TopicPartition(*tp)]
+        """Twin of :meth:`unbundled.Consumer.position` (not a coroutine)."""
+        return self._core.position(TopicPartition(*tp))
 
     def positions(self) -> dict[TopicPartition, int]:
+        """Twin of :meth:`unbundled.Consumer.positions` (not a coroutine)."""
         return dict(self._core.positions)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Twin of :meth:`unbundled.Consumer.seek` (not a coroutine)."""
         self._core.seek(TopicPartition(*tp), offset)
 
     async def close(self, *, leave: bool | None = None) -> None:
+        """Async twin of :meth:`unbundled.Consumer.close`; also
+        stops the consumer's worker thread. Idempotent."""
         try:
             await self._drive(self._core.close(leave))
         finally:
@@ -459,10 +500,13 @@ class AsyncTransaction:
         timestamp: int | None = None,
         partition: int | None = None,
     ) -> None:
+        """Async twin of :meth:`unbundled.Transaction.append`
+        (a coroutine: the topic's config may have to be read)."""
         message = self._log._one(value, key, headers, timestamp, partition)
         await self.append_batch(topic, (message,))
 
     async def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
+        """Async twin of :meth:`unbundled.Transaction.append_batch`."""
         self._check()
         log = self._log
         config = log._configs.get(topic) or await log._config(topic)
@@ -477,6 +521,9 @@ class AsyncTransaction:
         group: str | None = None,
         offsets: dict[TopicPartition, int] | None = None,
     ) -> None:
+        """Twin of
+        :meth:`unbundled.Transaction.commit_offsets` (not a coroutine: nothing is written
+        until :meth:`commit`)."""
         self._check()
         if consumer is not None:
             commit = consumer.offset_commit(offsets)
@@ -489,6 +536,7 @@ class AsyncTransaction:
             raise UsageError("commit_offsets needs a consumer, or a group and offsets")
 
     async def commit(self) -> list[Position]:
+        """Async twin of :meth:`unbundled.Transaction.commit`."""
         self._check()
         self._done = True
         if not self._appends and not self._commits:
@@ -503,6 +551,7 @@ class AsyncTransaction:
         return self.positions
 
     def abort(self) -> None:
+        """Twin of :meth:`unbundled.Transaction.abort` (not a coroutine)."""
         self._done = True
         self._appends.clear()
         self._commits.clear()

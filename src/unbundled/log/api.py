@@ -55,6 +55,7 @@ class LogBase:
 
     @property
     def url(self) -> str:
+        """The URL of the backend this log was opened on (no password in it)."""
         return self.backend.url
 
     def _check_open(self) -> None:
@@ -198,8 +199,13 @@ class Log(LogBase):
         record_bytes_max: int = limits.record_bytes_default,
         exist_ok: bool = False,
     ) -> TopicConfig:
-        """Create a topic. With ``exist_ok``, an existing topic with the same
-        config is fine; a different config still raises ``TopicExists``."""
+        """Create topic ``name`` with ``partitions`` partitions and return its
+        config; blocks until that is committed. Raises ``TopicExists`` if the
+        name is taken; with ``exist_ok``, an existing topic with the same config
+        is fine (so the call is idempotent) while a different config still
+        raises ``TopicExists``. ``UsageError`` for a bad name, a setting out
+        of its bounds (``limits.partitions_max``, ``limits.record_bytes_max``),
+        or a topic beyond ``limits.topics_max``."""
         self._check_open()
         _core.check_topic_name(name)
         config = self._topic_config(
@@ -219,15 +225,23 @@ class Log(LogBase):
         return config
 
     def delete_topic(self, name: str) -> None:
+        """Delete topic ``name`` with its records and every group's committed
+        offsets for it; blocks until that is committed. A topic created later
+        under the same name starts empty. Raises ``TopicNotFound`` if there is
+        no such topic (so it is not idempotent), ``UsageError`` for a bad name."""
         self._check_open()
         self._configs.pop(name, None)
         self.backend.delete_topic(_core.check_topic_name(name))
 
     def topics(self) -> list[str]:
+        """The names of the existing topics, sorted. Raises ``Closed`` after :meth:`close`."""
         self._check_open()
         return self.backend.list_topics()
 
     def describe_topic(self, name: str) -> TopicInfo:
+        """Topic ``name``'s config and, per partition, its first stored offset,
+        next offset, record count and size, as committed now. Raises
+        ``TopicNotFound``, or ``UsageError`` for a bad name."""
         self._check_open()
         return self.backend.describe_topic(_core.check_topic_name(name))
 
@@ -267,14 +281,29 @@ class Log(LogBase):
         timestamp: int | None = None,
         partition: int | None = None,
     ) -> Position:
-        """Append one record; returns once it is durable at the log's sync level."""
+        """Append one record to ``topic`` and return its position, once it is
+        durable at the log's sync level (blocks until then; concurrent appends
+        from other threads share the commit).
+
+        The partition is ``partition`` if given, else chosen from ``key``
+        (the same key always lands in the same partition), else a sticky one
+        for keyless records. Raises ``TopicNotFound`` or ``PartitionNotFound``
+        (nothing written), ``RecordTooLarge`` for a record above the topic's
+        ``record_bytes_max`` (or a key above ``limits.key_bytes_max``),
+        ``UsageError`` for a bad value, key or header, ``Closed`` after
+        :meth:`close`. Not idempotent: a retry after an
+        unknown outcome may append twice; use :meth:`producer` for that.
+        """
         config = self._configs.get(topic) or self._config(topic)
         items = self._prepare_one(topic, config, value, key, headers, timestamp, partition)
         return self._submit(WriteBatch({topic: items}, partitions={topic: config.partitions}))[0]
 
     def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> list[Position]:
-        """Append many records atomically (all or none), in order. Keyless
-        records of one batch go to one partition."""
+        """Append many records atomically (all or none), in order, and return
+        their positions once durable. Keyless records of one batch go to one
+        partition. Raises what :meth:`append` raises, for the first bad record
+        (nothing written), and ``LimitExceeded`` for a batch above
+        ``limits.batch_records_max`` records or ``limits.batch_bytes_max`` bytes."""
         config = self._config(topic)
         items = self._items(topic, config, messages)
         if not items:
@@ -282,7 +311,10 @@ class Log(LogBase):
         return self._submit(WriteBatch({topic: items}, partitions={topic: config.partitions}))
 
     def producer(self, producer_id: str) -> Producer:
-        """An idempotent producer; see :class:`Producer`."""
+        """An idempotent producer named ``producer_id``; see :class:`Producer`.
+        Opening it starts a new epoch and fences earlier producers with the same
+        id (their appends raise ``ProducerFenced``). Blocks while the epoch is
+        registered. ``UsageError`` for an empty or too long id."""
         return Producer(self, producer_id)
 
     def transaction(self, *, producer: Producer | None = None) -> Transaction:
@@ -302,7 +334,13 @@ class Log(LogBase):
         records_max: int = 1000,
         bytes_max: int = 64 * 1024 * 1024,
     ) -> list[Record]:
-        """Records of one partition from ``offset``, in offset order."""
+        """Records of one partition from ``offset`` on, in offset order, at most
+        ``records_max``; ``[]`` at the end of the partition. Only committed
+        records, never a partial transaction; does not wait for new ones (see
+        :meth:`scan` or a consumer). Raises ``TopicNotFound``,
+        ``PartitionNotFound``, ``OffsetOutOfRange`` for an offset below the
+        first stored one (removed by retention) or beyond the end, and
+        ``CorruptionError`` rather than return a damaged record."""
         self._check_open()
         self._check_read(topic, offset, records_max, bytes_max)
         return self.backend.read(topic, partition, offset, records_max, bytes_max)
@@ -380,10 +418,15 @@ class Log(LogBase):
         )
 
     def groups(self) -> list[str]:
+        """The names of the consumer groups that have members or committed
+        offsets, sorted."""
         self._check_open()
         return self.backend.list_groups()
 
     def describe_group(self, group: str) -> GroupInfo:
+        """Consumer group ``group``'s generation, members (with their
+        partitions and leases) and committed offsets. Raises ``NotFound`` for
+        a group without members or committed offsets, ``UsageError`` for a bad name."""
         self._check_open()
         return self.backend.describe_group(_core.check_group_name(group))
 
@@ -394,7 +437,10 @@ class Log(LogBase):
         return group_lag(self.backend, _core.check_group_name(group))
 
     def maintain(self) -> MaintenanceReport:
-        """Apply retention and compaction now (SQLite also does it every minute)."""
+        """Apply retention and compaction now and report what was removed, per
+        topic (SQLite also does it every minute). Safe at any time: consumers
+        past the removed records are unaffected, and one behind them is
+        reset by its ``offset_reset``."""
         self._check_open()
         return self.backend.maintain()
 
@@ -493,10 +539,13 @@ class Consumer:
 
     @property
     def group(self) -> str | None:
+        """The consumer group this consumer belongs to, or ``None`` for one
+        that reads on its own and commits nothing."""
         return self._core.group
 
     @property
     def member_id(self) -> str:
+        """This consumer's id in its group: given, or made up when it was opened."""
         return self._core.member_id
 
     @property
@@ -516,6 +565,22 @@ class Consumer:
         self.close()
 
     def poll(self, timeout_s: float = 1.0, *, records_max: int = 500) -> list[Record]:
+        """The next records of the assigned partitions, at most ``records_max``
+        (1 to ``limits.poll_records_max``), in offset order per partition.
+        Blocks (without spinning) until some arrive or ``timeout_s`` passes
+        (``0``: does not wait; ``math.inf``: waits until records arrive); then
+        returns ``[]``. ``UsageError`` for a ``timeout_s`` that is negative,
+        NaN or not a number.
+
+        A group member joins the group on its first poll and renews its lease
+        (and takes part in rebalances) on each one, so poll at least once per
+        ``lease_ms``. With auto-commit, each poll first commits what the
+        previous polls returned (at-least-once). Raises ``Closed`` after
+        :meth:`close`, ``InstanceFenced`` once a newer consumer took this
+        static member's place, ``OffsetOutOfRange`` when a partition has no
+        valid position and ``offset_reset`` is ``"none"``, ``TopicNotFound``
+        when a topic of a consumer without a group is gone.
+        """
         records: list[Record] = run_sync(self._log.backend, self._core.poll(timeout_s, records_max))
         return records
 
@@ -534,15 +599,24 @@ class Consumer:
         return self._core.offset_commit(offsets)
 
     def assignment(self) -> set[TopicPartition]:
+        """The partitions this consumer may fetch now (a copy; empty before
+        the first :meth:`poll`). A group member's set changes on rebalances."""
         return self._core.assignment()
 
     def position(self, tp: TopicPartition) -> int:
-        return self._core.positions[tp]
+        """The next offset this consumer will fetch from ``tp``. Raises
+        ``UsageError`` if ``tp`` is not assigned to it."""
+        return self._core.position(TopicPartition(*tp))
 
     def positions(self) -> dict[TopicPartition, int]:
+        """The next offset to fetch, per assigned partition (a copy)."""
         return dict(self._core.positions)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Fetch ``tp`` from ``offset`` on at the next :meth:`poll`. An offset
+        outside the partition's stored range is reset there by
+        ``offset_reset``. Commits nothing by itself. Raises ``UsageError`` if
+        ``tp`` is not assigned to this consumer or ``offset`` is not an int >= 0."""
         self._core.seek(TopicPartition(*tp), offset)
 
     def close(self, *, leave: bool | None = None) -> None:
@@ -602,9 +676,17 @@ class Transaction:
         timestamp: int | None = None,
         partition: int | None = None,
     ) -> None:
+        """Add one record for ``topic`` to the transaction; see
+        :meth:`Log.append` for the arguments and the partition chosen.
+        Nothing is written until :meth:`commit`. The record is checked now:
+        ``TopicNotFound``, ``PartitionNotFound``, ``RecordTooLarge`` or
+        ``UsageError`` leave the transaction as it was. Raises ``UsageError``
+        once the transaction is committed or aborted."""
         self.append_batch(topic, (self._log._one(value, key, headers, timestamp, partition),))
 
     def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
+        """Add records for ``topic``, in order, to the transaction; checked
+        now as in :meth:`append`, written only by :meth:`commit`."""
         self._check()
         log = self._log
         config = log._config(topic)
@@ -633,6 +715,18 @@ class Transaction:
             raise UsageError("commit_offsets needs a consumer, or a group and offsets")
 
     def commit(self) -> list[Position]:
+        """Write everything added, atomically, and return the appended
+        records' positions in the order they were added (also kept in
+        :attr:`positions`). Blocks until durable. The ``with`` block calls it
+        when it ends without an exception.
+
+        All or nothing: on any error nothing of the transaction is visible,
+        e.g. ``StaleGeneration`` when a consumer whose offsets it commits lost
+        a partition meanwhile, ``ProducerFenced`` for a fenced producer,
+        ``TopicNotFound`` for a topic deleted since. Either way the
+        transaction is finished: a second ``commit()`` raises ``UsageError``;
+        start a new transaction to try again.
+        """
         self._check()
         self._done = True
         if not self._appends and not self._commits:
@@ -644,7 +738,8 @@ class Transaction:
         return self.positions
 
     def abort(self) -> None:
-        """Discard everything; nothing of this transaction becomes visible."""
+        """Discard everything; nothing of this transaction becomes visible.
+        The ``with`` block calls it when it ends with an exception. Idempotent."""
         self._done = True
         self._appends.clear()
         self._commits.clear()

@@ -7,3 +7,9 @@ their backend; an application author drives time with :class:`SimClock`.
 from .clock import SimClock as SimClock
 from .contract import LogTarget as LogTarget
 from .contract import all_checks as all_checks
+
+__all__ = [
+    "LogTarget",
+    "SimClock",
+    "all_checks",
+]

@@ -108,9 +108,11 @@ class CausalChecker:
     failures: list[str] = field(default_factory=list)
 
     def next_wid(self) -> int:
+        """The id the next write will get (write ids count from 1)."""
         return len(self.writes) + 1
 
     def fail(self, message: str) -> None:
+        """Record a failure (the first 50 are kept)."""
         if len(self.failures) < 50:
             self.failures.append(message)
 
@@ -144,6 +146,9 @@ class CausalChecker:
     def on_write(
         self, client: int, key: str, update: Update, context_shown: Sequence[int] | None
     ) -> int:
+        """Register a write by ``client`` and return its id. ``context_shown``
+        is what the read whose context the write passed showed (``None`` for a blind
+        write): the write supersedes those writes and what they superseded."""
         supersedes: set[int] = set()
         for v in context_shown or ():
             supersedes.add(v)
@@ -156,6 +161,9 @@ class CausalChecker:
         return wid
 
     def on_read(self, client: int, core: ReplicaCore, versions: Versions, where: str) -> list[int]:
+        """Check a read by ``client`` at ``core`` (causal order, siblings,
+        sessions; see the module docstring), record failures, and return the write ids
+        it showed."""
         shown = self.shown(versions, where)
         for a in shown:
             for b in shown:
@@ -187,6 +195,9 @@ class CausalChecker:
 
 @dataclass(frozen=True)
 class SimReport:
+    """What one :func:`simulate` run found: the checker's failures (none if
+    :attr:`ok`), the whole trace, and counts of what happened."""
+
     seed: int
     config: SimConfig
     failures: tuple[str, ...]
@@ -195,12 +206,16 @@ class SimReport:
 
     @property
     def ok(self) -> bool:
+        """True if the run found no failure."""
         return not self.failures
 
     def trace_digest(self) -> str:
+        """A hash of the whole trace: equal for two runs exactly when they did the same."""
         return hashlib.sha256("\n".join(self.trace).encode()).hexdigest()
 
     def summary(self) -> str:
+        """One line of counts if the run was fine; else the failures (the first
+        20) and the command that replays the run."""
         stats = " ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))
         head = f"causal simulation seed={self.seed}: {stats}"
         if self.ok:

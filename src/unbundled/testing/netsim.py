@@ -89,14 +89,17 @@ class Network(Generic[M]):
         self.trace.append(f"{self.now_ms} partition {[sorted(g) for g in groups]}")
 
     def heal(self) -> None:
+        """End the partition: every node reaches every other again."""
         self._group = {}
         self.trace.append(f"{self.now_ms} heal")
 
     def connected(self, src: str, dst: str) -> bool:
+        """True if a message from ``src`` reaches ``dst`` now (same side of any partition)."""
         return self._group.get(src, -1) == self._group.get(dst, -1)
 
     @property
     def partitioned(self) -> bool:
+        """True while a :meth:`partition` is in force."""
         return bool(self._group)
 
     # --- traffic ---------------------------------------------------------------------
@@ -122,6 +125,7 @@ class Network(Generic[M]):
             self.trace.append(f"{self.now_ms} send {src}->{dst} +{delay} {label}")
 
     def advance(self, ms: int) -> None:
+        """Move simulated time ``ms`` forward (``UsageError`` if negative); delivers nothing."""
         if ms < 0:
             raise UsageError("time does not go backwards")
         self.now_ms += ms
@@ -143,4 +147,6 @@ class Network(Generic[M]):
         return self._queue[0][0] if self._queue else None
 
     def in_flight(self) -> int:
+        """How many messages wait for their delivery time (a partition in force
+        then still loses those it cuts)."""
         return len(self._queue)

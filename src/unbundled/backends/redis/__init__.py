@@ -52,6 +52,7 @@ from ._destroy import destroy
 from ._idempotency import RedisIdempotency
 from ._scripts import SCRIPTS
 
+#: The key prefix of a ``redis://`` URL without ``?prefix=``.
 PREFIX_DEFAULT = "unbundled:idem:"
 SOCKET_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0

@@ -10,9 +10,21 @@ read-your-writes and monotonic reads across replicas. See
 """
 
 from ._core import Context as Context
+from ._core import KeyState as KeyState
 from ._core import ReplicaCore as ReplicaCore
 from ._core import Session as Session
 from ._core import Sibling as Sibling
 from ._core import Update as Update
 from ._core import Versions as Versions
 from .api import Replica as Replica
+
+__all__ = [
+    "Context",
+    "KeyState",
+    "Replica",
+    "ReplicaCore",
+    "Session",
+    "Sibling",
+    "Update",
+    "Versions",
+]

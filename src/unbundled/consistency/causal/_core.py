@@ -144,13 +144,18 @@ class Context:
     clock: tuple[tuple[str, int], ...]
 
     def vector(self) -> Vector:
+        """The context's clock as a dict: replica id -> the last write of this key seen from it."""
         return dict(self.clock)
 
     def token(self) -> str:
+        """The context as a URL-safe string, to hand to another process (say, in
+        a web form); :meth:`from_token` reads it back."""
         return _b64(msgspec.msgpack.encode([self.key, [list(item) for item in self.clock]]))
 
     @classmethod
     def from_token(cls, token: str) -> Context:
+        """The context a :meth:`token` string holds; ``UsageError`` for a string
+        that is not one."""
         try:
             key, clock = msgspec.msgpack.decode(
                 _unb64(token, "context"), type=tuple[str, list[tuple[str, int]]]
@@ -175,14 +180,20 @@ class Session:
         self.vector: Vector = dict(vector or {})
 
     def observe(self, origin: str, seq: int) -> None:
+        """Note that the client saw update ``seq`` of ``origin`` (a no-op for
+        one older than what it already saw). Reads and writes do this themselves."""
         if seq > self.vector.get(origin, 0):
             self.vector[origin] = seq
 
     def token(self) -> str:
+        """The session as a URL-safe string, to carry between requests (say, in
+        a cookie); :meth:`from_token` reads it back."""
         return _b64(msgspec.msgpack.encode(sorted(self.vector.items())))
 
     @classmethod
     def from_token(cls, token: str) -> Session:
+        """The session a :meth:`token` string holds; ``UsageError`` for a string
+        that is not one."""
         try:
             items = msgspec.msgpack.decode(_unb64(token, "session"), type=list[tuple[str, int]])
         except msgspec.DecodeError as exc:
@@ -393,6 +404,7 @@ class ReplicaCore:
     # --- replication ---------------------------------------------------------------
 
     def is_applied(self, update: Update) -> bool:
+        """True if this replica has applied ``update`` (or a later one of its origin)."""
         return update.seq <= self.applied.get(update.origin, 0)
 
     def deliverable(self, update: Update) -> bool:
@@ -460,9 +472,12 @@ class ReplicaCore:
     # --- inspection -------------------------------------------------------------------
 
     def keys(self) -> list[str]:
+        """Every key this replica holds state for, sorted; a deleted key stays
+        (its clock orders later writes after the delete)."""
         return sorted(self.store)
 
     def state(self) -> dict[str, KeyState]:
+        """Each key's :class:`KeyState` (a copy of the mapping; the states are immutable)."""
         return dict(self.store)
 
     def digest(self) -> str:

@@ -329,6 +329,8 @@ class Replica:
             return dict(self._core.applied)
 
     def keys(self) -> list[str]:
+        """Every key this replica holds state for, sorted, deleted ones included;
+        see :meth:`ReplicaCore.keys`."""
         with self._lock:
             return self._core.keys()
 

@@ -8,8 +8,7 @@ history, or says ``unknown`` if its time budget runs out: it never answers
 
 Python API (stable; other parts of unbundled record histories with it)::
 
-    from unbundled.consistency.history import Recorder, History, Operation, UNKNOWN
-    from unbundled.consistency.checker import check, register, kv, Verdict
+    from unbundled.consistency.checker import Recorder, check, register, Verdict
 
     rec = Recorder()                       # thread-safe; stamps a logical clock
     rec.invoke(client, ("write", 1))       # just before the request
@@ -25,7 +24,7 @@ Python API (stable; other parts of unbundled record histories with it)::
     result.violation      # for NOT_LINEARIZABLE: shortest failing prefix, culprit op
     result.write_html("violation.html")   # clients as lanes, ops as bars
 
-* :class:`~unbundled.consistency.history.Operation` (client, input, output,
+* :class:`Operation` (client, input, output,
   call_time, return_time; ``return_time=None`` and ``output=UNKNOWN`` for an
   operation that never returned) and ``History.of(operations)`` build a
   history directly, e.g. from times recorded in several processes
@@ -54,6 +53,7 @@ Python API (stable; other parts of unbundled record histories with it)::
 from __future__ import annotations
 
 from ..history import UNKNOWN as UNKNOWN
+from ..history import Call as Call
 from ..history import History as History
 from ..history import Operation as Operation
 from ..history import Recorder as Recorder
@@ -75,6 +75,7 @@ from ._model import register as register
 __all__ = [
     "FORMATS",
     "UNKNOWN",
+    "Call",
     "History",
     "Model",
     "Operation",

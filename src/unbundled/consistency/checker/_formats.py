@@ -65,6 +65,7 @@ from ..history import UNKNOWN, History, Operation
 
 __all__ = ["FORMATS", "MODELS", "detect", "parse_history", "resolve", "to_jsonl"]
 
+#: The history file formats :func:`parse_history` reads (``format=``).
 FORMATS = ("jepsen", "porcupine-kv", "jsonl")
 MODELS = ("register", "kv")
 

@@ -62,11 +62,15 @@ class Model(Generic[S]):
     describe_state: Callable[[S], str] | None = None
 
     def operation_text(self, input: Any, output: Any) -> str:
+        """How an operation reads in a report (the HTML view, a violation's
+        message): ``describe_operation`` if the model has one, else ``input -> output``."""
         if self.describe_operation is not None:
             return self.describe_operation(input, output)
         return f"{_show_input(input)} -> {'?' if output is UNKNOWN else show_value(output)}"
 
     def state_text(self, state: S) -> str:
+        """How a state reads in a report: ``describe_state`` if the model has one,
+        else the value itself."""
         if self.describe_state is not None:
             return self.describe_state(state)
         return show_value(state)

@@ -40,6 +40,7 @@ class Variant:
 
     @property
     def label(self) -> str:
+        """The level, and the setting if there is one: ``serializable, journal_mode=wal``."""
         return self.level if self.setting is None else f"{self.level}, {self.setting}"
 
 

@@ -57,6 +57,7 @@ class Entry:
     completed_after: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The entry as a JSON-ready dict (rows as lists), for ``--json`` output."""
         return {
             "step": self.step,
             "connection": self.connection,

@@ -587,4 +587,5 @@ SCRIPTS: Mapping[str, Script] = {
     )
 }
 
+#: Hermitage's test cases, by name, in the order :func:`run_suite` runs them.
 TEST_NAMES: tuple[str, ...] = tuple(SCRIPTS)

@@ -20,6 +20,8 @@ from ._drivers import MysqlTarget, PostgresTarget, SqliteTarget, Variant, open_t
 from ._runner import Entry, Timing, run_script
 from ._scripts import SCRIPTS, TEST_NAMES, Script
 
+#: What happened to one anomaly at one level: it was ``prevented`` (refused,
+#: blocked, or not seen) or it occurred (``anomaly``).
 OutcomeKind = Literal["prevented", "anomaly"]
 
 
@@ -66,6 +68,7 @@ class Outcome:
         return self.level if self.setting is None else f"{self.level}, {self.setting}"
 
     def to_json(self) -> dict[str, Any]:
+        """The outcome as a JSON-ready dict, its transcript included."""
         return {
             "database": self.database,
             "level": self.level,

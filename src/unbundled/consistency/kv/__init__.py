@@ -5,3 +5,11 @@ from ._protocol import KVBackend as KVBackend
 from ._protocol import Versioned as Versioned
 from .api import KV as KV
 from .api import Register as Register
+
+__all__ = [
+    "Expect",
+    "KV",
+    "KVBackend",
+    "Register",
+    "Versioned",
+]

@@ -180,6 +180,9 @@ class Register:
         sync: SyncLevel = "full",
         **options: Any,
     ) -> Register:
+        """Open a store of its own at ``url`` (as :meth:`KV.open` does) holding
+        the register under ``key``; closing the register closes that store. Raises
+        ``UsageError`` for a bad key, and what :meth:`KV.open` raises."""
         _core.check_key(key)
         return cls(KV.open(url, sync=sync, **options), key, owns=True)
 
@@ -195,17 +198,22 @@ class Register:
             self.kv.close()
 
     def read(self) -> Versioned | None:
+        """The register's value and version, or ``None``; see :meth:`KV.read`."""
         return self.kv.read(self.key)
 
     def write(self, value: bytes) -> int:
+        """Set the value; returns the new version. See :meth:`KV.write`."""
         return self.kv.write(self.key, value)
 
     def compare_and_set(
         self, *, new: bytes, expected_value: bytes | None = UNSET, expected_version: int = UNSET
     ) -> bool:
+        """Set ``new`` only if the register holds ``expected_value`` or is at
+        ``expected_version``; see :meth:`KV.compare_and_set`."""
         return self.kv.compare_and_set(
             self.key, new=new, expected_value=expected_value, expected_version=expected_version
         )
 
     def delete(self) -> bool:
+        """Delete the value; True if there was one. See :meth:`KV.delete`."""
         return self.kv.delete(self.key)
