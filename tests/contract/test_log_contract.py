@@ -85,3 +85,20 @@ def test_transaction_and_appends_share_a_producer(backend: str, tmp_path: Path) 
 
         run_threads(worker, 4)
         assert log.describe_topic("t").partitions[0].records == 100
+
+
+@pytest.mark.parametrize("backend", list(TARGETS))
+def test_topics_beyond_the_limit_are_refused_alike(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One topic more than ``limits.topics_max`` is ``LimitExceeded`` on every
+    backend (the memory model had no limit; SQLite said ``UsageError``)."""
+    from unbundled import LimitExceeded, limits
+
+    monkeypatch.setattr(limits, "topics_max", 3)
+    with TARGETS[backend](tmp_path).open(SimClock()) as log:
+        for n in range(3):
+            log.create_topic(f"t{n}")
+        with pytest.raises(LimitExceeded, match="at most 3 topics"):
+            log.create_topic("t3")
+        assert sorted(log.topics()) == ["t0", "t1", "t2"]

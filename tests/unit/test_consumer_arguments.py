@@ -137,11 +137,7 @@ def _first_wait(timeout_s: float) -> float:
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    timeout_s=st.one_of(
-        st.floats(0, limits.wait_s_max), st.integers(0, int(limits.wait_s_max))
-    )
-)
+@given(timeout_s=st.one_of(st.floats(0, limits.wait_s_max), st.integers(0, int(limits.wait_s_max))))
 def test_any_valid_timeout_waits_in_slices_a_backend_can_take(timeout_s: float) -> None:
     # A memory backend's condition wait raised OverflowError for 1e300 s.
     waited = _first_wait(timeout_s)

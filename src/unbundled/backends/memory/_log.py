@@ -14,7 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ... import limits
-from ...errors import Closed, Error, NotFound, OffsetOutOfRange, TopicExists, TopicNotFound
+from ...errors import (
+    Closed,
+    Error,
+    LimitExceeded,
+    NotFound,
+    OffsetOutOfRange,
+    TopicExists,
+    TopicNotFound,
+)
 from ...log import _core, _groups
 from ...log._protocol import (
     GroupInfo,
@@ -89,6 +97,8 @@ class MemoryLog:
             self._check_open()
             if name in self._topics:
                 raise TopicExists(f"topic {name!r} already exists", topic=name)
+            if len(self._topics) >= limits.topics_max:
+                raise LimitExceeded(f"at most {limits.topics_max} topics", topic=name)
             parts = [_Partition() for _ in range(config.partitions)]
             self._topics[name] = _Topic(config, parts)
             self._bump()

@@ -23,6 +23,7 @@ from ..._waiters import SyncWaiter
 from ...errors import (
     Closed,
     CorruptionError,
+    LimitExceeded,
     NotFound,
     OffsetOutOfRange,
     TopicExists,
@@ -190,7 +191,7 @@ class SqliteLog:
                 raise TopicExists(f"topic {name!r} already exists", topic=name)
             count = conn.execute("SELECT count(*) FROM topics").fetchone()[0]
             if count >= limits.topics_max:
-                raise UsageError(f"at most {limits.topics_max} topics", topic=name)
+                raise LimitExceeded(f"at most {limits.topics_max} topics", topic=name)
             cur = conn.execute(
                 "INSERT INTO topics(name, partitions, config, created_ms) VALUES (?, ?, ?, ?)",
                 (name, config.partitions, msgspec.json.encode(config).decode(), self.clock()),
