@@ -204,8 +204,8 @@ class Log(LogBase):
         name is taken; with ``exist_ok``, an existing topic with the same config
         is fine (so the call is idempotent) while a different config still
         raises ``TopicExists``. ``UsageError`` for a bad name, a setting out
-        of its bounds (``limits.partitions_max``, ``limits.record_bytes_max``),
-        or a topic beyond ``limits.topics_max``."""
+        of its bounds (``limits.partitions_max``, ``limits.record_bytes_max``);
+        ``LimitExceeded`` for a topic beyond ``limits.topics_max``."""
         self._check_open()
         _core.check_topic_name(name)
         config = self._topic_config(
