@@ -214,7 +214,7 @@ def opened_sides(
                 add(rival.Side(*redis_at), f"Powertools {rival.VERSION}, Redis")
             if redis_at is not None:
                 host, port = redis_at
-                url = f"redis://{host}:{port}/0?prefix=bench:unbundled:{uuid.uuid4().hex[:12]}:"
+                url = f"redis://{host}:{port}/0?prefix={REDIS_PREFIX}{uuid.uuid4().hex[:12]}:"
                 add(Ours("redis", Idempotency.open(url)), "unbundled, Redis")
             add(Ours("sqlite", Idempotency.open(d / "idem.db", sync="full")), SQLITE_NAME)
             add(Ours("memory", Idempotency.open("memory://")), "unbundled, memory")
@@ -225,6 +225,7 @@ def opened_sides(
 
 
 SQLITE_NAME = 'unbundled, SQLite (sync="full")'
+REDIS_PREFIX = "bench:unbundled:"  # each run adds its own id below it
 
 
 def bench_idempotency(

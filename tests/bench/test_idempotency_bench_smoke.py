@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+import uuid
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,12 @@ def test_memory_and_sqlite_sides(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # the scratch directory is gone
 
 
-def test_redis_side_cleans_up(tmp_path: Path) -> None:
+def test_redis_side_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     host, port = require_server("redis")
+    # This run's own prefix: another run of the suite on the same server
+    # (CI beside a developer's run) has its keys under the default one.
+    prefix = f"bench:unbundled:test-{uuid.uuid4().hex[:12]}:"
+    monkeypatch.setattr(ib, "REDIS_PREFIX", prefix)
     rows = ib.bench_idempotency(tmp_path, TINY, None, (host, port))
     check_rows(
         rows,
@@ -62,7 +67,7 @@ def test_redis_side_cleans_up(tmp_path: Path) -> None:
     )
     client = redis.Redis(host=host, port=port)
     try:
-        assert list(client.scan_iter(match="bench:unbundled:*")) == []
+        assert list(client.scan_iter(match=prefix + "*")) == []
     finally:
         client.close()
 
