@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from unbundled import limits
+from unbundled.backends.sqlite import _schema
 from unbundled.consistency import KV, Register, Versioned
 from unbundled.consistency.kv import _core
 from unbundled.errors import Closed, LimitExceeded, NotSupported, UsageError
+
+from .._formats import downgrade
 
 
 def test_absent_key_reads_none(kv: KV) -> None:
@@ -291,17 +294,13 @@ def test_sqlite_format_3_file_is_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with KV.open(path, sync="normal") as kv:
         kv.write("x", b"1")
-    raw = sqlite3.connect(path)
-    raw.execute("DROP TABLE kv")
-    raw.execute("PRAGMA user_version = 3")
-    raw.commit()
-    raw.close()
+    downgrade(path, 3)
     with KV.open(path, sync="normal") as kv:
         assert kv.read("x") is None
         assert kv.write("x", b"2") == 1
     raw = sqlite3.connect(path)
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == _schema.FORMAT_VERSION
     finally:
         raw.close()
 

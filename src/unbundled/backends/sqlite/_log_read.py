@@ -1,0 +1,279 @@
+"""The log's read path on SQLite: every row is checked before it is believed.
+
+A topic row and a partition row are verified by their checks
+(``_integrity``); a record by its CRC, after its columns proved to have the
+types the CRC covers. Offsets must come back in order and without gaps,
+except where ``removed_ranges`` says compaction removed records; and a read
+that reaches the end of the table must reach the partition's end offset.
+So a damaged page can make a read fail, never make it skip a record.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+
+from ...errors import CorruptionError, TopicNotFound
+from ...log import _core
+from ...log._protocol import PartitionInfo, Record, TopicConfig
+from ._integrity import corrupt, int_check, row_crc
+from ._schema import SHAPE_SQL, records_table
+
+_crc32 = _core._crc32
+_decode_headers = msgspec.msgpack.Decoder(list[tuple[str, bytes]]).decode
+_decode_config = msgspec.json.Decoder(TopicConfig).decode
+_TOPIC_COLUMNS = "id, name, partitions, config, created_ms, records_format, crc"
+# A records table of format 5 has `shape` (see _schema.SHAPE_SQL): a row whose
+# shape does not match comes back with its CRC off by 2**40, and fails it.
+_READ_SQL = {
+    4: "SELECT offset, key, value, headers, ts, crc FROM {} "
+    "WHERE offset >= ? ORDER BY offset LIMIT ?",
+    5: f"SELECT offset, key, value, headers, ts, crc + ((shape IS NOT ({SHAPE_SQL})) << 40) "
+    "FROM {} WHERE offset >= ? ORDER BY offset LIMIT ?",
+}
+
+
+class Topic(NamedTuple):
+    """A verified row of ``topics``."""
+
+    id: int
+    name: str
+    config: TopicConfig
+    records_format: int
+
+
+def read_rows(
+    conn: sqlite3.Connection, topic: Topic, partition: int, offset: int, records_max: int
+) -> list[tuple[Any, ...]]:
+    """The stored rows of a partition from ``offset``, for :func:`decode`."""
+    sql = _READ_SQL[topic.records_format].format(records_table(topic.id, partition))
+    return conn.execute(sql, (offset, records_max)).fetchall()
+
+
+def _verify_topic(path: str, row: Sequence[Any]) -> Topic:
+    tid, name, partitions, raw, created_ms, records_format, crc = row
+    if crc != row_crc("topics", tid, name, partitions, raw, created_ms, records_format) or (
+        records_format not in _READ_SQL
+    ):
+        raise corrupt(path, f"the row of topic {name!r} failed its checksum", topic=name)
+    try:
+        config = _decode_config(raw)
+    except msgspec.DecodeError as exc:  # a checksum collision, or a bug: never trust it
+        raise corrupt(path, f"the config of topic {name!r} is unreadable", topic=name) from exc
+    if config.partitions != partitions:
+        raise corrupt(path, f"topic {name!r} disagrees about its partition count", topic=name)
+    return Topic(tid, name, config, records_format)
+
+
+def topic_row(conn: sqlite3.Connection, path: str, name: str) -> Topic:
+    """The id and config of topic ``name``, verified; ``TopicNotFound`` only
+    when no row of the table has that name (a damaged index cannot hide one)."""
+    row = conn.execute(f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE name = ?", (name,)).fetchone()
+    if row is not None:
+        found = _verify_topic(path, row)
+        if row[1] == name:
+            return found
+    # Rare, and the table is small (limits.topics_max rows): look at every
+    # row without the name index before saying the topic is not there.
+    for other in all_topics(conn, path):
+        if other.name == name:
+            raise corrupt(path, f"the index of topic names lost {name!r}", topic=name)
+    raise TopicNotFound(f"topic {name!r} does not exist", topic=name)
+
+
+def all_topics(conn: sqlite3.Connection, path: str) -> list[Topic]:
+    """Every topic row, verified, in name order (read without the name index)."""
+    rows = conn.execute(f"SELECT {_TOPIC_COLUMNS} FROM topics NOT INDEXED").fetchall()
+    return sorted((_verify_topic(path, row) for row in rows), key=lambda t: t.name)
+
+
+def _verify_partition(
+    path: str, topic: str, tid: int, partition: int, row: Sequence[Any] | None
+) -> tuple[int, int, int, int]:
+    if row is None:
+        raise corrupt(path, f"the row of {topic}[{partition}] is missing", topic=topic)
+    start, end, records, size, checksum = row
+    if int_check("partitions", (tid, partition, start, end, records, size)) != checksum or not (
+        0 <= start <= end
+    ):
+        raise corrupt(path, f"the row of {topic}[{partition}] failed its checksum", topic=topic)
+    return start, end, records, size
+
+
+def partition_row(
+    conn: sqlite3.Connection, path: str, tid: int, topic: str, partition: int
+) -> tuple[int, int, int, int]:
+    """``(start_offset, end_offset, records, bytes)`` of one partition, verified."""
+    row = conn.execute(
+        "SELECT start_offset, end_offset, records, bytes, checksum FROM partitions "
+        "WHERE topic_id = ? AND partition = ?",
+        (tid, partition),
+    ).fetchone()
+    return _verify_partition(path, topic, tid, partition, row)
+
+
+def partition_infos(
+    conn: sqlite3.Connection, path: str, tid: int, topic: str, partitions: int
+) -> tuple[PartitionInfo, ...]:
+    """Every partition of a topic, verified: exactly ``0 .. partitions-1``."""
+    rows = {
+        row[0]: row[1:]
+        for row in conn.execute(
+            "SELECT partition, start_offset, end_offset, records, bytes, checksum "
+            "FROM partitions WHERE topic_id = ?",
+            (tid,),
+        )
+    }
+    if set(rows) != set(range(partitions)):
+        raise corrupt(path, f"the partition rows of topic {topic!r} are damaged", topic=topic)
+    return tuple(
+        PartitionInfo(p, *_verify_partition(path, topic, tid, p, rows[p]))
+        for p in range(partitions)
+    )
+
+
+def check_out_of_range(
+    conn: sqlite3.Connection, path: str, tid: int, topic: str, partition: int, bounds: range
+) -> None:
+    """Before answering ``OffsetOutOfRange``: the table must agree with the
+    partition row's range (a damaged start offset would hide every record)."""
+    low, high = conn.execute(
+        f"SELECT min(offset), max(offset) FROM {records_table(tid, partition)}"
+    ).fetchone()
+    if low is not None and (low not in bounds or high not in bounds):
+        raise corrupt(
+            path,
+            f"{topic}[{partition}] stores offsets {low}..{high} outside its range "
+            f"{bounds.start}..{bounds.stop}",
+            topic=topic,
+            partition=partition,
+        )
+
+
+def gap_explainer(
+    conn: sqlite3.Connection, path: str, tid: int, topic: str, partition: int
+) -> Callable[[int, int], None]:
+    """``explain(expected, found)`` returns if offsets ``expected .. found-1``
+    were removed by compaction (the ``removed_ranges`` ledger), else raises."""
+
+    def explain(expected: int, found: int) -> None:
+        if found <= expected:
+            raise CorruptionError(
+                f"{path}: record {topic}[{partition}]@{found} is out of order "
+                f"(expected offset {expected} or later): the file is damaged",
+                path=path,
+                topic=topic,
+                partition=partition,
+                offset=found,
+            )
+        row = conn.execute(
+            "SELECT start_offset, end_offset, checksum FROM removed_ranges "
+            "WHERE topic_id = ? AND partition = ? AND start_offset <= ? "
+            "ORDER BY start_offset DESC LIMIT 1",
+            (tid, partition, expected),
+        ).fetchone()
+        if row is not None:
+            first, stop, checksum = row
+            if int_check("removed_ranges", (tid, partition, first, stop)) != checksum:
+                raise corrupt(path, f"a removed range of {topic}[{partition}] is damaged")
+            if stop >= found:
+                return
+        raise CorruptionError(
+            f"{path}: records {topic}[{partition}]@{expected}..{found - 1} are missing, and "
+            "neither retention nor compaction removed them: the file is damaged",
+            path=path,
+            topic=topic,
+            partition=partition,
+            offset=expected,
+        )
+
+    return explain
+
+
+def _bad_record(path: str, topic: str, partition: int, offset: int, what: str) -> CorruptionError:
+    return CorruptionError(
+        f"{path}: record {topic}[{partition}]@{offset} {what}: the file is damaged",
+        path=path,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+    )
+
+
+def decode(
+    path: str,
+    topic: str,
+    partition: int,
+    rows: list[tuple[Any, ...]],
+    offset: int,
+    bytes_max: int,
+    compact: bool,
+    explain: Callable[[int, int], None],
+) -> list[Record]:
+    """Verify each row and build records (the hot loop of reads).
+
+    Each check costs nothing when it passes: the offset comparison, the
+    NULL tests the CRC needs anyway, and the CRC itself, which raises
+    ``TypeError`` for a column whose type a damaged page changed."""
+    out: list[Record] = []
+    append = out.append
+    crc32 = _crc32
+    size = 0
+    expected = offset
+    off = offset
+    try:
+        for off, key, value, hblob, ts, crc in rows:
+            if off != expected:
+                explain(expected, off)
+            check = (off ^ ts) & 0xFFFFFFFF
+            if hblob is not None:
+                check = crc32(hblob, check)
+            if key is not None:
+                check = crc32(key, check)
+                size += len(key)
+            elif compact:
+                raise _bad_record(path, topic, partition, off, "has no key in a compacted topic")
+            if value is not None:
+                check = crc32(value, check)
+                size += len(value)
+            elif not compact:
+                raise _bad_record(path, topic, partition, off, "is a tombstone outside compaction")
+            if check != crc:
+                stored = f"{crc:#010x}" if type(crc) is int else repr(crc)
+                raise CorruptionError(
+                    f"{path}: record {topic}[{partition}]@{off} failed its checksum "
+                    f"(stored {stored}, computed {check:#010x})",
+                    path=path,
+                    topic=topic,
+                    partition=partition,
+                    offset=off,
+                )
+            if out and size > bytes_max:
+                break
+            headers = () if hblob is None else tuple(_decode_headers(hblob))
+            append(Record(topic, partition, off, key, value, headers, ts))
+            expected = off + 1
+    except (TypeError, msgspec.DecodeError) as exc:
+        raise _bad_record(path, topic, partition, off, "has columns of the wrong type") from exc
+    return out
+
+
+def check_tail(
+    path: str,
+    topic: str,
+    partition: int,
+    reached: int,
+    end: int,
+    at_table_end: bool,
+    explain: Callable[[int, int], None],
+) -> None:
+    """After a read whose rows were all returned: nothing stored at or past the
+    end offset, and, if the read reached the table's end, only removed
+    records between the last one returned and the end offset."""
+    if reached > end:
+        raise _bad_record(path, topic, partition, reached - 1, f"lies past the end offset {end}")
+    if at_table_end and reached < end:
+        explain(reached, end)
