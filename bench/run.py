@@ -5,6 +5,7 @@
     .venv/bin/python bench/run.py --only eventstore   # the event store's, vs eventsourcing
     .venv/bin/python bench/run.py --only idempotency  # idempotency keys, vs Powertools
     .venv/bin/python bench/run.py --only consistency  # the linearizability checker
+    .venv/bin/python bench/run.py --only fuzz         # the corruption fuzzer's full sweep
     .venv/bin/python bench/run.py --quick             # a smoke run in seconds, writes nothing
     .venv/bin/python bench/run.py --kills 50          # fewer kills in the crash test
 
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="crash-test seed (default random)")
     parser.add_argument(
         "--only",
-        choices=["log", "eventstore", "idempotency", "consistency"],
+        choices=["log", "eventstore", "idempotency", "consistency", "fuzz"],
         default=None,
         help="run one benchmark suite",
     )
@@ -348,6 +349,15 @@ def main(argv: list[str] | None = None) -> int:
         suites_status = consistency_status or suites_status
         if args.only == "consistency":
             return consistency_status
+    if args.only in (None, "fuzz"):
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from bench import fuzz_bench
+
+        fuzz_status = fuzz_bench.main(["--quick"] if args.quick else [])
+        suites_status = fuzz_status or suites_status
+        if args.only == "fuzz":
+            return fuzz_status
 
     # Run as a script, bench/ itself is on sys.path, not the repo.
     if str(REPO) not in sys.path:

@@ -93,6 +93,43 @@ def test_bit_rot_in_an_event_is_detected(tmp_path: Path) -> None:
     assert caught.value.details["position"] == 7
 
 
+@pytest.mark.parametrize("position", [5, 10])
+def test_a_missing_event_is_never_skipped(tmp_path: Path, position: int) -> None:
+    """Events are never removed: a gap in positions, or the last events gone
+    (the head recorded with every commit says where $all ends), is damage."""
+    path = tmp_path / "events.db"
+    _fill(path)
+    with sqlite3.connect(path) as raw:
+        raw.execute("DELETE FROM events WHERE position = ?", (position,))
+    raw.close()
+    with _open(path) as store:
+        with pytest.raises(CorruptionError, match="missing|where") as caught:
+            store.read_all(limit=100)
+        assert caught.value.details["position"] == position
+        if position == 5:  # a gap in acct-0's versions
+            with pytest.raises(CorruptionError):
+                store.read("acct-0")
+        else:  # the last event: only $all has a head to compare with
+            with pytest.raises(CorruptionError, match="not 10 as committed"):
+                store.safe_position()
+
+
+def test_a_damaged_stream_row_is_corruption_not_a_deleted_stream(tmp_path: Path) -> None:
+    """A stream row's flags decide whether it can be read: a changed flag
+    used to make a live stream look deleted (StreamNotFound)."""
+    path = tmp_path / "events.db"
+    _fill(path)
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE streams SET deleted = 1 WHERE stream = 'acct-1'")
+    raw.close()
+    with _open(path) as store:
+        with pytest.raises(CorruptionError, match="acct-1"):
+            store.read("acct-1")
+        with pytest.raises(CorruptionError, match="acct-1"):
+            store.streams()
+        assert len(store.read("acct-0")) == 5
+
+
 def test_big_appends_fit_old_sqlite_variable_limits(tmp_path: Path) -> None:
     """SQLite before 3.32 (Ubuntu 20.04 ships 3.31) allows 999 variables per
     statement: multi-row INSERTs must be cut to fit the connection's limit."""

@@ -341,10 +341,9 @@ class SqliteLog:
                     path, topic, partition, rows, offset, bytes_max, compact, explain
                 )
                 if len(records) == len(rows):
-                    reached = records[-1].offset + 1 if records else offset
                     at_table_end = len(rows) < records_max
-                    _log_read.check_tail(
-                        path, topic, partition, reached, end, at_table_end, explain
+                    records = _log_read.check_tail(
+                        path, topic, partition, records, offset, end, at_table_end, explain
                     )
             finally:
                 conn.execute("COMMIT")

@@ -10,6 +10,7 @@ So a damaged page can make a read fail, never make it skip a record.
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -217,7 +218,11 @@ def decode(
 
     Each check costs nothing when it passes: the offset comparison, the
     NULL tests the CRC needs anyway, and the CRC itself, which raises
-    ``TypeError`` for a column whose type a damaged page changed."""
+    ``TypeError`` for a column whose type a damaged page changed.
+
+    Damage after the first record ends the read there, as Kafka's consumer
+    does: the records before it are returned, and the next read, which
+    starts at the damage, raises ``CorruptionError``."""
     out: list[Record] = []
     append = out.append
     crc32 = _crc32
@@ -257,23 +262,36 @@ def decode(
             append(Record(topic, partition, off, key, value, headers, ts))
             expected = off + 1
     except (TypeError, msgspec.DecodeError) as exc:
-        raise _bad_record(path, topic, partition, off, "has columns of the wrong type") from exc
-    return out
+        error = _bad_record(path, topic, partition, off, "has columns of the wrong type")
+        error.__cause__ = exc
+    except CorruptionError as exc:
+        error = exc
+    else:
+        return out
+    if out:
+        return out
+    raise error
 
 
 def check_tail(
     path: str,
     topic: str,
     partition: int,
-    reached: int,
+    records: list[Record],
+    offset: int,
     end: int,
     at_table_end: bool,
     explain: Callable[[int, int], None],
-) -> None:
-    """After a read whose rows were all returned: nothing stored at or past the
-    end offset, and, if the read reached the table's end, only removed
-    records between the last one returned and the end offset."""
-    if reached > end:
-        raise _bad_record(path, topic, partition, reached - 1, f"lies past the end offset {end}")
-    if at_table_end and reached < end:
-        explain(reached, end)
+) -> list[Record]:
+    """After a read whose rows were all decoded: the records before the end
+    offset (a record at or past it is damage: the next read raises there),
+    and, for an empty read that reached the table's end, nothing missing
+    between ``offset`` and the end offset."""
+    if records and records[-1].offset >= end:
+        keep = bisect.bisect_left(records, end, key=lambda r: r.offset)
+        if keep:
+            return records[:keep]
+        raise _bad_record(path, topic, partition, records[0].offset, f"lies past the end {end}")
+    if at_table_end and not records and offset < end:
+        explain(offset, end)
+    return records
