@@ -103,7 +103,7 @@ def test_a_missing_event_is_never_skipped(tmp_path: Path, position: int) -> None
         raw.execute("DELETE FROM events WHERE position = ?", (position,))
     raw.close()
     with _open(path) as store:
-        with pytest.raises(CorruptionError, match="missing|where") as caught:
+        with pytest.raises(CorruptionError, match=r"missing|where") as caught:
             store.read_all(limit=100)
         assert caught.value.details["position"] == position
         if position == 5:  # a gap in acct-0's versions
