@@ -36,7 +36,7 @@ from ...log._protocol import Waiter
 from . import _events_read
 from ._events_read import HEADER as _HEADER
 from ._events_read import stream_row_crc, to_events
-from ._integrity import corrupt, row_crc
+from ._integrity import corrupt
 from ._schema import translated
 from ._writer import Request, Stage, Writer
 
@@ -354,7 +354,7 @@ class SqliteEvents:
         dense = categories is None and types is None
         _events_read.check_all_read(self.path, events, after_position, limit, head, dense)
         if not dense:
-            _check_filters(self.path, events, categories, types)
+            _events_read.check_filters(self.path, events, categories, types)
         return events
 
     def safe_position(self) -> int:
@@ -378,8 +378,7 @@ class SqliteEvents:
         return state if state is not None else StreamState(stream, NO_STREAM, False, False)
 
     def list_streams(self, after: str, limit: int, category: str | None = None) -> list[str]:
-        # Deleted streams are skipped here, after each row's crc is checked:
-        # in SQL, a damaged flag would hide a live stream without a trace.
+        # Deleted streams are skipped in live_stream, after each row's check.
         # No lower bound on the first page: a row whose name a damaged page
         # made NULL (or not text) sorts first, and must be seen to be caught.
         columns = "stream, category, start_version, deleted, tombstoned, crc"
@@ -392,17 +391,7 @@ class SqliteEvents:
             rows = self._read(
                 f"SELECT {columns} FROM streams {where} ORDER BY stream LIMIT ?", [*params, limit]
             )
-            for stream, found, start, deleted, tombstoned, crc in rows:
-                if crc != row_crc("streams", stream, found, start, deleted, tombstoned) or (
-                    found != category_of(stream) or category not in (None, found)
-                ):
-                    raise corrupt(
-                        self.path,
-                        f"the row of stream {stream!r} failed its checksum",
-                        stream=stream,
-                    )
-                if not deleted and not tombstoned:
-                    out.append(stream)
+            out.extend(row[0] for row in rows if _events_read.live_stream(self.path, row, category))
             if len(rows) < limit:
                 break
             after = rows[-1][0]
@@ -580,22 +569,3 @@ class SqliteProjections:
             (collection, after, limit),
         )
         return [(k, bytes(v)) for k, v in rows]
-
-
-def _check_filters(
-    path: str,
-    events: list[RecordedEvent],
-    categories: Sequence[str] | None,
-    types: Sequence[str] | None,
-) -> None:
-    """A filtered read goes through an index: each event it found must match."""
-    for event in events:
-        if (categories is not None and category_of(event.stream) not in categories) or (
-            types is not None and event.type not in types
-        ):
-            raise corrupt(
-                path,
-                f"the index of categories or types led to the event at position "
-                f"{event.position}, which does not match",
-                position=event.position,
-            )

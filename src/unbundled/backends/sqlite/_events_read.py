@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from ...errors import CorruptionError
@@ -176,3 +177,34 @@ def stream_state(
         stream, NO_STREAM if version is None else version, bool(deleted), bool(tombstoned)
     )
     return state, start
+
+
+def check_filters(
+    path: str,
+    events: list[RecordedEvent],
+    categories: Sequence[str] | None,
+    types: Sequence[str] | None,
+) -> None:
+    """A filtered read goes through an index: each event it found must match."""
+    for event in events:
+        if (categories is not None and category_of(event.stream) not in categories) or (
+            types is not None and event.type not in types
+        ):
+            raise corrupt(
+                path,
+                f"the index of categories or types led to the event at position "
+                f"{event.position}, which does not match",
+                position=event.position,
+            )
+
+
+def live_stream(path: str, row: tuple[Any, ...], category: str | None) -> bool:
+    """Whether a ``streams`` row (as ``list_streams`` selects it) is a live
+    stream, after its crc is checked: filtered in SQL, a damaged flag would
+    hide a live stream without a trace."""
+    stream, found, start, deleted, tombstoned, crc = row
+    if crc != row_crc("streams", stream, found, start, deleted, tombstoned) or (
+        found != category_of(stream) or category not in (None, found)
+    ):
+        raise corrupt(path, f"the row of stream {stream!r} failed its checksum", stream=stream)
+    return not deleted and not tombstoned

@@ -23,7 +23,6 @@ from ...errors import (
     Closed,
     Error,
     NotFound,
-    OffsetOutOfRange,
     TopicExists,
     UsageError,
 )
@@ -313,41 +312,14 @@ class SqliteLog:
         self, topic: str, partition: int, offset: int, records_max: int, bytes_max: int
     ) -> list[Record]:
         conn = self._reader()
-        path = self.path
-        with translated(path):
-            conn.execute("BEGIN")
+        with translated(self.path):
+            conn.execute("BEGIN")  # one snapshot: the rows and what they are checked against
             try:
-                found = _log_read.topic_row(conn, path, topic)
-                tid, config = found.id, found.config
-                _core.check_partition(topic, partition, config.partitions)
-                start, end, _, _ = _log_read.partition_row(conn, path, tid, topic, partition)
-                if offset < start or offset > end:
-                    bounds = range(start, end)
-                    _log_read.check_out_of_range(conn, path, tid, topic, partition, bounds)
-                    raise OffsetOutOfRange(
-                        f"offset {offset} is outside {topic}[{partition}]'s range {start}..{end}",
-                        topic=topic,
-                        partition=partition,
-                        offset=offset,
-                        start_offset=start,
-                        end_offset=end,
-                    )
-                rows = _log_read.read_rows(conn, found, partition, offset, records_max)
-                # Decoded inside the snapshot: a gap is checked against the
-                # removed ranges as of the same moment as the rows.
-                explain = _log_read.gap_explainer(conn, path, tid, topic, partition)
-                compact = config.cleanup_policy == "compact"
-                records = _log_read.decode(
-                    path, topic, partition, rows, offset, bytes_max, compact, explain
+                return _log_read.read_partition(
+                    conn, self.path, topic, partition, offset, records_max, bytes_max
                 )
-                if len(records) == len(rows):
-                    at_table_end = len(rows) < records_max
-                    records = _log_read.check_tail(
-                        path, topic, partition, records, offset, end, at_table_end, explain
-                    )
             finally:
                 conn.execute("COMMIT")
-        return records
 
     def change_token(self) -> int:
         self._poll_watch()

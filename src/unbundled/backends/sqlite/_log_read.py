@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from ...errors import CorruptionError, TopicNotFound
+from ...errors import CorruptionError, OffsetOutOfRange, TopicNotFound
 from ...log import _core
 from ...log._protocol import PartitionInfo, Record, TopicConfig
 from ._integrity import corrupt, int_check, row_crc
@@ -295,3 +295,38 @@ def check_tail(
     if at_table_end and not records and offset < end:
         explain(offset, end)
     return records
+
+
+def read_partition(
+    conn: sqlite3.Connection,
+    path: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    records_max: int,
+    bytes_max: int,
+) -> list[Record]:
+    """``SqliteLog.read`` inside its read transaction: the rows, decoded and
+    checked against the partition row and the removed ranges of the same
+    snapshot."""
+    found = topic_row(conn, path, topic)
+    _core.check_partition(topic, partition, found.config.partitions)
+    start, end, _, _ = partition_row(conn, path, found.id, topic, partition)
+    if offset < start or offset > end:
+        check_out_of_range(conn, path, found.id, topic, partition, range(start, end))
+        raise OffsetOutOfRange(
+            f"offset {offset} is outside {topic}[{partition}]'s range {start}..{end}",
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            start_offset=start,
+            end_offset=end,
+        )
+    rows = read_rows(conn, found, partition, offset, records_max)
+    explain = gap_explainer(conn, path, found.id, topic, partition)
+    compact = found.config.cleanup_policy == "compact"
+    records = decode(path, topic, partition, rows, offset, bytes_max, compact, explain)
+    if len(records) < len(rows):  # cut by bytes_max, or stopped before damage
+        return records
+    at_table_end = len(rows) < records_max
+    return check_tail(path, topic, partition, records, offset, end, at_table_end, explain)
