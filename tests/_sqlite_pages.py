@@ -59,33 +59,70 @@ def leaf_pages(path: Path, table: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def row_fields(path: Path, table: str, rowid: int) -> list[Field]:
-    """The columns of the row with ``rowid`` in ``table`` (a rowid table)."""
+def _cells(path: Path, btree: str) -> list[tuple[bytes, int, int | None]]:
+    """``(file bytes, record offset, rowid)`` of every cell on the b-tree's
+    leaf pages: a rowid table's cells carry a rowid, an index's (and a
+    WITHOUT ROWID table's) do not."""
     data = path.read_bytes()
     size = page_size(path)
-    for number in leaf_pages(path, table):
+    out: list[tuple[bytes, int, int | None]] = []
+    for number in leaf_pages(path, btree):
         start = (number - 1) * size
         header = start + (HEADER_BYTES if number == 1 else 0)
+        kind = data[header]
         (cells,) = struct.unpack_from(">H", data, header + 3)
         for i in range(cells):
             (pointer,) = struct.unpack_from(">H", data, header + 8 + 2 * i)
             at = start + pointer
             _, used = _varint(data, at)  # payload length
-            key, used_key = _varint(data, at + used)
-            if key != rowid:
-                continue
-            record = at + used + used_key
-            header_length, used_header = _varint(data, record)
-            types_at, value_at = record + used_header, record + header_length
-            fields = []
-            while types_at < record + header_length:
-                serial, used_serial = _varint(data, types_at)
-                length = _body_length(serial)
-                fields.append(Field(types_at, value_at, length))
-                types_at += used_serial
-                value_at += length
-            return fields
+            if kind == 0x0D:  # a table leaf: the rowid follows
+                rowid, used_rowid = _varint(data, at + used)
+                out.append((data, at + used + used_rowid, rowid))
+            else:
+                out.append((data, at + used, None))
+    return out
+
+
+def _fields(data: bytes, record: int) -> list[Field]:
+    header_length, used_header = _varint(data, record)
+    types_at, value_at = record + used_header, record + header_length
+    fields = []
+    while types_at < record + header_length:
+        serial, used_serial = _varint(data, types_at)
+        length = _body_length(serial)
+        fields.append(Field(types_at, value_at, length))
+        types_at += used_serial
+        value_at += length
+    return fields
+
+
+def _integer(data: bytes, field: Field) -> int | None:
+    serial = data[field.type_at]
+    if serial in (8, 9):
+        return serial - 8
+    if 1 <= serial <= 6:
+        return int.from_bytes(
+            data[field.value_at : field.value_at + field.length], "big", signed=True
+        )
+    return None
+
+
+def row_fields(path: Path, table: str, rowid: int) -> list[Field]:
+    """The columns of the row with ``rowid`` in ``table`` (a rowid table)."""
+    for data, record, found in _cells(path, table):
+        if found == rowid:
+            return _fields(data, record)
     raise LookupError(f"row {rowid} of {table} is not on a leaf page of {path}")
+
+
+def keyed_fields(path: Path, table: str, key: tuple[int, ...]) -> list[Field]:
+    """The columns of the row of a WITHOUT ROWID ``table`` whose first
+    columns are the integers ``key``."""
+    for data, record, _ in _cells(path, table):
+        fields = _fields(data, record)
+        if tuple(_integer(data, f) for f in fields[: len(key)]) == key:
+            return fields
+    raise LookupError(f"row {key} of {table} is not on a leaf page of {path}")
 
 
 def damage(path: Path, at: int, xor: int) -> None:

@@ -265,6 +265,23 @@ def test_a_damaged_start_offset_is_not_out_of_range(tmp_path: Path) -> None:
         log.read("t", 0, 0)
 
 
+def test_a_damaged_partition_row_fails_reads_and_refuses_appends(tmp_path: Path) -> None:
+    """SQLite recomputes a partition row's checksum at every update, so an
+    append (records = records + 1) would make damage to the row look sound:
+    the update is refused instead."""
+    path = tmp_path / "log.db"
+    _plain_log(path)
+    records = _sqlite_pages.keyed_fields(path, "partitions", (1, 0))[4]
+    _sqlite_pages.damage(path, records.value_at + records.length - 1, 0x01)  # 400 -> 401
+    with Log.open(path, maintenance_interval_s=None) as log:
+        with pytest.raises(CorruptionError, match=r"row of t\[0\]"):
+            log.describe_topic("t")
+        with pytest.raises(CorruptionError, match="partitions is corrupt"):
+            log.append("t", b"one more")
+        with pytest.raises(CorruptionError, match=r"row of t\[0\]"):
+            log.read("t", 0, 0)
+
+
 # --- compaction's gaps, the removed-range ledger and START (issue 9, item 10) --------
 
 

@@ -167,6 +167,7 @@ CREATE TABLE kv(
 # (the writer updates their counters in SQL), rows written from Python gain a
 # crc, and two new tables let a reader tell a damaged file from a removed
 # record: the ranges compaction removed, and the last event's position.
+_PARTITION_COLUMNS = ["topic_id", "partition", "start_offset", "end_offset", "records", "bytes"]
 PARTITIONS_V5 = f"""
 CREATE TABLE partitions(
     topic_id INTEGER NOT NULL,
@@ -175,12 +176,7 @@ CREATE TABLE partitions(
     end_offset INTEGER NOT NULL,
     records INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
-    checksum INTEGER GENERATED ALWAYS AS ({
-    int_check_sql(
-        "partitions",
-        ["topic_id", "partition", "start_offset", "end_offset", "records", "bytes"],
-    )
-}) STORED,
+    checksum INTEGER GENERATED ALWAYS AS ({int_check_sql("partitions", _PARTITION_COLUMNS)}) STORED,
     PRIMARY KEY (topic_id, partition)
 ) WITHOUT ROWID
 """
@@ -202,6 +198,15 @@ CREATE TABLE heads(
 ) WITHOUT ROWID;
 INSERT INTO heads(name, position) SELECT 'events', coalesce(max(position), 0) FROM events
 """
+# A generated checksum is recomputed by every UPDATE: without these triggers,
+# the writer's next `records = records + ?` would make a damaged row look
+# sound. An update of a row whose check fails is refused (CorruptionError).
+INTEGRITY_TRIGGERS = [
+    f"CREATE TRIGGER {table}_unchanged BEFORE UPDATE ON {table} "
+    f"WHEN OLD.checksum IS NOT ({int_check_sql(table, [f'OLD.{c}' for c in columns])}) "
+    f"BEGIN SELECT RAISE(ABORT, 'unbundled: a row of {table} is corrupt'); END"
+    for table, columns in (("partitions", _PARTITION_COLUMNS), ("heads", ["position"]))
+]
 # Tables whose rows gain a crc in version 5: their primary key, then every column.
 CRC_COLUMNS = {
     "topics": ("id", "name", "partitions", "config", "created_ms", "records_format"),
@@ -221,6 +226,8 @@ def _migrate_5(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE partitions")
     conn.execute("ALTER TABLE partitions_v5 RENAME TO partitions")
     _run_script(conn, INTEGRITY_SCHEMA)
+    for trigger in INTEGRITY_TRIGGERS:  # not _run_script: a trigger's body has a ';'
+        conn.execute(trigger)
     compacted = {
         tid
         for tid, config in conn.execute("SELECT id, config FROM topics")
