@@ -112,6 +112,9 @@ def test_a_missing_event_is_never_skipped(tmp_path: Path, position: int) -> None
         else:  # the last event: only $all has a head to compare with
             with pytest.raises(CorruptionError, match="not 10 as committed"):
                 store.safe_position()
+            with pytest.raises(CorruptionError, match="not 10 as committed"):
+                # appending would give the lost event's position to another
+                store.append("acct-9", [NewEvent(str(uuid.uuid4()), "Noted", b"{}")])
 
 
 def test_a_damaged_stream_row_is_corruption_not_a_deleted_stream(tmp_path: Path) -> None:

@@ -36,7 +36,6 @@ from ...log._protocol import Waiter
 from . import _events_read
 from ._events_read import HEADER as _HEADER
 from ._events_read import stream_row_crc, to_events
-from ._integrity import corrupt
 from ._schema import translated
 from ._writer import Request, Stage, Writer
 
@@ -156,9 +155,9 @@ class EventStage:
             for event in to_events(self.path, rows):
                 self.known[event.id] = event
         if self.position is None:
-            self.position = self.conn.execute(
-                "SELECT coalesce(max(position), 0) FROM events"
-            ).fetchone()[0]
+            # The next position follows the last one committed; if the last
+            # events were lost to damage, appending would reuse their positions.
+            self.position = _events_read.last_position(self.conn, self.path)
 
     def stage(self, work: object) -> list[AppendResult]:
         writes: Sequence[StreamWrite] = work  # type: ignore[assignment]
@@ -362,15 +361,9 @@ class SqliteEvents:
         with translated(self.path):
             conn.execute("BEGIN")
             try:
-                head = _events_read.events_head(conn, self.path)
-                last = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+                return _events_read.last_position(conn, self.path)
             finally:
                 conn.execute("COMMIT")
-        if last != head:
-            raise corrupt(
-                self.path, f"the last event is at position {last}, not {head} as committed"
-            )
-        return head
 
     def stream_state(self, stream: str) -> StreamState:
         with translated(self.path):

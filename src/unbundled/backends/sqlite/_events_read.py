@@ -144,6 +144,15 @@ def events_head(conn: sqlite3.Connection, path: str) -> int:
     return head
 
 
+def last_position(conn: sqlite3.Connection, path: str) -> int:
+    """The last event's position, which must be the head the last commit recorded."""
+    head = events_head(conn, path)
+    last = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+    if last != head:
+        raise corrupt(path, f"the last event is at position {last}, not {head} as committed")
+    return head
+
+
 def stream_row_crc(stream: str, start: int, deleted: bool, tombstoned: bool) -> int:
     """The ``crc`` of a ``streams`` row (its category derives from its name)."""
     return row_crc("streams", stream, category_of(stream), start, int(deleted), int(tombstoned))
