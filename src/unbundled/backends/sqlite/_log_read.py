@@ -86,9 +86,19 @@ def topic_row(conn: sqlite3.Connection, path: str, name: str) -> Topic:
 
 
 def all_topics(conn: sqlite3.Connection, path: str) -> list[Topic]:
-    """Every topic row, verified, in name order (read without the name index)."""
+    """Every topic row, verified, in name order.
+
+    Read twice, from the table and from its index of names, which must
+    agree: a page of either that lost a topic would hide it from the other's
+    reader without a trace (the table has at most ``limits.topics_max`` rows)."""
     rows = conn.execute(f"SELECT {_TOPIC_COLUMNS} FROM topics NOT INDEXED").fetchall()
-    return sorted((_verify_topic(path, row) for row in rows), key=lambda t: t.name)
+    topics = sorted((_verify_topic(path, row) for row in rows), key=lambda t: t.name)
+    indexed = conn.execute(
+        "SELECT name FROM topics INDEXED BY sqlite_autoindex_topics_1 ORDER BY name"
+    ).fetchall()
+    if [name for (name,) in indexed] != [t.name for t in topics]:
+        raise corrupt(path, "the topics table and its index of names disagree")
+    return topics
 
 
 def _verify_partition(

@@ -6,6 +6,7 @@ See docs/reference/format.md for the on-disk format this creates.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from ._integrity import int_check_sql, rebuild_removed, row_crc
 APPLICATION_ID = 0x756E6264
 FORMAT_VERSION = 5
 BUSY_TIMEOUT_MS = 60_000
+_WAL_HEADER_BYTES = 32  # a WAL file this long or shorter holds no frames
 
 SYNC_PRAGMA = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
@@ -316,6 +318,7 @@ _DAMAGED_TEXTS = (
     # version has: that SQLite cannot find one means the schema was damaged.
     "no such table",
     "no such column",
+    "no such index",
 )
 
 
@@ -387,6 +390,7 @@ def open_file(conn: sqlite3.Connection, path: str, now_ms: Callable[[], int]) ->
                 path=path,
             )
         _check_header(header, path)
+        _check_size(header, path)
         mode = _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())[0]
         if mode != "wal":
             raise BackendError(f"{path}: could not switch to WAL mode (got {mode})", path=path)
@@ -459,6 +463,28 @@ def _check_header(header: Header, path: str) -> None:
         raise CorruptionError(f"{path}: the schema's root pages are damaged", path=path)
 
 
+def _check_size(header: Header, path: str) -> None:
+    """SQLite writes whole pages, and reads a page past the end of a
+    truncated file as zeros: so a file that is not a whole number of pages,
+    or holds fewer than the header counts (with no WAL frames that could hold
+    the rest), was cut short."""
+    size = os.path.getsize(path)
+    if size % header.page_size:
+        raise CorruptionError(
+            f"{path} is truncated: {size} bytes is not a whole number of "
+            f"{header.page_size}-byte pages",
+            path=path,
+        )
+    wal = f"{path}-wal"
+    frames = os.path.exists(wal) and os.path.getsize(wal) > _WAL_HEADER_BYTES
+    if not frames and size < header.page_count * header.page_size:
+        raise CorruptionError(
+            f"{path} is truncated: it holds {size // header.page_size} pages, its header "
+            f"says {header.page_count}",
+            path=path,
+        )
+
+
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
     # Not executescript(): it would COMMIT the transaction we are in.
     for statement in script.split(";"):
@@ -494,6 +520,8 @@ class Header:
     meta_version: str | None
     encoding: str
     roots: list[int]
+    page_size: int
+    page_count: int
 
 
 def _read_header(conn: sqlite3.Connection) -> Header:
@@ -509,16 +537,18 @@ def _read_header(conn: sqlite3.Connection) -> Header:
             if kind == "table":
                 tables.add(name)
             if kind in ("table", "index") and root is not None:
-                roots.append(root)
+                roots.append(root if type(root) is int else -1)
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         meta_version = None
         if "meta" in tables:
             row = conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
             meta_version = None if row is None else str(row[0])
         encoding = str(conn.execute("PRAGMA encoding").fetchone()[0])
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
     finally:
         conn.execute("COMMIT")
-    return Header(app_id, tables, version, meta_version, encoding, roots)
+    return Header(app_id, tables, version, meta_version, encoding, roots, page_size, page_count)
 
 
 def _retry_busy(step: Callable[[], T]) -> T:
