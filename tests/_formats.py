@@ -37,7 +37,7 @@ def downgrade(path: Path, version: int) -> None:
             tables = raw.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'log_[0-9]*'"
             ).fetchall()
-            for (table,) in tables:  # records tables without the `shape` column
+            for (table,) in tables:  # records tables without the `ts_high` column
                 keyed = raw.execute(
                     "SELECT 1 FROM sqlite_master WHERE name = ?", (f"{table}_key",)
                 ).fetchone()

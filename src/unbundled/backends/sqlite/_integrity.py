@@ -60,9 +60,29 @@ def _c_mod(value: int) -> int:
     return -rest if value < 0 else rest
 
 
+_SEEDS: dict[str, int] = {}
+
+
 def int_check(table: str, values: Sequence[object]) -> int | None:
-    """What :func:`int_check_sql` computes for ``values``; None if one is not an int."""
-    check = _seed(table)
+    """What :func:`int_check_sql` computes for ``values``; None if one is not an int.
+
+    Runs on every read of a partition row: the loop takes the common case
+    (no negative value, where C's ``%`` is Python's) without a call."""
+    seed = _SEEDS.get(table)
+    if seed is None:
+        seed = _SEEDS[table] = _seed(table)
+    check = seed
+    for value in values:
+        if type(value) is not int:
+            return None
+        if value < 0:
+            return _signed_check(seed, values)
+        check = (check * _FACTOR + value % _PRIME) % _PRIME
+    return check
+
+
+def _signed_check(seed: int, values: Sequence[object]) -> int | None:
+    check = seed
     for value in values:
         if type(value) is not int:
             return None

@@ -241,7 +241,7 @@ def _migrate_5(conn: sqlite3.Connection) -> None:
         if tid in compacted:
             # Compaction already left gaps: they become the ledger's first ranges.
             rebuild_removed(conn, records_table(tid, partition), tid, partition, start, end)
-    # Topics created before have records tables without `shape`.
+    # Topics created before have records tables without `ts_high`.
     conn.execute("ALTER TABLE topics ADD COLUMN records_format INTEGER NOT NULL DEFAULT 4")
     for table, columns in CRC_COLUMNS.items():
         conn.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER")
@@ -279,12 +279,12 @@ def records_table(topic_id: int, partition: int) -> str:
 
 
 # What a record's CRC leaves out: its seed takes only the low 32 bits of the
-# timestamp, and it reads a NULL key or value as an empty one. Tables created
-# by format 5 store this in a column SQLite computes at insert (the writer
-# inserts the six other columns); a read recomputes it in SQL and adds any
-# difference to the CRC it returns, so the record fails its checksum.
-SHAPE_SQL = "(ts >> 32) * 4 + (key IS NULL) * 2 + (value IS NULL)"
-RECORDS_FORMAT = 5  # the records_format of topics created now (4: without `shape`)
+# timestamp. Tables created by format 5 keep the high half again, in a column
+# SQLite computes at insert (the writer inserts the six other columns as
+# before); a read selects only rows where the two agree, so a damaged one
+# leaves a gap, which the read's gap check reports (see _log_read).
+TS_HIGH_SQL = "ts >> 32"
+RECORDS_FORMAT = 5  # the records_format of topics created now (4: without `ts_high`)
 
 
 def records_ddl(topic_id: int, partition: int, compact: bool) -> list[str]:
@@ -293,7 +293,7 @@ def records_ddl(topic_id: int, partition: int, compact: bool) -> list[str]:
         f"CREATE TABLE {table}("
         "offset INTEGER PRIMARY KEY, key BLOB, value BLOB, headers BLOB, "
         "ts INTEGER NOT NULL, crc INTEGER NOT NULL, "
-        f"shape INTEGER GENERATED ALWAYS AS ({SHAPE_SQL}) STORED)"
+        f"ts_high INTEGER GENERATED ALWAYS AS ({TS_HIGH_SQL}) STORED)"
     ]
     if compact:
         ddl.append(f"CREATE INDEX {table}_key ON {table}(key)")
