@@ -468,7 +468,10 @@ def _check_size(header: Header, path: str) -> None:
     truncated file as zeros: so a file that is not a whole number of pages,
     or holds fewer than the header counts (with no WAL frames that could hold
     the rest), was cut short."""
-    size = os.path.getsize(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError:  # not a plain file (a URI filename): nothing to compare
+        return
     if size % header.page_size:
         raise CorruptionError(
             f"{path} is truncated: {size} bytes is not a whole number of "
