@@ -77,8 +77,7 @@ def run_sweep(
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         for chunk, tally in zip(chunks, pool.map(_work, chunks), strict=True):
-            total.counts.update(tally.counts)
-            total.failures.extend(tally.failures)
+            total.merge(tally)
             progress(len(chunk))
     return total
 
@@ -176,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         "key (or a stream's newest events) look absent, which no lookup can tell from a key "
         "never written; failure: anything else.",
     ]
+    if tally.lost:
+        notes.append(
+            "key lost, by the b-tree damaged: "
+            + ", ".join(f"{btree} {n:,}" for btree, n in tally.lost.most_common())
+        )
     if args.quick:
         notes.append(f"--quick run: a sample of {len(chosen)} mutations, not the sweep.")
     failed = tally.total("failure")

@@ -358,15 +358,24 @@ def sample(corpus: Corpus, count: int, seed: int) -> list[Mutation]:
 
 @dataclass
 class Tally:
-    """Counts of a sweep, by mutation kind and verdict; failures in full."""
+    """Counts of a sweep, by mutation kind and verdict, and of lost keys by
+    b-tree; failures in full."""
 
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    lost: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
 
     def add(self, mutation: Mutation, verdict: str, problems: Iterable[str]) -> None:
         self.counts[(mutation.kind, verdict)] += 1
+        if verdict == "key lost":
+            self.lost[mutation.btree] += 1
         for problem in problems:
             self.failures.append(f"{mutation.describe()}: {problem}")
+
+    def merge(self, other: Tally) -> None:
+        self.counts.update(other.counts)
+        self.lost.update(other.lost)
+        self.failures.extend(other.failures)
 
     def total(self, verdict: str | None = None) -> int:
         return sum(n for (_, v), n in self.counts.items() if verdict in (None, v))
