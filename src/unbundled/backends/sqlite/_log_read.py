@@ -97,6 +97,12 @@ def topic_row(conn: sqlite3.Connection, path: str, name: str) -> Topic:
     """The id and config of topic ``name``, verified; ``TopicNotFound`` only
     when no row of the table has that name (a damaged index cannot hide one)."""
     row = conn.execute(f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE name = ?", (name,)).fetchone()
+    return _found_topic(conn, path, name, row)
+
+
+def _found_topic(
+    conn: sqlite3.Connection, path: str, name: str, row: tuple[Any, ...] | None
+) -> Topic:
     if row is not None:
         found = _verify_topic(path, row)
         if row[1] == name:
@@ -107,6 +113,31 @@ def topic_row(conn: sqlite3.Connection, path: str, name: str) -> Topic:
         if other.name == name:
             raise corrupt(path, f"the index of topic names lost {name!r}", topic=name)
     raise TopicNotFound(f"topic {name!r} does not exist", topic=name)
+
+
+# One statement for a read's topic and partition rows (a statement costs more
+# than the checks): the partition's columns are NULL if its row is missing.
+_TOPIC_AND_PARTITION_SQL = (
+    "SELECT "
+    + ", ".join(f"t.{c}" for c in _TOPIC_COLUMNS.split(", "))
+    + ", p.start_offset, p.end_offset, p.records, p.bytes, p.checksum FROM topics AS t "
+    "LEFT JOIN partitions AS p ON p.topic_id = t.id AND p.partition = ? WHERE t.name = ?"
+)
+_TOPIC_WIDTH = len(_TOPIC_COLUMNS.split(", "))
+
+
+def topic_and_partition(
+    conn: sqlite3.Connection, path: str, name: str, partition: int
+) -> tuple[Topic, tuple[int, int, int, int]]:
+    """:func:`topic_row` and :func:`partition_row` in one statement."""
+    row = conn.execute(_TOPIC_AND_PARTITION_SQL, (partition, name)).fetchone()
+    topic = _found_topic(conn, path, name, None if row is None else row[:_TOPIC_WIDTH])
+    _core.check_partition(name, partition, topic.config.partitions)
+    assert row is not None  # _found_topic raised otherwise
+    rest = row[_TOPIC_WIDTH:]
+    return topic, _verify_partition(
+        path, name, topic.id, partition, None if rest[-1] is None else rest
+    )
 
 
 def all_topics(conn: sqlite3.Connection, path: str) -> list[Topic]:
@@ -343,9 +374,7 @@ def read_partition(
     """``SqliteLog.read`` inside its read transaction: the rows, decoded and
     checked against the partition row and the removed ranges of the same
     snapshot."""
-    found = topic_row(conn, path, topic)
-    _core.check_partition(topic, partition, found.config.partitions)
-    start, end, _, _ = partition_row(conn, path, found.id, topic, partition)
+    found, (start, end, _, _) = topic_and_partition(conn, path, topic, partition)
     if offset < start or offset > end:
         check_out_of_range(conn, path, found.id, topic, partition, range(start, end))
         raise OffsetOutOfRange(
