@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench services install clean
+.PHONY: demo test lint typecheck unit bench fuzz services install clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "unbundled needs Python 3.11+ (set PYTHON=python3.11)"'
@@ -40,6 +40,10 @@ unit: $(STAMP)
 ## make bench: the benchmarks, side by side with their baselines (writes bench/results/).
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+## make fuzz: damage a small file every way the fuzzer knows, check every read (bench/results/fuzz.md).
+fuzz: $(STAMP)
+	$(PY) bench/run.py --only fuzz
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

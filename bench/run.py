@@ -5,6 +5,7 @@
     .venv/bin/python bench/run.py --only eventstore   # the event store's, vs eventsourcing
     .venv/bin/python bench/run.py --only idempotency  # idempotency keys, vs Powertools
     .venv/bin/python bench/run.py --only consistency  # the linearizability checker
+    .venv/bin/python bench/run.py --only fuzz         # the corruption fuzzer's full sweep
     .venv/bin/python bench/run.py --quick             # a smoke run in seconds, writes nothing
     .venv/bin/python bench/run.py --kills 50          # fewer kills in the crash test
 
@@ -301,6 +302,42 @@ def write_results(console: Any, output: Path | None, text: str) -> None:
         console.print(f"wrote {output}")
 
 
+def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
+    """The suites besides the log's, each run in its own module (imported
+    only when run: the event-store and idempotency ones use bench/.venv)."""
+    # Run as a script, bench/ itself is on sys.path, not the repo.
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    flags = ["--quick"] if quick else []
+
+    def eventstore() -> int:
+        from bench import eventstore_bench
+
+        return eventstore_bench.run_in_venv(quick=quick)
+
+    def idempotency() -> int:
+        from bench import idempotency_bench
+
+        return idempotency_bench.run_in_venv(quick=quick)
+
+    def consistency() -> int:
+        from bench import consistency_bench
+
+        return consistency_bench.main(flags)
+
+    def fuzz() -> int:
+        from bench import fuzz_bench
+
+        return fuzz_bench.main(flags)
+
+    return {
+        "eventstore": eventstore,
+        "idempotency": idempotency,
+        "consistency": consistency,
+        "fuzz": fuzz,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run; writes nothing")
@@ -308,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="crash-test seed (default random)")
     parser.add_argument(
         "--only",
-        choices=["log", "eventstore", "idempotency", "consistency"],
+        choices=["log", "eventstore", "idempotency", "consistency", "fuzz"],
         default=None,
         help="run one benchmark suite",
     )
@@ -323,31 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.kills is not None and args.kills < 0:
         parser.error("--kills must be >= 0")
     suites_status = 0
-    if args.only in (None, "eventstore"):
-        if str(REPO) not in sys.path:
-            sys.path.insert(0, str(REPO))
-        from bench import eventstore_bench
-
-        suites_status = eventstore_bench.run_in_venv(quick=args.quick)
-        if args.only == "eventstore":
-            return suites_status
-    if args.only in (None, "idempotency"):
-        if str(REPO) not in sys.path:
-            sys.path.insert(0, str(REPO))
-        from bench import idempotency_bench
-
-        suites_status = idempotency_bench.run_in_venv(quick=args.quick) or suites_status
-        if args.only == "idempotency":
-            return suites_status
-    if args.only in (None, "consistency"):
-        if str(REPO) not in sys.path:
-            sys.path.insert(0, str(REPO))
-        from bench import consistency_bench
-
-        consistency_status = consistency_bench.main(["--quick"] if args.quick else [])
-        suites_status = consistency_status or suites_status
-        if args.only == "consistency":
-            return consistency_status
+    for name, run in _other_suites(args.quick).items():
+        if args.only in (None, name):
+            status = run()
+            if args.only == name:
+                return status
+            suites_status = status or suites_status
 
     # Run as a script, bench/ itself is on sys.path, not the repo.
     if str(REPO) not in sys.path:

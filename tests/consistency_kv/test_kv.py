@@ -17,6 +17,8 @@ from unbundled.consistency import KV, Register, Versioned
 from unbundled.consistency.kv import _core
 from unbundled.errors import Closed, LimitExceeded, NotSupported, UsageError
 
+from .._formats import downgrade
+
 
 def test_absent_key_reads_none(kv: KV) -> None:
     assert kv.read("nothing") is None
@@ -292,11 +294,7 @@ def test_sqlite_format_3_file_is_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with KV.open(path, sync="normal") as kv:
         kv.write("x", b"1")
-    raw = sqlite3.connect(path)
-    raw.execute("DROP TABLE kv")
-    raw.execute("PRAGMA user_version = 3")
-    raw.commit()
-    raw.close()
+    downgrade(path, 3)
     with KV.open(path, sync="normal") as kv:
         assert kv.read("x") is None
         assert kv.write("x", b"2") == 1

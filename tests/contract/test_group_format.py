@@ -7,19 +7,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from tests._formats import downgrade
 from unbundled import Log, TopicPartition
 from unbundled.backends.sqlite import _schema
-
-
-def _downgrade_to_4(path: Path) -> None:
-    """What a version-4 unbundled wrote: no ``instance_id`` column."""
-    raw = sqlite3.connect(path)
-    try:
-        raw.execute("ALTER TABLE group_members DROP COLUMN instance_id")
-        raw.execute("PRAGMA user_version = 4")
-        raw.commit()
-    finally:
-        raw.close()
 
 
 def _columns(path: Path) -> tuple[int, set[str]]:
@@ -41,7 +31,7 @@ def test_a_version_4_file_gains_instance_ids_and_keeps_its_group(tmp_path: Path)
         member.poll(0.01)
         member.commit({TopicPartition("t", 0): 1})
         before = log.describe_group("g")
-    _downgrade_to_4(path)
+    downgrade(path, 4)
     version, columns = _columns(path)
     assert version == 4 and "instance_id" not in columns
     with Log.open(path, sync="off") as log:

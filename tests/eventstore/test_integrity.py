@@ -17,6 +17,8 @@ from unbundled import CorruptionError, EventSchemaMismatch, Log, NotSupported, U
 from unbundled.backends.sqlite import _schema
 from unbundled.eventstore import NO_STREAM, Event, EventStore, NewEvent, Serializer
 
+from .._formats import downgrade
+
 EVENT_TABLES = [
     "events",
     "streams",
@@ -91,6 +93,46 @@ def test_bit_rot_in_an_event_is_detected(tmp_path: Path) -> None:
     assert caught.value.details["position"] == 7
 
 
+@pytest.mark.parametrize("position", [5, 10])
+def test_a_missing_event_is_never_skipped(tmp_path: Path, position: int) -> None:
+    """Events are never removed: a gap in positions, or the last events gone
+    (the head recorded with every commit says where $all ends), is damage."""
+    path = tmp_path / "events.db"
+    _fill(path)
+    with sqlite3.connect(path) as raw:
+        raw.execute("DELETE FROM events WHERE position = ?", (position,))
+    raw.close()
+    with _open(path) as store:
+        with pytest.raises(CorruptionError, match=r"missing|where") as caught:
+            store.read_all(limit=100)
+        assert caught.value.details["position"] == position
+        if position == 5:  # a gap in acct-0's versions
+            with pytest.raises(CorruptionError):
+                store.read("acct-0")
+        else:  # the last event: only $all has a head to compare with
+            with pytest.raises(CorruptionError, match="not 10 as committed"):
+                store.safe_position()
+            with pytest.raises(CorruptionError, match="not 10 as committed"):
+                # appending would give the lost event's position to another
+                store.append("acct-9", [NewEvent(str(uuid.uuid4()), "Noted", b"{}")])
+
+
+def test_a_damaged_stream_row_is_corruption_not_a_deleted_stream(tmp_path: Path) -> None:
+    """A stream row's flags decide whether it can be read: a changed flag
+    used to make a live stream look deleted (StreamNotFound)."""
+    path = tmp_path / "events.db"
+    _fill(path)
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE streams SET deleted = 1 WHERE stream = 'acct-1'")
+    raw.close()
+    with _open(path) as store:
+        with pytest.raises(CorruptionError, match="acct-1"):
+            store.read("acct-1")
+        with pytest.raises(CorruptionError, match="acct-1"):
+            store.streams()
+        assert len(store.read("acct-0")) == 5
+
+
 def test_big_appends_fit_old_sqlite_variable_limits(tmp_path: Path) -> None:
     """SQLite before 3.32 (Ubuntu 20.04 ships 3.31) allows 999 variables per
     statement: multi-row INSERTs must be cut to fit the connection's limit."""
@@ -155,11 +197,7 @@ def test_a_downgraded_file_keeps_its_log_through_the_migration(tmp_path: Path) -
         log.create_topic("t")
         log.append("t", b"kept")
     assert _format(path)[0] == _schema.FORMAT_VERSION
-    with sqlite3.connect(path) as raw:
-        for table in [*EVENT_TABLES, "idempotency", "kv"]:  # every table added after v1
-            raw.execute(f"DROP TABLE {table}")
-        raw.execute("PRAGMA user_version = 1")
-    raw.close()
+    downgrade(path, 1)
     version, tables = _format(path)
     assert (version, tables & set(EVENT_TABLES)) == (1, set())
     with _open(path) as store:
@@ -173,8 +211,9 @@ def test_a_newer_format_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     _open(path).close()
     newer = _schema.FORMAT_VERSION + 1
-    with sqlite3.connect(path) as raw:
+    with sqlite3.connect(path) as raw:  # as a newer unbundled writes it
         raw.execute(f"PRAGMA user_version = {newer}")
+        raw.execute(f"UPDATE meta SET value = '{newer}' WHERE key = 'format_version'")
     raw.close()
     with pytest.raises(NotSupported, match=f"format version {newer}"):
         _open(path)

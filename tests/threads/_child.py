@@ -12,7 +12,7 @@ from unbundled.backends.sqlite import _log
 from unbundled.cli import main
 
 
-def _failing_maintain(conn: sqlite3.Connection, now: int) -> dict[str, int]:
+def _failing_maintain(conn: sqlite3.Connection, now: int, path: str) -> dict[str, int]:
     Path(os.environ["UNBUNDLED_FAULT_MARKER"]).touch()
     raise OverflowError("injected fault: Python int too large to convert to SQLite INTEGER")
 

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import msgspec
@@ -31,6 +31,8 @@ from ..backends import (
 from ..errors import NotFound, NotSupported
 from ..log import Log, Record
 from ..log._protocol import SyncLevel
+
+T = TypeVar("T")
 
 DEFAULT_DB = "unbundled.db"
 
@@ -98,6 +100,7 @@ class App:
     log: Log | None = None
     command: str = ""  # the command running ("events read"), set by pass_app
     store: str = LOG  # what it works on: one of SERVES' values
+    given_url: str = ""  # --db as given, before a read-only command's ?mode=ro
 
     def enter(self, command: str, params: dict[str, Any]) -> None:
         """Before ``command`` runs: refuse a store that does not serve it, and
@@ -114,8 +117,21 @@ class App:
                 command=command,
             )
         reads_only = command in _READ_ONLY_COMMANDS and params.get("group") is None
+        self.given_url = self.url
         if reads_only:
             self.url = read_only_url(self.url)
+
+    def opened(self, open_url: Callable[[str], T]) -> T:
+        """``open_url(self.url)``. A read-only open of a file in an older
+        format is refused (reading it needs the upgrade, which writes): the
+        read-only choice was ours, not the user's, so open it as given."""
+        try:
+            return open_url(self.url)
+        except NotSupported as exc:
+            if not exc.details.get("upgrade") or self.url == self.given_url:
+                raise
+            self.url = self.given_url
+            return open_url(self.url)
 
     def open(self, *, create: bool = False) -> Log:
         """The log. Only commands that create something may create the file:
@@ -123,7 +139,7 @@ class App:
         if self.log is None:
             if not create:
                 self._check_exists()
-            self.log = Log.open(self.url, sync=self.sync)
+            self.log = self.opened(lambda url: Log.open(url, sync=self.sync))
         return self.log
 
     def close(self) -> None:

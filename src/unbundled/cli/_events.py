@@ -51,7 +51,7 @@ def open_store(app: App, *, create: bool = False) -> EventStore:
     ``append`` may create the file: a mistyped ``--db`` should say so."""
     if not create:
         app._check_exists()
-    store = EventStore.open(app.url, sync=app.sync)
+    store = app.opened(lambda url: EventStore.open(url, sync=app.sync))
     click.get_current_context().call_on_close(store.close)
     return store
 

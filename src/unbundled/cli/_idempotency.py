@@ -30,7 +30,7 @@ def open_idempotency(app: App) -> Idempotency:
     """The idempotency store at ``--db``, closed when the command ends. The
     commands only inspect and purge, so the file must exist already."""
     app._check_exists()
-    idem = Idempotency.open(app.url, sync=app.sync)
+    idem = app.opened(lambda url: Idempotency.open(url, sync=app.sync))
     click.get_current_context().call_on_close(idem.close)
     return idem
 

@@ -28,7 +28,7 @@ def _open(app: App, *, create: bool) -> KV:
     create a SQLite file: a mistyped ``--db`` must not read as "absent"."""
     if not create:
         app._check_exists()
-    store = KV.open(app.url, sync=app.sync)
+    store = app.opened(lambda url: KV.open(url, sync=app.sync))
     click.get_current_context().call_on_close(store.close)
     return store
 

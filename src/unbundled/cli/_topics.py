@@ -140,8 +140,10 @@ def topics_list(app: App, as_json: bool) -> None:
 def topics_describe(app: App, name: str, as_json: bool) -> None:
     """Show a topic's settings and, per partition, its offsets and size.
 
-    START is the first offset still stored (retention and compaction move it),
-    END the offset the next record will get.
+    START is the log start offset, the first offset a consumer may ask for:
+    retention moves it, compaction does not (as in Kafka; compaction removes
+    older records of a key, and reads skip the offsets it removed). END is
+    the offset the next record will get. RECORDS counts what is stored.
     """
     info = app.open().describe_topic(name)
     if as_json:

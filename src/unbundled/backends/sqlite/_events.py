@@ -11,14 +11,12 @@ committed in order: the safe position is simply the last one.
 from __future__ import annotations
 
 import sqlite3
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
 
 from ...errors import (
     Closed,
-    CorruptionError,
     ProjectionConflict,
     SubjectForgotten,
 )
@@ -35,10 +33,12 @@ from ...eventstore._protocol import (
 )
 from ...log._core import _crc32
 from ...log._protocol import Waiter
-from ._schema import translate, translated
+from . import _events_read
+from ._events_read import HEADER as _HEADER
+from ._events_read import stream_row_crc, to_events
+from ._schema import translated
 from ._writer import Request, Stage, Writer
 
-_HEADER = struct.Struct("<qq")  # schema_version, recorded_ms: covered by the CRC too
 _IN_MAX = 500  # ids or streams per "IN (...)" lookup
 _ROWS_MAX = 256  # events per multi-row INSERT (11 columns each)
 _STATES_MAX = 10_000  # stream states cached between transactions
@@ -90,12 +90,14 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 class EventStage:
     """Event appends of one writer transaction (see the module docstring)."""
 
-    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], int]) -> None:
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], int], path: str) -> None:
         self.conn = conn
         self.clock = clock
+        self.path = path
         self.position: int | None = None  # last position assigned
         self.states: dict[str, StreamState] = {}
         self.listed: set[str] = set()  # streams with a live row in `streams`
+        self.starts: dict[str, int] = {}  # first readable version of soft-deleted streams
         self.known: dict[str, RecordedEvent] = {}  # stored or staged events by id
         self.rows: list[tuple[Any, ...]] = []
         self.touched: set[str] = set()  # streams whose row must be written
@@ -111,6 +113,7 @@ class EventStage:
         self.position = None
         self.states.clear()
         self.listed.clear()
+        self.starts.clear()
         self.known.clear()
         self.rows.clear()
         self.touched.clear()
@@ -124,9 +127,9 @@ class EventStage:
             # A stream's version is its last event's, found by one index seek
             # per stream: appends never rewrite a row of `streams` (a random
             # page per stream per commit), only create it or undelete it.
-            for stream, version, deleted, tombstoned in self.conn.execute(
+            for stream, version, deleted, tombstoned, start in self.conn.execute(
                 "SELECT v.column1, (SELECT max(version) FROM events WHERE stream = v.column1), "
-                "s.deleted, s.tombstoned FROM (VALUES "
+                "s.deleted, s.tombstoned, s.start_version FROM (VALUES "
                 + ",".join(["(?)"] * len(chunk))
                 + ") AS v LEFT JOIN streams AS s ON s.stream = v.column1",
                 chunk,
@@ -141,18 +144,20 @@ class EventStage:
                 )
                 if deleted == 0 and tombstoned == 0:
                     self.listed.add(stream)
+                elif start:
+                    self.starts[stream] = start  # kept when an append undeletes it
         ids = [e.id for w in writes for e in w.events]
         for chunk in _chunks(ids, _IN_MAX):
-            for row in self.conn.execute(
+            rows = self.conn.execute(
                 f"SELECT {_READ_COLUMNS} FROM events WHERE id IN ({','.join('?' * len(chunk))})",
                 chunk,
-            ):
-                event = _to_event(row)
+            ).fetchall()
+            for event in to_events(self.path, rows):
                 self.known[event.id] = event
         if self.position is None:
-            self.position = self.conn.execute(
-                "SELECT coalesce(max(position), 0) FROM events"
-            ).fetchone()[0]
+            # The next position follows the last one committed; if the last
+            # events were lost to damage, appending would reuse their positions.
+            self.position = _events_read.last_position(self.conn, self.path)
 
     def stage(self, work: object) -> list[AppendResult]:
         writes: Sequence[StreamWrite] = work  # type: ignore[assignment]
@@ -231,58 +236,28 @@ class EventStage:
                 + ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk)),
                 list(chain.from_iterable(chunk)),
             )
+        if self.rows:
+            # What a read of $all must reach: a damaged page cannot drop the
+            # last events unnoticed (see _events_read).
+            self.conn.execute(
+                "UPDATE heads SET position = ? WHERE name = 'events'", (self.position,)
+            )
         self.rows.clear()
         touched = sorted(self.touched)
-        for chunk in _chunks(touched, _IN_MAX):
-            values = [(stream, category_of(stream)) for stream in chunk]
+        for chunk in _chunks(touched, min(_IN_MAX, variables // 4)):
+            values = []
+            for stream in chunk:
+                start = self.starts.pop(stream, 0)
+                crc = stream_row_crc(stream, start, False, False)
+                values.append((stream, category_of(stream), start, crc))
             self.conn.execute(
-                "INSERT INTO streams(stream, category, start_version, deleted, tombstoned) VALUES "
-                + ",".join(["(?,?,0,0,0)"] * len(values))
-                + " ON CONFLICT(stream) DO UPDATE SET deleted = 0",
+                "INSERT INTO streams(stream, category, start_version, deleted, tombstoned, crc) "
+                "VALUES "
+                + ",".join(["(?,?,?,0,0,?)"] * len(values))
+                + " ON CONFLICT(stream) DO UPDATE SET deleted = 0, crc = excluded.crc",
                 list(chain.from_iterable(values)),
             )
         self.touched.clear()
-
-
-def _to_events(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
-    """Verify each row's checksum and build events (the hot loop of reads,
-    inlined: a function call per event costs a tenth of the read)."""
-    out: list[RecordedEvent] = []
-    append = out.append
-    crc32 = _crc32
-    pack = _HEADER.pack
-    join = b"".join
-    for position, event_id, stream, version, kind, schema, data, metadata, recorded, crc in rows:
-        check = crc32(
-            join(
-                (
-                    pack(schema, recorded),
-                    event_id.encode(),
-                    stream.encode(),
-                    kind.encode(),
-                    metadata,
-                    data,
-                )
-            ),
-            (position ^ version) & 0xFFFFFFFF,
-        )
-        if check != crc:
-            raise CorruptionError(
-                f"event at position {position} ({stream}@{version}) failed its checksum",
-                position=position,
-                stream=stream,
-                version=version,
-            )
-        append(
-            RecordedEvent(
-                event_id, stream, version, position, kind, schema, data, metadata, recorded
-            )
-        )
-    return out
-
-
-def _to_event(row: tuple[Any, ...]) -> RecordedEvent:
-    return _to_events([row])[0]
 
 
 class SqliteEvents:
@@ -298,7 +273,7 @@ class SqliteEvents:
     wait_for_change: Callable[[int, float], int]
 
     def _event_stage(self) -> Callable[[sqlite3.Connection], EventStage]:
-        return lambda conn: EventStage(conn, self.clock)
+        return lambda conn: EventStage(conn, self.clock, self.path)
 
     def submit_events(self, writes: Sequence[StreamWrite], done: Waiter) -> None:
         if self._closed:
@@ -306,24 +281,12 @@ class SqliteEvents:
         self._writer.submit(Request(None, None, done, list(writes)))
 
     def _read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        try:
+        with translated(self.path):
             return self._reader().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
 
     def _state(self, conn: sqlite3.Connection, stream: str) -> tuple[StreamState | None, int]:
         """The stream's state and its first readable version (after soft deletes)."""
-        version, start, deleted, tombstoned = conn.execute(
-            "SELECT (SELECT max(version) FROM events WHERE stream = :s), start_version, "
-            "deleted, tombstoned FROM (SELECT 1) LEFT JOIN streams ON stream = :s",
-            {"s": stream},
-        ).fetchone()
-        if version is None and deleted is None:
-            return None, 0
-        state = StreamState(
-            stream, NO_STREAM if version is None else version, bool(deleted), bool(tombstoned)
-        )
-        return state, start or 0
+        return _events_read.stream_state(conn, self.path, stream)
 
     def read_stream(
         self, stream: str, from_version: int, limit: int, backwards: bool = False
@@ -334,21 +297,30 @@ class SqliteEvents:
             try:
                 state, start = self._state(conn, stream)
                 _core.check_readable(stream, state)
+                assert state is not None
                 if backwards:
+                    top = min(from_version, state.version)
+                    versions = range(top, max(start, top - limit + 1) - 1, -1)
                     rows = conn.execute(
                         f"SELECT {_READ_COLUMNS} FROM events WHERE stream = ? AND version <= ? "
                         "AND version >= ? ORDER BY version DESC LIMIT ?",
                         (stream, from_version, start, limit),
                     ).fetchall()
                 else:
+                    first = max(from_version, start)
+                    versions = range(first, min(state.version, first + limit - 1) + 1)
                     rows = conn.execute(
                         f"SELECT {_READ_COLUMNS} FROM events WHERE stream = ? AND version >= ? "
                         "ORDER BY version LIMIT ?",
-                        (stream, max(from_version, start), limit),
+                        (stream, first, limit),
                     ).fetchall()
             finally:
                 conn.execute("COMMIT")
-        return _to_events(rows)
+        events = to_events(self.path, rows)
+        # Versions never have gaps and events are never removed: the read
+        # must return exactly these, whatever the pages hold.
+        _events_read.check_stream_read(self.path, stream, events, versions)
+        return events
 
     def read_all(
         self,
@@ -365,15 +337,33 @@ class SqliteEvents:
         if types is not None:
             where.append(f"type IN ({','.join('?' * len(types))})")
             params.extend(types)
-        rows = self._read(
-            f"SELECT {_READ_COLUMNS} FROM events WHERE {' AND '.join(where)} "
-            "ORDER BY position LIMIT ?",
-            [*params, limit],
-        )
-        return _to_events(rows)
+        conn = self._reader()
+        with translated(self.path):
+            conn.execute("BEGIN")
+            try:
+                head = _events_read.events_head(conn, self.path)
+                rows = conn.execute(
+                    f"SELECT {_READ_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+                    "ORDER BY position LIMIT ?",
+                    [*params, limit],
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        events = to_events(self.path, rows)
+        dense = categories is None and types is None
+        _events_read.check_all_read(self.path, events, after_position, limit, head, dense)
+        if not dense:
+            _events_read.check_filters(self.path, events, categories, types)
+        return events
 
     def safe_position(self) -> int:
-        return int(self._read("SELECT coalesce(max(position), 0) FROM events", ())[0][0])
+        conn = self._reader()
+        with translated(self.path):
+            conn.execute("BEGIN")
+            try:
+                return _events_read.last_position(conn, self.path)
+            finally:
+                conn.execute("COMMIT")
 
     def stream_state(self, stream: str) -> StreamState:
         with translated(self.path):
@@ -381,25 +371,42 @@ class SqliteEvents:
         return state if state is not None else StreamState(stream, NO_STREAM, False, False)
 
     def list_streams(self, after: str, limit: int, category: str | None = None) -> list[str]:
-        where = "stream > ? AND deleted = 0 AND tombstoned = 0"
-        params: list[Any] = [after]
-        if category is not None:
-            where += " AND category = ?"
-            params.append(category)
-        rows = self._read(
-            f"SELECT stream FROM streams WHERE {where} ORDER BY stream LIMIT ?", [*params, limit]
-        )
-        return [r[0] for r in rows]
+        # Deleted streams are skipped in live_stream, after each row's check.
+        # No lower bound on the first page: a row whose name a damaged page
+        # made NULL (or not text) sorts first, and must be seen to be caught.
+        columns = "stream, category, start_version, deleted, tombstoned, crc"
+        out: list[str] = []
+        while len(out) < limit:
+            if category is not None:
+                where, params = "WHERE category = ? AND stream > ?", [category, after]
+            else:
+                where, params = ("WHERE stream > ?", [after]) if after else ("", [])
+            rows = self._read(
+                f"SELECT {columns} FROM streams {where} ORDER BY stream LIMIT ?", [*params, limit]
+            )
+            out.extend(row[0] for row in rows if _events_read.live_stream(self.path, row, category))
+            if len(rows) < limit:
+                break
+            after = rows[-1][0]
+        return out[:limit]
 
     def delete_stream(self, stream: str, expected_version: int, hard: bool) -> None:
         def delete(conn: sqlite3.Connection, stage: Stage) -> None:
             state, _ = self._state(conn, stream)
             version = _core.check_expected(stream, expected_version, state)
+            start = version + 1
             conn.execute(
-                "INSERT INTO streams VALUES (?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET "
-                "start_version = excluded.start_version, "
-                "deleted = excluded.deleted, tombstoned = excluded.tombstoned",
-                (stream, category_of(stream), version + 1, int(not hard), int(hard)),
+                "INSERT INTO streams VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE SET "
+                "start_version = excluded.start_version, deleted = excluded.deleted, "
+                "tombstoned = excluded.tombstoned, crc = excluded.crc",
+                (
+                    stream,
+                    category_of(stream),
+                    start,
+                    int(not hard),
+                    int(hard),
+                    stream_row_crc(stream, start, not hard, hard),
+                ),
             )
 
         self._call(delete)

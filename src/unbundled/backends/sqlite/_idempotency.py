@@ -15,28 +15,56 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
+
 from ...eventstore._protocol import AppendResult, StreamWrite
 from ...idempotency import _core
 from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
+from ._integrity import corrupt, row_crc
 from ._writer import Request, Stage, Writer
 
-_SELECT = "SELECT record FROM idempotency WHERE key = ?"
+_COLUMNS = "key, state, expires_ms, record, crc"
+_SELECT = f"SELECT {_COLUMNS} FROM idempotency WHERE key = ?"
 _UPSERT = (
-    "INSERT INTO idempotency VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
-    "state = excluded.state, expires_ms = excluded.expires_ms, record = excluded.record"
+    "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+    "state = excluded.state, expires_ms = excluded.expires_ms, record = excluded.record, "
+    "crc = excluded.crc"
 )
 _WAIT_SLICE_S = 0.05
 
 
-def _load(conn: sqlite3.Connection, key: str) -> IdempotencyRecord | None:
-    row = conn.execute(_SELECT, (key,)).fetchone()
-    return _core.decode_record(row[0]) if row is not None else None
+def _verify(path: str, row: tuple[Any, ...]) -> IdempotencyRecord:
+    """The record of one row, after its crc and its agreement with the row's
+    own columns (which the purge and the listing filter on) are checked."""
+    key, state, expires_ms, raw, crc = row
+    if crc != row_crc("idempotency", key, state, expires_ms, raw):
+        raise corrupt(path, f"the idempotency record of key {key!r} failed its checksum", key=key)
+    try:
+        record = _core.decode_record(raw)
+    except msgspec.DecodeError as exc:  # a checksum collision, or a bug: never trust it
+        raise corrupt(path, f"the idempotency record of key {key!r} is unreadable") from exc
+    if (record.key, record.state, record.expires_ms) != (key, state, expires_ms):
+        raise corrupt(path, f"the idempotency record of key {key!r} disagrees with its row")
+    return record
+
+
+def _lookup(path: str, rows: list[tuple[Any, ...]], key: str) -> IdempotencyRecord | None:
+    if not rows:
+        return None
+    record = _verify(path, rows[0])
+    if record.key != key:  # a damaged key in the b-tree led the lookup astray
+        raise corrupt(path, f"the lookup of idempotency key {key!r} found key {record.key!r}")
+    return record
+
+
+def _load(conn: sqlite3.Connection, path: str, key: str) -> IdempotencyRecord | None:
+    return _lookup(path, conn.execute(_SELECT, (key,)).fetchall(), key)
 
 
 def _store(conn: sqlite3.Connection, record: IdempotencyRecord) -> None:
-    conn.execute(
-        _UPSERT, (record.key, record.state, record.expires_ms, _core.encode_record(record))
-    )
+    raw = _core.encode_record(record)
+    crc = row_crc("idempotency", record.key, record.state, record.expires_ms, raw)
+    conn.execute(_UPSERT, (record.key, record.state, record.expires_ms, raw, crc))
 
 
 class _SqliteEffectsTxn:
@@ -63,6 +91,7 @@ class _SqliteEffectsTxn:
 class SqliteIdempotency:
     """The idempotency methods of :class:`unbundled.backends.SqliteBackend`."""
 
+    path: str
     clock: Callable[[], int]
     _writer: Writer
     _call: Callable[[Callable[[sqlite3.Connection, Stage], Any]], Any]
@@ -71,8 +100,7 @@ class SqliteIdempotency:
     wait_for_change: Callable[[int, float], int]
 
     def _peek(self, key: str) -> IdempotencyRecord | None:
-        rows = self._read(_SELECT, (key,))
-        return _core.decode_record(rows[0][0]) if rows else None
+        return _lookup(self.path, self._read(_SELECT, (key,)), key)
 
     def claim(self, key: str, fingerprint: str, lease_ms: int, retention_ms: int) -> Claim:
         # A repeated key (completed, or a mismatch) needs no write: answer it
@@ -86,7 +114,7 @@ class SqliteIdempotency:
 
         def decide(conn: sqlite3.Connection, stage: Stage) -> Claim:
             claim, new = _core.decide_claim(
-                _load(conn, key), key, fingerprint, self.clock(), lease_ms, retention_ms
+                _load(conn, self.path, key), key, fingerprint, self.clock(), lease_ms, retention_ms
             )
             if new is not None:
                 _store(conn, new)
@@ -106,7 +134,7 @@ class SqliteIdempotency:
     ) -> IdempotencyRecord:
         def finish(conn: sqlite3.Connection, stage: Stage) -> IdempotencyRecord:
             done = _core.decide_complete(
-                _load(conn, key), key, token, result, error, self.clock(), retention_ms
+                _load(conn, self.path, key), key, token, result, error, self.clock(), retention_ms
             )
             if effects is not None:
                 effects(_SqliteEffectsTxn(conn, self._writer))
@@ -119,14 +147,17 @@ class SqliteIdempotency:
     def record_phase(self, key: str, token: int, phase: str, output: bytes) -> None:
         def record(conn: sqlite3.Connection, stage: Stage) -> None:
             _store(
-                conn, _core.decide_phase(_load(conn, key), key, token, phase, output, self.clock())
+                conn,
+                _core.decide_phase(
+                    _load(conn, self.path, key), key, token, phase, output, self.clock()
+                ),
             )
 
         self._call(record)
 
     def release(self, key: str, token: int) -> None:
         def release(conn: sqlite3.Connection, stage: Stage) -> None:
-            record, now = _load(conn, key), self.clock()
+            record, now = _load(conn, self.path, key), self.clock()
             if _core.decide_release(record, token, now):
                 assert record is not None
                 kept = _core.after_release(record, now)
@@ -141,15 +172,26 @@ class SqliteIdempotency:
         return _core.live(self._peek(key), self.clock())
 
     def list_records(self, state: State | None, after: str, limit: int) -> list[IdempotencyRecord]:
-        where = "key > ? AND expires_ms > ?"
-        params: list[Any] = [after, self.clock()]
-        if state is not None:
-            where += " AND state = ?"
-            params.append(state)
-        rows = self._read(
-            f"SELECT record FROM idempotency WHERE {where} ORDER BY key LIMIT ?", [*params, limit]
-        )
-        return [_core.decode_record(r[0]) for r in rows]
+        # Filtered here, after each row is verified: in SQL, a damaged state
+        # or expiry column would hide a live record without a trace.
+        now = self.clock()
+        out: list[IdempotencyRecord] = []
+        while len(out) < limit:
+            # No lower bound on the first page: a key that a damaged page made
+            # NULL (or not text) sorts first, and must be seen to be caught.
+            where, params = ("WHERE key > ?", [after]) if after else ("", [])
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM idempotency {where} ORDER BY key LIMIT ?",
+                [*params, limit],
+            )
+            for row in rows:
+                record = _verify(self.path, row)
+                if record.expires_ms > now and state in (None, record.state):
+                    out.append(record)
+            if len(rows) < limit:
+                break
+            after = rows[-1][0]
+        return out[:limit]
 
     def purge_expired(self) -> int:
         now = self.clock()

@@ -26,22 +26,31 @@ from typing import Any
 
 from ...consistency.kv import _core
 from ...consistency.kv._protocol import Expect, Versioned
+from ._integrity import corrupt, row_crc
 from ._schema import translated
 from ._writer import Stage
 
-_SELECT = "SELECT value, version FROM kv WHERE key = ?"
+_SELECT = "SELECT key, value, version, crc FROM kv WHERE key = ?"
 _UPSERT = (
-    "INSERT INTO kv(key, value, version) VALUES (?, ?, ?) "
-    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version"
+    "INSERT INTO kv(key, value, version, crc) VALUES (?, ?, ?, ?) ON CONFLICT(key) "
+    "DO UPDATE SET value = excluded.value, version = excluded.version, crc = excluded.crc"
 )
 
 
-def _slot(conn: sqlite3.Connection, key: str) -> _core.Slot | None:
+def _slot(conn: sqlite3.Connection, path: str, key: str) -> _core.Slot | None:
+    """The key's value (None: deleted) and version, its row's crc verified."""
     rows = conn.execute(_SELECT, (key,)).fetchall()
     if not rows:
         return None
-    value, version = rows[0]
-    return (None if value is None else bytes(value), int(version))
+    found, value, version, crc = rows[0]
+    # The crc covers the key: a damaged index entry that led to another row fails it.
+    if crc != row_crc("kv", key, value, version) or found != key:
+        raise corrupt(path, f"the entry of key {key!r} failed its checksum", key=key)
+    return value, version
+
+
+def _put(conn: sqlite3.Connection, key: str, value: bytes | None, version: int) -> None:
+    conn.execute(_UPSERT, (key, value, version, row_crc("kv", key, value, version)))
 
 
 class SqliteKV:
@@ -56,15 +65,15 @@ class SqliteKV:
         with translated(self.path):
             # fetchall() steps the statement to its end, which ends the
             # implicit read transaction: the next read takes a fresh snapshot.
-            slot = _slot(conn, key)
+            slot = _slot(conn, self.path, key)
         if slot is None or slot[0] is None:
             return None
         return Versioned(slot[0], slot[1])
 
     def kv_write(self, key: str, value: bytes) -> int:
         def write(conn: sqlite3.Connection, stage: Stage) -> int:
-            version = _core.next_version(_slot(conn, key))
-            conn.execute(_UPSERT, (key, value, version))
+            version = _core.next_version(_slot(conn, self.path, key))
+            _put(conn, key, value, version)
             return version
 
         result: int = self._call(write)
@@ -72,11 +81,11 @@ class SqliteKV:
 
     def kv_compare_and_set(self, key: str, expected: Expect, new: bytes) -> int | None:
         def swap(conn: sqlite3.Connection, stage: Stage) -> int | None:
-            slot = _slot(conn, key)
+            slot = _slot(conn, self.path, key)
             if not _core.matches(slot, expected):
                 return None
             version = _core.next_version(slot)
-            conn.execute(_UPSERT, (key, new, version))
+            _put(conn, key, new, version)
             return version
 
         result: int | None = self._call(swap)
@@ -84,14 +93,11 @@ class SqliteKV:
 
     def kv_delete(self, key: str) -> bool:
         def delete(conn: sqlite3.Connection, stage: Stage) -> bool:
-            return (
-                conn.execute(
-                    "UPDATE kv SET value = NULL, version = version + 1 "
-                    "WHERE key = ? AND value IS NOT NULL",
-                    (key,),
-                ).rowcount
-                == 1
-            )
+            slot = _slot(conn, self.path, key)
+            if slot is None or slot[0] is None:
+                return False
+            _put(conn, key, None, _core.next_version(slot))  # a tombstone keeps the version
+            return True
 
         result: bool = self._call(delete)
         return result

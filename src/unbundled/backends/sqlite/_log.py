@@ -23,11 +23,10 @@ from ..._waiters import SyncWaiter
 from ...errors import (
     Closed,
     CorruptionError,
+    Error,
     LimitExceeded,
     NotFound,
-    OffsetOutOfRange,
     TopicExists,
-    TopicNotFound,
     Unavailable,
     UsageError,
 )
@@ -37,7 +36,6 @@ from ...log._protocol import (
     GroupMemberInfo,
     MaintenanceReport,
     MemberView,
-    PartitionInfo,
     Position,
     Record,
     SyncLevel,
@@ -47,15 +45,21 @@ from ...log._protocol import (
     Waiter,
     WriteBatch,
 )
-from . import _group_rows
+from . import _group_rows, _log_read
+from ._integrity import row_crc
 from ._maintain import maintain as _maintain
 from ._readonly import ReadOnlyWriter, check_read_only_file, read_only_connector
-from ._schema import connect, open_file, records_ddl, records_table, translate, translated
+from ._schema import (
+    RECORDS_FORMAT,
+    connect,
+    open_file,
+    records_ddl,
+    records_table,
+    translate,
+    translated,
+)
 from ._writer import ExtraStage, Request, Stage, Writer
 
-_crc32 = _core._crc32
-_decode_headers = msgspec.msgpack.Decoder(list[tuple[str, bytes]]).decode
-_decode_config = msgspec.json.Decoder(TopicConfig).decode
 _decode_positions = msgspec.json.Decoder(list[tuple[str, int, int]]).decode
 _WATCH_INTERVAL_S = 0.05
 
@@ -171,14 +175,19 @@ class SqliteLog:
         conn = self._writer._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            removed = _maintain(conn, self.clock())
+            removed = _maintain(conn, self.clock(), self.path)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, Error) as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = translate(exc, self.path)
-            if isinstance(error, Unavailable):
-                return  # busy: the next idle pass tries again
+            error = translate(exc, self.path) if isinstance(exc, sqlite3.Error) else exc
+            if isinstance(error, Unavailable | CorruptionError):
+                # Busy: the next idle pass tries again. Damaged: the next read
+                # or an explicit maintain() reports it to a caller; the writer
+                # goes on serving the parts of the file that are sound.
+                return
+            if error is exc:
+                raise
             raise error from exc
         if removed:
             self._on_commit()
@@ -192,11 +201,15 @@ class SqliteLog:
             count = conn.execute("SELECT count(*) FROM topics").fetchone()[0]
             if count >= limits.topics_max:
                 raise LimitExceeded(f"at most {limits.topics_max} topics", topic=name)
+            raw, created, fmt = msgspec.json.encode(config).decode(), self.clock(), RECORDS_FORMAT
             cur = conn.execute(
-                "INSERT INTO topics(name, partitions, config, created_ms) VALUES (?, ?, ?, ?)",
-                (name, config.partitions, msgspec.json.encode(config).decode(), self.clock()),
+                "INSERT INTO topics(name, partitions, config, created_ms, records_format) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, config.partitions, raw, created, fmt),
             )
             tid = int(cur.lastrowid or 0)
+            crc = row_crc("topics", tid, name, config.partitions, raw, created, fmt)
+            conn.execute("UPDATE topics SET crc = ? WHERE id = ?", (crc, tid))
             for p in range(config.partitions):
                 for ddl in records_ddl(tid, p, config.cleanup_policy == "compact"):
                     conn.execute(ddl)
@@ -212,6 +225,7 @@ class SqliteLog:
             for p in range(config.partitions):
                 conn.execute(f"DROP TABLE {records_table(tid, p)}")
             conn.execute("DELETE FROM partitions WHERE topic_id = ?", (tid,))
+            conn.execute("DELETE FROM removed_ranges WHERE topic_id = ?", (tid,))
             conn.execute("DELETE FROM topics WHERE id = ?", (tid,))
             conn.execute("DELETE FROM group_offsets WHERE topic = ?", (name,))
             stage.forget_topics()
@@ -219,15 +233,17 @@ class SqliteLog:
         self._call(delete)
 
     def list_topics(self) -> list[str]:
+        conn = self._reader()
         with translated(self.path):
-            rows = self._reader().execute("SELECT name FROM topics ORDER BY name").fetchall()
-        return [r[0] for r in rows]
+            conn.execute("BEGIN")
+            try:
+                return [topic.name for topic in _log_read.all_topics(conn, self.path)]
+            finally:
+                conn.execute("COMMIT")
 
     def _topic_row(self, conn: sqlite3.Connection, name: str) -> tuple[int, TopicConfig]:
-        row = conn.execute("SELECT id, config FROM topics WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise TopicNotFound(f"topic {name!r} does not exist", topic=name)
-        return row[0], _decode_config(row[1])
+        topic = _log_read.topic_row(conn, self.path, name)
+        return topic.id, topic.config
 
     def topic_config(self, name: str) -> TopicConfig:
         with translated(self.path):
@@ -239,14 +255,10 @@ class SqliteLog:
             conn.execute("BEGIN")
             try:
                 tid, config = self._topic_row(conn, name)
-                rows = conn.execute(
-                    "SELECT partition, start_offset, end_offset, records, bytes FROM partitions "
-                    "WHERE topic_id = ? ORDER BY partition",
-                    (tid,),
-                ).fetchall()
+                infos = _log_read.partition_infos(conn, self.path, tid, name, config.partitions)
             finally:
                 conn.execute("COMMIT")
-        return TopicInfo(name, config, tuple(PartitionInfo(*r) for r in rows))
+        return TopicInfo(name, config, infos)
 
     def offset_bounds(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
         conn = self._reader()
@@ -260,11 +272,8 @@ class SqliteLog:
                         ids[tp.topic] = self._topic_row(conn, tp.topic)
                     tid, config = ids[tp.topic]
                     _core.check_partition(tp.topic, tp.partition, config.partitions)
-                    out[tp] = conn.execute(
-                        "SELECT start_offset, end_offset FROM partitions "
-                        "WHERE topic_id = ? AND partition = ?",
-                        (tid, tp.partition),
-                    ).fetchone()
+                    row = _log_read.partition_row(conn, self.path, tid, tp.topic, tp.partition)
+                    out[tp] = row[:2]
             finally:
                 conn.execute("COMMIT")
         return out
@@ -334,35 +343,14 @@ class SqliteLog:
         self, topic: str, partition: int, offset: int, records_max: int, bytes_max: int
     ) -> list[Record]:
         conn = self._reader()
-        try:
-            conn.execute("BEGIN")
+        with translated(self.path):
+            conn.execute("BEGIN")  # one snapshot: the rows and what they are checked against
             try:
-                tid, config = self._topic_row(conn, topic)
-                _core.check_partition(topic, partition, config.partitions)
-                start, end = conn.execute(
-                    "SELECT start_offset, end_offset FROM partitions "
-                    "WHERE topic_id = ? AND partition = ?",
-                    (tid, partition),
-                ).fetchone()
-                if offset < start or offset > end:
-                    raise OffsetOutOfRange(
-                        f"offset {offset} is outside {topic}[{partition}]'s range {start}..{end}",
-                        topic=topic,
-                        partition=partition,
-                        offset=offset,
-                        start_offset=start,
-                        end_offset=end,
-                    )
-                rows = conn.execute(
-                    f"SELECT offset, key, value, headers, ts, crc FROM "
-                    f"{records_table(tid, partition)} WHERE offset >= ? ORDER BY offset LIMIT ?",
-                    (offset, records_max),
-                ).fetchall()
+                return _log_read.read_partition(
+                    conn, self.path, topic, partition, offset, records_max, bytes_max
+                )
             finally:
                 conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
-        return _decode(topic, partition, rows, bytes_max)
 
     def change_token(self) -> int:
         self._poll_watch()
@@ -536,7 +524,9 @@ class SqliteLog:
     # --- maintenance and lifecycle --------------------------------------------
 
     def maintain(self) -> MaintenanceReport:
-        result: dict[str, int] = self._call(lambda conn, stage: _maintain(conn, self.clock()))
+        result: dict[str, int] = self._call(
+            lambda conn, stage: _maintain(conn, self.clock(), self.path)
+        )
         return MaintenanceReport(result)
 
     def close(self) -> None:
@@ -552,34 +542,3 @@ class SqliteLog:
                 conn.close()
             self._readers.clear()
         self._watch.close()
-
-
-def _decode(
-    topic: str, partition: int, rows: list[tuple[Any, ...]], bytes_max: int
-) -> list[Record]:
-    """Verify each row's checksum and build records (the hot loop of reads)."""
-    out: list[Record] = []
-    append = out.append
-    crc32 = _crc32
-    size = 0
-    for off, key, value, hblob, ts, crc in rows:
-        check = crc32(hblob or b"", (off ^ ts) & 0xFFFFFFFF)
-        if key is not None:
-            check = crc32(key, check)
-            size += len(key)
-        if value is not None:
-            check = crc32(value, check)
-            size += len(value)
-        if check != crc:
-            raise CorruptionError(
-                f"record {topic}[{partition}]@{off} failed its checksum "
-                f"(stored {crc:#010x}, computed {check:#010x})",
-                topic=topic,
-                partition=partition,
-                offset=off,
-            )
-        if out and size > bytes_max:
-            break
-        headers = () if hblob is None else tuple(_decode_headers(hblob))
-        append(Record(topic, partition, off, key, value, headers, ts))
-    return out

@@ -1,49 +1,58 @@
 """Retention and compaction in SQL, with the same rules as ``log._core``
 (``retention_start`` and ``compaction_victims``); the model-based tests hold
-the two to each other."""
+the two to each other.
+
+Retention removes a prefix and moves the partition's start offset.
+Compaction leaves the start offset where it is (as Kafka's log start offset,
+which only retention and record deletion move) and records the gaps it
+leaves in ``removed_ranges``, so a reader can tell them from damage.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 
-import msgspec
-
 from ...log._protocol import TopicConfig
+from ._integrity import rebuild_removed
+from ._log_read import all_topics, partition_row
 from ._schema import records_table
 
 _SIZE = "coalesce(length(key), 0) + coalesce(length(value), 0)"
 
 
-def maintain(conn: sqlite3.Connection, now: int) -> dict[str, int]:
-    """Apply every topic's retention or compaction; return records removed per topic."""
+def maintain(conn: sqlite3.Connection, now: int, path: str) -> dict[str, int]:
+    """Apply every topic's retention or compaction; return records removed per topic.
+
+    Raises ``CorruptionError`` (and removes nothing) if a topic or partition
+    row it needs is damaged."""
     removed: dict[str, int] = {}
-    topics = conn.execute("SELECT id, name, config FROM topics ORDER BY id").fetchall()
-    for tid, name, raw in topics:
-        config = msgspec.json.decode(raw, type=TopicConfig)
+    for tid, name, config, _ in sorted(all_topics(conn, path)):
         if config.cleanup_policy == "delete" and (
             config.retention_ms is None and config.retention_bytes is None
         ):
             continue
         count = 0
         for partition in range(config.partitions):
+            start, end, _, total = partition_row(conn, path, tid, name, partition)
             if config.cleanup_policy == "compact":
-                count += _compact(conn, tid, partition, config, now)
+                count += _compact(conn, tid, partition, config, now, range(start, end))
             else:
-                count += _retain(conn, tid, partition, config, now)
+                count += _retain(conn, tid, partition, config, now, (start, end, total))
         if count:
             removed[name] = count
     return removed
 
 
 def _retain(
-    conn: sqlite3.Connection, tid: int, partition: int, config: TopicConfig, now: int
+    conn: sqlite3.Connection,
+    tid: int,
+    partition: int,
+    config: TopicConfig,
+    now: int,
+    state: tuple[int, int, int],
 ) -> int:
     table = records_table(tid, partition)
-    start, end, total = conn.execute(
-        "SELECT start_offset, end_offset, bytes FROM partitions "
-        "WHERE topic_id = ? AND partition = ?",
-        (tid, partition),
-    ).fetchone()
+    start, end, total = state
     cut = start
     if config.retention_ms is not None:
         # Scans from the start in offset order and stops at the first young
@@ -87,7 +96,12 @@ def _retain(
 
 
 def _compact(
-    conn: sqlite3.Connection, tid: int, partition: int, config: TopicConfig, now: int
+    conn: sqlite3.Connection,
+    tid: int,
+    partition: int,
+    config: TopicConfig,
+    now: int,
+    offsets: range,
 ) -> int:
     table = records_table(tid, partition)
     before = conn.total_changes
@@ -109,4 +123,5 @@ def _compact(
             "UPDATE partitions SET records = ?, bytes = ? WHERE topic_id = ? AND partition = ?",
             (records, size, tid, partition),
         )
+        rebuild_removed(conn, table, tid, partition, offsets.start, offsets.stop)
     return gone

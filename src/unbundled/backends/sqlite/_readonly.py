@@ -25,7 +25,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from ...errors import BackendError, CorruptionError, NotFound, NotSupported, UsageError
-from ._schema import APPLICATION_ID, FORMAT_VERSION, connect, translated
+from ._schema import FORMAT_VERSION, check_existing, connect, read_header, translated
 
 Connector = Callable[[], sqlite3.Connection]
 
@@ -83,21 +83,22 @@ def _on_read_only_file_system(directory: str) -> bool:
 
 
 def check_read_only_file(conn: sqlite3.Connection, path: str) -> None:
-    """The file is ours and not newer than this code (what ``open_file``
-    checks, without creating or migrating anything: an older file is read
-    as it is; the first writable open upgrades it)."""
+    """What ``open_file`` checks of an existing file (ours, header sound, not
+    newer than this code), without creating or migrating anything. A file of
+    an older format is refused: its reads need the tables and checksums the
+    upgrade adds, and the upgrade writes. ``details["upgrade"]`` says so, and
+    the CLI, which chose read-only by itself, then opens it writable."""
     with translated(path):
-        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if app_id != APPLICATION_ID:
-        raise CorruptionError(
-            f"{path} is not an unbundled database (application_id {app_id:#x})", path=path
-        )
-    if version > FORMAT_VERSION:
+        header = read_header(conn)
+    if header.app_id == 0 and not header.tables:
+        raise CorruptionError(f"{path} is not an unbundled database (it is empty)", path=path)
+    check_existing(header, path)
+    if header.version < FORMAT_VERSION:
         raise NotSupported(
-            f"{path} has format version {version}; this unbundled reads up to "
-            f"{FORMAT_VERSION}: upgrade unbundled",
+            f"{path} has format version {header.version}; reading it needs the upgrade to "
+            f"version {FORMAT_VERSION}, which writes: open it once without mode=ro",
             path=path,
+            upgrade=True,
         )
 
 

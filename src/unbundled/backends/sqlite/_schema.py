@@ -6,18 +6,24 @@ See docs/reference/format.md for the on-disk format this creates.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
+import msgspec
+
 from ...errors import BackendError, CorruptionError, Error, NotSupported, Unavailable
+from ._integrity import int_check_sql, rebuild_removed, row_crc
 
 # 'unbd' in the SQLite header: tools like `file` and our open() recognise it.
 APPLICATION_ID = 0x756E6264
 FORMAT_VERSION = 5
 BUSY_TIMEOUT_MS = 60_000
+_WAL_HEADER_BYTES = 32  # a WAL file this long or shorter holds no frames
 
 SYNC_PRAGMA = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
@@ -170,11 +176,99 @@ def _add_group_instance_id(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE group_members ADD COLUMN instance_id TEXT")
 
 
+# Version 5: integrity. Partition rows gain a checksum that SQLite computes
+# (the writer updates their counters in SQL), rows written from Python gain a
+# crc, and two new tables let a reader tell a damaged file from a removed
+# record: the ranges compaction removed, and the last event's position.
+_PARTITION_COLUMNS = ["topic_id", "partition", "start_offset", "end_offset", "records", "bytes"]
+PARTITIONS_V5 = f"""
+CREATE TABLE partitions(
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    checksum INTEGER GENERATED ALWAYS AS ({int_check_sql("partitions", _PARTITION_COLUMNS)}) STORED,
+    PRIMARY KEY (topic_id, partition)
+) WITHOUT ROWID
+"""
+INTEGRITY_SCHEMA = f"""
+CREATE TABLE removed_ranges(
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL,
+    checksum INTEGER GENERATED ALWAYS AS ({
+    int_check_sql("removed_ranges", ["topic_id", "partition", "start_offset", "end_offset"])
+}) STORED,
+    PRIMARY KEY (topic_id, partition, start_offset)
+) WITHOUT ROWID;
+CREATE TABLE heads(
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    checksum INTEGER GENERATED ALWAYS AS ({int_check_sql("heads", ["position"])}) STORED
+) WITHOUT ROWID;
+INSERT INTO heads(name, position) SELECT 'events', coalesce(max(position), 0) FROM events
+"""
+# A generated checksum is recomputed by every UPDATE: without these triggers,
+# the writer's next `records = records + ?` would make a damaged row look
+# sound. An update of a row whose check fails is refused (CorruptionError).
+INTEGRITY_TRIGGERS = [
+    f"CREATE TRIGGER {table}_unchanged BEFORE UPDATE ON {table} "
+    f"WHEN OLD.checksum IS NOT ({int_check_sql(table, [f'OLD.{c}' for c in columns])}) "
+    f"BEGIN SELECT RAISE(ABORT, 'unbundled: a row of {table} is corrupt'); END"
+    for table, columns in (("partitions", _PARTITION_COLUMNS), ("heads", ["position"]))
+]
+# Tables whose rows gain a crc in version 5: their primary key, then every column.
+CRC_COLUMNS = {
+    "topics": ("id", "name", "partitions", "config", "created_ms", "records_format"),
+    "streams": ("stream", "category", "start_version", "deleted", "tombstoned"),
+    "idempotency": ("key", "state", "expires_ms", "record"),
+    "kv": ("key", "value", "version"),
+}
+
+
+def _migrate_5(conn: sqlite3.Connection) -> None:
+    """Format 4 to 5: every check computed over the rows as they are now."""
+    _add_group_instance_id(conn)
+    conn.execute(PARTITIONS_V5.replace("TABLE partitions", "TABLE partitions_v5"))
+    conn.execute(
+        "INSERT INTO partitions_v5(topic_id, partition, start_offset, end_offset, records, bytes) "
+        "SELECT topic_id, partition, start_offset, end_offset, records, bytes FROM partitions"
+    )
+    conn.execute("DROP TABLE partitions")
+    conn.execute("ALTER TABLE partitions_v5 RENAME TO partitions")
+    _run_script(conn, INTEGRITY_SCHEMA)
+    for trigger in INTEGRITY_TRIGGERS:  # not _run_script: a trigger's body has a ';'
+        conn.execute(trigger)
+    compacted = {
+        tid
+        for tid, config in conn.execute("SELECT id, config FROM topics")
+        if msgspec.json.decode(config).get("cleanup_policy") == "compact"
+    }
+    for tid, partition, start, end in conn.execute(
+        "SELECT topic_id, partition, start_offset, end_offset FROM partitions"
+    ).fetchall():
+        if tid in compacted:
+            # Compaction already left gaps: they become the ledger's first ranges.
+            rebuild_removed(conn, records_table(tid, partition), tid, partition, start, end)
+    # Topics created before have records tables without `ts_high`.
+    conn.execute("ALTER TABLE topics ADD COLUMN records_format INTEGER NOT NULL DEFAULT 4")
+    for table, columns in CRC_COLUMNS.items():
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER")
+        rows = conn.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+        conn.executemany(
+            f"UPDATE {table} SET crc = ? WHERE {columns[0]} = ?",
+            [(row_crc(table, *row), row[0]) for row in rows],
+        )
+
+
 MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     2: EVENTS_SCHEMA,
     3: IDEMPOTENCY_SCHEMA,
     4: KV_SCHEMA,
-    5: _add_group_instance_id,
+    5: _migrate_5,
 }
 
 EXPECTED_TABLES = {
@@ -196,12 +290,22 @@ def records_table(topic_id: int, partition: int) -> str:
     return f"log_{int(topic_id)}_{int(partition)}"
 
 
+# What a record's CRC leaves out: its seed takes only the low 32 bits of the
+# timestamp. Tables created by format 5 keep the high half again, in a column
+# SQLite computes at insert (the writer inserts the six other columns as
+# before); a read selects only rows where the two agree, so a damaged one
+# leaves a gap, which the read's gap check reports (see _log_read).
+TS_HIGH_SQL = "ts >> 32"
+RECORDS_FORMAT = 5  # the records_format of topics created now (4: without `ts_high`)
+
+
 def records_ddl(topic_id: int, partition: int, compact: bool) -> list[str]:
     table = records_table(topic_id, partition)
     ddl = [
         f"CREATE TABLE {table}("
         "offset INTEGER PRIMARY KEY, key BLOB, value BLOB, headers BLOB, "
-        "ts INTEGER NOT NULL, crc INTEGER NOT NULL)"
+        "ts INTEGER NOT NULL, crc INTEGER NOT NULL, "
+        f"ts_high INTEGER GENERATED ALWAYS AS ({TS_HIGH_SQL}) STORED)"
     ]
     if compact:
         ddl.append(f"CREATE INDEX {table}_key ON {table}(key)")
@@ -211,11 +315,33 @@ def records_ddl(topic_id: int, partition: int, compact: bool) -> list[str]:
 T = TypeVar("T")
 
 
+# SQLite's primary result codes that mean the file is damaged: CORRUPT,
+# NOTADB, and TOOBIG (a length no record we write has, read from a damaged cell).
+_DAMAGED_CODES = {11, 18, 26}
+# Errors without such a code that only a damaged file causes: text that is not
+# the UTF-8 we wrote, a schema SQLite cannot parse, a header field out of range.
+_DAMAGED_TEXTS = (
+    "malformed",
+    "not a database",
+    "corrupt",
+    "could not decode to utf-8",
+    "unsupported file format",
+    # Every statement we run names tables and columns that the file's format
+    # version has: that SQLite cannot find one means the schema was damaged.
+    "no such table",
+    "no such column",
+    "no such index",
+)
+
+
 def translate(exc: sqlite3.Error, path: str) -> Error:
     """Map a ``sqlite3`` error to a typed one (the caller chains ``from exc``)."""
     text = str(exc)
     lowered = text.lower()
-    if "malformed" in lowered or "not a database" in lowered or "corrupt" in lowered:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if (code is not None and code & 0xFF in _DAMAGED_CODES) or any(
+        damaged in lowered for damaged in _DAMAGED_TEXTS
+    ):
         return CorruptionError(f"{path}: the database file is damaged: {text}", path=path)
     if "locked" in lowered or "busy" in lowered:
         return Unavailable(f"{path}: the database stayed locked: {text}", path=path)
@@ -224,10 +350,19 @@ def translate(exc: sqlite3.Error, path: str) -> Error:
 
 @contextmanager
 def translated(path: str) -> Iterator[None]:
+    """``sqlite3`` errors become typed ones; so does the ``UnicodeDecodeError``
+    that the sqlite3 module raises instead of an error whose message quotes
+    damaged schema text (bytes that are not UTF-8)."""
     try:
         yield
     except sqlite3.Error as exc:
         raise translate(exc, path) from exc
+    except UnicodeDecodeError as exc:
+        raise CorruptionError(
+            f"{path}: the database file is damaged: SQLite reported an error about text "
+            "that is not UTF-8 (a damaged schema)",
+            path=path,
+        ) from exc
 
 
 def connect(path: str, sync: str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -248,54 +383,23 @@ def connect(path: str, sync: str, *, readonly: bool = False) -> sqlite3.Connecti
 
 
 def open_file(conn: sqlite3.Connection, path: str, now_ms: Callable[[], int]) -> None:
-    """Check the file is ours and current, creating the schema in a new file.
+    """Check the file is ours, undamaged where it matters and current, creating
+    the schema in a new file.
 
     Raises ``CorruptionError`` for a file that is not SQLite or not ours (we
-    never write into someone else's database) and ``NotSupported`` for a file
-    written by a newer format version.
+    never write into someone else's database) or whose header fields we rely on
+    are damaged, and ``NotSupported`` for a file written by a newer format version.
     """
     with translated(path):
-        app_id, tables = _retry_busy(lambda: _read_header(conn))
-        if app_id == 0 and not tables:
-            _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Re-check under the write lock: another process may have won.
-                if conn.execute("PRAGMA application_id").fetchone()[0] == 0:
-                    _run_script(conn, SCHEMA)
-                    conn.execute(
-                        "INSERT INTO meta VALUES ('format', 'unbundled'), ('created_ms', ?)",
-                        (str(now_ms()),),
-                    )
-                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                    conn.execute("PRAGMA user_version = 1")
-                    _migrate(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                # A signal (KeyboardInterrupt) can land before BEGIN took
-                # effect or after COMMIT did: then there is nothing to roll
-                # back, and the signal, not "no transaction", must propagate.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        header = _retry_busy(lambda: read_header(conn))
+        if header.app_id == 0 and not header.tables:
+            _create(conn, now_ms)
             return
-        if app_id != APPLICATION_ID or not tables >= EXPECTED_TABLES:
-            raise CorruptionError(
-                f"{path} is an SQLite database but not an unbundled one "
-                f"(application_id {app_id:#x}); refusing to touch it",
-                path=path,
-            )
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > FORMAT_VERSION:
-            raise NotSupported(
-                f"{path} has format version {version}; this unbundled reads up to "
-                f"{FORMAT_VERSION}: upgrade unbundled",
-                path=path,
-            )
+        check_existing(header, path)
         mode = _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())[0]
         if mode != "wal":
             raise BackendError(f"{path}: could not switch to WAL mode (got {mode})", path=path)
-        if version < FORMAT_VERSION:
+        if header.version < FORMAT_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 _migrate(conn)  # re-reads the version under the lock
@@ -307,6 +411,107 @@ def open_file(conn: sqlite3.Connection, path: str, now_ms: Callable[[], int]) ->
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+
+def _create(conn: sqlite3.Connection, now_ms: Callable[[], int]) -> None:
+    _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-check under the write lock: another process may have won.
+        if conn.execute("PRAGMA application_id").fetchone()[0] == 0:
+            _run_script(conn, SCHEMA)
+            conn.execute(
+                "INSERT INTO meta VALUES ('format', 'unbundled'), ('created_ms', ?)",
+                (str(now_ms()),),
+            )
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute("PRAGMA user_version = 1")
+            _migrate(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        # A signal (KeyboardInterrupt) can land before BEGIN took effect or
+        # after COMMIT did: then there is nothing to roll back, and the
+        # signal, not "no transaction", must propagate.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def check_existing(header: Header, path: str) -> None:
+    """An existing file is ours and its header is sound (what every open,
+    read-only ones too, checks before reading anything)."""
+    if header.app_id != APPLICATION_ID or not header.tables >= EXPECTED_TABLES:
+        raise CorruptionError(
+            f"{path} is an SQLite database but not an unbundled one "
+            f"(application_id {header.app_id:#x}); refusing to touch it",
+            path=path,
+        )
+    _check_header(header, path)
+    _check_size(header, path)
+
+
+def _check_header(header: Header, path: str) -> None:
+    """The header fields and schema facts every later read relies on.
+
+    The format version is kept twice, in the header's ``user_version`` and
+    (from version 5) in ``meta``: a damaged one disagrees with the other,
+    where a file written by a newer unbundled has both raised."""
+    version = header.version
+    recorded = header.meta_version
+    if version < 1 or (recorded is not None and recorded != str(version)):
+        raise CorruptionError(
+            f"{path}: the format version is damaged (header says {version}, "
+            f"meta says {recorded if recorded is not None else 'nothing'})",
+            path=path,
+            version=version,
+        )
+    if version >= 5 and recorded is None:
+        raise CorruptionError(
+            f"{path}: the format version is damaged (header says {version}, "
+            "but meta does not record it)",
+            path=path,
+            version=version,
+        )
+    if version > FORMAT_VERSION:
+        raise NotSupported(
+            f"{path} has format version {version}; this unbundled reads up to "
+            f"{FORMAT_VERSION}: upgrade unbundled",
+            path=path,
+        )
+    if header.encoding != "UTF-8":
+        raise CorruptionError(
+            f"{path}: the header's text encoding is damaged ({header.encoding}, "
+            "unbundled writes UTF-8)",
+            path=path,
+        )
+    if len(set(header.roots)) != len(header.roots) or min(header.roots, default=2) < 2:
+        # Two tables sharing a b-tree would read each other's rows as their own.
+        raise CorruptionError(f"{path}: the schema's root pages are damaged", path=path)
+
+
+def _check_size(header: Header, path: str) -> None:
+    """SQLite writes whole pages, and reads a page past the end of a
+    truncated file as zeros: so a file that is not a whole number of pages,
+    or holds fewer than the header counts (with no WAL frames that could hold
+    the rest), was cut short."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:  # not a plain file (a URI filename): nothing to compare
+        return
+    if size % header.page_size:
+        raise CorruptionError(
+            f"{path} is truncated: {size} bytes is not a whole number of "
+            f"{header.page_size}-byte pages",
+            path=path,
+        )
+    wal = f"{path}-wal"
+    frames = os.path.exists(wal) and os.path.getsize(wal) > _WAL_HEADER_BYTES
+    if not frames and size < header.page_count * header.page_size:
+        raise CorruptionError(
+            f"{path} is truncated: it holds {size // header.page_size} pages, its header "
+            f"says {header.page_count}",
+            path=path,
+        )
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -322,25 +527,57 @@ def _migrate(conn: sqlite3.Connection) -> None:
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     for target in range(version + 1, FORMAT_VERSION + 1):
         step = MIGRATIONS[target]
-        if callable(step):
-            step(conn)
-        else:
+        if isinstance(step, str):
             _run_script(conn, step)
+        else:
+            step(conn)
         conn.execute(f"PRAGMA user_version = {target}")
+    conn.execute(
+        "INSERT INTO meta VALUES ('format_version', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (str(FORMAT_VERSION),),
+    )
 
 
-def _read_header(conn: sqlite3.Connection) -> tuple[int, set[str]]:
-    """The application id and table names, from one snapshot: read apart, a
-    process creating the file in between would make it look foreign."""
+@dataclass(frozen=True)
+class Header:
+    """What opening a file checks, read in one snapshot."""
+
+    app_id: int
+    tables: set[str]
+    version: int
+    meta_version: str | None
+    encoding: str
+    roots: list[int]
+    page_size: int
+    page_count: int
+
+
+def read_header(conn: sqlite3.Connection) -> Header:
+    """The header fields and schema facts, from one snapshot: read apart, a
+    process creating or upgrading the file in between would make it look
+    foreign or damaged."""
     conn.execute("BEGIN")
     try:
         app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-        tables = {
-            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
+        tables: set[str] = set()
+        roots: list[int] = []
+        for kind, name, root in conn.execute("SELECT type, name, rootpage FROM sqlite_master"):
+            if kind == "table":
+                tables.add(name)
+            if kind in ("table", "index") and root is not None:
+                roots.append(root if type(root) is int else -1)
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        meta_version = None
+        if "meta" in tables:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
+            meta_version = None if row is None else str(row[0])
+        encoding = str(conn.execute("PRAGMA encoding").fetchone()[0])
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
     finally:
         conn.execute("COMMIT")
-    return app_id, tables
+    return Header(app_id, tables, version, meta_version, encoding, roots, page_size, page_count)
 
 
 def _retry_busy(step: Callable[[], T]) -> T:
