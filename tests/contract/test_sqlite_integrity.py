@@ -282,6 +282,27 @@ def test_a_damaged_partition_row_fails_reads_and_refuses_appends(tmp_path: Path)
             log.read("t", 0, 0)
 
 
+@pytest.mark.parametrize(
+    "config", ['{"partitions": "x"}', "not json", '{"partitions": 1, "retention_ms": 1e999}']
+)
+def test_a_damaged_topic_row_fails_an_append_typed(tmp_path: Path, config: str) -> None:
+    """The writer reads a topic's row as a read does: damage to it (here a
+    config that does not decode, or decodes to nonsense) is CorruptionError,
+    not a decoding error escaping from the writer thread; nothing is written."""
+    path = tmp_path / "log.db"
+    _plain_log(path)
+    with Log.open(path, maintenance_interval_s=None) as log:
+        log.append("t", b"before")  # the facade now knows the topic's config
+        raw = sqlite3.connect(path)  # the damage comes from outside: the
+        raw.execute("UPDATE topics SET config = ? WHERE name = 't'", (config,))
+        raw.commit()  # writer's cache of topics is dropped, its row read again
+        raw.close()
+        with pytest.raises(CorruptionError, match="topic"):
+            log.append("t", b"one more")
+        with pytest.raises(CorruptionError, match="topic"):
+            log.append("t", b"and another")  # the writer is still serving
+
+
 # --- compaction's gaps, the removed-range ledger and START (issue 9, item 10) --------
 
 

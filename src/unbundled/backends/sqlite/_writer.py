@@ -30,14 +30,14 @@ import msgspec
 
 from ... import limits
 from ..._waiters import Failure, SyncWaiter, complete_all, withdrawn
-from ...errors import Closed, CorruptionError, Error, TopicNotFound, UsageError
+from ...errors import Closed, CorruptionError, Error, UsageError
 from ...log import _core
 from ...log._protocol import Position, TopicConfig, ValueRun, Waiter, WriteBatch
+from . import _log_read
 from ._schema import BUSY_TIMEOUT_MS, records_table, translate
 
 _crc32 = _core._crc32
 _encode_headers = msgspec.msgpack.encode
-_decode_config = msgspec.json.Decoder(TopicConfig).decode
 
 Call = Callable[[sqlite3.Connection, "Stage"], object]
 
@@ -124,8 +124,9 @@ class Stage:
     rows each); sqlite3's statement cache keeps the few sizes in use prepared.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.conn = conn
+        self.path = path
         self.topics: dict[str, tuple[int, TopicConfig]] = {}
         self.ends: dict[tuple[int, int], int] = {}
         self.deltas: dict[tuple[int, int], list[int]] = {}
@@ -151,12 +152,10 @@ class Stage:
     def topic(self, name: str) -> tuple[int, TopicConfig]:
         found = self.topics.get(name)
         if found is None:
-            row = self.conn.execute(
-                "SELECT id, config FROM topics WHERE name = ?", (name,)
-            ).fetchone()
-            if row is None:
-                raise TopicNotFound(f"topic {name!r} does not exist", topic=name)
-            found = (row[0], _decode_config(row[1]))
+            # Verified as a read's: a damaged row is CorruptionError here too,
+            # never a decoding error escaping from the writer.
+            topic = _log_read.topic_row(self.conn, self.path, name)
+            found = (topic.id, topic.config)
             self.topics[name] = found
         return found
 
@@ -331,7 +330,7 @@ class Writer:
         self._sleeping = False
         self._closed = False
         self.transactions = 0  # committed transactions, for tests and benchmarks
-        self._stage = Stage(conn)
+        self._stage = Stage(conn, path)
         self._unannounced: list[tuple[Waiter, object]] = []
         # Held while a transaction runs, by the writer thread or by a caller
         # that found the writer idle and commits its own request (see submit).
