@@ -138,20 +138,26 @@ CREATE TABLE IF NOT EXISTS {s}.kv (
 
 
 def display_url(url: str) -> str:
-    """The URL for messages: without a password."""
+    """The URL for messages: without a password (in the user part, or a
+    libpq ``password`` parameter)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "password" for k, _ in query):
+        masked = [(k, "***" if k == "password" else v) for k, v in query]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    return urlunsplit(parts)
 
 
 def parse_url(url: str) -> tuple[str, str]:
     """Split ``postgresql://...?schema=name`` into the libpq conninfo (the
     URL without our ``schema`` parameter) and the schema name."""
     parts = urlsplit(url)
+    shown = display_url(url)  # errors carry the URL without its password
     if parts.scheme not in ("postgresql", "postgres"):
-        raise UsageError(f"not a PostgreSQL URL: {url!r}", url=url)
+        raise UsageError(f"not a PostgreSQL URL: {shown!r}", url=shown)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schemas = [v for k, v in query if k == "schema"]
     schema = schemas[-1] if schemas else DEFAULT_SCHEMA
@@ -159,7 +165,7 @@ def parse_url(url: str) -> tuple[str, str]:
         raise UsageError(
             f"schema {schema!r} must be a lower-case SQL identifier "
             "(letters, digits, underscores; at most 63)",
-            url=url,
+            url=shown,
             schema=schema,
         )
     rest = urlencode([(k, v) for k, v in query if k != "schema"])
