@@ -28,6 +28,7 @@ from ._schema import (
     APPLICATION_ID,
     EVENTS_SCHEMA,
     IDEMPOTENCY_SCHEMA,
+    INTEGRITY_SCHEMA,
     KV_SCHEMA,
     SCHEMA,
     translated,
@@ -37,7 +38,10 @@ from ._schema import (
 # (``log_<topic id>_<partition>``) and SQLite's own (``sqlite_sequence``,
 # ``sqlite_stat1``) are ours too.
 OUR_TABLES = frozenset(
-    re.findall(r"CREATE TABLE (\w+)", SCHEMA + EVENTS_SCHEMA + IDEMPOTENCY_SCHEMA + KV_SCHEMA)
+    re.findall(
+        r"CREATE TABLE (\w+)",
+        SCHEMA + EVENTS_SCHEMA + IDEMPOTENCY_SCHEMA + KV_SCHEMA + INTEGRITY_SCHEMA,
+    )
 )
 _OURS = re.compile(r"log_\d+_\d+|sqlite_\w+")
 SIDE_FILES = ("-wal", "-shm", "-journal")
