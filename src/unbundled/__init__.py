@@ -4,8 +4,14 @@ A durable append-only log at the centre; event store, idempotency keys,
 change data capture, stream processing and consistency models on top.
 """
 
+from .database import AsyncDatabase as AsyncDatabase
+from .database import Committed as Committed
+from .database import Database as Database
+from .database import open as open
+from .database import open_async as open_async
 from .errors import BackendError as BackendError
 from .errors import Closed as Closed
+from .errors import CompareFailed as CompareFailed
 from .errors import ConflictError as ConflictError
 from .errors import CorruptionError as CorruptionError
 from .errors import DuplicateEventId as DuplicateEventId
@@ -73,8 +79,11 @@ from .log import Transaction as Transaction
 
 __all__ = [
     "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
     "Aggregate",
     "AsyncConsumer",
+    "AsyncDatabase",
     "AsyncEventStore",
     "AsyncIdempotency",
     "AsyncLog",
@@ -83,9 +92,12 @@ __all__ = [
     "AsyncTransaction",
     "BackendError",
     "Closed",
+    "Committed",
+    "CompareFailed",
     "ConflictError",
     "Consumer",
     "CorruptionError",
+    "Database",
     "DuplicateEventId",
     "Error",
     "Event",
@@ -100,7 +112,6 @@ __all__ = [
     "Log",
     "Message",
     "Metadata",
-    "NO_STREAM",
     "NotFound",
     "NotSupported",
     "OffsetOutOfRange",
@@ -116,7 +127,6 @@ __all__ = [
     "RecordTooLarge",
     "Repository",
     "RequestInProgress",
-    "STREAM_EXISTS",
     "SessionBehind",
     "StaleGeneration",
     "StaleToken",
@@ -138,6 +148,8 @@ __all__ = [
     "WrongExpectedVersion",
     "applies",
     "idempotent",
+    "open",
+    "open_async",
 ]
 
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 __all__ = [
     "BackendError",
     "Closed",
+    "CompareFailed",
     "ConflictError",
     "CorruptionError",
     "DuplicateEventId",
@@ -199,6 +200,15 @@ class DuplicateEventId(ConflictError):
     the original positions."""
 
     code = "duplicate_event_id"
+
+
+class CompareFailed(ConflictError):
+    """A compare-and-set inside a transaction found the key at another value
+    or version. ``details`` names the ``key``, what was ``expected`` and the
+    ``version`` it has (0: absent). Nothing of the transaction was written.
+    (Outside a transaction ``KV.compare_and_set`` returns False instead.)"""
+
+    code = "compare_failed"
 
 
 class ProjectionConflict(ConflictError):

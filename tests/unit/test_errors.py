@@ -33,6 +33,7 @@ CODES = {
     "ConflictError": "conflict",
     "WrongExpectedVersion": "wrong_expected_version",
     "DuplicateEventId": "duplicate_event_id",
+    "CompareFailed": "compare_failed",
     "ProjectionConflict": "projection_conflict",
     "IdempotencyKeyReused": "idempotency_key_reused",
     "RequestInProgress": "request_in_progress",

@@ -82,6 +82,8 @@ class AsyncEventStore(EventStoreBase):
         """Close the backend (waits for queued appends to finish). Idempotent."""
         if not self._closed:
             self._closed = True
+            if self._shared:  # a Database's part: closing the database closes it
+                return
             close = getattr(self.backend, "close", None)
             if close is not None:
                 await asyncio.to_thread(close)

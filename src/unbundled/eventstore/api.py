@@ -85,6 +85,8 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
 class EventStoreBase:
     """What the sync and async facades share: serialization and validation."""
 
+    _shared = False  # True for a part of a Database, which owns the backend
+
     def __init__(
         self,
         backend: EventStoreBackend,
@@ -333,6 +335,8 @@ class EventStore(EventStoreBase):
         appends first). Idempotent; afterwards every call raises ``Closed``."""
         if not self._closed:
             self._closed = True
+            if self._shared:  # a Database's part: closing the database closes it
+                return
             close = getattr(self.backend, "close", None)
             if close is not None:
                 close()

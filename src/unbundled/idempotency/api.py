@@ -119,6 +119,8 @@ class Attempt:
 class IdempotencyBase:
     """Settings and result encoding shared by the sync and async facades."""
 
+    _shared = False  # True for a part of a Database, which owns the backend
+
     def __init__(
         self,
         backend: IdempotencyBackend,
@@ -256,11 +258,30 @@ class Idempotency(IdempotencyBase):
         Idempotent; afterwards every call raises ``Closed``."""
         if not self._closed:
             self._closed = True
+            if self._shared:  # a Database's part: closing the database closes it
+                return
             close = getattr(self.backend, "close", None)
             if close is not None:
                 close()
 
     # --- the work -------------------------------------------------------------
+
+    def attempt(self, key: str, payload: Any = None, *, wait_s: float | None = None) -> Attempt:
+        """Claim ``key`` (or find its stored result): one backend round trip.
+        Prefer :meth:`run`, which also releases the key when the work fails;
+        an attempt taken here must end in :meth:`complete`, :meth:`fail`,
+        a transaction's ``tx.complete`` or :meth:`release` (else it holds the
+        key until its lease runs out). Raises ``IdempotencyKeyReused`` and
+        ``RequestInProgress`` like :meth:`call`."""
+        return self._attempt(key, payload, wait_s)
+
+    def release(self, attempt: Attempt) -> None:
+        """Give the key up without a result (a transient failure): the next
+        retry runs the work again, resuming after the phases this attempt
+        recorded. A no-op for a replayed or finished attempt, and when another
+        attempt took the key over."""
+        if not attempt.completed:
+            self._release(attempt)
 
     def _attempt(self, key: str, payload: Any, wait_s: float | None) -> Attempt:
         self._check_open()

@@ -84,6 +84,8 @@ class AsyncLog(LogBase):
         releases the backend (in a worker thread). Idempotent."""
         if not self._closed:
             self._closed = True
+            if self._shared:  # a Database's part: closing the database closes it
+                return
             await asyncio.to_thread(self.backend.close)
 
     # --- topics ---------------------------------------------------------------

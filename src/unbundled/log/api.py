@@ -46,6 +46,8 @@ from ._protocol import (
 class LogBase:
     """What the sync and async facades share: config cache, partitioner, validation."""
 
+    _shared = False  # True for a part of a Database, which owns the backend
+
     def __init__(self, backend: LogBackend) -> None:
         self.backend = backend
         self._now = backend.clock
@@ -183,6 +185,8 @@ class Log(LogBase):
         """Finish queued writes and release the backend. Idempotent."""
         if not self._closed:
             self._closed = True
+            if self._shared:  # a Database's part: closing the database closes it
+                return
             self.backend.close()
 
     # --- topics ---------------------------------------------------------------

@@ -11,9 +11,12 @@ from ._events import MemoryEvents, MemoryProjections
 from ._idempotency import MemoryIdempotency
 from ._kv import MemoryKV
 from ._log import MemoryLog
+from ._unit import MemoryUnit
 
 
-class MemoryBackend(MemoryLog, MemoryEvents, MemoryProjections, MemoryIdempotency, MemoryKV):
+class MemoryBackend(
+    MemoryLog, MemoryEvents, MemoryProjections, MemoryIdempotency, MemoryKV, MemoryUnit
+):
     """Everything in dicts and lists under one lock; one change counter."""
 
     def __init__(self, clock: Callable[[], int] = _core.now_ms) -> None:

@@ -77,6 +77,10 @@ class MemoryEvents:
         done(result)
 
     def _append(self, writes: Sequence[StreamWrite]) -> list[AppendResult]:
+        return self._write_events(writes, self._plan_events(writes))
+
+    def _plan_events(self, writes: Sequence[StreamWrite]) -> _core.Plan:
+        """Everything that can refuse ``writes``, before anything is changed."""
         for write in writes:
             _core.check_write(write)
         states = {w.stream: s.state for w in writes if (s := self._streams.get(w.stream))}
@@ -86,7 +90,10 @@ class MemoryEvents:
             for e in w.events
             if (found := self._event_ids.get(e.id)) is not None
         }
-        plan = _core.plan_append(writes, states, existing)
+        return _core.plan_append(writes, states, existing)
+
+    def _write_events(self, writes: Sequence[StreamWrite], plan: _core.Plan) -> list[AppendResult]:
+        """Write planned ``writes`` (nothing here can fail)."""
         if plan.duplicate is not None:
             return plan.duplicate
         now = self.clock()

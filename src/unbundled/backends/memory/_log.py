@@ -154,20 +154,8 @@ class MemoryLog:
             result = exc
         done(result)
 
-    def _apply(self, batch: WriteBatch) -> list[Position]:
-        # Validate everything first; mutate only when nothing can fail.
-        producer = None
-        if batch.producer is not None:
-            stamp = batch.producer
-            producer = self._producers.get(stamp.producer_id)
-            seen = _core.check_sequence(
-                stamp,
-                producer.epoch if producer else None,
-                producer.last_sequence if producer else -1,
-                dict(producer.window) if producer else {},
-            )
-            if seen is not None:
-                return seen
+    def _check_batch(self, batch: WriteBatch) -> None:
+        """Everything that can refuse ``batch``, before anything is changed."""
         for name, items in batch.appends.items():
             topic = self._topic(name)
             _core.check_partition_count(name, batch.partitions, topic.config.partitions)
@@ -178,6 +166,9 @@ class MemoryLog:
             _groups.check_commit(state, commit)
             for tp in commit.offsets:
                 self._partition(tp)
+
+    def _write_batch(self, batch: WriteBatch) -> list[Position]:
+        """Write a checked batch (nothing here can fail)."""
         positions = []
         for name, items in batch.appends.items():
             topic = self._topic(name)
@@ -202,6 +193,24 @@ class MemoryLog:
                 positions.append(Position(name, item.partition, offset))
         for commit in batch.commits:
             self._offsets.setdefault(commit.group, {}).update(commit.offsets)
+        return positions
+
+    def _apply(self, batch: WriteBatch) -> list[Position]:
+        # Validate everything first; mutate only when nothing can fail.
+        producer = None
+        if batch.producer is not None:
+            stamp = batch.producer
+            producer = self._producers.get(stamp.producer_id)
+            seen = _core.check_sequence(
+                stamp,
+                producer.epoch if producer else None,
+                producer.last_sequence if producer else -1,
+                dict(producer.window) if producer else {},
+            )
+            if seen is not None:
+                return seen
+        self._check_batch(batch)
+        positions = self._write_batch(batch)
         if producer is not None and batch.producer is not None:
             producer.last_sequence = batch.producer.sequence
             producer.window[batch.producer.sequence] = positions

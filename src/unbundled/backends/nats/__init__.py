@@ -121,6 +121,7 @@ class NatsBackend(NatsKV):
 
     supports_log = False
     supports_events = False
+    supports_idempotency = False
     serves = "the key-value store"
 
     def __init__(

@@ -41,12 +41,15 @@ from ._schema import (
     display_url,
     parse_url,
 )
+from ._unit import PostgresUnit
 from ._writer import Writer
 
 POOL_SIZE_DEFAULT = 4
 
 
-class PostgresBackend(PostgresEvents, PostgresProjections, PostgresIdempotency, PostgresKV):
+class PostgresBackend(
+    PostgresEvents, PostgresProjections, PostgresIdempotency, PostgresKV, PostgresUnit
+):
     """The event store, idempotency keys and the key-value store in one PostgreSQL schema.
 
     ``url`` is ``postgresql://user@host:port/db?schema=name`` (any libpq
@@ -107,6 +110,7 @@ class PostgresBackend(PostgresEvents, PostgresProjections, PostgresIdempotency, 
         if self._closed:
             return
         self._writer.close()
+        self._close_units()  # the asyncio callers' transactions running now finish first
         self._closed = True
         self._notifier.close()
         self._pool.close()

@@ -119,6 +119,7 @@ class RedisBackend(RedisIdempotency):
 
     supports_log = False
     supports_events = False
+    supports_kv = False
     serves = "idempotency keys"
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, sync: SyncLevel = "full") -> None:

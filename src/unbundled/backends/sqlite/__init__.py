@@ -17,10 +17,13 @@ from ._events import SqliteEvents, SqliteProjections
 from ._idempotency import SqliteIdempotency
 from ._kv import SqliteKV
 from ._log import SqliteLog
+from ._unit import SqliteUnit
 from ._writer import ExtraStage
 
 
-class SqliteBackend(SqliteLog, SqliteEvents, SqliteProjections, SqliteIdempotency, SqliteKV):
+class SqliteBackend(
+    SqliteLog, SqliteEvents, SqliteProjections, SqliteIdempotency, SqliteKV, SqliteUnit
+):
     """The log and the event store in one SQLite file. ``sync`` sets durability:
 
     * ``"full"`` (default): each commit is fsynced before callers return;

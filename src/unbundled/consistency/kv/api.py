@@ -72,6 +72,8 @@ class KV:
     have taken effect, exactly as a timeout in any networked store.
     """
 
+    _shared = False  # True for a part of a Database, which owns the backend
+
     def __init__(self, backend: KVBackend) -> None:
         self.backend = _require_kv(backend)
         self._closed = False
@@ -104,6 +106,8 @@ class KV:
         """Close the backend. Idempotent; any later call raises ``Closed``."""
         if not self._closed:
             self._closed = True
+            if self._shared:  # a Database's part: closing the database closes it
+                return
             close = getattr(self.backend, "close", None)
             if close is not None:
                 close()

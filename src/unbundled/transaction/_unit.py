@@ -1,0 +1,240 @@
+"""The unit of work, sans I/O: what one transaction across the parts holds,
+and the decisions every backend makes the same way.
+
+A :class:`Unit` is built on the caller's side (validated as each write is
+added) and handed to the backend whole, which applies it in one transaction:
+all of it, or nothing. The parts are applied, and their conflicts checked,
+in one fixed order on every backend -- records and offsets, then events,
+then idempotency results, then key-value changes, then SQL -- so the first
+conflict is the same error, with the same details, everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, Protocol
+
+from ..consistency.kv import _core as _kv_core
+from ..consistency.kv._protocol import Expect
+from ..errors import CompareFailed, NotSupported, UsageError, WrongExpectedVersion
+from ..eventstore._protocol import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, StreamWrite
+from ..idempotency import _core as _idem_core
+from ..idempotency._protocol import IdempotencyRecord
+from ..log._protocol import AppendItem, OffsetCommit, Position, Waiter, WriteBatch
+
+#: The parts a transaction can hold, as backends declare them in ``unit_parts``.
+RECORDS = "records"
+OFFSETS = "offsets"
+EVENTS = "events"
+IDEMPOTENCY = "idempotency"
+KV = "kv"
+SQL = "sql"
+#: Every part, in the order a backend applies (and checks) them.
+PARTS = (RECORDS, OFFSETS, EVENTS, IDEMPOTENCY, KV, SQL)
+_NAMES = {
+    RECORDS: "log records",
+    OFFSETS: "consumer offsets",
+    EVENTS: "event appends",
+    IDEMPOTENCY: "idempotency results",
+    KV: "key-value writes",
+    SQL: "raw SQL",
+}
+
+
+class KvOp(NamedTuple):
+    """One key-value change: ``write`` (value), ``cas`` (value, expected) or ``delete``."""
+
+    kind: Literal["write", "cas", "delete"]
+    key: str
+    value: bytes | None = None
+    expected: Expect | None = None
+
+
+class IdemOp(NamedTuple):
+    """Complete an attempt (``result``, ``error``) or record one of its phases."""
+
+    kind: Literal["complete", "phase"]
+    key: str
+    token: int
+    output: bytes
+    error: bool = False
+    retention_ms: int = 0
+    phase: str = ""
+
+
+SqlCall = Callable[[Any], object]
+
+
+class Unit:
+    """Everything one transaction writes, in the order it was added."""
+
+    __slots__ = ("appends", "commits", "events", "idempotency", "kv", "partitions", "sql")
+
+    def __init__(self) -> None:
+        self.appends: dict[str, list[AppendItem]] = {}
+        self.partitions: dict[str, int] = {}
+        self.commits: list[OffsetCommit] = []
+        self.events: list[StreamWrite] = []
+        self.idempotency: list[IdemOp] = []
+        self.kv: list[KvOp] = []
+        self.sql: list[SqlCall] = []
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.appends or self.commits or self.events or self.idempotency or self.kv or self.sql
+        )
+
+    def parts(self) -> list[str]:
+        """The parts this unit writes, in :data:`PARTS` order."""
+        held = {
+            RECORDS: bool(self.appends),
+            OFFSETS: bool(self.commits),
+            EVENTS: bool(self.events),
+            IDEMPOTENCY: bool(self.idempotency),
+            KV: bool(self.kv),
+            SQL: bool(self.sql),
+        }
+        return [part for part in PARTS if held[part]]
+
+    def batch(self) -> WriteBatch | None:
+        """The log's share (records and offset commits), or None."""
+        if not self.appends and not self.commits:
+            return None
+        return WriteBatch(self.appends, tuple(self.commits), None, self.partitions)
+
+    def add_events(self, write: StreamWrite) -> None:
+        """Add a stream write. A stream written earlier in this unit is
+        extended: its expected version then has to follow from the earlier
+        write's (or be ``ANY``), so it is checked here, the same everywhere."""
+        for index, earlier in enumerate(self.events):
+            if earlier.stream != write.stream:
+                continue
+            _check_follows(earlier, write)
+            merged = StreamWrite(
+                earlier.stream, earlier.expected_version, (*earlier.events, *write.events)
+            )
+            self.events[index] = merged
+            return
+        self.events.append(write)
+
+
+def _check_follows(earlier: StreamWrite, later: StreamWrite) -> None:
+    expected = later.expected_version
+    if expected in (ANY, STREAM_EXISTS):
+        return
+    before = earlier.expected_version
+    if before in (ANY, STREAM_EXISTS):
+        raise UsageError(
+            f"stream {later.stream!r} is written twice in this transaction and the first "
+            f"write expects {_expectation(before)}: its version after that is known only at "
+            "commit, so the second must expect ANY (or give the first an exact version)",
+            stream=later.stream,
+        )
+    version = (-1 if before == NO_STREAM else before) + len(earlier.events)
+    if expected != version:
+        raise WrongExpectedVersion(
+            f"stream {later.stream!r} will be at version {version} after this "
+            f"transaction's earlier write, not {expected}",
+            stream=later.stream,
+            expected=expected,
+            actual=version,
+        )
+
+
+def _expectation(expected: int) -> str:
+    return {ANY: "ANY", STREAM_EXISTS: "STREAM_EXISTS"}.get(expected, str(expected))
+
+
+def check_part(part: str, backend: object, url: str) -> None:
+    """``NotSupported`` if ``backend`` cannot commit ``part`` atomically with
+    the other parts of a transaction (it never makes a second commit)."""
+    served: frozenset[str] = getattr(backend, "unit_parts", frozenset())
+    if part not in served:
+        names = [_NAMES[p] for p in PARTS if p in served]
+        listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+        raise NotSupported(
+            f"{_NAMES[part]} cannot join a transaction on {url}: that backend "
+            f"commits only {listed or 'nothing'} in one transaction",
+            part=part,
+            url=url,
+        )
+
+
+def check_parts(unit: Unit, backend: object, url: str) -> None:
+    """:func:`check_part` for every part ``unit`` holds."""
+    for part in unit.parts():
+        check_part(part, backend, url)
+
+
+class Committed(NamedTuple):
+    """What a committed transaction wrote, each list in the order added.
+
+    ``positions``: the log records'; ``events``: one ``AppendResult`` per
+    stream written (two writes to one stream are one); ``idempotency``: the
+    stored record per completion or phase; ``kv``: per change, the key's new
+    version (a delete: True if the key was live); ``sql``: what each SQL
+    function returned.
+    """
+
+    positions: list[Position]
+    events: list[AppendResult]
+    idempotency: list[IdempotencyRecord]
+    kv: list[int | bool]
+    sql: list[object]
+
+
+EMPTY = Committed([], [], [], [], [])
+
+
+# --- decisions every backend makes the same way --------------------------------
+
+
+def apply_kv(slot: _kv_core.Slot | None, op: KvOp) -> tuple[_kv_core.Slot | None, int | bool]:
+    """The key's slot after ``op`` and the op's result; ``CompareFailed``
+    (details: key, expected, version) for a compare-and-set that does not
+    match. A delete of an absent key changes nothing (the slot is kept)."""
+    if op.kind == "delete":
+        if slot is None or slot[0] is None:
+            return slot, False
+        return (None, _kv_core.next_version(slot)), True
+    if op.kind == "cas":
+        assert op.expected is not None
+        if not _kv_core.matches(slot, op.expected):
+            value, version = slot if slot is not None else (None, 0)
+            shown = (
+                f"version {op.expected.version}"
+                if op.expected.version is not None
+                else f"value {op.expected.value!r:.60}"
+            )
+            raise CompareFailed(
+                f"compare-and-set on key {op.key!r} expected {shown}; the key is "
+                + (f"at version {version}" if value is not None else "absent"),
+                key=op.key,
+                expected=op.expected.version
+                if op.expected.version is not None
+                else op.expected.value,
+                version=version if value is not None else 0,
+            )
+    version = _kv_core.next_version(slot)
+    return (op.value, version), version
+
+
+def apply_idempotency(record: IdempotencyRecord | None, op: IdemOp, now: int) -> IdempotencyRecord:
+    """The record after ``op`` (``StaleToken`` if the attempt no longer holds it)."""
+    if op.kind == "complete":
+        return _idem_core.decide_complete(
+            record, op.key, op.token, op.output, op.error, now, op.retention_ms
+        )
+    return _idem_core.decide_phase(record, op.key, op.token, op.phase, op.output, now)
+
+
+class UnitBackend(Protocol):
+    """The transaction capability: a backend that commits a :class:`Unit` atomically."""
+
+    #: The parts (of :data:`PARTS`) it can include in one transaction.
+    unit_parts: frozenset[str]
+
+    def submit_unit(self, unit: Unit, done: Waiter) -> None:
+        """Apply ``unit`` in one transaction and call ``done`` with its
+        :class:`Committed` once durable, or with the first error (then
+        nothing of it was written)."""
