@@ -360,9 +360,11 @@ def test_effects_commit_sql_and_events_with_the_result(
         first = tx.append_events(
             [StreamWrite("account-1", NO_STREAM, opened), StreamWrite("audit-1", ANY, [audit])]
         )
-        # A second append in the same transaction sees the first one's versions.
+        # A second append in the same transaction follows the first one's versions.
         second = tx.append_events([StreamWrite("account-1", 1, [event("Withdrawn")])])
         with pytest.raises(WrongExpectedVersion):
+            tx.append_events([StreamWrite("account-1", 5, [event()])])
+        with pytest.raises(UsageError):  # after ANY, only commit knows the version
             tx.append_events([StreamWrite("audit-1", 5, [event()])])
         during.extend([len(first), len(second)])
         returned.extend([first, second])
@@ -371,19 +373,20 @@ def test_effects_commit_sql_and_events_with_the_result(
     assert done.state == "completed" and backend.get("pay-1") == done
     assert during == [0, 0], "append results are known only after the commit"
     stored = backend.read_all(0, 10)
+    # One transaction: a stream's appends are one write (unbundled.transaction).
     assert [(e.stream, e.version, e.type) for e in stored] == [
         ("account-1", 0, "Opened"),
         ("account-1", 1, "Deposited"),
-        ("audit-1", 0, "Audited"),
         ("account-1", 2, "Withdrawn"),
+        ("audit-1", 0, "Audited"),
     ]
     positions = [e.position for e in stored]
     assert returned == [
         [
             AppendResult("account-1", 0, 1, tuple(positions[:2])),
-            AppendResult("audit-1", 0, 0, (positions[2],)),
+            AppendResult("audit-1", 0, 0, (positions[3],)),
         ],
-        [AppendResult("account-1", 2, 2, (positions[3],))],
+        [AppendResult("account-1", 2, 2, (positions[2],))],
     ]
     assert sql(backend.url, f"SELECT key, amount FROM {ledger}") == [("pay-1", 10)]
     assert backend.events_change_token() != token

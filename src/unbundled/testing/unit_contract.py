@@ -14,6 +14,7 @@ instead, so every check says something on every backend.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -277,6 +278,50 @@ def check_event_ids_make_retries_safe(target: UnitTarget) -> None:
         assert len(db.events.read("acc-1")) == 1
 
 
+def check_effects_are_a_unit(target: UnitTarget) -> None:
+    """Idempotency's ``complete(..., effects=)`` is a transaction like any
+    other, the same on every backend: appends to one stream in two calls
+    chain, each call's results are filled at commit, a conflict raises at
+    ``complete`` and stores nothing."""
+    from ..eventstore._protocol import NewEvent, StreamWrite
+
+    def write(stream: str, expected: int, n: int) -> StreamWrite:
+        return StreamWrite(
+            stream,
+            expected,
+            [NewEvent(str(uuid.uuid4()), "Noted", b"{}") for _ in range(n)],
+        )
+
+    with _open(target) as db:
+        idem = db.idempotency
+        returned: list[list[Any]] = []
+        during: list[int] = []
+
+        def effects(tx: Any) -> None:
+            first = tx.append_events([write("fx-1", NO_STREAM, 2)])
+            second = tx.append_events([write("fx-1", 1, 1)])
+            during.extend([len(first), len(second)])
+            returned.extend([first, second])
+
+        attempt = idem.attempt("req-fx", None)
+        idem.complete(attempt, "done", effects=effects)
+        assert during == [0, 0], "append results are known only after the commit"
+        assert [(r.stream, r.first_version, r.last_version) for rs in returned for r in rs] == [
+            ("fx-1", 0, 1),
+            ("fx-1", 2, 2),
+        ]
+        assert [e.version for e in db.events.read_raw("fx-1")] == [0, 1, 2]
+        late = idem.attempt("req-fx-2", None)
+
+        def conflicting(tx: Any) -> None:
+            tx.append_events([write("fx-1", 0, 1)])
+
+        raises(WrongExpectedVersion, lambda: idem.complete(late, 1, effects=conflicting))
+        record = idem.get("req-fx-2")
+        assert record is not None and record.state == "in_progress"
+        assert len(db.events.read_raw("fx-1")) == 3
+
+
 def check_offsets_fenced_by_generation(target: UnitTarget) -> None:
     """A consumer's offsets commit with the transaction, fenced by its
     generation: a member that lost its partitions gets ``StaleGeneration``
@@ -357,6 +402,7 @@ CHECKS: list[Check] = [
     check_sql_error_aborts,
     check_one_stream_twice,
     check_event_ids_make_retries_safe,
+    check_effects_are_a_unit,
     check_offsets_fenced_by_generation,
     check_survives_reopen,
     check_parts_share_one_lifetime,

@@ -11,7 +11,7 @@ conflict is the same error, with the same details, everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
 from ..consistency.kv import _core as _kv_core
@@ -68,7 +68,16 @@ SqlCall = Callable[[Any], object]
 class Unit:
     """Everything one transaction writes, in the order it was added."""
 
-    __slots__ = ("appends", "commits", "events", "idempotency", "kv", "partitions", "sql")
+    __slots__ = (
+        "appends",
+        "commits",
+        "effects",
+        "events",
+        "idempotency",
+        "kv",
+        "partitions",
+        "sql",
+    )
 
     def __init__(self) -> None:
         self.appends: dict[str, list[AppendItem]] = {}
@@ -78,10 +87,20 @@ class Unit:
         self.idempotency: list[IdemOp] = []
         self.kv: list[KvOp] = []
         self.sql: list[SqlCall] = []
+        # Idempotency's ``complete(..., effects=)``: functions run inside the
+        # transaction once its attempts are known to hold their keys; the
+        # events they append join this unit (see :class:`Effects`).
+        self.effects: list[Callable[[Any], None]] = []
 
     def __bool__(self) -> bool:
         return bool(
-            self.appends or self.commits or self.events or self.idempotency or self.kv or self.sql
+            self.appends
+            or self.commits
+            or self.events
+            or self.idempotency
+            or self.kv
+            or self.sql
+            or self.effects
         )
 
     def parts(self) -> list[str]:
@@ -226,6 +245,89 @@ def apply_idempotency(record: IdempotencyRecord | None, op: IdemOp, now: int) ->
             record, op.key, op.token, op.output, op.error, now, op.retention_ms
         )
     return _idem_core.decide_phase(record, op.key, op.token, op.phase, op.output, now)
+
+
+class Effects:
+    """What an idempotency ``effects`` function gets (``EffectsTxn``), the
+    same on every backend: ``append_events`` adds stream writes to the
+    unit (applied with its other events: a conflict raises at commit, and
+    the list returned is filled with the ``AppendResult``\\ s once the unit
+    has committed); ``sql`` is the transaction's connection, or
+    ``NotSupported`` on a backend without SQL."""
+
+    def __init__(self, unit: Unit, conn: Any, where: str) -> None:
+        self._unit = unit
+        self._conn = conn
+        self._where = where
+        self._outs: list[tuple[list[AppendResult], list[tuple[str, int, int]]]] = []
+
+    @property
+    def sql(self) -> Any:
+        """The DB-API connection inside the transaction (SQLite, PostgreSQL);
+        never commit or roll back on it."""
+        if self._conn is None:
+            raise NotSupported(
+                f"{self._where} has no SQL; effects may append events", url=self._where
+            )
+        return self._conn
+
+    def append_events(self, writes: Sequence[StreamWrite]) -> list[AppendResult]:
+        """Append ``StreamWrite``\\ s with the result (see the class docstring).
+        Each write's result covers its own events, also when an earlier
+        write of the transaction went to the same stream."""
+        spans = []
+        for write in writes:
+            if not isinstance(write, StreamWrite):
+                raise UsageError(
+                    f"effects append StreamWrite values, got {type(write).__name__}",
+                )
+            before = next((len(w.events) for w in self._unit.events if w.stream == write.stream), 0)
+            self._unit.add_events(write)
+            spans.append((write.stream, before, len(write.events)))
+        out: list[AppendResult] = []
+        self._outs.append((out, spans))
+        return out
+
+    def fill(self, committed: Committed) -> None:
+        """Fill the lists :meth:`append_events` returned, after the commit."""
+        by_stream = {result.stream: result for result in committed.events}
+        for out, spans in self._outs:
+            for stream, start, count in spans:
+                whole = by_stream[stream]
+                first = whole.first_version + start
+                out.append(
+                    AppendResult(
+                        stream, first, first + count - 1, whole.positions[start : start + count]
+                    )
+                )
+
+
+def run_effects(unit: Unit, conn: Any, where: str) -> list[Effects]:
+    """Run ``unit``'s effects functions (inside the backend's transaction,
+    after its attempts were checked to hold their keys); their event appends
+    join ``unit``. An exception propagates: the transaction is abandoned."""
+    views = []
+    for effects in unit.effects:
+        view = Effects(unit, conn, where)
+        effects(view)
+        views.append(view)
+    return views
+
+
+def effects_unit(
+    key: str,
+    token: int,
+    result: bytes,
+    error: bool,
+    retention_ms: int,
+    effects: Callable[[Any], None],
+) -> Unit:
+    """The unit of ``complete(key, ..., effects=effects)``: how every
+    backend with transactions runs effects (one implementation: the unit's)."""
+    unit = Unit()
+    unit.idempotency.append(IdemOp("complete", key, token, result, error, retention_ms))
+    unit.effects.append(effects)
+    return unit
 
 
 class UnitBackend(Protocol):

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
-from ...errors import Closed, NotSupported
-from ...eventstore._protocol import AppendResult, StreamWrite
+from ...errors import Closed
 from ...idempotency import _core
 from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
-
-
-class _MemoryEffectsTxn:
-    """Collects the effects' event appends; they are applied with the result."""
-
-    def __init__(self) -> None:
-        self.writes: list[StreamWrite] = []
-
-    @property
-    def sql(self) -> Any:
-        raise NotSupported("the memory backend has no SQL; effects may append events")
-
-    def append_events(self, writes: Sequence[Any]) -> list[Any]:
-        self.writes.extend(writes)
-        return []  # results are known only when the whole transaction applies
+from ...transaction import _unit
 
 
 class MemoryIdempotency:
@@ -36,7 +20,7 @@ class MemoryIdempotency:
     _changed: threading.Condition
     _closed: bool
     _bump: Callable[[], None]
-    _append: Callable[[Sequence[StreamWrite]], list[AppendResult]]
+    _commit_unit: Callable[[_unit.Unit], _unit.Committed]
 
     def _init_idempotency(self) -> None:
         self._idem: dict[str, IdempotencyRecord] = {}
@@ -65,16 +49,16 @@ class MemoryIdempotency:
         retention_ms: int,
         effects: Effects | None = None,
     ) -> IdempotencyRecord:
+        if effects is not None:  # the unit of work's path, as every backend's
+            with self._lock:
+                self._check_idem_open()
+                unit = _unit.effects_unit(key, token, result, error, retention_ms, effects)
+                return self._commit_unit(unit).idempotency[-1]
         with self._lock:
             self._check_idem_open()
             done = _core.decide_complete(
                 self._idem.get(key), key, token, result, error, self.clock(), retention_ms
             )
-            if effects is not None:
-                txn = _MemoryEffectsTxn()
-                effects(txn)  # an exception here leaves nothing behind
-                if txn.writes:
-                    self._append(txn.writes)  # validated first: all or nothing
             self._idem[key] = done
             self._bump()
             return done

@@ -58,6 +58,12 @@ class MemoryUnit:
 
     def _commit_unit(self, unit: _unit.Unit) -> _unit.Committed:
         _unit.check_parts(unit, self, "memory://")
+        views: list[_unit.Effects] = []
+        if unit.effects:  # only while every attempt holds its key (StaleToken first)
+            now = self.clock()
+            for op in unit.idempotency:
+                _unit.apply_idempotency(self._idem.get(op.key), op, now)
+            views = _unit.run_effects(unit, None, "memory://")
         # Decide everything, in the order every backend checks it.
         batch = unit.batch()
         if batch is not None:
@@ -86,4 +92,7 @@ class MemoryUnit:
             if slot is not None:
                 self._kv[key] = slot
         self._bump()
-        return _unit.Committed(positions, appended, stored, changes, [])
+        committed = _unit.Committed(positions, appended, stored, changes, [])
+        for view in views:
+            view.fill(committed)
+        return committed

@@ -13,7 +13,7 @@
 * ``complete``, ``record_phase`` and ``release`` are one fenced statement
   each (``WHERE key = ... AND token = ... AND state = 'in_progress'``); when
   no row matches, a read lets ``_core`` say why (``StaleToken``).
-* ``complete`` with effects runs ``BEGIN`` and the fenced update, then the
+* ``complete`` with effects is a unit of work (``_unit``): ``BEGIN``, the fenced update, then the
   effects on the same connection, then the event write (the counter lock,
   see ``_stage.Staging``) and ``COMMIT`` in one pipeline.
 * Time: the database server's clock (``now()``), so application servers
@@ -30,16 +30,15 @@ from typing import Any
 
 import msgspec
 import psycopg
-from psycopg import errors as pg_errors
 
-from ...errors import StaleToken, Unavailable, UsageError
-from ...eventstore._protocol import StreamWrite
+from ...errors import StaleToken, Unavailable
 from ...idempotency import _core
 from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
 from ...log._core import now_ms
+from ...transaction import _unit
 from ._notify import KEYS_PAYLOAD, Notifier
-from ._schema import Conn, translated
-from ._stage import Staging, Statements
+from ._schema import Conn
+from ._stage import Statements
 
 _COLUMNS = (
     "key",
@@ -160,39 +159,6 @@ SELECT {notify} FROM (SELECT FROM d UNION ALL SELECT FROM u) AS released"""
         self.purge = f"{n} DELETE FROM {t} AS t USING n WHERE t.expires_ms <= n.ms"
 
 
-class _EffectsFailed(BaseException):
-    """Carries the effects' exception past our error translation, as it is."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-class _PostgresEffectsTxn:
-    """Effects inside the transaction that stores the result."""
-
-    def __init__(self, conn: Conn, staging: Staging, where: str) -> None:
-        self._conn = conn
-        self._staging = staging
-        self._where = where
-
-    @property
-    def sql(self) -> Conn:
-        """The psycopg connection inside the transaction: SQL run here
-        (``%s`` placeholders) commits with the result, or not at all. Do not
-        commit or roll back yourself."""
-        return self._conn
-
-    def append_events(self, writes: Sequence[Any]) -> list[Any]:
-        """Append in this transaction. Expected versions are checked now
-        (``WrongExpectedVersion`` raises here); positions are assigned at
-        commit, so the list returned is empty until the transaction commits
-        and then holds the ``AppendResult``\\ s."""
-        work: list[StreamWrite] = list(writes)
-        with translated(self._where):
-            return self._staging.append(work)
-
-
 class PostgresIdempotency:
     """The idempotency methods of :class:`unbundled.backends.PostgresBackend`."""
 
@@ -202,6 +168,7 @@ class PostgresIdempotency:
     _where: str
     _notifier: Notifier
     _run: Callable[[Callable[[Conn], Any]], Any]
+    commit_unit_now: Callable[[_unit.Unit], _unit.Committed]
 
     @cached_property
     def _isql(self) -> _Sql:
@@ -306,85 +273,10 @@ class PostgresIdempotency:
             done = _record(row[:-1])
             assert done is not None
             return done
-        try:
-            stored: IdempotencyRecord = self._run(
-                lambda conn: self._complete_with(conn, params, effects, decide)
-            )
-        except _EffectsFailed as failed:
-            error_ = failed.error
-        else:
-            return stored
-        raise error_  # outside the except block: its own cause and context stay
-
-    def _complete_with(
-        self,
-        conn: Conn,
-        params: dict[str, Any],
-        effects: Effects,
-        decide: Callable[[IdempotencyRecord | None, int], object],
-    ) -> IdempotencyRecord:
-        key, token = params["key"], params["token"]
-        params["now"] = self._idem_now()
-        try:
-            # The fenced update first: it locks the row, so no take-over can
-            # happen before COMMIT, and a stale token runs no effects.
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                cursor = conn.execute(self._isql.complete, params)
-            row = cursor.fetchone()
-            if row is None:
-                conn.execute("ROLLBACK")
-                raise self._stale(key, token, decide, conn)
-            staging = Staging(conn, self._events_sql)
-            try:
-                effects(_PostgresEffectsTxn(conn, staging, self._where))
-            except Exception as exc:
-                raise _EffectsFailed(exc) from exc
-            status = conn.info.transaction_status
-            if status == psycopg.pq.TransactionStatus.INERROR:
-                # COMMIT would roll back without a word: say so instead.
-                raise _EffectsFailed(
-                    UsageError(
-                        f"the effects for idempotency key {key!r} caught an SQL error and "
-                        "went on: the transaction is aborted, nothing was stored"
-                    )
-                )
-            if status != psycopg.pq.TransactionStatus.INTRANS:
-                raise _EffectsFailed(
-                    UsageError(
-                        f"the effects for idempotency key {key!r} ended the transaction "
-                        "themselves: never commit or roll back inside effects"
-                    )
-                )
-            # The counter lock (if events were appended) is the last statement.
-            try:
-                with conn.pipeline():
-                    written = staging.write(self.clock(), self.channel)
-                    commit = conn.execute("COMMIT")
-            except pg_errors.UniqueViolation as exc:
-                # Another process stored one of the event ids after we looked:
-                # a retry sees it and the idempotent-append rule answers it.
-                raise Unavailable(
-                    f"{self._where}: an event id of key {key!r} was stored meanwhile; retry",
-                    key=key,
-                ) from exc
-        except BaseException:
-            if not conn.broken and conn.info.transaction_status != _IDLE:
-                conn.execute("ROLLBACK")
-            raise
-        if commit.statusmessage != "COMMIT":  # never expected: we checked the status above
-            raise Unavailable(f"{self._where}: the transaction for key {key!r} did not commit")
-        if written is not None:
-            base = written.fetchone()
-            assert base is not None
-            staging.finish(int(base[0]))
-            self._notifier.bump()
-        else:
-            staging.finish(0)
-        self._notifier.bump_keys()
-        done = _record(row[:-1])
-        assert done is not None
-        return done
+        # The unit of work's path, as every backend's (backends/postgres/_unit.py).
+        unit = _unit.effects_unit(key, token, result, error, retention_ms, effects)
+        committed = self.commit_unit_now(unit)
+        return committed.idempotency[-1]
 
     def record_phase(self, key: str, token: int, phase: str, output: bytes) -> None:
         params = {

@@ -18,13 +18,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from ..._waiters import AsyncWaiter
-from ...errors import Closed, CompareFailed, Error, Unavailable, UsageError
+from ...errors import Closed, CompareFailed, Unavailable, UsageError
 from ...idempotency import _core as _idem_core
 from ...idempotency._protocol import IdempotencyRecord
 from ...log._protocol import Waiter
@@ -34,6 +34,7 @@ from ._kv import _KvSql
 from ._schema import Conn, translated
 from ._stage import Staging, Statements
 
+T = TypeVar("T")
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 _INTRANS = psycopg.pq.TransactionStatus.INTRANS
 
@@ -101,21 +102,25 @@ class PostgresUnit:
 
     def _answer(self, unit: _unit.Unit, done: Waiter) -> None:
         try:
-            result: object = self._commit_unit(unit)
-        except Error as exc:
-            result = exc
-        except _Passed as passed:
-            result = passed.error
-        except Exception as exc:  # the caller's SQL raised it: theirs, as it is
+            result: object = self.commit_unit_now(unit)
+        except Exception as exc:  # typed errors, and what the caller's SQL raised, as it is
             result = exc
         done(result)
+
+    def commit_unit_now(self, unit: _unit.Unit) -> _unit.Committed:
+        """Commit ``unit`` on this thread: what ``submit_unit`` does, as a call."""
+        try:
+            return self._commit_unit(unit)
+        except _Passed as passed:
+            error = passed.error
+        raise error  # outside the except block: its own cause and context stay
 
     def _commit_unit(self, unit: _unit.Unit) -> _unit.Committed:
         if self._closed:
             raise Closed(f"the database at {self._where} is closed")
         with translated(self._where), self._pool.connection() as conn:
             try:
-                committed, staging, written = self._run_unit(conn, unit)
+                committed, staging, written, views = self._run_unit(conn, unit)
             except BaseException:
                 if not conn.broken and conn.info.transaction_status != _IDLE:
                     conn.execute("ROLLBACK")
@@ -129,35 +134,32 @@ class PostgresUnit:
             staging.finish(0)
         if unit.idempotency:
             self._notifier.bump_keys()
+        for view in views:
+            view.fill(committed)
         return committed
 
     def _run_unit(
         self, conn: Conn, unit: _unit.Unit
-    ) -> tuple[_unit.Committed, Staging, psycopg.Cursor[Any] | None]:
+    ) -> tuple[_unit.Committed, Staging, psycopg.Cursor[Any] | None, list[_unit.Effects]]:
         conn.execute("BEGIN")
+        views: list[_unit.Effects] = []
+        stored: list[IdempotencyRecord] = []
+        if unit.effects:
+            # The fenced updates first: they lock the keys' rows, so no
+            # take-over can happen before COMMIT, and a stale token runs no
+            # effects (StaleToken before anything else, as on every backend).
+            stored = [self._idempotency_op(conn, op) for op in unit.idempotency]
+            views = _passing(lambda: _unit.run_effects(unit, conn, self._where))
+            _check_status(conn)
         staging = Staging(conn, self._events_sql)
         appended = staging.append(unit.events) if unit.events else []
-        stored = [self._idempotency_op(conn, op) for op in unit.idempotency]
+        if not unit.effects:
+            stored = [self._idempotency_op(conn, op) for op in unit.idempotency]
         changes = [self._kv_op(conn, op) for op in unit.kv]
         results: list[object] = []
         for call in unit.sql:
-            try:
-                results.append(call(conn))
-            except Exception as exc:
-                raise _Passed(exc) from exc
-            status = conn.info.transaction_status
-            if status != _INTRANS:
-                raise _Passed(
-                    UsageError(
-                        "SQL in a transaction "
-                        + (
-                            "caught an SQL error and went on: the transaction is aborted"
-                            if status == psycopg.pq.TransactionStatus.INERROR
-                            else "ended the transaction itself: never commit or roll back in it"
-                        )
-                        + "; nothing was written"
-                    )
-                )
+            results.append(_passing(lambda call=call: call(conn)))  # type: ignore[misc]
+            _check_status(conn)
         try:
             with conn.pipeline():
                 written = staging.write(self.clock(), self.channel)
@@ -168,7 +170,8 @@ class PostgresUnit:
             raise Unavailable(f"{self._where}: an event id was stored meanwhile; retry") from exc
         if commit.statusmessage != "COMMIT":
             raise Unavailable(f"{self._where}: the transaction did not commit")
-        return _unit.Committed([], appended, stored, changes, results), staging, written
+        committed = _unit.Committed([], appended, stored, changes, results)
+        return committed, staging, written, views
 
     def _idempotency_op(self, conn: Conn, op: _unit.IdemOp) -> IdempotencyRecord:
         now = self._idem_now()
@@ -227,6 +230,32 @@ class PostgresUnit:
         slot = None if found is None else (_bytes(found[0]), int(found[1]))
         _unit.apply_kv(slot, op)  # raises CompareFailed with the memory model's details
         raise CompareFailed(f"compare-and-set on key {op.key!r} did not match", key=op.key)
+
+
+def _passing(call: Callable[[], T]) -> T:
+    """``call()``; what it raises is the caller's own: passed on as it is."""
+    try:
+        return call()
+    except Exception as exc:
+        raise _Passed(exc) from exc
+
+
+def _check_status(conn: Conn) -> None:
+    """After the caller's code ran on the connection: still in our transaction?"""
+    status = conn.info.transaction_status
+    if status == _INTRANS:
+        return
+    raise _Passed(
+        UsageError(
+            "SQL in a transaction "
+            + (
+                "caught an SQL error and went on: the transaction is aborted"
+                if status == psycopg.pq.TransactionStatus.INERROR
+                else "ended the transaction itself: never commit or roll back in it"
+            )
+            + "; nothing was written"
+        )
+    )
 
 
 def _bytes(value: Any) -> bytes | None:

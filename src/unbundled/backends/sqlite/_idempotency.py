@@ -3,9 +3,9 @@
 Every state change is one request to the group-commit writer (one round trip
 for the caller, one transaction shared with other callers). A claim of a key
 that is already completed, or used with another payload, is answered from a
-read without touching the writer. ``complete`` runs the caller's effects in
-the transaction that stores the result: event appends through the writer's
-event stage, and any SQL on the same connection.
+read without touching the writer. ``complete`` with effects is a unit of
+work (``_unit``): the effects run in the transaction that stores the result,
+their event appends join it, and any SQL runs on the same connection.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from typing import Any
 
 import msgspec
 
-from ...eventstore._protocol import AppendResult, StreamWrite
+from ..._waiters import SyncWaiter
 from ...idempotency import _core
 from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
+from ...log._protocol import Waiter
+from ...transaction import _unit
 from ._integrity import corrupt, row_crc
-from ._writer import Request, Stage, Writer
+from ._writer import Stage, Writer
 
 _COLUMNS = "key, state, expires_ms, record, crc"
 _SELECT = f"SELECT {_COLUMNS} FROM idempotency WHERE key = ?"
@@ -67,33 +69,13 @@ def _store(conn: sqlite3.Connection, record: IdempotencyRecord) -> None:
     conn.execute(_UPSERT, (record.key, record.state, record.expires_ms, raw, crc))
 
 
-class _SqliteEffectsTxn:
-    """Effects inside the writer's transaction (and SAVEPOINT) of ``complete``."""
-
-    def __init__(self, conn: sqlite3.Connection, writer: Writer) -> None:
-        self._conn = conn
-        self._writer = writer
-
-    @property
-    def sql(self) -> sqlite3.Connection:
-        return self._conn
-
-    def append_events(self, writes: Sequence[Any]) -> list[Any]:
-        stage = self._writer._extra
-        assert stage is not None
-        work: list[StreamWrite] = list(writes)
-        stage.prepare([Request(None, None, lambda _: None, work)])
-        results: list[AppendResult] = stage.stage(work)  # type: ignore[assignment]
-        stage.flush()  # inside the SAVEPOINT: rolled back with it on failure
-        return results
-
-
 class SqliteIdempotency:
     """The idempotency methods of :class:`unbundled.backends.SqliteBackend`."""
 
     path: str
     clock: Callable[[], int]
     _writer: Writer
+    submit_unit: Callable[[_unit.Unit, Waiter], None]
     _call: Callable[[Callable[[sqlite3.Connection, Stage], Any]], Any]
     _read: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
     change_token: Callable[[], int]
@@ -132,12 +114,17 @@ class SqliteIdempotency:
         retention_ms: int,
         effects: Effects | None = None,
     ) -> IdempotencyRecord:
+        if effects is not None:  # the unit of work's path, as every backend's
+            waiter = SyncWaiter()
+            unit = _unit.effects_unit(key, token, result, error, retention_ms, effects)
+            self.submit_unit(unit, waiter)
+            committed: _unit.Committed = waiter.wait()
+            return committed.idempotency[-1]
+
         def finish(conn: sqlite3.Connection, stage: Stage) -> IdempotencyRecord:
             done = _core.decide_complete(
                 _load(conn, self.path, key), key, token, result, error, self.clock(), retention_ms
             )
-            if effects is not None:
-                effects(_SqliteEffectsTxn(conn, self._writer))
             _store(conn, done)
             return done
 

@@ -54,6 +54,12 @@ class SqliteUnit:
         self, conn: sqlite3.Connection, stage: Stage, unit: _unit.Unit
     ) -> _unit.Committed:
         # Runs in the writer's SAVEPOINT: any exception rolls all of it back.
+        views: list[_unit.Effects] = []
+        if unit.effects:  # only while every attempt holds its key (StaleToken first)
+            now = self.clock()
+            for op in unit.idempotency:
+                _unit.apply_idempotency(_idempotency._load(conn, self.path, op.key), op, now)
+            views = _unit.run_effects(unit, conn, self.path)
         batch = unit.batch()
         positions: list[Position] = []
         if batch is not None:
@@ -79,4 +85,7 @@ class SqliteUnit:
                 _kv._put(conn, kv.key, slot[0], slot[1])
             changes.append(changed)
         results: list[Any] = [call(conn) for call in unit.sql]
-        return _unit.Committed(positions, appended, stored, changes, results)
+        committed = _unit.Committed(positions, appended, stored, changes, results)
+        for view in views:
+            view.fill(committed)
+        return committed
