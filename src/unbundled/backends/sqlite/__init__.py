@@ -18,7 +18,8 @@ from ._idempotency import SqliteIdempotency
 from ._kv import SqliteKV
 from ._log import SqliteLog
 from ._unit import SqliteUnit
-from ._writer import ExtraStage
+from ._unit_stage import WriterStages
+from ._writer import ExtraStage, Stage
 
 
 class SqliteBackend(
@@ -32,8 +33,8 @@ class SqliteBackend(
     * ``"off"``: no fsync at all; for tests and scratch data.
     """
 
-    def _extra_stage(self) -> Callable[[sqlite3.Connection], ExtraStage] | None:
-        return self._event_stage()
+    def _extra_stage(self) -> Callable[[sqlite3.Connection, Stage], ExtraStage] | None:
+        return lambda conn, log: WriterStages(conn, log, self.clock, self.path)
 
 
 __all__ = ["SqliteBackend"]

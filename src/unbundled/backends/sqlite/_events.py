@@ -120,6 +120,10 @@ class EventStage:
 
     def prepare(self, requests: list[Request]) -> None:
         writes = [w for r in requests if r.extra is not None for w in r.extra]  # type: ignore[attr-defined]
+        self.prepare_writes(writes)
+
+    def prepare_writes(self, writes: Sequence[StreamWrite]) -> None:
+        """Read the state of every stream and event id ``writes`` touch."""
         if not writes:
             return
         streams = sorted({w.stream for w in writes} - self.states.keys())
@@ -161,6 +165,10 @@ class EventStage:
 
     def stage(self, work: object) -> list[AppendResult]:
         writes: Sequence[StreamWrite] = work  # type: ignore[assignment]
+        return self.queue(writes, self.plan(writes))
+
+    def plan(self, writes: Sequence[StreamWrite]) -> _core.Plan:
+        """Decide ``writes`` (raising a conflict) without queuing anything."""
         for write in writes:
             _core.check_write(write)
         existing = {
@@ -169,7 +177,10 @@ class EventStage:
             for e in w.events
             if (found := self.known.get(e.id)) is not None
         }
-        plan = _core.plan_append(writes, self.states, existing)
+        return _core.plan_append(writes, self.states, existing)
+
+    def queue(self, writes: Sequence[StreamWrite], plan: _core.Plan) -> list[AppendResult]:
+        """Queue the rows of planned ``writes`` (nothing here can fail)."""
         if plan.duplicate is not None:
             return plan.duplicate
         assert self.position is not None
@@ -271,9 +282,6 @@ class SqliteEvents:
     _call: Callable[[Callable[[sqlite3.Connection, Stage], Any]], Any]
     change_token: Callable[[], int]
     wait_for_change: Callable[[int, float], int]
-
-    def _event_stage(self) -> Callable[[sqlite3.Connection], EventStage]:
-        return lambda conn: EventStage(conn, self.clock, self.path)
 
     def submit_events(self, writes: Sequence[StreamWrite], done: Waiter) -> None:
         if self._closed:

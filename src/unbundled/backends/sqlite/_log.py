@@ -128,7 +128,7 @@ class SqliteLog:
             extra_stage=self._extra_stage(),
         )
 
-    def _extra_stage(self) -> Callable[[sqlite3.Connection], ExtraStage] | None:
+    def _extra_stage(self) -> Callable[[sqlite3.Connection, Stage], ExtraStage] | None:
         """A second stage for the writer's transactions; the full backend adds
         the event store's."""
         return None

@@ -1,8 +1,10 @@
 """The unit of work in the SQLite backend.
 
-A unit is one request to the group-commit writer: it runs in the writer's
-transaction inside its own SAVEPOINT, so many units from many callers still
-share one COMMIT and one fsync, and a unit that fails rolls back alone.
+A unit is one request to the group-commit writer, so many units from many
+callers share one COMMIT and one fsync, and a unit that fails is refused
+alone. Most units are staged with the batch's other rows (``_unit_stage``);
+one with offset commits, SQL or idempotency effects runs here, as a call in
+the writer's transaction inside its own SAVEPOINT.
 Inside, the parts go in the order every backend follows: records and offset
 commits (the log's staging, fenced by generation), events (the event
 stage: expected versions, idempotent ids), idempotency results (fenced by
@@ -20,11 +22,8 @@ from ...eventstore._protocol import AppendResult
 from ...log._protocol import Position, Waiter, WriteBatch
 from ...transaction import _unit
 from . import _idempotency, _kv
+from ._unit_stage import WriterStages, staged
 from ._writer import Request, Stage, Writer
-
-
-def _noop(_: object) -> None:
-    pass
 
 
 class SqliteUnit:
@@ -44,6 +43,10 @@ class SqliteUnit:
         if self._closed:
             raise Closed(f"the database at {self.path} is closed")
         _unit.check_parts(unit, self, self.path)
+
+        if staged(unit):  # staged with the batch's other rows (no SAVEPOINT)
+            self._writer.submit(Request(None, None, done, unit))
+            return
 
         def apply(conn: sqlite3.Connection, stage: Stage) -> _unit.Committed:
             return self._apply_unit(conn, stage, unit)
@@ -66,11 +69,11 @@ class SqliteUnit:
             positions = self._apply_full(conn, stage, batch)  # type: ignore[assignment]
         appended: list[AppendResult] = []
         if unit.events:
-            events = self._writer._extra
-            assert events is not None
-            events.prepare([Request(None, None, _noop, unit.events)])
-            appended = events.stage(unit.events)  # type: ignore[assignment]
-            events.flush()
+            stages = self._writer._extra
+            assert isinstance(stages, WriterStages)
+            stages.events.prepare_writes(unit.events)
+            appended = stages.events.stage(unit.events)
+            stages.events.flush()
         now = self.clock()
         stored = []
         for op in unit.idempotency:

@@ -173,6 +173,17 @@ class Stage:
             self.rows[key] = []
         return end
 
+    def check(self, batch: WriteBatch) -> None:
+        """What :meth:`stage` would refuse ``batch`` for, without staging it."""
+        for name, items in batch.appends.items():
+            _, config = self.topic(name)
+            _core.check_partition_count(name, batch.partitions, config.partitions)
+            if type(items) is ValueRun:
+                _core.check_partition(name, items.partition, config.partitions)
+                continue
+            for item in items:
+                _core.check_partition(name, item.partition, config.partitions)
+
     def stage(self, batch: WriteBatch) -> list[Position]:
         """Assign offsets and queue rows; all-or-nothing for this batch."""
         appends = batch.appends
@@ -317,12 +328,11 @@ class Writer:
         apply_full: ApplyFull,
         on_commit: Callable[[], None],
         idle: Callable[[], None] | None = None,
-        extra_stage: Callable[[sqlite3.Connection], ExtraStage] | None = None,
+        extra_stage: Callable[[sqlite3.Connection, Stage], ExtraStage] | None = None,
     ) -> None:
         self._conn = conn
         self._path = path
         self._apply_full = apply_full
-        self._extra = extra_stage(conn) if extra_stage is not None else None
         self._on_commit = on_commit
         self._idle = idle
         self._queue: collections.deque[Request | None] = collections.deque()
@@ -331,6 +341,7 @@ class Writer:
         self._closed = False
         self.transactions = 0  # committed transactions, for tests and benchmarks
         self._stage = Stage(conn, path)
+        self._extra = extra_stage(conn, self._stage) if extra_stage is not None else None
         self._unannounced: list[tuple[Waiter, object]] = []
         # Held while a transaction runs, by the writer thread or by a caller
         # that found the writer idle and commits its own request (see submit).
