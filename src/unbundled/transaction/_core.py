@@ -79,13 +79,20 @@ class TransactionCore:
     ) -> None:
         self.url = url
         self.backend = backend
+        self._served: frozenset[str] = getattr(backend, "unit_parts", frozenset())
         self._events = events
         self._idempotency = idempotency
         self.unit = _unit.Unit()
         self.consumers: list[tuple[ConsumerCore, OffsetCommit]] = []
         self.attempts: list[tuple[Attempt, Any, BaseException | None, str]] = []
         self.done = False
-        self.kv = TxKV(self)
+        self._kv: TxKV | None = None
+
+    @property
+    def kv(self) -> TxKV:
+        if self._kv is None:
+            self._kv = TxKV(self)
+        return self._kv
 
     def check(self) -> None:
         if self.done:
@@ -94,7 +101,8 @@ class TransactionCore:
     def require(self, part: str) -> None:
         """``NotSupported`` now, at the first write of a part the backend
         cannot commit atomically with the others."""
-        _unit.check_part(part, self.backend, self.url)
+        if part not in self._served:
+            _unit.check_part(part, self.backend, self.url)
 
     def add_records(self, topic: str, items: Sequence[AppendItem], partitions: int) -> None:
         self.unit.appends.setdefault(topic, []).extend(items)

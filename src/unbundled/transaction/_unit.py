@@ -105,15 +105,20 @@ class Unit:
 
     def parts(self) -> list[str]:
         """The parts this unit writes, in :data:`PARTS` order."""
-        held = {
-            RECORDS: bool(self.appends),
-            OFFSETS: bool(self.commits),
-            EVENTS: bool(self.events),
-            IDEMPOTENCY: bool(self.idempotency),
-            KV: bool(self.kv),
-            SQL: bool(self.sql),
-        }
-        return [part for part in PARTS if held[part]]
+        held = []
+        if self.appends:
+            held.append(RECORDS)
+        if self.commits:
+            held.append(OFFSETS)
+        if self.events or self.effects:
+            held.append(EVENTS)
+        if self.idempotency:
+            held.append(IDEMPOTENCY)
+        if self.kv:
+            held.append(KV)
+        if self.sql:
+            held.append(SQL)
+        return held
 
     def batch(self) -> WriteBatch | None:
         """The log's share (records and offset commits), or None."""

@@ -105,28 +105,35 @@ class UnitStage:
         if batch is not None:
             self.log.check(batch)
         plan = self.events.plan(unit.events) if unit.events else None
-        now = self.clock()
-        missing = [op.key for op in unit.idempotency if op.key not in self.records]
-        self._read_records(sorted(set(missing)))
         records: dict[str, IdempotencyRecord] = {}
         stored = []
-        for op in unit.idempotency:
-            record = _unit.apply_idempotency(records.get(op.key, self.records[op.key]), op, now)
-            records[op.key] = record
-            stored.append(record)
-        self._read_slots(sorted({op.key for op in unit.kv if op.key not in self.slots}))
+        if unit.idempotency:
+            known = self.records
+            missing = {op.key for op in unit.idempotency if op.key not in known}
+            if missing:  # prepared in bulk; only a unit staged after a call needs this
+                self._read_records(sorted(missing))
+            now = self.clock()
+            for op in unit.idempotency:
+                record = _unit.apply_idempotency(records.get(op.key, known[op.key]), op, now)
+                records[op.key] = record
+                stored.append(record)
         slots: dict[str, _kv_core.Slot | None] = {}
         changes: list[int | bool] = []
-        for change in unit.kv:
-            before = slots.get(change.key, self.slots[change.key])
-            slot, changed = _unit.apply_kv(before, change)
-            slots[change.key] = slot
-            changes.append(changed)
+        if unit.kv:
+            missing = {op.key for op in unit.kv if op.key not in self.slots}
+            if missing:
+                self._read_slots(sorted(missing))
+            for change in unit.kv:
+                before = slots.get(change.key, self.slots[change.key])
+                slot, changed = _unit.apply_kv(before, change)
+                slots[change.key] = slot
+                changes.append(changed)
         # Decided: nothing below can fail.
         positions = self.log.stage(batch) if batch is not None else []
         appended = self.events.queue(unit.events, plan) if plan is not None else []
-        self.records.update(records)
-        self.record_rows.update(records)
+        if records:
+            self.records.update(records)
+            self.record_rows.update(records)
         for key, slot in slots.items():
             if slot is not None and slot != self.slots[key]:
                 self.slots[key] = slot
