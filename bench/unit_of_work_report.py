@@ -103,8 +103,11 @@ def profile_cells(profile: Profile) -> list[list[str]]:
     return rows
 
 
-def profile_summary(profile: Profile, items: int, what: str, plain_rate: float) -> list[str]:
-    """What a profile's table needs beside it: the cycle, the threads' CPU."""
+def profile_summary(
+    profile: Profile, items: int, what: str, plain_rate: float, fsync_rate: float
+) -> list[str]:
+    """What a profile's table needs beside it: the cycle, the threads' CPU,
+    and the disk's own fsync time to read COMMIT's against."""
     cycles = max(profile.cycles, 1)
     wall = max(profile.wall_ns, 1)
     rate = items / wall * 1e9
@@ -117,7 +120,9 @@ def profile_summary(profile: Profile, items: int, what: str, plain_rate: float) 
         f"{profile.loop_cpu_ns / cycles / 1000:,.0f} us per cycle "
         f"({100 * profile.loop_cpu_ns / wall:.0f}%); the whole process: "
         f"{100 * profile.process_cpu_ns / wall:.0f}% of one core (the machine has "
-        f"{os.cpu_count()})",
+        f"{os.cpu_count()}); one fsync of this disk takes {1e6 / max(fsync_rate, 1):,.0f} us "
+        "(the fsync floor's median), the rest of COMMIT's time not running is the writer "
+        "waiting to run again (the GIL, a core)",
     ]
 
 

@@ -139,7 +139,7 @@ def test_profiles_account_for_the_cycle_and_leave_the_writer_as_it_was(tmp_path:
         rows = report.profile_cells(profile)
         assert len(rows) == len(steps)
         assert all(len(r) == len(report.PROFILE_HEADERS) for r in rows)
-        assert len(report.profile_summary(profile, items, "records", 1.0)) == 2
+        assert len(report.profile_summary(profile, items, "records", 1.0, 1000.0)) == 2
     # Nothing of the profiling is left on the writer.
     assert _writer.Writer.__dict__["_announce"] is announce
     assert _writer.Writer.__dict__["_serve"] is serve
