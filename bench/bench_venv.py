@@ -1,7 +1,8 @@
 """The event-store benchmark's own environment, ``bench/.venv``: the project
 (``pip install -e .[postgres,redis]``) and ``bench/requirements.txt``, where the
 competitor (``eventsourcing``) is installed and nowhere else. Made without
-the system's site-packages, and updated when either file changes."""
+the system's site-packages, and updated when either file (or :data:`EXTRAS`) changes.
+The ``nats`` extra brings nats-py, the peer of the unit-of-work benchmark's log line."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / "bench" / ".venv"
 REQUIREMENTS = REPO / "bench" / "requirements.txt"
+#: The project's extras installed there (the servers the benchmarks talk to).
+EXTRAS = "postgres,redis,nats"
 
 
 def venv_python() -> Path:
@@ -21,14 +24,14 @@ def venv_python() -> Path:
 
 
 def _install_fingerprint() -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(EXTRAS.encode())
     for path in (REPO / "pyproject.toml", REQUIREMENTS):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
 def ensure_venv(log: Any = print) -> Path:
-    """``bench/.venv`` with the project (``-e .[postgres,redis]``) and
+    """``bench/.venv`` with the project (``-e .[EXTRAS]``) and
     ``bench/requirements.txt``; created or updated when either file changed.
     It never sees the system's or the dev venv's packages."""
     python = venv_python()
@@ -49,7 +52,7 @@ def ensure_venv(log: Any = print) -> Path:
             "--quiet",
             "--disable-pip-version-check",
             "-e",
-            f"{REPO}[postgres,redis]",
+            f"{REPO}[{EXTRAS}]",
             "-r",
             str(REQUIREMENTS),
         ],
@@ -59,4 +62,4 @@ def ensure_venv(log: Any = print) -> Path:
     return python
 
 
-__all__ = ["REQUIREMENTS", "VENV", "ensure_venv", "venv_python"]
+__all__ = ["EXTRAS", "REQUIREMENTS", "VENV", "ensure_venv", "venv_python"]

@@ -72,12 +72,14 @@ def sqlite_synchronous(app: Any) -> int:
         pool.put_connection(conn)
 
 
-def postgres_app(dbname: str, host: str, port: int, pool_size: int) -> Any:
-    """An application on a PostgreSQL database (trust auth: the password is unused)."""
+def postgres_app(dbname: str, host: str, port: int, pool_size: int, schema: str = "") -> Any:
+    """An application on a PostgreSQL database (trust auth: the password is
+    unused), in ``schema`` if given (which must exist), else ``public``."""
     return Bank(
         env={
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": dbname,
+            "POSTGRES_SCHEMA": schema,
             "POSTGRES_HOST": host,
             "POSTGRES_PORT": str(port),
             "POSTGRES_USER": "postgres",
@@ -141,6 +143,76 @@ def appends_by_recorder(app: Any, writers: int, per_writer: int, run_threads: Ru
     return writers * per_writer / elapsed
 
 
+# The outbox a user of eventsourcing adds beside its tables: the library has
+# none, so the announcement of a saved event is a second INSERT, in a second
+# transaction (and a second fsync) -- the dual write the unit of work removes.
+OUTBOX_TABLES = {
+    "sqlite": "CREATE TABLE IF NOT EXISTS {table} "
+    "(id INTEGER PRIMARY KEY, topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL)",
+    "postgres": "CREATE TABLE IF NOT EXISTS {table} "
+    "(id BIGSERIAL PRIMARY KEY, topic TEXT NOT NULL, key BYTEA, value BYTEA NOT NULL)",
+}
+OUTBOX_INSERTS = {
+    "sqlite": "INSERT INTO {table} (topic, key, value) VALUES (?, ?, ?)",
+    "postgres": "INSERT INTO {table} (topic, key, value) VALUES (%s, %s, %s)",
+}
+
+
+def outbox_table(app: Any) -> str:
+    """The outbox's name: on PostgreSQL qualified with the application's
+    schema (``POSTGRES_SCHEMA``; its connections do not set a search_path)."""
+    schema = getattr(app.recorder.datastore, "schema", None)
+    return f'"{schema}".outbox' if schema else "outbox"
+
+
+def create_outbox(app: Any, dialect: str) -> None:
+    """The outbox table, through the application's own datastore."""
+    with app.recorder.datastore.transaction(commit=True) as cursor:
+        cursor.execute(OUTBOX_TABLES[dialect].format(table=outbox_table(app)))
+
+
+def outbox_rows(app: Any) -> int:
+    with app.recorder.datastore.transaction(commit=False) as cursor:
+        cursor.execute(f"SELECT count(*) AS n FROM {outbox_table(app)}")
+        row = cursor.fetchone()
+    return int(row["n"] if isinstance(row, dict) else row[0])
+
+
+def saves_with_outbox(
+    app: Any,
+    writers: int,
+    per_writer: int,
+    run_threads: RunThreads,
+    dialect: str,
+    value: bytes,
+) -> float:
+    """Commands/s: each thread deposits into its own account, saves after
+    every event (``Application.save``: one transaction) and then announces it
+    with an outbox INSERT in a transaction of its own (the same datastore,
+    ``transaction(commit=True)``). Two commits per command, as a user of the
+    library writes it; a crash between them loses the announcement."""
+    insert = OUTBOX_INSERTS[dialect].format(table=outbox_table(app))
+    accounts = [Account(owner=f"owner-{i}") for i in range(writers)]
+    app.save(*accounts)  # the Created events, before the clock starts
+    before = stored_events(app)
+    transaction = app.recorder.datastore.transaction
+
+    def work(i: int) -> None:
+        account = accounts[i]
+        key = str(account.id).encode()
+        for n in range(per_writer):
+            account.deposit(n)
+            app.save(account)
+            with transaction(commit=True) as cursor:
+                cursor.execute(insert, ("payments", key, value))
+
+    elapsed = run_threads(writers, work)
+    total = writers * per_writer
+    if stored_events(app) - before != total or outbox_rows(app) != total:
+        raise AssertionError("eventsourcing lost events or outbox rows in the outbox benchmark")
+    return total / elapsed
+
+
 def populate(app: Any, aggregates: int, events_per: int) -> list[Any]:
     """``aggregates`` accounts of ``events_per`` events (Created + deposits of
     1, 2, ...), saved 100 accounts per transaction. Returns their ids."""
@@ -189,10 +261,13 @@ __all__ = [
     "appends_by_recorder",
     "appends_by_save",
     "close",
+    "create_outbox",
+    "outbox_rows",
     "populate",
     "postgres_app",
     "read_all",
     "rebuild",
+    "saves_with_outbox",
     "sqlite_app",
     "sqlite_synchronous",
     "stored_events",

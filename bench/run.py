@@ -4,14 +4,16 @@
     .venv/bin/python bench/run.py --only log          # the log's, vs raw sqlite3
     .venv/bin/python bench/run.py --only eventstore   # the event store's, vs eventsourcing
     .venv/bin/python bench/run.py --only idempotency  # idempotency keys, vs Powertools
+    .venv/bin/python bench/run.py --only unit         # the unit of work; the log vs NATS
     .venv/bin/python bench/run.py --only consistency  # the linearizability checker
     .venv/bin/python bench/run.py --only fuzz         # the corruption fuzzer's full sweep
     .venv/bin/python bench/run.py --quick             # a smoke run in seconds, writes nothing
     .venv/bin/python bench/run.py --kills 50          # fewer kills in the crash test
 
-The event-store and idempotency benchmarks run in their own venv, bench/.venv
+The event-store, idempotency and unit-of-work benchmarks run in their own venv, bench/.venv
 (created here on first use), because their competitors are installed only
-there; see ``bench/eventstore_bench.py`` and ``bench/idempotency_bench.py``.
+there; see ``bench/eventstore_bench.py``, ``bench/idempotency_bench.py`` and
+``bench/unit_of_work_bench.py``.
 The linearizability checker's benchmark runs here, in this venv: its reference
 is a plain search of ours (``bench/consistency_bench.py``).
 
@@ -320,6 +322,11 @@ def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
 
         return idempotency_bench.run_in_venv(quick=quick)
 
+    def unit() -> int:
+        from bench import unit_of_work_bench
+
+        return unit_of_work_bench.run_in_venv(quick=quick)
+
     def consistency() -> int:
         from bench import consistency_bench
 
@@ -333,6 +340,7 @@ def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
     return {
         "eventstore": eventstore,
         "idempotency": idempotency,
+        "unit": unit,
         "consistency": consistency,
         "fuzz": fuzz,
     }
@@ -345,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="crash-test seed (default random)")
     parser.add_argument(
         "--only",
-        choices=["log", "eventstore", "idempotency", "consistency", "fuzz"],
+        choices=["log", "eventstore", "idempotency", "unit", "consistency", "fuzz"],
         default=None,
         help="run one benchmark suite",
     )
