@@ -150,9 +150,13 @@ class AsyncTransaction:
         partition: int | None = None,
     ) -> None:
         """Async twin of :meth:`unbundled.Transaction.append`."""
-        self._core.require(_unit.RECORDS)
-        message = self._db.log._one(value, key, headers, timestamp, partition)
-        await self.append_batch(topic, (message,))
+        core = self._core
+        core.check()
+        core.require(_unit.RECORDS)
+        log = self._db.log
+        config = log._configs.get(topic) or await log._config(topic)
+        items = log._prepare_one(topic, config, value, key, headers, timestamp, partition)
+        core.add_records(topic, items, config.partitions)
 
     async def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
         """Async twin of :meth:`unbundled.Transaction.append_batch`."""

@@ -234,8 +234,13 @@ class Transaction:
         partition: int | None = None,
     ) -> None:
         """Add one log record; the arguments and checks are :meth:`unbundled.Log.append`'s."""
-        self._core.require(_unit.RECORDS)
-        self.append_batch(topic, (self._db.log._one(value, key, headers, timestamp, partition),))
+        core = self._core
+        core.check()
+        core.require(_unit.RECORDS)
+        log = self._db.log
+        config = log._configs.get(topic) or log._config(topic)
+        items = log._prepare_one(topic, config, value, key, headers, timestamp, partition)
+        core.add_records(topic, items, config.partitions)
 
     def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
         """Add log records for ``topic``, in order (checked now, written at commit)."""
