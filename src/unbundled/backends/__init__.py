@@ -32,9 +32,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from .._ground import SyncLevel, now_ms
 from ..errors import BackendError, NotFound, NotSupported, UsageError
-from ..log._core import now_ms
-from ..log._protocol import LogBackend, SyncLevel
+from ..log._protocol import LogBackend
 from ._destroy import DestroyReport as DestroyReport
 from ._destroy import destroy as destroy
 from .memory import MemoryBackend as MemoryBackend

@@ -15,6 +15,7 @@ import click
 import msgspec
 from rich.console import Console
 
+from .._ground import SyncLevel
 from ..backends import (
     EVENTS,
     IDEMPOTENCY,
@@ -30,7 +31,6 @@ from ..backends import (
 )
 from ..errors import NotFound, NotSupported
 from ..log import Log, Record
-from ..log._protocol import SyncLevel
 
 T = TypeVar("T")
 

@@ -30,8 +30,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._waiters import AsyncWaiter
-from ..log._protocol import SyncLevel
+from .._ground import SyncLevel
+from .._ground.waiters import AsyncWaiter
 from . import _core
 from ._protocol import ANY, AppendResult, NewEvent, RecordedEvent, StreamState, StreamWrite
 from .api import EventInput, EventStoreBase, StoredEvent

@@ -21,9 +21,9 @@ import msgspec
 
 from .. import limits
 from .._bounds import check_int
-from .._waiters import SyncWaiter
+from .._ground import SyncLevel
+from .._ground.waiters import SyncWaiter
 from ..errors import Closed, CorruptionError, Error, EventSchemaMismatch, UsageError
-from ..log._protocol import SyncLevel
 from . import _core
 from ._protocol import (
     ANY,

@@ -33,7 +33,7 @@ from types import TracebackType
 
 from .. import limits
 from .._bounds import check_int, check_optional_seconds, check_seconds
-from .._waiters import Failure
+from .._ground.waiters import Failure
 from ..errors import Error, UsageError
 from .api import EventStoreBase, StoredEvent
 from .serialization import Event

@@ -37,8 +37,8 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
+from .._ground import SyncLevel
 from ..errors import StaleToken, UsageError
-from ..log._protocol import SyncLevel
 from . import _core
 from ._protocol import Effects, IdempotencyRecord, State
 from .api import _SETTINGS, Attempt, IdempotencyBase

@@ -27,6 +27,7 @@ import msgspec
 
 from .. import limits
 from .._bounds import check_int, check_optional_seconds
+from .._ground import SyncLevel
 from ..errors import (
     Closed,
     IdempotencyKeyReused,
@@ -35,7 +36,6 @@ from ..errors import (
     StaleToken,
     UsageError,
 )
-from ..log._protocol import SyncLevel
 from . import _core
 from ._protocol import Effects, IdempotencyBackend, IdempotencyRecord, State
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .._waiters import SyncWaiter
+from .._ground.waiters import SyncWaiter
 from . import _core
 from ._protocol import Headers, Message, Position, ProducerStamp, WriteBatch
 

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .. import limits
-from .._waiters import AsyncWaiter
+from .._ground.waiters import AsyncWaiter
 from ..errors import Error, PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
 from ._consumer import ConsumerCore, OffsetReset, Steps

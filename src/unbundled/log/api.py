@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import limits
 from .._bounds import check_int, check_optional_seconds
-from .._waiters import SyncWaiter
+from .._ground.waiters import SyncWaiter
 from ..errors import Closed, PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
 from ._consumer import ConsumerCore, OffsetReset, run_sync

@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from .. import limits
-from .._waiters import SyncWaiter
+from .._ground.waiters import SyncWaiter
 from ..errors import (
     Closed,
     DuplicateEventId,

@@ -46,8 +46,8 @@ from nats.js import errors as js_errors
 from nats.js.api import KeyValueConfig, StorageType
 
 from ..._bounds import check_seconds
+from ..._ground import SyncLevel
 from ...errors import BackendError, Closed, Error, Timeout, Unavailable, UsageError
-from ...log._protocol import SyncLevel
 from ._destroy import destroy
 from ._kv import NatsKV, decode_key, encode_key
 

@@ -32,11 +32,11 @@ import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 
+from ..._ground import now_ms
 from ...errors import StaleToken, Unavailable, UsageError
 from ...eventstore._protocol import StreamWrite
 from ...idempotency import _core
 from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
-from ...log._core import now_ms
 from ._notify import KEYS_PAYLOAD, Notifier
 from ._schema import Conn, translated
 from ._stage import Staging, Statements

@@ -46,8 +46,8 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
+from ..._ground import SyncLevel
 from ...errors import BackendError, Closed, Timeout, Unavailable, UsageError
-from ...log._protocol import SyncLevel
 from ._destroy import destroy
 from ._idempotency import RedisIdempotency
 from ._scripts import SCRIPTS

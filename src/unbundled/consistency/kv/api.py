@@ -34,8 +34,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..._ground import SyncLevel
 from ...errors import Closed, NotSupported
-from ...log._protocol import SyncLevel
 from . import _core
 from ._core import UNSET
 from ._protocol import KVBackend, Versioned
