@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, overload
 
 import msgspec
 
-from .. import limits
+from .. import _registry, limits
 from .._bounds import check_int
 from .._ground import SyncLevel
 from .._ground.waiters import SyncWaiter
+from .._registry import EVENTS
 from ..errors import Closed, CorruptionError, Error, EventSchemaMismatch, UsageError
 from . import _core
 from ._protocol import (
@@ -319,9 +320,7 @@ class EventStore(EventStoreBase):
         ``?mode=ro`` opens it read-only), ``memory://`` or
         ``postgresql://user@host/db?schema=name``. ``redis://`` and ``nats://``
         do not serve the event store: ``NotSupported``."""
-        from ..backends import open_backend, require_events
-
-        backend: Any = require_events(open_backend(url, sync=sync, **options))
+        backend: Any = _registry.open(url, serving=EVENTS, sync=sync, **options)
         return cls(backend, events=events, serializer=serializer)
 
     def __enter__(self) -> EventStore:

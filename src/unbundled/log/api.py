@@ -16,9 +16,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from .. import limits
+from .. import _registry, limits
 from .._bounds import check_int, check_optional_seconds
 from .._ground.waiters import SyncWaiter
+from .._registry import LOG
 from ..errors import Closed, PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
 from ._consumer import ConsumerCore, OffsetReset, run_sync
@@ -171,9 +172,7 @@ class Log(LogBase):
         ``?mode=ro`` opens it read-only) or ``memory://``. The server URLs
         (``postgresql://``, ``redis://``, ``nats://``) do not serve the log:
         ``NotSupported``."""
-        from ..backends import open_backend, require_log
-
-        return cls(require_log(open_backend(url, sync=sync, **options)))
+        return cls(_registry.open(url, serving=LOG, sync=sync, **options))
 
     def __enter__(self) -> Log:
         return self
