@@ -30,7 +30,6 @@ key prefix, a bucket, a file), after checking that it is ours and not open.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -46,12 +45,14 @@ from .._registry import URL_FORMS as URL_FORMS
 from .._registry import listed, refuse
 from .._registry import url_scheme as url_scheme
 from .._registry import urls_serving as urls_serving
-from ..errors import BackendError, NotFound, NotSupported, UsageError
+from ..errors import BackendError, NotSupported
 from ..log._protocol import LogBackend
-from ._destroy import DestroyReport as DestroyReport
 from ._destroy import destroy as destroy
+from ._drivers import backend_class as _backend_class
+from ._report import DestroyReport as DestroyReport
 from .memory import MemoryBackend as MemoryBackend
 from .sqlite import SqliteBackend as SqliteBackend
+from .sqlite._url import _writable, check_sqlite_path, sqlite_target
 
 __all__ = [
     "EVENTS",
@@ -74,75 +75,6 @@ __all__ = [
 # live in the registry (below the parts, which open through it); they are
 # re-exported above, where the CLI and older code look for them.
 _EVERYTHING = (LOG, EVENTS, IDEMPOTENCY, KV)
-
-
-_SQLITE_OPTIONS = {"mode": ("ro", "rw")}
-
-
-def sqlite_target(url: str) -> tuple[str, bool]:
-    """The file path of a ``sqlite:///...`` URL (``sqlite:////abs`` for
-    absolute) or of a plain path, and whether it asks to be read-only
-    (``?mode=ro``; only a ``sqlite:///`` URL takes options)."""
-    if not url.startswith("sqlite://"):
-        return url, False
-    if not url.startswith("sqlite:///"):
-        raise UsageError(
-            f"bad SQLite URL {url!r}: write sqlite:///relative.db or sqlite:////absolute.db",
-            url=url,
-        )
-    path, sep, query = url[len("sqlite:///") :].rpartition("?")
-    if not sep:
-        return query, False
-    options = dict(item.partition("=")[::2] for item in query.split("&"))
-    for name, value in options.items():
-        if value not in _SQLITE_OPTIONS.get(name, ()):
-            raise UsageError(
-                f"bad SQLite URL {url!r}: the only option is mode=ro (read-only) or mode=rw",
-                url=url,
-            )
-    return path, options.get("mode") == "ro"
-
-
-def sqlite_path(url: str) -> str:
-    """The file path of a ``sqlite:///...`` URL (``sqlite:////abs`` for absolute),
-    or of a plain path."""
-    return sqlite_target(url)[0]
-
-
-def read_only_url(url: str) -> str:
-    """``url`` opened read-only: for a SQLite file, ``sqlite:///PATH?mode=ro``;
-    other URLs unchanged (a server's permissions are its own)."""
-    if url_scheme(url) != "sqlite":
-        return url
-    path, _ = sqlite_target(url)
-    return f"sqlite:///{path}?mode=ro"
-
-
-def check_sqlite_path(path: str, *, must_exist: bool) -> None:
-    """A clear error for a path SQLite cannot open, instead of its "unable to
-    open database file": a directory, a file in a missing directory, or (when
-    ``must_exist``) a file that is not there."""
-    if os.path.isdir(path):
-        raise UsageError(
-            f"{path!r} is a directory, not a database file: name a file, "
-            f"e.g. {os.path.join(path, 'unbundled.db')!r}",
-            path=path,
-        )
-    if os.path.exists(path):
-        return
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        what = f"no database at {path!r}" if must_exist else f"cannot create {path!r}"
-        raise NotFound(f"{what}: there is no directory {directory!r}", path=path)
-    if must_exist:
-        raise NotFound(f"no database at {path!r}", path=path)
-
-
-def _writable(path: str) -> bool:
-    """Whether SQLite can write ``path`` (the file, and its directory for the
-    write-ahead log beside it)."""
-    directory = os.path.dirname(path) or "."
-    return os.access(directory, os.W_OK) and (not os.path.exists(path) or os.access(path, os.W_OK))
 
 
 def open_backend(
@@ -233,18 +165,6 @@ def _refuse_nats(url: str) -> NotSupported:
         f"not {listed(tuple(w for w in _EVERYTHING if w != KV), 'or')}",
         url=url,
     )
-
-
-def _backend_class(extra: str, name: str, driver: str, url: str) -> Any:
-    """A server backend's class, imported only when a URL names it (its
-    driver is an optional extra); ``NotSupported`` saying what to install."""
-    try:
-        return getattr(importlib.import_module(f".{extra}", __name__), name)
-    except ImportError as exc:
-        raise NotSupported(
-            f"the {extra} backend needs {driver}: pip install 'unbundled[{extra}]' ({exc})",
-            url=url,
-        ) from exc
 
 
 # The order of registration is the order of SERVES (and of the CLI's help).

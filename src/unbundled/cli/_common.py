@@ -23,12 +23,10 @@ from ..backends import (
     LOG,
     SERVES,
     URL_FORMS,
-    check_sqlite_path,
-    read_only_url,
-    sqlite_path,
     url_scheme,
     urls_serving,
 )
+from ..backends.sqlite._url import check_sqlite_path, read_only_url, sqlite_path
 from ..errors import NotFound, NotSupported
 from ..log import Log, Record
 

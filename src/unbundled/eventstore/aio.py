@@ -28,19 +28,17 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from .. import _registry
 from .._ground import SyncLevel
 from .._ground.waiters import AsyncWaiter
 from .._registry import EVENTS
 from . import _core
+from ._base import EventInput, EventStoreBase, StoredEvent
 from ._protocol import ANY, AppendResult, NewEvent, RecordedEvent, StreamState, StreamWrite
-from .api import EventInput, EventStoreBase, StoredEvent
 from .serialization import Event, Metadata, Serializer
-
-if TYPE_CHECKING:
-    from .subscriptions import AsyncSubscription
+from .subscriptions import AsyncSubscription
 
 T = TypeVar("T")
 
@@ -261,8 +259,6 @@ class AsyncEventStore(EventStoreBase):
         """Events after ``after_position``, stored ones first, then live, each
         once, in order: ``async with store.subscribe() as sub: async for e in sub``.
         See :class:`unbundled.eventstore.AsyncSubscription`."""
-        from .subscriptions import AsyncSubscription
-
         return AsyncSubscription(
             self, after_position, categories=categories, types=types, batch_size=batch_size
         )

@@ -23,6 +23,7 @@ from .._ground.waiters import AsyncWaiter
 from .._registry import LOG
 from ..errors import Error, PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
+from ._base import LogBase, _consumer_core, group_lag
 from ._consumer import ConsumerCore, OffsetReset, Steps
 from ._producer import ProducerCore
 from ._protocol import (
@@ -43,7 +44,6 @@ from ._protocol import (
     TopicPartition,
     WriteBatch,
 )
-from .api import LogBase, _consumer_core, group_lag
 
 T = TypeVar("T")
 
