@@ -55,13 +55,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: bench/ itself is on sys.path, not the repo
     sys.path.insert(0, str(REPO))
 
-from tests.consistency.test_porcupine_data import (  # noqa: E402
-    ETCD,
-    ETCD_LINEARIZABLE,
-    KV,
-)
-
 from bench.naive_linearizability import check_naive  # noqa: E402
+from bench.porcupine import DATA, ETCD, ETCD_LINEARIZABLE, KV  # noqa: E402
 from unbundled.consistency.checker import (  # noqa: E402
     History,
     Verdict,
@@ -73,7 +68,6 @@ from unbundled.consistency.checker import (  # noqa: E402
 )
 
 RESULTS = REPO / "bench" / "results" / "consistency.md"
-DATA = REPO / "tests" / "data" / "porcupine"
 PORCUPINE_QUOTED = "1.1-1.5 s"
 Tick = Callable[[], None]
 
@@ -518,7 +512,7 @@ CASES = [
 
 
 def machine_facts(sizes: Sizes) -> list[tuple[str, str]]:
-    from bench.run import git_commit
+    from bench.common import git_commit
 
     return [
         ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
@@ -543,7 +537,7 @@ def machine_facts(sizes: Sizes) -> list[tuple[str, str]]:
 
 
 def markdown(facts: list[tuple[str, str]], rows: list[TimeRow], notes: list[str]) -> str:
-    from bench.run import markdown_table
+    from bench.common import markdown_table
 
     parts = [
         "# Linearizability checker benchmarks",
@@ -654,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("--quick run: tiny sizes, the numbers are not comparable to a full run.")
     notes.append(f"total time of the run: {time.perf_counter() - started:,.0f} s")
 
-    from bench.run import show_results, write_results
+    from bench.common import show_results, write_results
 
     show_results(
         console,

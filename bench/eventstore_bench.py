@@ -371,9 +371,6 @@ class BankAccount(Aggregate):
         self.balance += event.amount
 
 
-REBUILD_HOW = "`Repository(store, BankAccount).load(id)` (unbundled.eventstore.aggregate)"
-
-
 def ours_rebuild(store: EventStore, ids: list[str]) -> tuple[int, float]:
     """Total balance of the accounts, each loaded by the repository; seconds taken."""
     load = Repository(store, BankAccount).load
@@ -501,8 +498,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
+    from bench.common import HEADERS, cells, scratch_parent
     from bench.eventstore_report import machine_facts, markdown
-    from bench.run import HEADERS, cells, scratch_parent
 
     sizes = QUICK if args.quick else FULL
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
@@ -561,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("--quick run: tiny sizes, the numbers are not comparable to a full run.")
     notes.append(f"total time of the run: {time.perf_counter() - started:,.0f} s")
 
-    from bench.run import show_results, write_results
+    from bench.common import show_results, write_results
 
     show_results(
         console,

@@ -7,11 +7,23 @@ import datetime
 import os
 import platform
 import sqlite3
-from typing import Any
+from typing import Any, Protocol
 
-from bench.eventstore_bench import REBUILD_HOW, Sizes
+from bench.common import HEADERS, cells, git_commit, markdown_table
 from bench.log_bench import Row
-from bench.run import HEADERS, cells, git_commit, markdown_table
+
+REBUILD_HOW = "`Repository(store, BankAccount).load(id)` (unbundled.eventstore.aggregate)"
+
+
+class Sizes(Protocol):
+    """What the page says of a run's sizes (``eventstore_bench.Sizes`` is one)."""
+
+    @property
+    def repeats(self) -> int: ...
+
+    @property
+    def fsync_seconds(self) -> float: ...
+
 
 CASES = [
     "Durable appends of single events from 64 concurrent writers, each append its own request "

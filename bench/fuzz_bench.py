@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py --only fuzz --quick    # a sample, in seconds, writes nothing
     .venv/bin/python bench/fuzz_bench.py --jobs 1        # the sweep on one core
 
-It builds the fuzzer's file (``tests/fuzz/_fuzzer.py``: log records, events,
+It builds the fuzzer's file (``bench/fuzzer.py``: log records, events,
 idempotency records and key-value entries), then damages copies of it: every
 byte of one page of each b-tree the reads use, flipped one at a time; every
 bit and byte of the file header; each page's cell count lowered and raised;
@@ -36,7 +36,7 @@ RESULTS = REPO / "bench" / "results" / "fuzz.md"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.fuzz import _fuzzer  # noqa: E402 - after the path is set
+from bench import fuzzer as _fuzzer  # noqa: E402 - after the path is set
 
 HEADERS = ["damage", "mutations", "exact", "CorruptionError", "key lost", "failure"]
 CLI_EVERY = 25  # the CLI runs on every 25th exact copy, and on every other copy
@@ -99,7 +99,7 @@ def rows_of(tally: _fuzzer.Tally) -> list[list[str]]:
 
 
 def _facts(corpus: _fuzzer.Corpus, jobs: int, seconds: float) -> list[tuple[str, str]]:
-    from bench.run import git_commit
+    from bench.common import git_commit
 
     pages = _fuzzer.select_pages(corpus.pages)
     swept = ", ".join(f"{p.number} ({p.btree} {p.kind})" for p in pages)
@@ -114,7 +114,7 @@ def _facts(corpus: _fuzzer.Corpus, jobs: int, seconds: float) -> list[tuple[str,
 
 
 def markdown(facts: list[tuple[str, str]], rows: list[list[str]], notes: list[str]) -> str:
-    from bench.run import markdown_table
+    from bench.common import markdown_table
 
     return (
         "\n".join(
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from bench.run import show_results, write_results
+    from bench.common import show_results, write_results
 
     console = Console() if sys.stdout.isatty() else Console(width=200)
     output = args.output if args.output is not None else (None if args.quick else RESULTS)

@@ -333,7 +333,7 @@ CASES = [
 
 
 def machine_facts(sizes: Sizes, rival: Any, redis_at: tuple[str, int] | None) -> list[Any]:
-    from bench.run import git_commit
+    from bench.common import git_commit
 
     return [
         ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
@@ -381,7 +381,7 @@ def redis_facts(redis_at: tuple[str, int] | None) -> str:
 
 
 def markdown(facts: list[Any], rows: list[LatencyRow], notes: list[str]) -> str:
-    from bench.run import markdown_table
+    from bench.common import markdown_table
 
     parts = [
         "# Idempotency benchmarks",
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from bench.run import scratch_parent
+    from bench.common import scratch_parent
 
     sizes = QUICK if args.quick else FULL
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("--quick run: tiny sizes, the numbers are not comparable to a full run.")
     notes.append(f"total time of the run: {time.perf_counter() - started:,.0f} s")
 
-    from bench.run import show_results, write_results
+    from bench.common import show_results, write_results
 
     show_results(
         console,

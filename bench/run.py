@@ -29,20 +29,30 @@ import os
 import platform
 import random
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bench.log_bench import CrashResult, Row
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "log.md"
+if str(REPO) not in sys.path:  # run as a script: bench/ itself is on sys.path, not the repo
+    sys.path.insert(0, str(REPO))
+
+from bench.common import (  # noqa: E402
+    HEADERS,
+    cells,
+    git_commit,
+    markdown_table,
+    scratch_parent,
+    show_results,
+    write_results,
+)
 
 
 @dataclass(frozen=True)
@@ -84,31 +94,6 @@ QUICK = Sizes(
 )
 
 
-def scratch_parent() -> Path:
-    """Where the scratch directories go: the temp dir if it is on the repo's
-    disk (so fsync rates match what a user of this checkout gets), else bench/.tmp."""
-    tmp = Path(tempfile.gettempdir())
-    if tmp.stat().st_dev == REPO.stat().st_dev:
-        return tmp
-    local = REPO / "bench" / ".tmp"
-    local.mkdir(exist_ok=True)
-    return local
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
 def machine_facts(fsync: Row, sizes: Sizes) -> list[tuple[str, str]]:
     return [
         ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
@@ -135,35 +120,6 @@ def machine_facts(fsync: Row, sizes: Sizes) -> list[tuple[str, str]]:
 # --- formatting ----------------------------------------------------------------------
 
 
-def fmt_rate(row: Row) -> str:
-    return f"{row.rate:,.0f} {row.unit}/s"
-
-
-def fmt_spread(row: Row) -> str:
-    return f"{min(row.samples):,.0f} to {max(row.samples):,.0f}"
-
-
-def fmt_ratio(row: Row) -> str:
-    ratio = row.ratio
-    if ratio is None:
-        return ""
-    return f"{ratio:.2f}x"
-
-
-def cells(row: Row) -> list[str]:
-    return [
-        row.case,
-        row.name,
-        fmt_rate(row),
-        fmt_spread(row),
-        fmt_ratio(row),
-        row.floor.describe() if row.floor is not None else "",
-        row.verdict,
-        row.note,
-    ]
-
-
-HEADERS = ["#", "measured", "median rate", "min to max", "ratio", "floor", "result", "notes"]
 CRASH_HEADERS = [
     "kills",
     "acknowledged",
@@ -204,13 +160,6 @@ CASES = [
     "log_<topic id>_0 ORDER BY offset` over every row of the same file.",
     "fsync floor: how many times a second this disk persists a 1-byte write.",
 ]
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    def line(values: list[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
-
-    return "\n".join([line(headers), line(["---"] * len(headers)), *map(line, rows)])
 
 
 def footnotes(rows: list[Row], fsync: Row) -> list[str]:
@@ -266,50 +215,9 @@ def markdown(
 # --- running -------------------------------------------------------------------------
 
 
-def show_results(
-    console: Any,
-    title: str,
-    headers: list[str],
-    right: Callable[[str], bool],
-    rows: list[tuple[list[str], bool]],
-    facts: list[tuple[str, str]],
-    notes: list[str],
-    *,
-    extra: Sequence[Any] = (),
-) -> None:
-    """What every suite prints: the machine facts, its table (``rows`` are
-    cells and whether the line is below its floor, shown red; ``right``
-    picks right-aligned columns), any ``extra`` tables, then the notes."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    for header in headers:
-        table.add_column(header, justify="right" if right(header) else "left")
-    for row_cells, below in rows:
-        table.add_row(*row_cells, style="red" if below else None)
-    for name, value in facts:
-        console.print(f"[bold]{name}[/bold]: {value}")
-    console.print(table)
-    for renderable in extra:
-        console.print(renderable)
-    for note in notes:
-        console.print(f"- {note}")
-
-
-def write_results(console: Any, output: Path | None, text: str) -> None:
-    """Write a suite's Markdown results (``output`` None: a quick run, nowhere)."""
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-        console.print(f"wrote {output}")
-
-
 def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
     """The suites besides the log's, each run in its own module (imported
     only when run: the event-store and idempotency ones use bench/.venv)."""
-    # Run as a script, bench/ itself is on sys.path, not the repo.
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     flags = ["--quick"] if quick else []
 
     def eventstore() -> int:
@@ -375,9 +283,6 @@ def main(argv: list[str] | None = None) -> int:
                 return status
             suites_status = status or suites_status
 
-    # Run as a script, bench/ itself is on sys.path, not the repo.
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table

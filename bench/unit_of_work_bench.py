@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from bench import unit_of_work_report as report
-    from bench.run import scratch_parent, show_results, write_results
+    from bench.common import scratch_parent, show_results, write_results
 
     sizes = QUICK if args.quick else FULL
     output = args.output if args.output is not None else (None if args.quick else RESULTS)

@@ -16,8 +16,8 @@ import sqlite3
 import statistics
 from dataclasses import dataclass
 
+from bench.common import git_commit, markdown_table
 from bench.log_bench import Floor
-from bench.run import git_commit, markdown_table
 from bench.writer_profile import Profile
 
 HEADERS = ["#", "measured", "median rate", "min to max", "ratios", "floors", "result", "notes"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import log_bench, run
+from bench import common, log_bench, run
 
 VERDICTS = {"PASS", "baseline", "context"}
 
@@ -32,7 +32,7 @@ def check_rows(rows: list[log_bench.Row], repeats: int) -> None:
             assert row.verdict == row.floor.verdict(row.rate, row.ratio)
     # Every line renders to a full table row.
     for row in rows:
-        assert len(run.cells(row)) == len(run.HEADERS)
+        assert len(common.cells(row)) == len(common.HEADERS)
 
 
 def test_floor_verdicts_name_what_missed() -> None:
@@ -116,5 +116,5 @@ def test_crash_result_and_markdown(tmp_path: Path) -> None:
     table = [line for line in lines if line.startswith("| ")]
     # Header, separator and one line per row, then the crash table's three.
     assert len(table) == 2 + len(rows) + 3
-    assert all(line.count(" | ") == len(run.HEADERS) - 1 for line in table[: 2 + len(rows)])
+    assert all(line.count(" | ") == len(common.HEADERS) - 1 for line in table[: 2 + len(rows)])
     assert "SQLite" in text and "fsync rate" in text and "- a note" in text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import bench_venv, log_bench, run
+from bench import bench_venv, common, log_bench, run
 from bench import eventstore_bench as eb
 from bench import eventstore_report as report
 
@@ -36,7 +36,7 @@ def check_rows(rows: list[log_bench.Row], repeats: int) -> None:
         assert row.rate == statistics.median(row.samples)
         # Without the competitor there is no baseline: context lines only.
         assert (row.verdict, row.baseline, row.floor) == ("context", None, None), row
-        assert len(run.cells(row)) == len(run.HEADERS)
+        assert len(common.cells(row)) == len(common.HEADERS)
 
 
 def test_appends_from_many_writers(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_markdown_report(tmp_path: Path) -> None:
     assert lines[0] == "# Event-store benchmarks"
     table = [line for line in lines if line.startswith("| ")]
     assert len(table) == 2 + len(rows) + 1
-    assert all(line.count(" | ") == len(run.HEADERS) - 1 for line in table)
+    assert all(line.count(" | ") == len(common.HEADERS) - 1 for line in table)
     assert "durability" in text and "- a note" in text
     assert text.count("\n1. ") == 1 and "4. fsync floor" in text
 

@@ -1,39 +1,18 @@
 """Every verdict on Porcupine's test histories matches Porcupine's own.
 
 The files are copies in tests/data/porcupine/ (see its README for where they
-came from and their licence); nothing here reads outside the repository.
+came from and their licence; bench/porcupine.py lists them with their
+verdicts); nothing here reads outside the repository.
 """
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
+from bench.porcupine import DATA, ETCD, ETCD_EMPTY, ETCD_LINEARIZABLE, KV, etcd_path
 
 from unbundled.consistency.checker import Verdict, check, kv, parse_history, register
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "porcupine"
-
-# The files porcupine_test.go asserts linearizable; all other non-empty ones are not.
-ETCD_LINEARIZABLE = {2, 5, 7, 18, 25, 31, 38, 45, 48, 49, 51, 53, 56, 67, 75, 76}
-ETCD_LINEARIZABLE |= {80, 87, 92, 98, 100, 101, 102}
-ETCD_EMPTY = 95
-ETCD = [n for n in range(103) if n != ETCD_EMPTY]
-
-# file -> (operations, expected verdict), from the data's README.
-KV = {
-    "c01-ok": (58, Verdict.LINEARIZABLE),
-    "c01-bad": (38, Verdict.NOT_LINEARIZABLE),
-    "c10-ok": (337, Verdict.LINEARIZABLE),
-    "c10-bad": (405, Verdict.NOT_LINEARIZABLE),
-    "c50-ok": (1712, Verdict.LINEARIZABLE),
-    "c50-bad": (2024, Verdict.NOT_LINEARIZABLE),
-}
-
-
-def etcd_path(n: int) -> Path:
-    return DATA / "jepsen" / f"etcd_{n:03d}.log"
 
 
 @pytest.mark.parametrize("n", ETCD, ids=[f"etcd_{n:03d}" for n in ETCD])

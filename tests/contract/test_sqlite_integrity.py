@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench import fuzzer as _fuzzer
 from unbundled import CorruptionError, Idempotency, Log, Message, NotSupported
 from unbundled.backends.sqlite import _schema
 from unbundled.cli import cli
@@ -24,7 +25,6 @@ from unbundled.consistency import KV
 
 from .. import _sqlite_pages
 from .._formats import downgrade
-from ..fuzz import _fuzzer
 
 
 def _write(path: Path, count: int = 200) -> list[bytes]:

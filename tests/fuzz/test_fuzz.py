@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench.fuzzer import Corpus, Mutation
 
-from . import _fuzzer
-from ._fuzzer import Corpus, Mutation
+from bench import fuzzer as _fuzzer
 
 SEED = int(os.environ.get("FUZZ_SEED", "20260906"))
 COUNT = int(os.environ.get("FUZZ_COUNT", "300"))

@@ -32,28 +32,12 @@ so a dry run raises exactly what the real one would, and returns the
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
-
-
-@dataclass(frozen=True)
-class DestroyReport:
-    """What :func:`destroy` dropped (or, with ``dry_run``, would drop).
-
-    ``name`` is what a person types back to confirm (the schema, the prefix,
-    the bucket, the file path); ``items`` lists what goes, one line each.
-    """
-
-    backend: str
-    url: str
-    name: str
-    what: str
-    items: tuple[str, ...]
-    dry_run: bool
+from ._drivers import backend_class
+from ._report import DestroyReport
+from .sqlite._destroy import destroy as destroy_sqlite
 
 
 def destroy(
@@ -90,34 +74,15 @@ def destroy(
     return report
 
 
-# A store closed just before destroy: the server notices the closed
-# connection a moment later. Connections still listed after this long are
-# taken for an open store.
-CLOSING_GRACE_S = 3.0
-
-
-def still_open(list_open: Callable[[], list[str]]) -> list[str]:
-    """The connections ``list_open()`` reports, asked again for a moment
-    while there are some: the server may not have noticed yet that a store
-    closed just before destroy was called."""
-    deadline = time.monotonic() + CLOSING_GRACE_S
-    while (found := list_open()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return found
-
-
 def _destroyer(scheme: str, url: str) -> Any:
-    # Imported here: the server backends' drivers are optional extras, and
-    # this module is imported by the backends package itself.
-    from . import _backend_class
-    from .sqlite._destroy import destroy as destroy_sqlite
-
+    # A server backend's module is imported only when a URL names it: its
+    # driver is an optional extra (see _drivers).
     if scheme in ("", "sqlite"):
         return destroy_sqlite
     if scheme in ("postgresql", "postgres"):
-        return _backend_class("postgres", "destroy", "psycopg 3", url)
+        return backend_class("postgres", "destroy", "psycopg 3", url)
     if scheme in ("redis", "rediss"):
-        return _backend_class("redis", "destroy", "redis-py", url)
+        return backend_class("redis", "destroy", "redis-py", url)
     if scheme == "nats":
-        return _backend_class("nats", "destroy", "nats-py", url)
+        return backend_class("nats", "destroy", "nats-py", url)
     raise UsageError(f"unknown backend URL scheme {scheme!r} in {url!r}", url=url)

@@ -19,8 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import __version__
+from .._ground import SyncLevel
 from ..errors import Error, NotSupported, exit_status
-from ..log._protocol import SyncLevel
 from ._check import check
 from ._common import DEFAULT_DB, App, db_help, echo_json, err_console, out_console, pass_app
 from ._consume import consume

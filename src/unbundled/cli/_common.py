@@ -15,6 +15,7 @@ import click
 import msgspec
 from rich.console import Console
 
+from .._ground import SyncLevel
 from ..backends import (
     EVENTS,
     IDEMPOTENCY,
@@ -22,15 +23,12 @@ from ..backends import (
     LOG,
     SERVES,
     URL_FORMS,
-    check_sqlite_path,
-    read_only_url,
-    sqlite_path,
     url_scheme,
     urls_serving,
 )
+from ..backends.sqlite._url import check_sqlite_path, read_only_url, sqlite_path
 from ..errors import NotFound, NotSupported
 from ..log import Log, Record
-from ..log._protocol import SyncLevel
 
 T = TypeVar("T")
 

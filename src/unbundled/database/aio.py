@@ -17,7 +17,8 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
-from .._waiters import AsyncWaiter
+from .._ground import SyncLevel
+from .._ground.waiters import AsyncWaiter
 from ..consistency.kv.api import KV
 from ..errors import TopicNotFound
 from ..eventstore._protocol import ANY
@@ -26,7 +27,7 @@ from ..eventstore.api import EventInput
 from ..eventstore.serialization import Metadata
 from ..idempotency.aio import AsyncIdempotency
 from ..idempotency.api import Attempt
-from ..log._protocol import Headers, Message, SyncLevel, TopicPartition
+from ..log._protocol import Headers, Message, TopicPartition
 from ..log.aio import AsyncConsumer, AsyncLog
 from ..transaction import _unit
 from ..transaction._core import TxKV

@@ -17,14 +17,15 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .._waiters import SyncWaiter
+from .._ground import SyncLevel
+from .._ground.waiters import SyncWaiter
 from ..consistency.kv.api import KV
 from ..errors import Closed, NotSupported, TopicNotFound
 from ..eventstore._protocol import ANY
 from ..eventstore.api import EventInput, EventStore
 from ..eventstore.serialization import Metadata
 from ..idempotency.api import Attempt, Idempotency
-from ..log._protocol import Headers, Message, SyncLevel, TopicPartition
+from ..log._protocol import Headers, Message, TopicPartition
 from ..log.api import Consumer, Log
 from ..transaction import _unit
 from ..transaction._core import TransactionCore, TxKV

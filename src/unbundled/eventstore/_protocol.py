@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
-from ..log._protocol import Waiter
+from .._ground import Waiter
 
 # Expected-version sentinels (an int >= 0 means "exactly this version").
 #: Expected version: append whatever version the stream is at (no check).

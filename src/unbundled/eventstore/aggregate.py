@@ -47,8 +47,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from .. import limits
 from .._bounds import check_int, check_optional_int
+from .._ground import now_ms
 from ..errors import NotSupported, StreamNotFound, UsageError
-from ..log._core import now_ms
 from . import _core
 from ._protocol import NO_STREAM, AppendResult, Snapshot
 from .api import EventStore, StoredEvent, new_event_id

@@ -28,17 +28,17 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from .._waiters import AsyncWaiter
-from ..log._protocol import SyncLevel
+from .. import _registry
+from .._ground import SyncLevel
+from .._ground.waiters import AsyncWaiter
+from .._registry import EVENTS
 from . import _core
+from ._base import EventInput, EventStoreBase, StoredEvent
 from ._protocol import ANY, AppendResult, NewEvent, RecordedEvent, StreamState, StreamWrite
-from .api import EventInput, EventStoreBase, StoredEvent
 from .serialization import Event, Metadata, Serializer
-
-if TYPE_CHECKING:
-    from .subscriptions import AsyncSubscription
+from .subscriptions import AsyncSubscription
 
 T = TypeVar("T")
 
@@ -63,10 +63,9 @@ class AsyncEventStore(EventStoreBase):
         """Open the store at ``url``, as :meth:`EventStore.open` does (a SQLite
         file, ``memory://`` or ``postgresql://``). Opening may create or
         migrate the file, so it runs in a worker thread."""
-        from ..backends import open_backend, require_events
-
-        backend: Any = await asyncio.to_thread(partial(open_backend, url, sync=sync, **options))
-        return cls(require_events(backend), events=events, serializer=serializer)
+        opening = partial(_registry.open, url, serving=EVENTS, sync=sync, **options)
+        backend: Any = await asyncio.to_thread(opening)
+        return cls(backend, events=events, serializer=serializer)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         self._check_open()
@@ -260,8 +259,6 @@ class AsyncEventStore(EventStoreBase):
         """Events after ``after_position``, stored ones first, then live, each
         once, in order: ``async with store.subscribe() as sub: async for e in sub``.
         See :class:`unbundled.eventstore.AsyncSubscription`."""
-        from .subscriptions import AsyncSubscription
-
         return AsyncSubscription(
             self, after_position, categories=categories, types=types, batch_size=batch_size
         )

@@ -41,20 +41,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from .. import limits
 from .._bounds import check_int, check_seconds
 from ..errors import Error, NotFound, ProjectionConflict, UsageError
+from ._base import EventStoreBase, StoredEvent
 from ._protocol import ProjectionTxn
 from ._read_model import DESCRIPTIONS, Description, TrackedTxn, check_collection, load, merged
 from ._read_model import reset_read_model as _reset_read_model
-from .api import StoredEvent
 from .serialization import Event
 from .subscriptions import WAIT_SLICE_S
-
-if TYPE_CHECKING:
-    from .api import EventStore
 
 BATCH_SIZE = 256  # events per transaction: on SQLite a batch holds the write lock
 CONFLICT_BACKOFF_S = 0.5  # after losing a race with another runner of the same projection
@@ -272,7 +269,7 @@ class ProjectionRunner:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventStoreBase,
         projections: Sequence[Projection],
         *,
         batch_size: int = BATCH_SIZE,
@@ -449,7 +446,7 @@ class ProjectionRunner:
 
 
 def rebuild_projection(
-    store: EventStore, name: str, *, collections: Sequence[str] = ()
+    store: EventStoreBase, name: str, *, collections: Sequence[str] = ()
 ) -> Description:
     """Reset projection ``name`` to be rebuilt by its runner, without its
     :class:`Projection` class (for tools and the CLI): in one transaction,
@@ -474,7 +471,7 @@ def rebuild_projection(
     return done[-1]
 
 
-def projection_status(store: EventStore) -> dict[str, ProjectionStatus]:
+def projection_status(store: EventStoreBase) -> dict[str, ProjectionStatus]:
     """Checkpoint and lag of every projection the store has a checkpoint for
     (whichever process runs it), without a runner: for tools and the CLI."""
     backend = store.backend

@@ -20,9 +20,9 @@ from typing import Generic, TypeVar
 
 import msgspec
 
+from ._base import EventStoreBase
 from ._protocol import ProjectionTxn
 from ._read_model import check_collection
-from .api import EventStoreBase
 
 T = TypeVar("T")
 

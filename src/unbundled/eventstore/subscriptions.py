@@ -33,9 +33,9 @@ from types import TracebackType
 
 from .. import limits
 from .._bounds import check_int, check_optional_seconds, check_seconds
-from .._waiters import Failure
+from .._ground.waiters import Failure
 from ..errors import Error, UsageError
-from .api import EventStoreBase, StoredEvent
+from ._base import EventStoreBase, StoredEvent
 from .serialization import Event
 
 # Longest single wait on the backend. A stop() from another thread cannot

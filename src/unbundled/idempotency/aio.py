@@ -37,8 +37,10 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
+from .. import _registry
+from .._ground import SyncLevel
+from .._registry import IDEMPOTENCY
 from ..errors import StaleToken, UsageError
-from ..log._protocol import SyncLevel
 from . import _core
 from ._protocol import Effects, IdempotencyRecord, State
 from .api import _SETTINGS, Attempt, IdempotencyBase
@@ -76,10 +78,9 @@ class AsyncIdempotency(IdempotencyBase):
         ``deterministic``, ``encode``, ``decode``) configure the facade, the
         rest go to the backend. Opening may create or migrate a file, so it
         runs in a worker thread."""
-        from ..backends import open_backend
-
         settings = {k: options.pop(k) for k in list(options) if k in _SETTINGS}
-        backend: Any = await asyncio.to_thread(partial(open_backend, url, sync=sync, **options))
+        opening = partial(_registry.open, url, serving=IDEMPOTENCY, sync=sync, **options)
+        backend: Any = await asyncio.to_thread(opening)
         return cls(backend, **settings)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

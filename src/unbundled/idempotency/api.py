@@ -25,8 +25,10 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .. import limits
+from .. import _registry, limits
 from .._bounds import check_int, check_optional_seconds
+from .._ground import SyncLevel
+from .._registry import IDEMPOTENCY
 from ..errors import (
     Closed,
     IdempotencyKeyReused,
@@ -35,7 +37,6 @@ from ..errors import (
     StaleToken,
     UsageError,
 )
-from ..log._protocol import SyncLevel
 from . import _core
 from ._protocol import Effects, IdempotencyBackend, IdempotencyRecord, State
 
@@ -241,10 +242,8 @@ class Idempotency(IdempotencyBase):
         idempotency keys (``NotSupported``). Options named like the settings
         (``lease_ms``, ``retention_ms``, ``fingerprint``, ``deterministic``,
         ``encode``, ``decode``) configure the facade, the rest go to the backend."""
-        from ..backends import open_backend
-
         settings = {k: options.pop(k) for k in list(options) if k in _SETTINGS}
-        backend: Any = open_backend(url, sync=sync, **options)
+        backend: Any = _registry.open(url, serving=IDEMPOTENCY, sync=sync, **options)
         return cls(backend, **settings)
 
     def __enter__(self) -> Idempotency:

@@ -1,6 +1,5 @@
 """The log: topics, partitions, offsets, consumer groups, transactions."""
 
-from ._producer import Producer as Producer
 from ._protocol import AppendItem as AppendItem
 from ._protocol import GroupInfo as GroupInfo
 from ._protocol import GroupMemberInfo as GroupMemberInfo
@@ -23,6 +22,7 @@ from .aio import AsyncProducer as AsyncProducer
 from .aio import AsyncTransaction as AsyncTransaction
 from .api import Consumer as Consumer
 from .api import Log as Log
+from .api import Producer as Producer
 from .api import Transaction as Transaction
 
 __all__ = [

@@ -378,7 +378,7 @@ class ConsumerCore:
 
 def run_sync(backend: Any, steps: Steps) -> Any:
     """Drive a generator of :class:`Op` with blocking calls."""
-    from .._waiters import SyncWaiter
+    from .._ground.waiters import SyncWaiter
     from ..errors import Error
 
     try:

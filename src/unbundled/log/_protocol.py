@@ -13,9 +13,10 @@ from typing import Literal, NamedTuple, Protocol
 import msgspec
 
 from .. import limits
+from .._ground import SyncLevel as SyncLevel  # noqa: PLC0414 (moved; its old home)
+from .._ground import Waiter as Waiter  # noqa: PLC0414 (moved; its old home)
 
 CleanupPolicy = Literal["delete", "compact"]
-SyncLevel = Literal["full", "normal", "off"]
 Headers = tuple[tuple[str, bytes], ...]
 
 
@@ -213,9 +214,6 @@ class MaintenanceReport(msgspec.Struct, frozen=True):
     """What one retention/compaction pass removed, per topic."""
 
     removed: dict[str, int]
-
-
-Waiter = Callable[[object], None]
 
 
 class LogBackend(Protocol):

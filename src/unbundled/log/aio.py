@@ -18,10 +18,12 @@ from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .. import limits
-from .._waiters import AsyncWaiter
+from .. import _registry, limits
+from .._ground.waiters import AsyncWaiter
+from .._registry import LOG
 from ..errors import Error, PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
+from ._base import LogBase, _consumer_core, group_lag
 from ._consumer import ConsumerCore, OffsetReset, Steps
 from ._producer import ProducerCore
 from ._protocol import (
@@ -42,7 +44,6 @@ from ._protocol import (
     TopicPartition,
     WriteBatch,
 )
-from .api import LogBase, _consumer_core, group_lag
 
 T = TypeVar("T")
 
@@ -64,10 +65,8 @@ class AsyncLog(LogBase):
         **options: Any,
     ) -> AsyncLog:
         """Async twin of :meth:`unbundled.Log.open`; the backend is opened in a worker thread."""
-        from ..backends import open_backend, require_log
-
-        backend = await asyncio.to_thread(partial(open_backend, url, sync=sync, **options))
-        return cls(require_log(backend))
+        opening = partial(_registry.open, url, serving=LOG, sync=sync, **options)
+        return cls(await asyncio.to_thread(opening))
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         self._check_open()

@@ -11,144 +11,36 @@
 from __future__ import annotations
 
 import os
-import uuid
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from .. import limits
-from .._bounds import check_int, check_optional_seconds
-from .._waiters import SyncWaiter
-from ..errors import Closed, PartitionNotFound, TopicExists, TopicNotFound, UsageError
+from .. import _registry, limits
+from .._ground.waiters import SyncWaiter
+from .._registry import LOG
+from ..errors import PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
+from ._base import LogBase, _consumer_core, group_lag
 from ._consumer import ConsumerCore, OffsetReset, run_sync
-from ._producer import Producer
+from ._producer import ProducerCore
 from ._protocol import (
     AppendItem,
     CleanupPolicy,
     GroupInfo,
     Headers,
-    LogBackend,
     MaintenanceReport,
     Message,
     OffsetCommit,
     Position,
+    ProducerStamp,
     Record,
     SyncLevel,
     TopicConfig,
     TopicInfo,
     TopicPartition,
-    ValueRun,
     WriteBatch,
 )
-
-
-class LogBase:
-    """What the sync and async facades share: config cache, partitioner, validation."""
-
-    _shared = False  # True for a part of a Database, which owns the backend
-
-    def __init__(self, backend: LogBackend) -> None:
-        self.backend = backend
-        self._now = backend.clock
-        self._configs: dict[str, TopicConfig] = {}
-        self._partitioner = _core.Partitioner()
-        self._closed = False
-
-    @property
-    def url(self) -> str:
-        """The URL of the backend this log was opened on (no password in it)."""
-        return self.backend.url
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise Closed("the log is closed")
-
-    def _forget(self, error: BaseException) -> None:
-        """After an error that may mean a stale topic cache, drop the cache."""
-        if isinstance(error, TopicNotFound | PartitionNotFound):
-            self._configs.clear()
-
-    def _items(
-        self, topic: str, config: TopicConfig, messages: Iterable[Any]
-    ) -> Sequence[AppendItem]:
-        return _core.build_items(topic, config, messages, self._partitioner, self._now())
-
-    def _prepare_one(
-        self,
-        topic: str,
-        config: TopicConfig,
-        value: bytes | None,
-        key: bytes | None,
-        headers: Headers | dict[str, bytes] | None,
-        timestamp: int | None,
-        partition: int | None,
-    ) -> Sequence[AppendItem]:
-        """Validated items for a single append, with a fast path for a bare value."""
-        if (
-            key is None
-            and headers is None
-            and timestamp is None
-            and partition is None
-            and type(value) is bytes
-            and len(value) <= config.record_bytes_max
-            and config.cleanup_policy == "delete"
-        ):
-            return ValueRun(self._partitioner.sticky(config.partitions), [value], self._now())
-        message = self._one(value, key, headers, timestamp, partition)
-        return self._items(topic, config, (message,))
-
-    def _one(
-        self,
-        value: bytes | None,
-        key: bytes | None,
-        headers: Headers | dict[str, bytes] | None,
-        timestamp: int | None,
-        partition: int | None,
-    ) -> bytes | Message:
-        if (
-            key is None
-            and not headers
-            and timestamp is None
-            and partition is None
-            and (type(value) is bytes)
-        ):
-            return value  # the fast path: a bare value
-        return Message(value, key, headers or (), timestamp, partition)  # type: ignore[arg-type]
-
-    @staticmethod
-    def _topic_config(
-        partitions: int,
-        retention_ms: int | None,
-        retention_bytes: int | None,
-        cleanup_policy: CleanupPolicy,
-        tombstone_retention_ms: int,
-        record_bytes_max: int,
-    ) -> TopicConfig:
-        return _core.check_config(
-            TopicConfig(
-                partitions=partitions,
-                retention_ms=retention_ms,
-                retention_bytes=retention_bytes,
-                cleanup_policy=cleanup_policy,
-                tombstone_retention_ms=tombstone_retention_ms,
-                record_bytes_max=record_bytes_max,
-            )
-        )
-
-    @staticmethod
-    def _check_read(
-        topic: str,
-        offset: int,
-        records_max: int,
-        bytes_max: int = limits.read_bytes_max,
-        timeout_s: float | None = None,
-    ) -> None:
-        _core.check_topic_name(topic)
-        _core.check_offset("offset", offset)
-        check_int("records_max", records_max, 1, limits.read_records_max)
-        check_int("bytes_max", bytes_max, 1, limits.read_bytes_max)
-        check_optional_seconds("timeout_s", timeout_s)
 
 
 class Log(LogBase):
@@ -171,9 +63,7 @@ class Log(LogBase):
         ``?mode=ro`` opens it read-only) or ``memory://``. The server URLs
         (``postgresql://``, ``redis://``, ``nats://``) do not serve the log:
         ``NotSupported``."""
-        from ..backends import open_backend, require_log
-
-        return cls(require_log(open_backend(url, sync=sync, **options)))
+        return cls(_registry.open(url, serving=LOG, sync=sync, **options))
 
     def __enter__(self) -> Log:
         return self
@@ -449,84 +339,93 @@ class Log(LogBase):
         return self.backend.maintain()
 
 
-def group_lag(backend: LogBackend, group: str) -> dict[TopicPartition, tuple[int | None, int, int]]:
-    """``(committed, end, lag)`` per partition of the group's topics (blocking)."""
-    info = backend.describe_group(group)
-    topics = {tp.topic for tp in info.committed}
-    for member in info.members:
-        topics.update(member.topics)
-    out: dict[TopicPartition, tuple[int | None, int, int]] = {}
-    for topic in sorted(topics):
-        try:
-            described = backend.describe_topic(topic)
-        except TopicNotFound:
-            continue
-        for p in described.partitions:
-            tp = TopicPartition(topic, p.partition)
-            committed = info.committed.get(tp)
-            base = committed if committed is not None else p.start_offset
-            out[tp] = (committed, p.end_offset, max(0, p.end_offset - base))
-    return out
+class Producer:
+    """An idempotent producer: every append carries ``(producer_id, sequence)``
+    and the log writes each sequence at most once, so a retry after an unknown
+    outcome (a crash, a timeout) cannot duplicate a record.
 
+    Opening a producer starts a new *epoch* and fences older instances with the
+    same id (``ProducerFenced``). Sequences grow by one per call unless given:
+    pass your own (say, the number of the input line) and, after a restart,
+    skip the input up to :attr:`last_sequence`. Sequences must increase but
+    may skip. A retry of one of the last 64 requests returns its original
+    positions; an older sequence raises ``OutOfOrderSequence``.
+    """
 
-def _consumer_core(
-    topics: str | Sequence[str],
-    group: str | None,
-    member_id: str | None,
-    auto_commit: bool,
-    auto_commit_interval_s: float,
-    offset_reset: OffsetReset,
-    lease_ms: int,
-    partitions: Sequence[TopicPartition] | None,
-    instance_id: str | None = None,
-) -> ConsumerCore:
-    names = (topics,) if isinstance(topics, str) else tuple(topics)
-    if not names:
-        raise UsageError("a consumer needs at least one topic")
-    for name in names:
-        _core.check_topic_name(name)
-    if group is not None:
-        _core.check_group_name(group)
-    if instance_id is not None:
-        _check_static(group, member_id, partitions, instance_id)
-    member = member_id or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    _core.check_group_name(member, "member_id")
-    return ConsumerCore(
-        names,
-        group=group,
-        member_id=member,
-        auto_commit=auto_commit,
-        auto_commit_interval_s=auto_commit_interval_s,
-        offset_reset=offset_reset,
-        lease_ms=lease_ms,
-        partitions=[TopicPartition(*tp) for tp in partitions] if partitions is not None else None,
-        instance_id=instance_id,
-    )
+    def __init__(self, log: Log, producer_id: str) -> None:
+        self._log = log
+        self.producer_id = _core.check_producer_id(producer_id)
+        epoch, last_sequence = log.backend.init_producer(self.producer_id)
+        self._core = ProducerCore(self.producer_id, epoch, last_sequence)
+        self._lock = threading.Lock()
 
+    @property
+    def epoch(self) -> int:
+        """This incarnation's epoch; opening the id again fences this one."""
+        return self._core.epoch
 
-def _check_static(
-    group: str | None,
-    member_id: str | None,
-    partitions: Sequence[TopicPartition] | None,
-    instance_id: str,
-) -> None:
-    """Validate a static member's options (see ``Log.consumer``)."""
-    _core.check_group_name(instance_id, "instance_id")
-    if group is None or partitions is not None:
-        raise UsageError(
-            f"instance_id {instance_id!r} needs a group and no fixed partitions: "
-            "it names a member of a consumer group",
-            instance_id=instance_id,
+    @property
+    def last_sequence(self) -> int:
+        """The highest sequence written durably under this producer id, ``-1``
+        if none: the log's value when this producer was opened (also after a
+        crash: it commits with the records), raised by each append that
+        returned. Resume a numbered input after it."""
+        return self._core.last_sequence
+
+    def stamp(self, sequence: int | None = None) -> ProducerStamp:
+        """Take the next sequence number (or ``sequence``) without writing."""
+        with self._lock:
+            return self._core.stamp(sequence)
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | dict[str, bytes] | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+        sequence: int | None = None,
+    ) -> Position:
+        """Append one record as the next sequence number (or
+        ``sequence``) and return its position, once durable; see
+        :meth:`Log.append <unbundled.Log.append>` for the arguments. Safe to retry
+        after an unknown outcome with the same ``sequence``: a retry of one of the
+        last ``limits.producer_window_requests_max`` requests writes nothing and
+        returns the original position. Raises ``ProducerFenced`` once the producer id
+        was opened again, ``OutOfOrderSequence`` for an older sequence (nothing
+        written), and what :meth:`Log.append <unbundled.Log.append>` raises."""
+        message = self._log._one(value, key, headers, timestamp, partition)
+        return self.append_batch(topic, (message,), sequence=sequence)[0]
+
+    def append_batch(
+        self, topic: str, messages: Iterable[bytes | Message], *, sequence: int | None = None
+    ) -> list[Position]:
+        """Append atomically as one sequence number; a retry returns the original positions."""
+        log = self._log
+        config = log._config(topic)
+        items = log._items(topic, config, messages)
+        return self._write(
+            WriteBatch({topic: items}, (), None, {topic: config.partitions}), sequence
         )
-    if member_id is not None:
-        # Each incarnation needs its own member id: one shared with its
-        # predecessor would let that zombie's commits through.
-        raise UsageError(
-            f"give instance_id {instance_id!r} or member_id {member_id!r}, not both: a "
-            "static member gets a new member id each time it is opened",
-            instance_id=instance_id,
-            member_id=member_id,
-        )
+
+    def _write(self, batch: WriteBatch, sequence: int | None = None) -> list[Position]:
+        """Stamp ``batch``, write it, wait until it is durable."""
+        log = self._log
+        # Take the sequence and enqueue under one lock, so the writer sees
+        # sequences in order even when threads share this producer; and never
+        # commit inline under it (the other threads would wait out the commit
+        # instead of batching with it).
+        with self._lock:
+            stamp = self._core.stamp(sequence)
+            waiter = SyncWaiter(inline=False)
+            log._check_open()
+            log.backend.submit(batch._replace(producer=stamp), waiter)
+        positions = log._wait(waiter)
+        with self._lock:  # threads finishing out of order must not lower it
+            self._core.written(stamp)
+        return positions
 
 
 class Consumer:

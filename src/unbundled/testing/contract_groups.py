@@ -1,6 +1,7 @@
 """The log's contract, part two: consumer groups, transactions, retention, compaction.
 
-See :mod:`unbundled.testing.contract` for how to run it. Time-dependent checks
+See :mod:`unbundled.testing.contract` for how to run it (its ``all_checks``
+runs these too). Time-dependent checks
 drive a :class:`~unbundled.testing.clock.SimClock`, so leases and retention
 expire exactly when the check says, not after a sleep.
 """
@@ -19,8 +20,8 @@ from ..errors import (
     UsageError,
 )
 from ..log import Consumer, Log, Message, Record, TopicPartition
+from ._log_kit import Check, LogTarget, durable_only, poll_until, raises, read_all
 from .clock import SimClock
-from .contract import Check, LogTarget, durable_only, poll_until, raises, read_all
 
 __all__ = ["CHECKS", "settle"]
 

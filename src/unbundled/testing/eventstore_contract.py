@@ -19,12 +19,10 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from .. import limits
-from .._waiters import SyncWaiter
 from ..errors import (
     Closed,
     DuplicateEventId,
@@ -47,8 +45,19 @@ from ..eventstore import (
     Snapshot,
     StreamWrite,
 )
+from ._eventstore_kit import (
+    Check,
+    Deposited,
+    EventStoreTarget,
+    Opened,
+    durable_only,
+    everything,
+    new_event,
+    submit,
+)
+from ._log_kit import raises, run_threads
 from .clock import SimClock
-from .contract import raises, run_threads
+from .eventstore_contract_state import CHECKS as STATE_CHECKS
 
 __all__ = [
     "Check",
@@ -60,63 +69,11 @@ __all__ = [
     "submit",
 ]
 
-Clock = Callable[[], int]
-Check = Callable[["EventStoreTarget"], None]
-
-
-@dataclass(frozen=True)
-class EventStoreTarget:
-    """The backend under test: ``open(clock)`` returns an :class:`EventStore`
-    whose backend uses ``clock`` for recorded times. Every check gets a fresh,
-    empty store; for a ``durable`` target, opening again after closing reaches
-    the same store and sees everything committed."""
-
-    name: str
-    open: Callable[[Clock], EventStore]
-    durable: bool
-
-
-def durable_only(check: Check) -> Check:
-    """Mark a check that needs a store that survives closing."""
-    check.durable_only = True  # type: ignore[attr-defined]
-    return check
-
 
 def all_checks(*, durable: bool = True) -> list[Check]:
     """Every check; without ``durable``, only those a volatile store can pass."""
-    from .eventstore_contract_state import CHECKS as STATE_CHECKS
-
     checks = [*CHECKS, *STATE_CHECKS]
     return [c for c in checks if durable or not getattr(c, "durable_only", False)]
-
-
-class Opened(Event, frozen=True):
-    owner: str
-
-
-class Deposited(Event, frozen=True):
-    amount: int
-
-
-def new_event(kind: str = "Noted", data: bytes = b"{}", event_id: str | None = None) -> NewEvent:
-    """A serialized event with a fresh id (or ``event_id``)."""
-    return NewEvent(str(uuid.uuid4()) if event_id is None else event_id, kind, data)
-
-
-def submit(store: EventStore, writes: Sequence[StreamWrite]) -> list[AppendResult]:
-    """Append through the raw backend, bypassing the facade's checks."""
-    waiter = SyncWaiter()
-    store.backend.submit_events(writes, waiter)
-    results: list[AppendResult] = waiter.wait()
-    return results
-
-
-def everything(store: EventStore) -> list[RecordedEvent]:
-    """Every event of ``$all``, page by page."""
-    out: list[RecordedEvent] = []
-    while page := store.read_all_raw(out[-1].position if out else 0, limit=500):
-        out.extend(page)
-    return out
 
 
 def _unchanged(store: EventStore, streams: Sequence[str]) -> Callable[[], None]:

@@ -12,9 +12,7 @@ from typing import Any
 
 from ..errors import ProjectionConflict, StreamDeleted, SubjectForgotten, UsageError
 from ..eventstore import NO_STREAM, ProjectionTxn, Snapshot
-from .clock import SimClock
-from .contract import raises
-from .eventstore_contract import (
+from ._eventstore_kit import (
     Check,
     Deposited,
     EventStoreTarget,
@@ -22,6 +20,8 @@ from .eventstore_contract import (
     everything,
     new_event,
 )
+from ._log_kit import raises
+from .clock import SimClock
 
 __all__ = ["CHECKS"]
 

@@ -36,10 +36,9 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -49,10 +48,19 @@ from ..errors import (
     StaleToken,
     UsageError,
 )
-from ..eventstore._protocol import RecordedEvent
-from ..idempotency import Attempt, EffectsTxn, Idempotency, IdempotencyRecord, ReplayedError
-from .clock import SimClock
-from .contract import run_threads
+from ..idempotency import Attempt, EffectsTxn, ReplayedError
+from ._idempotency_kit import (
+    Check,
+    Counter,
+    IdempotencyTarget,
+    _Died,
+    _env,
+    _state,
+    events_of,
+    raises,
+)
+from ._log_kit import run_threads
+from .idempotency_contract_effects import CHECKS as EFFECTS_CHECKS
 
 __all__ = [
     "Check",
@@ -63,25 +71,9 @@ __all__ = [
     "events_of",
 ]
 
-Effect = Literal["events", "sql"]
-E = TypeVar("E", bound=BaseException)
-Check = Callable[["IdempotencyTarget"], None]
-
-
-@dataclass(frozen=True)
-class IdempotencyTarget:
-    """The backend under test (see the module docstring)."""
-
-    name: str
-    open: Callable[[SimClock | None], Idempotency]
-    sim_clock: bool = True
-    effects: frozenset[Effect] = field(default_factory=lambda: frozenset({"events"}))
-
 
 def all_checks() -> list[Check]:
     """Every check; each adapts itself to the target's flags."""
-    from .idempotency_contract_effects import CHECKS as EFFECTS_CHECKS
-
     return [*CHECKS, *EFFECTS_CHECKS]
 
 
@@ -95,39 +87,6 @@ class CardExpired(Declined):
 
 class Transient(Exception):
     """A transient failure: the key must be released."""
-
-
-class Counter:
-    """Counts handler runs across threads; ``handler(result)`` makes one."""
-
-    def __init__(self) -> None:
-        self.runs = 0
-        self._lock = threading.Lock()
-
-    def bump(self) -> int:
-        with self._lock:
-            self.runs += 1
-            return self.runs
-
-    def handler(self, result: Any, pause_s: float = 0.0) -> Callable[[Attempt], Any]:
-        def run(attempt: Attempt) -> Any:
-            self.bump()
-            if pause_s:
-                time.sleep(pause_s)  # widens the race window; never asserted on
-            return result
-
-        return run
-
-
-def raises(kind: type[E], call: Callable[[], object]) -> E:
-    """Run ``call`` and return the ``kind`` exception it must raise."""
-    try:
-        call()
-    except kind as exc:
-        return exc
-    except Exception as exc:
-        raise AssertionError(f"expected {kind.__name__}, got {type(exc).__name__}: {exc}") from exc
-    raise AssertionError(f"expected {kind.__name__}, but nothing was raised")
 
 
 def _raising(error: Exception) -> Callable[[Attempt], Any]:
@@ -145,64 +104,6 @@ def _noting(ran: list[str], name: str, output: int) -> Callable[[], int]:
         return output
 
     return step
-
-
-class _Env:
-    """One check's store, clock and timings."""
-
-    def __init__(self, target: IdempotencyTarget) -> None:
-        self.target = target
-        self.clock = SimClock() if target.sim_clock else None
-        self.idem = target.open(self.clock)
-        # Real clocks: leases short enough to sleep past, long enough for a
-        # loaded machine to finish the few calls a check makes inside one.
-        self.lease_ms = 30_000 if self.clock else 400
-        self.retention_ms = 3_600_000 if self.clock else 800
-
-    def with_settings(self, **settings: Any) -> Idempotency:
-        return Idempotency(self.idem.backend, **settings)
-
-    def short(self, **settings: Any) -> Idempotency:
-        return self.with_settings(
-            lease_ms=self.lease_ms, retention_ms=self.retention_ms, **settings
-        )
-
-    def pass_ms(self, ms: int) -> None:
-        """Let ``ms`` milliseconds pass (and a little more on a real clock)."""
-        if self.clock is not None:
-            self.clock.advance(ms)
-        else:
-            time.sleep(ms / 1000 + 0.05)
-
-    def past_lease(self) -> None:
-        self.pass_ms(self.lease_ms + 1)
-
-    def past_retention(self) -> None:
-        self.pass_ms(self.retention_ms + 1)
-
-    def close(self) -> None:
-        self.idem.close()
-
-
-@contextlib.contextmanager
-def _env(target: IdempotencyTarget) -> Iterator[_Env]:
-    env = _Env(target)
-    try:
-        yield env
-    finally:
-        env.close()
-
-
-def events_of(idem: Idempotency, stream: str | None = None) -> list[RecordedEvent]:
-    """Every event the backend's event store holds (optionally of one stream)."""
-    out: list[RecordedEvent] = []
-    while page := idem.backend.read_all(out[-1].position if out else 0, 1000):  # type: ignore[attr-defined]
-        out.extend(page)
-    return [e for e in out if stream is None or e.stream == stream]
-
-
-def _state(record: IdempotencyRecord | None) -> str | None:
-    return None if record is None else record.state
 
 
 # --- the basic exchange -------------------------------------------------------------
@@ -317,10 +218,6 @@ def check_waiters_get_the_first_result(target: IdempotencyTarget) -> None:
 
 
 # --- leases, fencing and take-over ----------------------------------------------------
-
-
-class _Died(Exception):
-    pass
 
 
 def check_lease_expiry_fences_the_zombie(target: IdempotencyTarget) -> None:

@@ -23,8 +23,7 @@ from ..errors import (
 )
 from ..eventstore._protocol import ANY, NO_STREAM, NewEvent, StreamWrite
 from ..idempotency import EffectsTxn, Idempotency
-from .contract import run_threads
-from .idempotency_contract import (
+from ._idempotency_kit import (
     Check,
     Counter,
     IdempotencyTarget,
@@ -34,6 +33,7 @@ from .idempotency_contract import (
     events_of,
     raises,
 )
+from ._log_kit import run_threads
 
 SQL_TABLE = "unbundled_contract_effects"
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
+from .._ground import Waiter
 from ..consistency.kv import _core as _kv_core
 from ..consistency.kv._protocol import Expect
 from ..errors import CompareFailed, NotSupported, UsageError, WrongExpectedVersion
 from ..eventstore._protocol import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, StreamWrite
 from ..idempotency import _core as _idem_core
 from ..idempotency._protocol import IdempotencyRecord
-from ..log._protocol import AppendItem, OffsetCommit, Position, Waiter, WriteBatch
+from ..log._protocol import AppendItem, OffsetCommit, Position, WriteBatch
 
 #: The parts a transaction can hold, as backends declare them in ``unit_parts``.
 RECORDS = "records"

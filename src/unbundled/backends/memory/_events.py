@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..._ground import Waiter
 from ...errors import (
     Closed,
     Error,
@@ -27,7 +28,6 @@ from ...eventstore._protocol import (
     StreamWrite,
     category_of,
 )
-from ...log._protocol import Waiter
 
 
 @dataclass

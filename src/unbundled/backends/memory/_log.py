@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ... import limits
+from ..._ground import Waiter
 from ...errors import (
     Closed,
     Error,
@@ -35,7 +36,6 @@ from ...log._protocol import (
     TopicConfig,
     TopicInfo,
     TopicPartition,
-    Waiter,
     WriteBatch,
 )
 

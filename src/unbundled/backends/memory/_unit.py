@@ -11,12 +11,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
+from ..._ground import Waiter
 from ...consistency.kv import _core as _kv_core
 from ...errors import Closed, Error, UsageError
 from ...eventstore import _core as _events_core
 from ...eventstore._protocol import AppendResult, StreamWrite
 from ...idempotency._protocol import IdempotencyRecord
-from ...log._protocol import Position, Waiter, WriteBatch
+from ...log._protocol import Position, WriteBatch
 from ...transaction import _unit
 
 

@@ -20,7 +20,8 @@ from typing import Any
 from nats.js import errors as js_errors
 
 from ...errors import NotFound, UsageError
-from .._destroy import DestroyReport
+from .._report import DestroyReport
+from ._backend import NatsBackend
 from ._kv import VERSION_HEADER
 
 
@@ -58,7 +59,6 @@ async def _check(admin: Any) -> tuple[int, int]:
 
 def destroy(url: str, *, dry_run: bool) -> DestroyReport:
     """Delete the bucket of ``url`` (see the module docstring)."""
-    from . import NatsBackend
 
     class Admin(NatsBackend):
         """A connection that opens the bucket without creating it."""

@@ -23,9 +23,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from ..._ground import SyncLevel, now_ms
 from ...errors import UsageError
-from ...log._core import now_ms
-from ...log._protocol import SyncLevel
 from ._destroy import destroy
 from ._events import PostgresEvents
 from ._idempotency import PostgresIdempotency

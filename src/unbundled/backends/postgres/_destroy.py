@@ -25,7 +25,7 @@ import re
 from psycopg import errors as pg_errors
 
 from ...errors import NotFound, UsageError
-from .._destroy import DestroyReport, still_open
+from .._report import DestroyReport, still_open
 from ._schema import DDL, Conn, application_name, connect, display_url, parse_url, translated
 
 OUR_TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS \{s\}\.(\w+)", DDL))

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..._ground import Waiter
 from ...errors import Closed, SubjectForgotten, UsageError
 from ...eventstore import _core
 from ...eventstore._protocol import (
@@ -21,7 +22,6 @@ from ...eventstore._protocol import (
     StreamState,
     StreamWrite,
 )
-from ...log._protocol import Waiter
 from ._notify import Notifier
 from ._schema import Conn, Pool, translated
 from ._stage import EVENT_COLUMNS

@@ -31,10 +31,10 @@ from typing import Any
 import msgspec
 import psycopg
 
+from ..._ground import now_ms
 from ...errors import StaleToken, Unavailable
 from ...idempotency import _core
 from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
-from ...log._core import now_ms
 from ...transaction import _unit
 from ._notify import KEYS_PAYLOAD, Notifier
 from ._schema import Conn

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from ..._waiters import Failure
+from ..._ground.waiters import Failure
 from ...errors import Error
 from ._schema import Conn
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg
 
+from ..._ground import Waiter
 from ...errors import Error, Unavailable, UsageError
 from ...eventstore import _core
 from ...eventstore._protocol import (
@@ -38,7 +39,6 @@ from ...eventstore._protocol import (
     StreamWrite,
     category_of,
 )
-from ...log._protocol import Waiter
 from ._schema import Conn
 
 EVENT_COLUMNS = (

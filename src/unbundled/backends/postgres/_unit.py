@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 
-from ..._waiters import AsyncWaiter
+from ..._ground import Waiter
+from ..._ground.waiters import AsyncWaiter
 from ...errors import Closed, CompareFailed, Unavailable, UsageError
 from ...idempotency import _core as _idem_core
 from ...idempotency._protocol import IdempotencyRecord
-from ...log._protocol import Waiter
 from ...transaction import _unit
 from ._idempotency import _record
 from ._kv import _KvSql

@@ -36,10 +36,10 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from ... import limits
-from ..._waiters import Failure, complete_all, withdrawn
+from ..._ground import Waiter
+from ..._ground.waiters import Failure, complete_all, withdrawn
 from ...errors import Closed, Error, Unavailable
 from ...eventstore._protocol import StreamWrite
-from ...log._protocol import Waiter
 from ._schema import Conn, translate
 from ._stage import Opened, Request, Retry, Statements, decide, finish, open_batch
 

@@ -26,7 +26,17 @@ import redis
 from redis.exceptions import ResponseError
 
 from ...errors import UsageError
-from .._destroy import DestroyReport, still_open
+from .._report import DestroyReport, still_open
+from ._connect import (
+    CONNECT_TIMEOUT_S,
+    PREFIX_DEFAULT,
+    SOCKET_TIMEOUT_S,
+    client_name,
+    display_url,
+    escape_glob,
+    parse_url,
+    translated,
+)
 
 # KEYS[1]: a key under the prefix; ARGV[1]: "check" or "delete". Answers
 # 1 (ours; deleted if asked), 0 (not ours: left alone), -1 (gone meanwhile).
@@ -76,17 +86,6 @@ def _sweep(client: redis.Redis, pattern: str, action: str) -> dict[int, list[byt
 
 def destroy(url: str, *, dry_run: bool) -> DestroyReport:
     """Delete the records under the prefix of ``url`` (see the module docstring)."""
-    from . import (
-        CONNECT_TIMEOUT_S,
-        PREFIX_DEFAULT,
-        SOCKET_TIMEOUT_S,
-        client_name,
-        display_url,
-        escape_glob,
-        parse_url,
-        translated,
-    )
-
     redis_url, given = parse_url(url)
     prefix = given if given is not None else PREFIX_DEFAULT
     where = display_url(url)

@@ -22,8 +22,7 @@ import re
 import sqlite3
 
 from ...errors import NotFound, UsageError
-from .. import sqlite_path
-from .._destroy import DestroyReport
+from .._report import DestroyReport
 from ._schema import (
     APPLICATION_ID,
     EVENTS_SCHEMA,
@@ -33,6 +32,7 @@ from ._schema import (
     SCHEMA,
     translated,
 )
+from ._url import sqlite_path
 
 # Every table a version of the format creates; a partition's records table
 # (``log_<topic id>_<partition>``) and SQLite's own (``sqlite_sequence``,

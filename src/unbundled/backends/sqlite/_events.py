@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
 
+from ..._ground import Waiter, crc32
 from ...errors import (
     Closed,
     ProjectionConflict,
@@ -31,8 +32,6 @@ from ...eventstore._protocol import (
     StreamWrite,
     category_of,
 )
-from ...log._core import _crc32
-from ...log._protocol import Waiter
 from . import _events_read
 from ._events_read import HEADER as _HEADER
 from ._events_read import stream_row_crc, to_events
@@ -67,7 +66,7 @@ def event_crc(
     """CRC-32 over an event's identity and content (see docs/reference/format.md)."""
     # One call over the concatenation: the same value as chaining the CRC over
     # each part in turn, at half the cost (this runs for every event read).
-    return _crc32(
+    return crc32(
         b"".join(
             (
                 _HEADER.pack(schema_version, recorded_ms),

@@ -16,9 +16,9 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from ..._ground import crc32 as _crc32
 from ...errors import CorruptionError
 from ...eventstore._protocol import NO_STREAM, RecordedEvent, StreamState, category_of
-from ...log._core import _crc32
 from ._integrity import corrupt, int_check, row_crc
 
 HEADER = struct.Struct("<qq")  # schema_version, recorded_ms: covered by the CRC too

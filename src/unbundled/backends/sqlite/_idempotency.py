@@ -17,10 +17,10 @@ from typing import Any
 
 import msgspec
 
-from ..._waiters import SyncWaiter
+from ..._ground import Waiter
+from ..._ground.waiters import SyncWaiter
 from ...idempotency import _core
 from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
-from ...log._protocol import Waiter
 from ...transaction import _unit
 from ._integrity import corrupt, row_crc
 from ._writer import Stage, Writer

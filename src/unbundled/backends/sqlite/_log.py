@@ -19,7 +19,8 @@ import msgspec
 
 from ... import limits
 from ..._bounds import check_optional_seconds
-from ..._waiters import SyncWaiter
+from ..._ground import SyncLevel, Waiter
+from ..._ground.waiters import SyncWaiter
 from ...errors import (
     Closed,
     CorruptionError,
@@ -38,11 +39,9 @@ from ...log._protocol import (
     MemberView,
     Position,
     Record,
-    SyncLevel,
     TopicConfig,
     TopicInfo,
     TopicPartition,
-    Waiter,
     WriteBatch,
 )
 from . import _group_rows, _log_read

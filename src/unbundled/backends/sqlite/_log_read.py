@@ -18,13 +18,13 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from ..._ground import crc32 as _crc32
 from ...errors import CorruptionError, OffsetOutOfRange, TopicNotFound
 from ...log import _core
 from ...log._protocol import PartitionInfo, Record, TopicConfig
 from ._integrity import corrupt, int_check, row_crc
 from ._schema import TS_HIGH_SQL, records_table
 
-_crc32 = _core._crc32
 _decode_headers = msgspec.msgpack.Decoder(list[tuple[str, bytes]]).decode
 _decode_config = msgspec.json.Decoder(TopicConfig).decode
 _TOPIC_COLUMNS = "id, name, partitions, config, created_ms, records_format, crc"

@@ -17,9 +17,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from ..._ground import Waiter
 from ...errors import Closed
 from ...eventstore._protocol import AppendResult
-from ...log._protocol import Position, Waiter, WriteBatch
+from ...log._protocol import Position, WriteBatch
 from ...transaction import _unit
 from . import _idempotency, _kv
 from ._unit_stage import WriterStages, staged

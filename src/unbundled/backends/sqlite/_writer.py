@@ -29,14 +29,15 @@ from typing import Any, Protocol
 import msgspec
 
 from ... import limits
-from ..._waiters import Failure, SyncWaiter, complete_all, withdrawn
+from ..._ground import Waiter
+from ..._ground import crc32 as _crc32
+from ..._ground.waiters import Failure, SyncWaiter, complete_all, withdrawn
 from ...errors import Closed, CorruptionError, Error, UsageError
 from ...log import _core
-from ...log._protocol import Position, TopicConfig, ValueRun, Waiter, WriteBatch
+from ...log._protocol import Position, TopicConfig, ValueRun, WriteBatch
 from . import _log_read
 from ._schema import BUSY_TIMEOUT_MS, records_table, translate
 
-_crc32 = _core._crc32
 _encode_headers = msgspec.msgpack.encode
 
 Call = Callable[[sqlite3.Connection, "Stage"], object]

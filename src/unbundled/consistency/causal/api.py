@@ -37,7 +37,7 @@ from typing import TypeVar
 
 from ... import limits
 from ..._bounds import check_seconds
-from ..._waiters import Failure
+from ..._ground.waiters import Failure
 from ...errors import CorruptionError, Error, SessionBehind, TopicExists, UsageError
 from ...log.api import Log
 from ._core import Context, ReplicaCore, Session, Update, Versions, decode_update, encode_update

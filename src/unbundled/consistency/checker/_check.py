@@ -2,63 +2,24 @@
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..._bounds import check_optional_seconds
 from ..history import History, Operation
+from ._html import render
 from ._model import Model
+from ._result import Outcome, Verdict, Violation
 from ._search import search
 
 __all__ = ["Result", "Verdict", "Violation", "check"]
 
 
-class Verdict(enum.Enum):
-    """The answer. Its value is the exact text the CLI prints last."""
-
-    LINEARIZABLE = "linearizable"
-    NOT_LINEARIZABLE = "not linearizable"
-    UNKNOWN = "unknown"
-
-    @property
-    def exit_status(self) -> int:
-        """0 linearizable, 1 not linearizable, 2 unknown (the CLI's)."""
-        return {"linearizable": 0, "not linearizable": 1, "unknown": 2}[self.value]
-
-
 @dataclass(frozen=True)
-class Violation:
-    """Why a history is not linearizable, reduced to its shortest failing prefix.
-
-    ``operations``: the shortest prefix (in time) of the failing partition
-    that is already not linearizable. Operations in flight at its end appear
-    as never returned (unknown outcome). ``culprit`` is the operation whose
-    return ends the prefix: before it returned an order existed, after it none
-    does. ``longest``/``states``: the longest partial linearization the search
-    found (indexes into ``operations``) and the model state after each step;
-    ``model`` is the model those states belong to (a part's model, for kv).
-    """
-
-    operations: tuple[Operation, ...]
-    culprit: Operation
-    longest: tuple[int, ...]
-    states: tuple[Any, ...]
-    partition_size: int
-    model: Model[Any]
-
-    @property
-    def time(self) -> float:
-        """The moment from which no linearization exists (the culprit's return)."""
-        assert self.culprit.return_time is not None
-        return self.culprit.return_time
-
-
-@dataclass(frozen=True)
-class Result:
+class Result(Outcome):
     """The outcome of :func:`check`.
 
     ``verdict`` is never ``LINEARIZABLE`` unless every partition was proved
@@ -67,25 +28,8 @@ class Result:
     ``NOT_LINEARIZABLE``.
     """
 
-    verdict: Verdict
-    model: Model[Any]
-    history: History
-    partitions: int
-    partitions_checked: int
-    elapsed_s: float
-    steps: int
-    violation: Violation | None = None
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def ok(self) -> bool:
-        """True only for a proved ``LINEARIZABLE``."""
-        return self.verdict is Verdict.LINEARIZABLE
-
     def html(self, title: str | None = None) -> str:
         """A self-contained HTML page picturing the result (see :mod:`._html`)."""
-        from ._html import render
-
         return render(self, title=title)
 
     def write_html(self, path: str | Path, title: str | None = None) -> None:

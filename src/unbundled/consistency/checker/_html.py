@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..history import Operation
-
-if TYPE_CHECKING:
-    from ._check import Result, Violation
+from ._result import Outcome, Violation
 
 __all__ = ["render"]
 
@@ -167,7 +165,7 @@ def _steps_table(violation: Violation, model_text: Any) -> str:
     )
 
 
-def render(result: Result, title: str | None = None) -> str:
+def render(result: Outcome, title: str | None = None) -> str:
     """The page for ``result``: summary, and for a violation the picture."""
     source = result.history.source or "history"
     heading = title or f"Linearizability check: {source}"

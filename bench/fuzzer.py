@@ -10,7 +10,8 @@ returns exactly what it returns on the undamaged file, or raises
 undamaged file also prints). Anything else is a failure.
 
 ``tests/fuzz/test_fuzz.py`` runs a seeded sample in ``make test``;
-``make fuzz`` (``bench/run.py --only fuzz``) runs the whole sweep.
+``make fuzz`` (``bench/run.py --only fuzz``) runs the whole sweep. It lives
+in bench/, below both, so that the benchmark imports no test.
 """
 
 from __future__ import annotations

@@ -1,0 +1,288 @@
+"""The NATS backend itself: the connection, its event loop thread and the
+bucket (see the package docstring); ``destroy`` builds on it too."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import math
+import re
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.js import errors as js_errors
+from nats.js.api import KeyValueConfig, StorageType
+
+from ..._bounds import check_seconds
+from ..._ground import SyncLevel
+from ...errors import BackendError, Closed, Error, Timeout, Unavailable, UsageError
+from ._kv import NatsKV
+
+BUCKET_DEFAULT = "unbundled"
+# Bucket names are stream-name safe ([A-Za-z0-9_-]); the bound keeps the
+# longest subject ($KV.<bucket>.<3072-character key>) well inside NATS's
+# 4096-byte protocol line.
+BUCKET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TIMEOUT_S_DEFAULT = 5.0
+STREAM_IN_USE_CODE = 10058  # JSStreamNameExistErr: created by someone else meanwhile
+_UNREACHABLE = (
+    OSError,  # ConnectionRefusedError, socket errors
+    asyncio.TimeoutError,  # nats.errors.TimeoutError is one too
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoServersError,
+    nats.errors.NoRespondersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    js_errors.ServiceUnavailableError,
+    js_errors.NoStreamResponseError,
+)
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in words (not the exception's repr)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is nats-server running there, with JetStream?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]  # "name or service not known"
+    return str(exc) or type(exc).__name__
+
+
+def parse_url(url: str) -> tuple[str, str, str]:
+    """``(server URL for nats-py, bucket, URL for messages without the password)``."""
+    parts = urlsplit(url)
+    shown = url
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        shown = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
+    if parts.scheme != "nats" or not parts.hostname:
+        raise UsageError(f"bad NATS URL {shown!r}: write nats://host:port?bucket=name", url=shown)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    unknown = sorted({name for name, _ in query} - {"bucket"})
+    buckets = [value for name, value in query if name == "bucket"]
+    if unknown or len(buckets) > 1:
+        raise UsageError(
+            f"bad NATS URL {shown!r}: the only query parameter is one bucket=name"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
+            url=shown,
+        )
+    bucket = buckets[0] if buckets else BUCKET_DEFAULT
+    if not BUCKET_RE.fullmatch(bucket):
+        raise UsageError(
+            f"bad NATS bucket name {bucket!r} in {shown!r}: 1 to 64 of A-Z, a-z, 0-9, _ and -",
+            url=shown,
+            bucket=bucket,
+        )
+    return urlunsplit(parts._replace(query="", fragment="")), bucket, shown
+
+
+class NatsBackend(NatsKV):
+    """The key-value store in one bucket of a NATS JetStream server (2.9+).
+
+    ``timeout_s`` bounds connecting and every request; raises ``Unavailable``
+    if the server cannot be reached, ``UsageError`` for a bad URL or bucket.
+    """
+
+    supports_log = False
+    supports_events = False
+    supports_idempotency = False
+    serves = "the key-value store"
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        sync: SyncLevel = "full",
+        timeout_s: float = TIMEOUT_S_DEFAULT,
+    ) -> None:
+        if sync not in ("full", "normal", "off"):
+            raise UsageError(f"sync must be 'full', 'normal' or 'off', got {sync!r}", sync=sync)
+        check_seconds("timeout_s", timeout_s, positive=True)
+        server, self.bucket, self.url = parse_url(url)
+        self.sync = sync
+        self.timeout_s = float(timeout_s)
+        self._stream = f"KV_{self.bucket}"
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._last_error: BaseException | None = None
+        self._msg_bytes_max = -1
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"unbundled-nats {self.url}", daemon=True
+        )
+        self._thread.start()
+        self._nc = Client()
+        try:
+            self._run(lambda: self._connect(server), "connecting")
+            self._js = self._nc.jetstream(timeout=self.timeout_s)
+            self._run(self._ensure_bucket, f"opening bucket {self.bucket!r}")
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"NatsBackend({self.url!r}, bucket={self.bucket!r})"
+
+    async def _connect(self, server: str) -> None:
+        """Connect; the first failure ends the attempt (nats-py alone would
+        retry a refused first connection for minutes), while a connection
+        lost later is retried by nats-py for ever."""
+        first_failure: asyncio.Future[BaseException] = self._loop.create_future()
+
+        async def on_error(exc: Exception) -> None:
+            self._last_error = exc  # reported with the next Unavailable
+            if not first_failure.done():
+                first_failure.set_result(exc)
+
+        async def on_reconnect() -> None:
+            self._last_error = None  # the last one is over
+
+        connecting = asyncio.ensure_future(
+            self._nc.connect(
+                servers=[server],
+                error_cb=on_error,
+                reconnected_cb=on_reconnect,
+                name="unbundled",
+                connect_timeout=max(1, math.ceil(self.timeout_s)),  # ours bounds it below
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+            )
+        )
+        racing: set[asyncio.Future[Any]] = {connecting, first_failure}
+        done, _ = await asyncio.wait(
+            racing,
+            timeout=self.timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if connecting in done:
+            connecting.result()
+            return
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        with contextlib.suppress(BaseException):
+            await self._nc.close()
+        cause = first_failure.result() if first_failure.done() else None
+        raise Unavailable(
+            f"cannot connect to NATS at {self.url}: "
+            + (_reason(cause) if cause is not None else f"no answer in {self.timeout_s} s"),
+            url=self.url,
+        ) from cause
+
+    async def _ensure_bucket(self) -> None:
+        """Create the bucket if it is missing; refuse one with a TTL."""
+        try:
+            info = await self._js.stream_info(self._stream)
+        except js_errors.NotFoundError:
+            config = KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE)
+            try:
+                await self._js.create_key_value(config)
+            except js_errors.APIError as exc:
+                if exc.err_code != STREAM_IN_USE_CODE:
+                    raise
+            info = await self._js.stream_info(self._stream)
+        if f"$KV.{self.bucket}.>" not in (info.config.subjects or []):
+            raise UsageError(
+                f"stream {self._stream!r} at {self.url} is not the NATS KV bucket "
+                f"{self.bucket!r} (its subjects: {info.config.subjects})",
+                bucket=self.bucket,
+            )
+        self._msg_bytes_max = info.config.max_msg_size or -1  # -1: no limit of its own
+        if info.config.max_age:
+            raise UsageError(
+                f"NATS bucket {self.bucket!r} at {self.url} has a TTL ({info.config.max_age} s): "
+                "expiring messages would take deleted keys' versions with them, and a "
+                "version could repeat; use a bucket without a TTL",
+                bucket=self.bucket,
+            )
+
+    def _payload_bytes_max(self) -> int:
+        """The largest message (headers and body) the server and the bucket take."""
+        server = int(self._nc.max_payload)
+        return server if self._msg_bytes_max < 0 else min(server, self._msg_bytes_max)
+
+    def _run(self, make: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """Run ``make()`` on the loop thread and wait for it; nats-py's errors
+        become ours, chained. A request nats-py gave up on had an unknown
+        outcome: ``Unavailable`` says so."""
+        if self._closed:
+            raise Closed(f"the NATS backend at {self.url} is closed")
+
+        async def call() -> Any:
+            return await make()
+
+        try:
+            future = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        except RuntimeError as exc:  # the loop closed since the check above
+            raise Closed(f"the NATS backend at {self.url} is closed") from exc
+        try:
+            # nats-py times out each request itself; this bound only guards
+            # against a loop that stopped answering.
+            return future.result(timeout=self.timeout_s * 3 + 5)
+        except Error:
+            raise
+        except (concurrent.futures.TimeoutError, *_UNREACHABLE) as exc:
+            future.cancel()
+            last = f"; last connection error: {self._last_error!r}" if self._last_error else ""
+            # No answer in time: Timeout (as the Redis backend says it); a
+            # connection that failed: Unavailable. Either way the outcome is unknown.
+            timed_out = isinstance(exc, (concurrent.futures.TimeoutError, asyncio.TimeoutError))
+            raise (Timeout if timed_out else Unavailable)(
+                f"NATS at {self.url} did not complete {what} (bucket {self.bucket!r}): "
+                f"{exc!r}; its outcome is unknown{last}",
+                url=self.url,
+                bucket=self.bucket,
+            ) from exc
+        except concurrent.futures.CancelledError as exc:
+            raise Closed(
+                f"the NATS backend at {self.url} was closed during {what}; its outcome is unknown"
+            ) from exc
+        except nats.errors.Error as exc:
+            raise BackendError(
+                f"NATS at {self.url} failed {what} (bucket {self.bucket!r}): {exc!r}",
+                url=self.url,
+                bucket=self.bucket,
+            ) from exc
+
+    async def _disconnect(self) -> None:
+        """Drain if the server still answers (a ping first: nats-py's drain
+        would wait its own timeouts for a silent one), else just close."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self._nc.flush(timeout=max(1, math.ceil(self.timeout_s))), self.timeout_s
+            )
+            await self._nc.drain()
+        if not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+    async def _cancel_the_rest(self) -> None:
+        """Cancel what nats-py left running, so the loop closes clean."""
+        rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=self.timeout_s)
+
+    def close(self) -> None:
+        """Drain the connection (answers to calls in flight arrive first) and
+        stop the loop thread. Idempotent; later calls raise ``Closed``."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        for step in (self._disconnect, self._cancel_the_rest):
+            done = asyncio.run_coroutine_threadsafe(step(), self._loop)
+            with contextlib.suppress(Exception):
+                done.result(timeout=self.timeout_s * 3 + 5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=self.timeout_s + 5)
+        if not self._thread.is_alive():
+            self._loop.close()
