@@ -27,6 +27,7 @@ from unbundled.cli import cli
 from unbundled.consistency import KV
 from unbundled.consistency.kv.model import model as kv_model
 from unbundled.errors import BackendError, Unavailable
+from unbundled.transaction import capabilities
 
 from .test_cli import run
 
@@ -156,13 +157,12 @@ BACKENDS = {
 @pytest.mark.parametrize("scheme", list(SERVES))
 def test_the_table_of_what_each_url_serves_agrees_with_the_backends(scheme: str) -> None:
     """SERVES (which the CLI's help and errors come from) against the backend
-    classes themselves: their flags and the methods of each protocol."""
+    classes themselves: the capabilities (protocols) each implements."""
     cls = BACKENDS[scheme]
     serves = SERVES[scheme]
-    assert getattr(cls, "supports_log", True) == (backends.LOG in serves)
-    assert getattr(cls, "supports_events", True) == (backends.EVENTS in serves)
-    assert hasattr(cls, "claim") == (backends.IDEMPOTENCY in serves)
-    assert hasattr(cls, "kv_compare_and_set") == (backends.KV in serves)
+    for part in (backends.LOG, backends.EVENTS, backends.IDEMPOTENCY, backends.KV):
+        lacking = capabilities.missing(cls, part)
+        assert (not lacking) == (part in serves), (part, [p.__name__ for p in lacking])
 
 
 # --- read-only files ----------------------------------------------------------------

@@ -47,6 +47,7 @@ from .._registry import url_scheme as url_scheme
 from .._registry import urls_serving as urls_serving
 from ..errors import BackendError, NotSupported
 from ..log._protocol import LogBackend
+from ..transaction import capabilities
 from ._destroy import destroy as destroy
 from ._drivers import backend_class as _backend_class
 from ._report import DestroyReport as DestroyReport
@@ -90,7 +91,7 @@ def open_backend(
     :func:`unbundled._registry.open`, the one open every part uses.
 
     A PostgreSQL URL gives a backend that serves the event store only (its
-    ``supports_log`` is False): ``Log.open`` refuses it with ``NotSupported``.
+    it lacks the log's capabilities): ``Log.open`` refuses it with ``NotSupported``.
     """
     backend: LogBackend = _registry.open(
         url, serving=(LOG, EVENTS, IDEMPOTENCY), sync=sync, clock=clock, **options
@@ -197,7 +198,7 @@ _registry.register(
 
 def require_log(backend: Any) -> LogBackend:
     """``backend`` if it serves the log; otherwise close it and raise ``NotSupported``."""
-    if getattr(backend, "supports_log", True):
+    if not capabilities.missing(backend, capabilities.LOG):
         result: LogBackend = backend
         return result
     raise refuse(backend, LOG)
@@ -205,6 +206,6 @@ def require_log(backend: Any) -> LogBackend:
 
 def require_events(backend: Any) -> Any:
     """``backend`` if it serves the event store; otherwise close it and raise ``NotSupported``."""
-    if getattr(backend, "supports_events", True):
+    if not capabilities.missing(backend, capabilities.EVENTS):
         return backend
     raise refuse(backend, EVENTS)

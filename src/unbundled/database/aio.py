@@ -29,7 +29,7 @@ from ..idempotency.aio import AsyncIdempotency
 from ..idempotency.api import Attempt
 from ..log._protocol import Headers, Message, TopicPartition
 from ..log.aio import AsyncConsumer, AsyncLog
-from ..transaction import _unit
+from ..transaction import _unit, capabilities
 from ..transaction._core import TxKV
 from .api import _IDEMPOTENCY_SETTINGS, DatabaseBase
 
@@ -57,7 +57,7 @@ class AsyncDatabase(DatabaseBase):
     @property
     def log(self) -> AsyncLog:
         """The log (:class:`unbundled.AsyncLog`) on this database's backend."""
-        return self._part("log", "supports_log", lambda: AsyncLog(self.backend))
+        return self._part("log", capabilities.LOG, lambda: AsyncLog(self.backend))
 
     @property
     def events(self) -> AsyncEventStore:
@@ -67,7 +67,7 @@ class AsyncDatabase(DatabaseBase):
     def _events_part(self) -> AsyncEventStore:
         return self._part(
             "event store",
-            "supports_events",
+            capabilities.EVENTS,
             lambda: AsyncEventStore(self.backend, events=self._event_types),
         )
 
@@ -79,14 +79,14 @@ class AsyncDatabase(DatabaseBase):
     def _idem_part(self) -> AsyncIdempotency:
         return self._part(
             "idempotency keys",
-            "supports_idempotency",
+            capabilities.IDEMPOTENCY,
             lambda: AsyncIdempotency(self.backend, **self._idempotency_settings),
         )
 
     @property
     def kv(self) -> KV:
         """The key-value store (:class:`unbundled.consistency.KV`, synchronous) on this backend."""
-        return self._part("key-value store", "supports_kv", lambda: KV(self.backend))
+        return self._part("key-value store", capabilities.KV, lambda: KV(self.backend))
 
     def transaction(self) -> AsyncTransaction:
         """``async with db.transaction() as tx:``; see :class:`unbundled.Transaction`."""

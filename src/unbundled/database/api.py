@@ -20,14 +20,14 @@ from typing import Any, TypeVar
 from .._ground import SyncLevel
 from .._ground.waiters import SyncWaiter
 from ..consistency.kv.api import KV
-from ..errors import Closed, NotSupported, TopicNotFound
+from ..errors import Closed, TopicNotFound
 from ..eventstore._protocol import ANY
 from ..eventstore.api import EventInput, EventStore
 from ..eventstore.serialization import Metadata
 from ..idempotency.api import Attempt, Idempotency
 from ..log._protocol import Headers, Message, TopicPartition
 from ..log.api import Consumer, Log
-from ..transaction import _unit
+from ..transaction import _unit, capabilities
 from ..transaction._core import TransactionCore, TxKV
 
 __all__ = ["Database", "Transaction", "open"]
@@ -87,25 +87,21 @@ class DatabaseBase:
         if self._closed:
             raise Closed(f"the database at {self.url} is closed")
 
-    def _part(self, name: str, serves: str, make: Callable[[], T]) -> T:
+    def _part(self, name: str, part: str, make: Callable[[], T]) -> T:
+        """The facade of ``part`` (made once, shared); ``NotSupported`` naming
+        the capability the backend lacks for it."""
         found: T | None = self._parts.get(name)
         if found is not None:
             return found
         with self._lock:
             self._check_open()
-            part: T | None = self._parts.get(name)
-            if part is None:
-                if not getattr(self.backend, serves, True):
-                    raise NotSupported(
-                        f"the database at {self.url} has no {name}: its backend does not "
-                        f"serve it (see unbundled.backends.SERVES)",
-                        part=name,
-                        url=self.url,
-                    )
-                part = make()
-                part._shared = True  # type: ignore[attr-defined]
-                self._parts[name] = part
-        return part
+            made: T | None = self._parts.get(name)
+            if made is None:
+                capabilities.require(self.backend, part, self.url)
+                made = make()
+                made._shared = True  # type: ignore[attr-defined]
+                self._parts[name] = made
+        return made
 
     def _close_parts(self) -> list[Any]:
         with self._lock:
@@ -130,7 +126,7 @@ class Database(DatabaseBase):
     @property
     def log(self) -> Log:
         """The log (:class:`unbundled.Log`) on this database's backend."""
-        return self._part("log", "supports_log", lambda: Log(self.backend))
+        return self._part("log", capabilities.LOG, lambda: Log(self.backend))
 
     @property
     def events(self) -> EventStore:
@@ -140,7 +136,7 @@ class Database(DatabaseBase):
     def _events_part(self) -> EventStore:
         return self._part(
             "event store",
-            "supports_events",
+            capabilities.EVENTS,
             lambda: EventStore(self.backend, events=self._event_types),
         )
 
@@ -152,14 +148,14 @@ class Database(DatabaseBase):
     def _idem_part(self) -> Idempotency:
         return self._part(
             "idempotency keys",
-            "supports_idempotency",
+            capabilities.IDEMPOTENCY,
             lambda: Idempotency(self.backend, **self._idempotency_settings),
         )
 
     @property
     def kv(self) -> KV:
         """The key-value store (:class:`unbundled.consistency.KV`) on this database's backend."""
-        return self._part("key-value store", "supports_kv", lambda: KV(self.backend))
+        return self._part("key-value store", capabilities.KV, lambda: KV(self.backend))
 
     def transaction(self) -> Transaction:
         """``with db.transaction() as tx:`` -- writes to every part that

@@ -5,13 +5,17 @@ from ._protocol import ANY as ANY
 from ._protocol import NO_STREAM as NO_STREAM
 from ._protocol import STREAM_EXISTS as STREAM_EXISTS
 from ._protocol import AppendResult as AppendResult
+from ._protocol import EventStorage as EventStorage
 from ._protocol import EventStoreBackend as EventStoreBackend
 from ._protocol import NewEvent as NewEvent
+from ._protocol import ProjectionStorage as ProjectionStorage
 from ._protocol import ProjectionTxn as ProjectionTxn
 from ._protocol import RecordedEvent as RecordedEvent
 from ._protocol import Snapshot as Snapshot
+from ._protocol import SnapshotStorage as SnapshotStorage
 from ._protocol import StreamState as StreamState
 from ._protocol import StreamWrite as StreamWrite
+from ._protocol import SubjectKeys as SubjectKeys
 from ._protocol import category_of as category_of
 from .aggregate import Aggregate as Aggregate
 from .aggregate import Repository as Repository
@@ -40,6 +44,7 @@ __all__ = [
     "AsyncSubscription",
     "Documents",
     "Event",
+    "EventStorage",
     "EventStore",
     "EventStoreBackend",
     "Metadata",
@@ -48,6 +53,7 @@ __all__ = [
     "Projection",
     "ProjectionRunner",
     "ProjectionStatus",
+    "ProjectionStorage",
     "ProjectionTxn",
     "RecordedEvent",
     "Repository",
@@ -55,9 +61,11 @@ __all__ = [
     "Serializer",
     "Snapshot",
     "SnapshotState",
+    "SnapshotStorage",
     "StoredEvent",
     "StreamState",
     "StreamWrite",
+    "SubjectKeys",
     "Subscription",
     "SubscriptionWorker",
     "applies",

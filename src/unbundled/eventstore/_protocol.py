@@ -8,7 +8,7 @@ first event"), as in KurrentDB.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -120,8 +120,10 @@ class ProjectionTxn(Protocol):
         ``NotSupported`` on the memory backend."""
 
 
-class EventStoreBackend(Protocol):
-    """Storage for the event store. Thread-safe; appends are group-committed."""
+@runtime_checkable
+class EventStorage(Protocol):
+    """The event store's first capability: streams, ``$all`` and appends.
+    Thread-safe; appends are group-committed."""
 
     url: str
 
@@ -176,12 +178,22 @@ class EventStoreBackend(Protocol):
     def wait_for_events(self, token: int, timeout_s: float) -> int:
         """Block until the token moves or ``timeout_s`` passes; return it."""
 
+
+@runtime_checkable
+class SnapshotStorage(Protocol):
+    """Aggregates' snapshots, beside their streams."""
+
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Store a snapshot of ``snapshot.stream`` at ``snapshot.version``
         (replacing one at that same version; older ones are kept for time travel)."""
 
     def load_snapshot(self, stream: str, max_version: int | None = None) -> Snapshot | None:
         """The latest snapshot at or below ``max_version`` (None: any)."""
+
+
+@runtime_checkable
+class ProjectionStorage(Protocol):
+    """Projections: checkpoints committed with their read models' documents."""
 
     def project(
         self,
@@ -217,6 +229,11 @@ class EventStoreBackend(Protocol):
     def list_documents(self, collection: str, after: str, limit: int) -> list[tuple[str, bytes]]:
         """``(key, value)`` with keys greater than ``after``, sorted, at most ``limit``."""
 
+
+@runtime_checkable
+class SubjectKeys(Protocol):
+    """Crypto-shredding: a key per data subject, forgotten for good."""
+
     def subject_key(self, subject: str, new_key: bytes) -> bytes:
         """The encryption key of ``subject`` (crypto-shredding), creating it
         as ``new_key`` if it has none. Raises ``SubjectForgotten`` if the
@@ -228,3 +245,8 @@ class EventStoreBackend(Protocol):
     def forget_subject(self, subject: str) -> None:
         """Delete the subject's key for good (data encrypted with it becomes
         unreadable) and remember that it was forgotten. Idempotent."""
+
+
+@runtime_checkable
+class EventStoreBackend(EventStorage, SnapshotStorage, ProjectionStorage, SubjectKeys, Protocol):
+    """Everything the event store needs: streams, snapshots, projections, subject keys."""

@@ -9,7 +9,7 @@ deletes the in-progress record so that a retry runs again.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -70,6 +70,7 @@ class EffectsTxn(Protocol):
 Effects = Callable[[EffectsTxn], None]
 
 
+@runtime_checkable
 class IdempotencyBackend(Protocol):
     """Storage for idempotency keys. Every method is one round trip (one
     transaction, one Lua script) and safe to call from any thread."""

@@ -1,6 +1,7 @@
 """The log: topics, partitions, offsets, consumer groups, transactions."""
 
 from ._protocol import AppendItem as AppendItem
+from ._protocol import GroupCoordination as GroupCoordination
 from ._protocol import GroupInfo as GroupInfo
 from ._protocol import GroupMemberInfo as GroupMemberInfo
 from ._protocol import LogBackend as LogBackend
@@ -11,7 +12,9 @@ from ._protocol import OffsetCommit as OffsetCommit
 from ._protocol import PartitionInfo as PartitionInfo
 from ._protocol import Position as Position
 from ._protocol import ProducerStamp as ProducerStamp
+from ._protocol import ProducerState as ProducerState
 from ._protocol import Record as Record
+from ._protocol import RecordStorage as RecordStorage
 from ._protocol import TopicConfig as TopicConfig
 from ._protocol import TopicInfo as TopicInfo
 from ._protocol import TopicPartition as TopicPartition
@@ -32,6 +35,7 @@ __all__ = [
     "AsyncProducer",
     "AsyncTransaction",
     "Consumer",
+    "GroupCoordination",
     "GroupInfo",
     "GroupMemberInfo",
     "Log",
@@ -44,7 +48,9 @@ __all__ = [
     "Position",
     "Producer",
     "ProducerStamp",
+    "ProducerState",
     "Record",
+    "RecordStorage",
     "TopicConfig",
     "TopicInfo",
     "TopicPartition",

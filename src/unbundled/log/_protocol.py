@@ -8,7 +8,7 @@ read hands out a million of them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -216,8 +216,10 @@ class MaintenanceReport(msgspec.Struct, frozen=True):
     removed: dict[str, int]
 
 
-class LogBackend(Protocol):
-    """Storage for the log. Every method is safe to call from any thread.
+@runtime_checkable
+class RecordStorage(Protocol):
+    """The log's first capability: topics and their records. Every method is
+    safe to call from any thread.
 
     Writes go through :meth:`submit`, which group-commits: many batches share
     one transaction and one sync. Reads never block writers.
@@ -273,9 +275,26 @@ class LogBackend(Protocol):
         """Block (without spinning) until the change token differs from
         ``token`` or ``timeout_s`` passes; return the current token."""
 
+    def maintain(self) -> MaintenanceReport:
+        """Apply retention and compaction now, per topic config."""
+
+    def close(self) -> None:
+        """Finish queued writes, then release everything. Idempotent."""
+
+
+@runtime_checkable
+class ProducerState(Protocol):
+    """The log's idempotent producers: epochs that fence, sequences that dedupe."""
+
     def init_producer(self, producer_id: str) -> tuple[int, int]:
         """Register a new incarnation of ``producer_id``: returns ``(epoch,
         last_sequence)``. Earlier incarnations are fenced from now on."""
+
+
+@runtime_checkable
+class GroupCoordination(Protocol):
+    """Consumer groups: membership with leases and generations (fencing
+    tokens), assignments, committed offsets."""
 
     def group_join(
         self,
@@ -315,8 +334,7 @@ class LogBackend(Protocol):
     def describe_group(self, group: str) -> GroupInfo:
         """Members, assignments and committed offsets. Raises ``NotFound``."""
 
-    def maintain(self) -> MaintenanceReport:
-        """Apply retention and compaction now, per topic config."""
 
-    def close(self) -> None:
-        """Finish queued writes, then release everything. Idempotent."""
+@runtime_checkable
+class LogBackend(RecordStorage, ProducerState, GroupCoordination, Protocol):
+    """Everything the log needs: records, idempotent producers, consumer groups."""

@@ -12,7 +12,7 @@ conflict is the same error, with the same details, everywhere.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from .._ground import Waiter
 from ..consistency.kv import _core as _kv_core
@@ -336,6 +336,7 @@ def effects_unit(
     return unit
 
 
+@runtime_checkable
 class UnitBackend(Protocol):
     """The transaction capability: a backend that commits a :class:`Unit` atomically."""
 

@@ -90,9 +90,6 @@ class NatsBackend(NatsKV):
     if the server cannot be reached, ``UsageError`` for a bad URL or bucket.
     """
 
-    supports_log = False
-    supports_events = False
-    supports_idempotency = False
     serves = "the key-value store"
 
     def __init__(

@@ -14,7 +14,8 @@ processes on many hosts through one database.
 * The linearizable key-value store (``_kv``): one statement per operation,
   compare-and-set as a conditional UPDATE; linearizable on one primary.
 
-The log is not served on PostgreSQL yet: ``supports_log`` is False and
+The log is not served on PostgreSQL yet: the backend has none of its
+capabilities (``unbundled.transaction.capabilities``) and
 ``Log.open`` refuses such a URL with ``NotSupported``.
 """
 
@@ -63,8 +64,6 @@ class PostgresBackend(
     ``pool_size`` bounds the connections used for reads and other writes;
     the writer and the listener have one each.
     """
-
-    supports_log = False
 
     def __init__(
         self,

@@ -18,9 +18,10 @@
   last second (or, without persistence, everything) may be lost. ``sync`` is
   accepted for the same signature as the other backends and does not change it.
 
-The log and the event store are not served on Redis: ``supports_log`` and
-``supports_events`` are False, and ``Log.open`` / ``EventStore.open`` refuse
-a ``redis://`` URL with ``NotSupported``.
+The log and the event store are not served on Redis: the backend has none
+of their capabilities (``unbundled.transaction.capabilities``), and
+``Log.open`` / ``EventStore.open`` refuse a ``redis://`` URL with
+``NotSupported``.
 """
 
 from __future__ import annotations
@@ -58,9 +59,6 @@ class RedisBackend(RedisIdempotency):
     the server cannot be reached.
     """
 
-    supports_log = False
-    supports_events = False
-    supports_kv = False
     serves = "idempotency keys"
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, sync: SyncLevel = "full") -> None:

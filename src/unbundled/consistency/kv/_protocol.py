@@ -9,7 +9,7 @@ never mistake a re-created key for the one it read (no ABA).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
 class Versioned(NamedTuple):
@@ -32,6 +32,7 @@ class Expect(NamedTuple):
     value: bytes | None
 
 
+@runtime_checkable
 class KVBackend(Protocol):
     """Storage for the key-value store. Each method is atomic and linearizable:
     it takes effect at one instant between its call and its return, and what

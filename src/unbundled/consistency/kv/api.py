@@ -44,7 +44,7 @@ from ._protocol import KVBackend, Versioned
 
 def _require_kv(backend: Any) -> KVBackend:
     """``backend`` if it serves the key-value store; else close it, ``NotSupported``."""
-    if callable(getattr(backend, "kv_compare_and_set", None)):
+    if isinstance(backend, KVBackend):  # the capability (unbundled.transaction.capabilities)
         result: KVBackend = backend
         return result
     url = getattr(backend, "url", "?")

@@ -1,0 +1,48 @@
+"""Capabilities are checkable protocols: a part a backend does not serve is
+refused with ``NotSupported`` naming the protocol it lacks, and the table of
+capabilities agrees with what each backend really does."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+import unbundled
+from unbundled.backends import MemoryBackend, SqliteBackend
+from unbundled.errors import NotSupported
+from unbundled.transaction import capabilities
+
+
+def test_the_embedded_backends_have_every_capability(tmp_path: Path) -> None:
+    sqlite_backend = SqliteBackend(str(tmp_path / "c.db"), sync="off")
+    try:
+        for backend in (MemoryBackend(), sqlite_backend):
+            for part in capabilities.CAPABILITIES:
+                assert capabilities.missing(backend, part) == [], (backend, part)
+    finally:
+        sqlite_backend.close()
+
+
+def test_a_part_the_backend_lacks_names_the_missing_protocol() -> None:
+    from tests.postgres.conftest import drop_schema, server_url
+
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    try:
+        with unbundled.open(f"{server_url()}?schema={schema}", sync="off") as db:
+            with pytest.raises(NotSupported) as refused:
+                db.log  # noqa: B018 - the property is the call under test
+            assert refused.value.details["capability"] == "RecordStorage"
+            assert refused.value.details["part"] == capabilities.LOG
+            assert "RecordStorage" in str(refused.value)
+            shared: object = db.events.backend
+            assert shared is db.kv.backend  # what it serves, it shares
+            missing = capabilities.missing(db.backend, capabilities.LOG)
+            assert [p.__name__ for p in missing] == [
+                "RecordStorage",
+                "ProducerState",
+                "GroupCoordination",
+            ]
+    finally:
+        drop_schema(schema)
