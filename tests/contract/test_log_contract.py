@@ -1,18 +1,20 @@
 """The log contract (``unbundled.testing.contract``) on every log backend.
 
-Each backend runs every check on a fresh store. A server backend adds a
-target here (skipping through ``require_server`` when its server is down).
+Each backend the matrix lists for the log (``tests/matrix.py``) runs every
+check on a fresh store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import matrix
 from unbundled import Log, Position
 from unbundled.testing import SimClock
 from unbundled.testing.contract import Check, LogTarget, all_checks, run_threads
@@ -20,32 +22,40 @@ from unbundled.testing.contract import Check, LogTarget, all_checks, run_threads
 Clock = Callable[[], int]
 
 
-def memory_target(tmp_path: Path) -> LogTarget:
-    return LogTarget("memory", lambda clock: Log.open("memory://", clock=clock), durable=False)
-
-
-def sqlite_target(tmp_path: Path) -> LogTarget:
-    path = tmp_path / "contract.db"
-
+def _target(backend: str, url: str) -> LogTarget:
     def open_log(clock: Clock) -> Log:
         # sync="off": durability across power loss is the crash tests' job;
         # reopening still sees every commit.
-        return Log.open(path, sync="off", clock=clock, maintenance_interval_s=None)
+        if backend == "sqlite":
+            return Log.open(url, sync="off", clock=clock, maintenance_interval_s=None)
+        return Log.open(url, clock=clock)
 
-    return LogTarget("sqlite", open_log, durable=True)
+    return LogTarget(backend, open_log, durable=backend != "memory")
 
 
-TARGETS = {"memory": memory_target, "sqlite": sqlite_target}
+@contextlib.contextmanager
+def _opened(backend: str, tmp_path: Path) -> Iterator[LogTarget]:
+    with matrix.isolated(backend, tmp_path, "contract") as url:
+        yield _target(backend, url)
+
+
+BACKENDS = matrix.params(matrix.LOG)
 CASES = [
-    pytest.param(name, check, id=f"{name}-{check.__name__.removeprefix('check_')}")
-    for name in TARGETS
-    for check in all_checks(durable=name != "memory")
+    pytest.param(
+        param.values[0],
+        check,
+        id=f"{param.id}-{check.__name__.removeprefix('check_')}",
+        marks=param.marks,
+    )
+    for param in BACKENDS
+    for check in all_checks(durable=param.values[0] != "memory")
 ]
 
 
 @pytest.mark.parametrize(("backend", "check"), CASES)
 def test_log_contract(backend: str, check: Check, tmp_path: Path) -> None:
-    check(TARGETS[backend](tmp_path))
+    with _opened(backend, tmp_path) as target:
+        check(target)
 
 
 def test_memory_skips_only_durable_checks() -> None:
@@ -55,7 +65,7 @@ def test_memory_skips_only_durable_checks() -> None:
     assert all(getattr(c, "durable_only", False) for c in set(every) - set(volatile))
 
 
-@pytest.mark.parametrize("backend", list(TARGETS))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_transaction_and_appends_share_a_producer(backend: str, tmp_path: Path) -> None:
     """A producer shared by threads: a transaction's sequence must reach the
     writer in order with the producer's plain appends (no OutOfOrderSequence).
@@ -64,7 +74,7 @@ def test_transaction_and_appends_share_a_producer(backend: str, tmp_path: Path) 
     microseconds wide; a delay in the facade's submit widens it so the test
     fails reliably if the transaction takes its sequence outside that window.
     """
-    with TARGETS[backend](tmp_path).open(SimClock()) as log:
+    with _opened(backend, tmp_path) as target, target.open(SimClock()) as log:
         log.create_topic("t")
         producer = log.producer("shared")
         submit = log._submit
@@ -87,7 +97,7 @@ def test_transaction_and_appends_share_a_producer(backend: str, tmp_path: Path) 
         assert log.describe_topic("t").partitions[0].records == 100
 
 
-@pytest.mark.parametrize("backend", list(TARGETS))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_topics_beyond_the_limit_are_refused_alike(
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -96,7 +106,7 @@ def test_topics_beyond_the_limit_are_refused_alike(
     from unbundled import LimitExceeded, limits
 
     monkeypatch.setattr(limits, "topics_max", 3)
-    with TARGETS[backend](tmp_path).open(SimClock()) as log:
+    with _opened(backend, tmp_path) as target, target.open(SimClock()) as log:
         for n in range(3):
             log.create_topic(f"t{n}")
         with pytest.raises(LimitExceeded, match="at most 3 topics"):
