@@ -5,7 +5,7 @@ PostgreSQL (a fresh schema per test; fails in CI without the server)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from unbundled.transaction import _unit
 _ALL = frozenset(_unit.PARTS)
 
 
-def _memory(tmp_path: Path) -> Iterator[UnitTarget]:
+def _memory(tmp_path: Path) -> Generator[UnitTarget, None, None]:
     # One memory backend for the whole check: "reopen" is the same object.
     def open_memory(clock: SimClock) -> Database:
         return unbundled.open("memory://", clock=clock, events=[Deposited])
@@ -27,7 +27,7 @@ def _memory(tmp_path: Path) -> Iterator[UnitTarget]:
     yield UnitTarget("memory", open_memory, _ALL - {_unit.SQL}, durable=False)
 
 
-def _sqlite(tmp_path: Path) -> Iterator[UnitTarget]:
+def _sqlite(tmp_path: Path) -> Generator[UnitTarget, None, None]:
     def open_sqlite(clock: SimClock) -> Database:
         return unbundled.open(
             tmp_path / "unit.db",
@@ -40,7 +40,7 @@ def _sqlite(tmp_path: Path) -> Iterator[UnitTarget]:
     yield UnitTarget("sqlite", open_sqlite, _ALL)
 
 
-def _postgres(tmp_path: Path) -> Iterator[UnitTarget]:
+def _postgres(tmp_path: Path) -> Generator[UnitTarget, None, None]:
     from tests.postgres.conftest import drop_schema, server_url
 
     schema = f"test_{uuid.uuid4().hex[:16]}"
@@ -57,7 +57,7 @@ def _postgres(tmp_path: Path) -> Iterator[UnitTarget]:
         drop_schema(schema)
 
 
-TARGETS: dict[str, Callable[[Path], Iterator[UnitTarget]]] = {
+TARGETS: dict[str, Callable[[Path], Generator[UnitTarget, None, None]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "postgres": _postgres,
