@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from itertools import chain
 from typing import Any
 
@@ -35,7 +36,6 @@ from ...eventstore._protocol import (
 from . import _events_read
 from ._events_read import HEADER as _HEADER
 from ._events_read import stream_row_crc, to_events
-from ._schema import translated
 from ._writer import Request, Stage, Writer
 
 _IN_MAX = 500  # ids or streams per "IN (...)" lookup
@@ -277,7 +277,7 @@ class SqliteEvents:
     clock: Callable[[], int]
     _writer: Writer
     _closed: bool
-    _reader: Callable[[], sqlite3.Connection]
+    _reading: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _call: Callable[[Callable[[sqlite3.Connection, Stage], Any]], Any]
     change_token: Callable[[], int]
     wait_for_change: Callable[[int, float], int]
@@ -288,8 +288,8 @@ class SqliteEvents:
         self._writer.submit(Request(None, None, done, list(writes)))
 
     def _read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        with translated(self.path):
-            return self._reader().execute(sql, params).fetchall()
+        with self._reading() as conn:
+            return conn.execute(sql, params).fetchall()
 
     def _state(self, conn: sqlite3.Connection, stream: str) -> tuple[StreamState | None, int]:
         """The stream's state and its first readable version (after soft deletes)."""
@@ -298,8 +298,7 @@ class SqliteEvents:
     def read_stream(
         self, stream: str, from_version: int, limit: int, backwards: bool = False
     ) -> list[RecordedEvent]:
-        conn = self._reader()
-        with translated(self.path):
+        with self._reading() as conn:
             conn.execute("BEGIN")
             try:
                 state, start = self._state(conn, stream)
@@ -344,8 +343,7 @@ class SqliteEvents:
         if types is not None:
             where.append(f"type IN ({','.join('?' * len(types))})")
             params.extend(types)
-        conn = self._reader()
-        with translated(self.path):
+        with self._reading() as conn:
             conn.execute("BEGIN")
             try:
                 head = _events_read.events_head(conn, self.path)
@@ -364,8 +362,7 @@ class SqliteEvents:
         return events
 
     def safe_position(self) -> int:
-        conn = self._reader()
-        with translated(self.path):
+        with self._reading() as conn:
             conn.execute("BEGIN")
             try:
                 return _events_read.last_position(conn, self.path)
@@ -373,8 +370,8 @@ class SqliteEvents:
                 conn.execute("COMMIT")
 
     def stream_state(self, stream: str) -> StreamState:
-        with translated(self.path):
-            state, _ = self._state(self._reader(), stream)
+        with self._reading() as conn:
+            state, _ = self._state(conn, stream)
         return state if state is not None else StreamState(stream, NO_STREAM, False, False)
 
     def list_streams(self, after: str, limit: int, category: str | None = None) -> list[str]:

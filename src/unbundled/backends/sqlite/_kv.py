@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ...consistency.kv import _core
 from ...consistency.kv._protocol import Expect, Versioned
 from ._integrity import corrupt, row_crc
-from ._schema import translated
 from ._writer import Stage
 
 _SELECT = "SELECT key, value, version, crc FROM kv WHERE key = ?"
@@ -57,12 +57,11 @@ class SqliteKV:
     """The key-value methods of :class:`unbundled.backends.SqliteBackend`."""
 
     path: str
-    _reader: Callable[[], sqlite3.Connection]
+    _reading: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _call: Callable[[Callable[[sqlite3.Connection, Stage], Any]], Any]
 
     def kv_read(self, key: str) -> Versioned | None:
-        conn = self._reader()
-        with translated(self.path):
+        with self._reading() as conn:
             # fetchall() steps the statement to its end, which ends the
             # implicit read transaction: the next read takes a fresh snapshot.
             slot = _slot(conn, self.path, key)

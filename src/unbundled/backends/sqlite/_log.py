@@ -63,6 +63,47 @@ _decode_positions = msgspec.json.Decoder(list[tuple[str, int, int]]).decode
 _WATCH_INTERVAL_S = 0.05
 
 
+class _Read:
+    """The context manager of ``SqliteLog._reading``: a class, not a
+    generator, because every read goes through it."""
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: SqliteLog) -> None:
+        self._log = log
+
+    def __enter__(self) -> sqlite3.Connection:
+        log = self._log
+        with log._reads_lock:
+            if log._closed:
+                raise Closed(f"the log at {log.path} is closed")
+            log._reads += 1
+        try:
+            return log._reader()
+        except BaseException:
+            self._done()
+            raise
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        self._done()
+        if isinstance(error, sqlite3.Error):
+            raise translate(error, self._log.path) from error
+        if isinstance(error, UnicodeDecodeError):
+            with translated(self._log.path):
+                raise error
+
+    def _done(self) -> None:
+        log = self._log
+        with log._reads_lock:
+            log._reads -= 1
+            if not log._reads:
+                log._reads_lock.notify_all()
+
+
+# How long close() lets the reads in progress finish before interrupting them.
+_READS_WAIT_S = 5.0
+
+
 class SqliteLog:
     """A log stored in one SQLite file. ``sync`` sets durability:
 
@@ -95,6 +136,9 @@ class SqliteLog:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._reads = 0  # reads in progress (see _reading)
+        self._reads_lock = threading.Condition()
+        self._read_guard = _Read(self)
         self._changed = threading.Condition()
         self._token = 0
         self._closed = False
@@ -134,6 +178,14 @@ class SqliteLog:
 
     # --- plumbing -------------------------------------------------------------
 
+    def _reading(self) -> _Read:
+        """This thread's reader connection, for one read (``with
+        self._reading() as conn:``), driver errors translated. ``close``
+        waits for the reads in progress before it closes their connections:
+        closing a connection another thread is stepping a statement on
+        crashes the process (CPython's sqlite3)."""
+        return self._read_guard
+
     def _reader(self) -> sqlite3.Connection:
         if self._closed:
             raise Closed(f"the log at {self.path} is closed")
@@ -157,7 +209,7 @@ class SqliteLog:
             self._changed.notify_all()
 
     def _data_version(self) -> int:
-        with translated(self.path):
+        with self._reading():  # counted as a read, so close() waits for it too
             return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
 
     def _auto_maintain(self) -> None:
@@ -232,8 +284,7 @@ class SqliteLog:
         self._call(delete)
 
     def list_topics(self) -> list[str]:
-        conn = self._reader()
-        with translated(self.path):
+        with self._reading() as conn:
             conn.execute("BEGIN")
             try:
                 return [topic.name for topic in _log_read.all_topics(conn, self.path)]
@@ -245,12 +296,11 @@ class SqliteLog:
         return topic.id, topic.config
 
     def topic_config(self, name: str) -> TopicConfig:
-        with translated(self.path):
-            return self._topic_row(self._reader(), name)[1]
+        with self._reading() as conn:
+            return self._topic_row(conn, name)[1]
 
     def describe_topic(self, name: str) -> TopicInfo:
-        conn = self._reader()
-        with translated(self.path):
+        with self._reading() as conn:
             conn.execute("BEGIN")
             try:
                 tid, config = self._topic_row(conn, name)
@@ -260,9 +310,8 @@ class SqliteLog:
         return TopicInfo(name, config, infos)
 
     def offset_bounds(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
-        conn = self._reader()
         out: dict[TopicPartition, tuple[int, int]] = {}
-        with translated(self.path):
+        with self._reading() as conn:
             conn.execute("BEGIN")
             try:
                 ids: dict[str, tuple[int, TopicConfig]] = {}
@@ -341,8 +390,7 @@ class SqliteLog:
     def read(
         self, topic: str, partition: int, offset: int, records_max: int, bytes_max: int
     ) -> list[Record]:
-        conn = self._reader()
-        with translated(self.path):
+        with self._reading() as conn:
             conn.execute("BEGIN")  # one snapshot: the rows and what they are checked against
             try:
                 return _log_read.read_partition(
@@ -457,12 +505,8 @@ class SqliteLog:
         return result
 
     def group_version(self, group: str) -> int:
-        with translated(self.path):
-            row = (
-                self._reader()
-                .execute("SELECT version FROM groups WHERE name = ?", (group,))
-                .fetchone()
-            )
+        with self._reading() as conn:
+            row = conn.execute("SELECT version FROM groups WHERE name = ?", (group,)).fetchone()
         return int(row[0]) if row is not None else 0
 
     def group_leave(self, group: str, member_id: str) -> None:
@@ -474,32 +518,23 @@ class SqliteLog:
         self._call(leave)
 
     def committed(self, group: str) -> dict[TopicPartition, int]:
-        with translated(self.path):
-            rows = (
-                self._reader()
-                .execute(
-                    "SELECT topic, partition, next_offset FROM group_offsets WHERE grp = ? "
-                    "ORDER BY topic, partition",
-                    (group,),
-                )
-                .fetchall()
-            )
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT topic, partition, next_offset FROM group_offsets WHERE grp = ? "
+                "ORDER BY topic, partition",
+                (group,),
+            ).fetchall()
         return {TopicPartition(t, p): o for t, p, o in rows}
 
     def list_groups(self) -> list[str]:
-        with translated(self.path):
-            rows = (
-                self._reader()
-                .execute(
-                    "SELECT grp FROM group_members UNION SELECT grp FROM group_offsets ORDER BY 1"
-                )
-                .fetchall()
-            )
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT grp FROM group_members UNION SELECT grp FROM group_offsets ORDER BY 1"
+            ).fetchall()
         return [r[0] for r in rows]
 
     def describe_group(self, group: str) -> GroupInfo:
-        conn = self._reader()
-        with translated(self.path):
+        with self._reading() as conn:
             conn.execute("BEGIN")
             try:
                 state = _group_rows.load(conn, group)
@@ -536,6 +571,14 @@ class SqliteLog:
             self._closed = True
             self._changed.notify_all()
         self._writer._conn.close()
+        with self._reads_lock:
+            self._closed = True  # (set above too) no new read starts from here
+            # A read is a statement or two; one stuck longer is interrupted.
+            if not self._reads_lock.wait_for(lambda: not self._reads, _READS_WAIT_S):
+                with self._readers_lock:
+                    for conn in self._readers:
+                        conn.interrupt()
+                self._reads_lock.wait_for(lambda: not self._reads)
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
