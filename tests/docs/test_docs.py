@@ -60,6 +60,7 @@ DEFINES = r"^(?:async def {name}\(|def {name}\(|{name} = )"
         "causal-consistency",
         "consistency",
         "isolation-levels-measured",
+        "transactions",
     ],
 )
 def test_guarantees_cite_existing_tests(part: str) -> None:
