@@ -1,75 +1,57 @@
 """The unit of work's contract (``unbundled.testing.unit_contract``) on every
-backend that has transactions: memory (the specification), SQLite and
-PostgreSQL (a fresh schema per test; fails in CI without the server)."""
+backend of the matrix with transactions (``tests/matrix.py``): memory (the
+specification), SQLite and PostgreSQL (a fresh schema per check; fails in CI
+without the server). Each target says which parts its backend commits
+together; the checks assert ``NotSupported`` for the others."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Generator
 from pathlib import Path
 
 import pytest
 
 import unbundled
+from tests import matrix
 from unbundled.database import Database
 from unbundled.testing import SimClock
 from unbundled.testing.unit_contract import CHECKS, Check, Deposited, UnitTarget
 from unbundled.transaction import _unit
 
-_ALL = frozenset(_unit.PARTS)
-
-
-def _memory(tmp_path: Path) -> Generator[UnitTarget, None, None]:
-    # One memory backend for the whole check: "reopen" is the same object.
-    def open_memory(clock: SimClock) -> Database:
-        return unbundled.open("memory://", clock=clock, events=[Deposited])
-
-    yield UnitTarget("memory", open_memory, _ALL - {_unit.SQL}, durable=False)
-
-
-def _sqlite(tmp_path: Path) -> Generator[UnitTarget, None, None]:
-    def open_sqlite(clock: SimClock) -> Database:
-        return unbundled.open(
-            tmp_path / "unit.db",
-            sync="off",
-            clock=clock,
-            events=[Deposited],
-            maintenance_interval_s=None,
-        )
-
-    yield UnitTarget("sqlite", open_sqlite, _ALL)
-
-
-def _postgres(tmp_path: Path) -> Generator[UnitTarget, None, None]:
-    from tests.postgres.conftest import drop_schema, server_url
-
-    schema = f"test_{uuid.uuid4().hex[:16]}"
-    url = f"{server_url()}?schema={schema}"
-
-    def open_pg(clock: SimClock) -> Database:
-        return unbundled.open(url, sync="normal", clock=clock, events=[Deposited])
-
-    try:
-        yield UnitTarget(
-            "postgres", open_pg, frozenset({_unit.EVENTS, _unit.IDEMPOTENCY, _unit.KV, _unit.SQL})
-        )
-    finally:
-        drop_schema(schema)
-
-
-TARGETS: dict[str, Callable[[Path], Generator[UnitTarget, None, None]]] = {
-    "memory": _memory,
-    "sqlite": _sqlite,
-    "postgres": _postgres,
+# sync="off" on SQLite: surviving power loss is the crash tests' job.
+_OPTIONS: dict[str, dict[str, object]] = {
+    "memory": {},
+    "sqlite": {"sync": "off", "maintenance_interval_s": None},
+    "postgres": {"sync": "normal"},
+}
+# What each backend commits in one transaction (its unit_parts).
+_PARTS = {
+    "memory": frozenset(_unit.PARTS) - {_unit.SQL},
+    "sqlite": frozenset(_unit.PARTS),
+    "postgres": frozenset({_unit.EVENTS, _unit.IDEMPOTENCY, _unit.KV, _unit.SQL}),
 }
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
-@pytest.mark.parametrize("backend", list(TARGETS))
+@pytest.mark.parametrize("backend", matrix.params(matrix.TRANSACTIONS))
 def test_unit_contract(backend: str, check: Check, tmp_path: Path) -> None:
-    targets = TARGETS[backend](tmp_path)
-    target = next(targets)
-    try:
-        check(target)
-    finally:
-        targets.close()
+    with matrix.isolated(backend, tmp_path, "unit") as url:
+
+        def open_db(clock: SimClock) -> Database:
+            options = _OPTIONS[backend]
+            return unbundled.open(url, clock=clock, events=[Deposited], **options)  # type: ignore[arg-type]
+
+        check(UnitTarget(backend, open_db, _PARTS[backend], durable=backend != "memory"))
+
+
+def test_the_parts_agree_with_the_backends() -> None:
+    """The table above is what the backends declare (``unit_parts``)."""
+    from unbundled.backends import MemoryBackend, SqliteBackend
+    from unbundled.backends.postgres import PostgresBackend
+
+    declared = {
+        "memory": MemoryBackend.unit_parts,
+        "sqlite": SqliteBackend.unit_parts,
+        "postgres": PostgresBackend.unit_parts,
+    }
+    assert declared == _PARTS
+    assert set(_PARTS) == set(matrix.backends(matrix.TRANSACTIONS))
