@@ -6,7 +6,7 @@ the tables into docs/explanation/isolation-levels-measured.md.
 Each table sits between ``<!-- measured:NAME -->`` and ``<!-- /measured:NAME -->``
 (NAME: sqlite, postgresql, mariadb, and the same with ``-how`` for the tables
 that say how each anomaly was prevented); the three outcome tables also go
-into the "summary" block of docs/explanation/consistency.md. tests/isolation
+into the "summary" block of docs/explanation/consistency.md. tests/consistency/isolation
 checks that the outcome tables are still what the servers do, and that the
 two pages agree.
 """

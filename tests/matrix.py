@@ -67,7 +67,7 @@ def isolated(backend: str, tmp_path: Path, name: str = "store") -> Iterator[str]
     elif backend == "sqlite":
         yield str(tmp_path / f"{name}.db")
     elif backend == "postgres":
-        from tests.postgres.conftest import drop_schema, server_url
+        from tests.backends.postgres.conftest import drop_schema, server_url
 
         schema = f"test_{uuid.uuid4().hex[:16]}"
         try:
@@ -75,8 +75,8 @@ def isolated(backend: str, tmp_path: Path, name: str = "store") -> Iterator[str]
         finally:
             drop_schema(schema)
     elif backend == "redis":
-        from tests.redis.conftest import delete_prefix
-        from tests.redis.conftest import server_url as redis_server
+        from tests.backends.redis.conftest import delete_prefix
+        from tests.backends.redis.conftest import server_url as redis_server
 
         prefix = f"test:{uuid.uuid4().hex[:16]}:"
         try:
@@ -84,7 +84,7 @@ def isolated(backend: str, tmp_path: Path, name: str = "store") -> Iterator[str]
         finally:
             delete_prefix(prefix)
     elif backend == "nats":
-        from tests.consistency_kv._nats import bucket_url, delete_bucket, fresh_bucket
+        from tests.backends.nats._nats import bucket_url, delete_bucket, fresh_bucket
 
         bucket = fresh_bucket()
         try:

@@ -26,7 +26,7 @@ def test_the_embedded_backends_have_every_capability(tmp_path: Path) -> None:
 
 
 def test_a_part_the_backend_lacks_names_the_missing_protocol() -> None:
-    from tests.postgres.conftest import drop_schema, server_url
+    from tests.backends.postgres.conftest import drop_schema, server_url
 
     schema = f"test_{uuid.uuid4().hex[:16]}"
     try:

@@ -415,7 +415,7 @@ class PostgresPair(UnitPair):
     has_log = False
 
     def __init__(self) -> None:
-        from tests.postgres.conftest import server_url
+        from tests.backends.postgres.conftest import server_url
 
         self.schema = f"test_{uuid.uuid4().hex[:16]}"
         self.url = f"{server_url()}?schema={self.schema}"
@@ -427,7 +427,7 @@ class PostgresPair(UnitPair):
         )
 
     def teardown(self) -> None:
-        from tests.postgres.conftest import drop_schema
+        from tests.backends.postgres.conftest import drop_schema
 
         try:
             super().teardown()

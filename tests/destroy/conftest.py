@@ -22,12 +22,12 @@ import psycopg
 import pytest
 import redis
 
-from tests.consistency_kv._nats import bucket_url, delete_bucket, fresh_bucket
-from tests.consistency_kv._nats import server as nats_server
-from tests.postgres.conftest import drop_schema
-from tests.postgres.conftest import server_url as pg_server_url
-from tests.redis.conftest import delete_prefix
-from tests.redis.conftest import server_url as redis_server_url
+from tests.backends.nats._nats import bucket_url, delete_bucket, fresh_bucket
+from tests.backends.nats._nats import server as nats_server
+from tests.backends.postgres.conftest import drop_schema
+from tests.backends.postgres.conftest import server_url as pg_server_url
+from tests.backends.redis.conftest import delete_prefix
+from tests.backends.redis.conftest import server_url as redis_server_url
 from unbundled import EventStore, Idempotency, Log
 from unbundled.consistency import KV
 from unbundled.eventstore import NO_STREAM, NewEvent

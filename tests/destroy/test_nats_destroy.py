@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from nats.js.api import KeyValueConfig, StreamConfig
 
-from tests.consistency_kv._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
+from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
 from unbundled import UsageError
 from unbundled.backends import destroy
 

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.eventstore.projections.conftest import BACKENDS, fresh_url
 from unbundled import (
     NO_STREAM,
     AsyncEventStore,
@@ -36,8 +37,6 @@ from unbundled.errors import exit_status
 from unbundled.eventstore import Event, NewEvent, Projection, ProjectionTxn, StoredEvent
 from unbundled.eventstore.aggregate import Repository
 from unbundled.examples.bank import BankAccount
-
-from ..projections.conftest import BACKENDS, fresh_url
 
 
 class Counted(Event, frozen=True):

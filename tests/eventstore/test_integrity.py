@@ -13,11 +13,10 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
+from tests._formats import downgrade
 from unbundled import CorruptionError, EventSchemaMismatch, Log, NotSupported, UsageError
 from unbundled.backends.sqlite import _schema
 from unbundled.eventstore import NO_STREAM, Event, EventStore, NewEvent, Serializer
-
-from .._formats import downgrade
 
 EVENT_TABLES = [
     "events",

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.postgres.conftest import pg_url
+from tests.backends.postgres.conftest import pg_url
 
 __all__ = ["pg_url"]

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.postgres.conftest import server_url
-from tests.postgres.test_backend import wait_until_waiting_for_lock
+from tests.backends.postgres.conftest import server_url
+from tests.backends.postgres.test_backend import wait_until_waiting_for_lock
 from unbundled import AsyncEventStore, AsyncLog, Position
 from unbundled.backends.sqlite._writer import Stage
 from unbundled.eventstore import AppendResult, Event
