@@ -132,8 +132,8 @@ class Decided:
         """Whether there is anything to write (else the batch rolls back)."""
         return bool(self.events.rows.ids) or bool(self.units)
 
-    def settled(self) -> bool:
-        """Whether an idempotency record was written (waiters for keys are told)."""
+    def keys_changed(self) -> bool:
+        """Whether an idempotency record was written (this process's waiters are told)."""
         return self.units is not None and bool(self.units.record_rows)
 
 
@@ -203,6 +203,7 @@ def finish(opened: Opened, base: int) -> list[object]:
         result = results[i]
         if isinstance(result, list):
             results[i] = placed(result, base)
-        elif isinstance(result, _unit.Committed) and result.events:
-            results[i] = result._replace(events=placed(result.events, base))
+        elif type(result) is _unit.Committed and result.events:
+            positions, events, stored, changes, sql = result
+            results[i] = _unit.Committed(positions, placed(events, base), stored, changes, sql)
     return results

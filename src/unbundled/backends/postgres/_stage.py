@@ -227,7 +227,13 @@ class EventBatch:
 def placed(results: list[AppendResult], base: int) -> list[AppendResult]:
     """``results`` with the transaction's k-th event at position ``base + k``."""
     return [
-        r._replace(positions=tuple(base - p if p < 0 else p for p in r.positions)) for r in results
+        AppendResult(
+            r.stream,
+            r.first_version,
+            r.last_version,
+            tuple(base - p if p < 0 else p for p in r.positions),
+        )
+        for r in results
     ]
 
 

@@ -168,10 +168,10 @@ class UnitStage:
     __slots__ = (
         "_clock",
         "_now",
+        "completed",
         "created",
         "record_rows",
         "records",
-        "settled",
         "slot_rows",
         "slots",
     )
@@ -192,8 +192,7 @@ class UnitStage:
             assert reads.created is not None
             self.created = {row[0] for row in reads.created}
             for key, value, version in reads.slots:
-                # Our placeholder (or one a crash left: it reads as absent anyway).
-                absent = value is None and version == 0
+                absent = value is None and version == 0  # our placeholder
                 self.slots[key] = None if absent else (_bytes(value), int(version))
             if len(self.slots) != len(reads.names):
                 # Every key had a row or got a placeholder, yet one has none:
@@ -201,7 +200,7 @@ class UnitStage:
                 raise Retry
         self.record_rows: dict[str, IdempotencyRecord] = {}  # to write, by key
         self.slot_rows: dict[str, Slot] = {}
-        self.settled = False  # a result is stored: waiters for keys are told
+        self.completed = False  # a result is stored: other processes are told (pg_notify)
 
     def decide(self, unit: _unit.Unit) -> Decided:
         """Decide ``unit``'s idempotency operations and key-value changes on
@@ -233,7 +232,7 @@ class UnitStage:
         if records:
             self.records.update(records)
             self.record_rows.update(records)
-            self.settled = self.settled or any(op.kind == "complete" for op in unit.idempotency)
+            self.completed = self.completed or any(op.kind == "complete" for op in unit.idempotency)
         for key, slot in slots.items():
             if slot is not None and slot != self.slots[key]:
                 self.slots[key] = slot
@@ -247,7 +246,8 @@ class UnitStage:
         """Queue step 3 (the caller queues the events' statement and COMMIT next)."""
         if self.record_rows:
             records = _encode(list(self.record_rows.values())).decode()
-            conn.execute(sql.write_records, (records, len(self.record_rows), channel, self.settled))
+            params = (records, len(self.record_rows), channel, self.completed)
+            conn.execute(sql.write_records, params)
         if self.slot_rows:
             slots = self.slot_rows
             conn.execute(

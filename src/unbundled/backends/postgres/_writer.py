@@ -308,7 +308,7 @@ class Writer:
             assert row is not None
             base = int(row[0])
             self._on_commit()
-        if decided.settled():
+        if decided.keys_changed():
             self._on_keys()
         return finish(opened, base)
 
