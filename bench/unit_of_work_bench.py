@@ -268,6 +268,7 @@ def bench_postgres(sizes: Sizes, rival: Any) -> list[Line]:
             run = units(url, w, sizes.pg_units, log=False, claim_inside=inside)
             if not inside:
                 extra["claims"].append(run.claim_rate)
+                extra["units"].append(run.per_commit)
             return run.rate
 
         return measure

@@ -34,7 +34,7 @@ class UnitRun:
     """One measurement of the unit of work."""
 
     rate: float  # transactions/s
-    per_commit: float  # transactions per writer commit (SQLite; 0 elsewhere)
+    per_commit: float  # transactions per writer commit (0 without a group-commit writer)
     claim_rate: float  # claims/s before the timed region (0 when claimed inside it)
 
 

@@ -11,6 +11,10 @@ processes on many hosts through one database.
   LISTEN/NOTIFY (``_notify``), with a polling fallback.
 * Idempotency keys (``_idempotency``): one statement per transition; the
   effects of a request commit with its result, event appends included.
+* Units of work (``_unit``): those holding only events, idempotency
+  results or phases and key-value changes are group-committed by the
+  writer with the appends (``_unit_stage``); those with SQL or effects run
+  one transaction each on a pooled connection.
 * The linearizable key-value store (``_kv``): one statement per operation,
   compare-and-set as a conditional UPDATE; linearizable on one primary.
 
@@ -97,7 +101,14 @@ class PostgresBackend(
         self._pool = Pool(connect_new, self._where, pool_size)
         self._notifier = Notifier(connect_new, self.channel, self.safe_position)
         self._writer = Writer(
-            conn, connect_new, schema, self.channel, self._where, clock, self._notifier.bump
+            conn,
+            connect_new,
+            schema,
+            self.channel,
+            self._where,
+            clock,
+            self._notifier.bump,
+            self._notifier.bump_keys,
         )
 
     def __repr__(self) -> str:

@@ -1,24 +1,25 @@
-"""One batch of appends on the writer's connection: the statements, and the
-pure work between them (validation, decisions, rows, results).
+"""The event appends of one transaction: the statements, and the pure work
+between them (validation, decisions, rows, results).
 
-A batch goes through three steps (``_writer`` decides when each is sent):
+A writer's batch goes through three steps (``_batch`` holds the batch,
+``_writer`` decides when each step is sent):
 
-1. :func:`open_batch` queues ``BEGIN``, a placeholder row for each written
+1. ``_batch.open_batch`` queues ``BEGIN``, a placeholder row for each written
    stream that may have none (``ON CONFLICT DO NOTHING``), a lock on every
    written stream's row (``SELECT ... ORDER BY stream FOR UPDATE``: sorted,
    so writers in different processes lock in one order and cannot deadlock),
    and a lookup of the batch's event ids.
-2. :func:`decide` reads those results and decides each append with
+2. ``_batch.decide`` reads those results and decides each append with
    ``eventstore._core.plan_append`` (the code the memory model runs), one
    after another against the state as the earlier ones leave it: a failing
-   append fails alone and needs no SAVEPOINT.
+   append fails alone and needs no SAVEPOINT (:class:`EventBatch`).
 3. The write statement: a CTE that takes the row lock on the ``positions``
    counter (``UPDATE ... SET last = last + n``), inserts the events at
    ``last - n + 1 .. last``, moves the streams' versions, drops the
    placeholders no append used and sends ``pg_notify``; then ``COMMIT``.
 
 :class:`Staging` runs the same steps inside a transaction that is not the
-writer's (the effects of an idempotent request, ``_idempotency``): steps 1
+writer's (a unit of work with SQL or effects, ``_unit``): steps 1
 and 2 at each ``append_events`` call, step 3 right before that COMMIT.
 """
 
@@ -29,8 +30,7 @@ from typing import Any
 
 import psycopg
 
-from ..._ground import Waiter
-from ...errors import Error, Unavailable, UsageError
+from ...errors import Unavailable, UsageError
 from ...eventstore import _core
 from ...eventstore._protocol import (
     AppendResult,
@@ -51,17 +51,6 @@ EXISTING_MAX = 100_000
 
 class Retry(Exception):
     """Roll back and run the batch again (state we relied on was stale)."""
-
-
-class Request:
-    __slots__ = ("done", "writes")
-
-    def __init__(self, writes: Sequence[StreamWrite], done: Waiter) -> None:
-        self.writes = writes
-        self.done = done
-
-    def events(self) -> int:
-        return sum(len(w.events) for w in self.writes)
 
 
 class Statements:
@@ -106,7 +95,7 @@ SELECT base, pg_notify(%(channel)s, (base + %(n)s::int8)::text) FROM c"""
         )
 
 
-def _check_text(write: StreamWrite) -> None:
+def check_text(write: StreamWrite) -> None:
     """PostgreSQL text cannot hold NUL: refuse it here, for this append alone,
     rather than fail the whole batch's statement."""
     names = [write.stream, *(e.id for e in write.events), *(e.type for e in write.events)]
@@ -116,44 +105,6 @@ def _check_text(write: StreamWrite) -> None:
             f"(stream {write.stream!r})",
             stream=write.stream,
         )
-
-
-class Opened:
-    """A batch whose transaction has begun: its reads are queued on the connection."""
-
-    __slots__ = ("created", "found", "locked", "requests", "results", "streams", "unknown", "valid")
-
-    def __init__(self, requests: list[Request]) -> None:
-        self.requests = requests
-        self.results: list[object] = [None] * len(requests)
-        self.valid: list[int] = []
-        for i, request in enumerate(requests):
-            try:
-                for write in request.writes:
-                    _core.check_write(write)
-                    _check_text(write)
-            except Error as exc:
-                self.results[i] = exc
-            else:
-                self.valid.append(i)
-        self.streams: list[str] = []
-        self.unknown: list[str] = []
-        self.created: psycopg.Cursor[Any] | None = None
-        self.locked: psycopg.Cursor[Any] | None = None
-        self.found: psycopg.Cursor[Any] | None = None
-
-
-def open_batch(conn: Conn, sql: Statements, opened: Opened, existing: set[str]) -> None:
-    """Queue BEGIN and the batch's reads (step 1); the caller syncs."""
-    requests = opened.requests
-    opened.streams = sorted({w.stream for i in opened.valid for w in requests[i].writes})
-    opened.unknown = [s for s in opened.streams if s not in existing]
-    ids = [e.id for i in opened.valid for w in requests[i].writes for e in w.events]
-    conn.execute("BEGIN")
-    if opened.unknown:
-        opened.created = conn.execute(sql.placeholders, (opened.unknown,))
-    opened.locked = conn.execute(sql.lock, (opened.streams,))
-    opened.found = conn.cursor(binary=True).execute(sql.existing, (ids,))
 
 
 class Rows:
@@ -190,98 +141,105 @@ class Rows:
         }
 
 
-def decide(opened: Opened, existing: set[str]) -> Rows:
-    """Step 2: read the synced results of :func:`open_batch`, decide every
-    request (into ``opened.results``) and return the rows to write."""
-    assert opened.locked is not None and opened.found is not None
-    placeholders = {row[0] for row in opened.created} if opened.created is not None else set()
-    states = {
-        stream: StreamState(stream, version, deleted, tombstoned)
-        for stream, version, deleted, tombstoned in opened.locked
-    }
-    if len(states) != len(opened.streams):
-        # A stream we knew had a row has none: the schema was dropped and
-        # made again under us. Forget what we knew and start over.
-        existing.clear()
-        raise Retry
-    if len(existing) > EXISTING_MAX:
-        existing.clear()
-    existing.update(s for s in opened.unknown if s not in placeholders)
-    known: dict[str, RecordedEvent] = {row[0]: RecordedEvent(*row) for row in opened.found}
-    rows = Rows()
-    for i in opened.valid:
-        try:
-            opened.results[i] = _stage(opened.requests[i].writes, states, known, rows)
-        except Error as exc:
-            opened.results[i] = exc
-    rows.unused = sorted(placeholders - rows.heads.keys())
-    return rows
+class EventBatch:
+    """The stream states and event ids one transaction locked and read, and
+    the rows it will write: the decisions between the reads and the write.
+
+    :meth:`plan` decides an append without queuing anything (a unit of work
+    decides its other parts before any of it is queued); :meth:`queue` then
+    adds its rows, and the state as it leaves it, for the appends after it.
+    """
+
+    __slots__ = ("known", "placeholders", "rows", "states")
+
+    def __init__(self) -> None:
+        self.states: dict[str, StreamState] = {}
+        self.known: dict[str, RecordedEvent] = {}
+        self.placeholders: set[str] = set()  # stream rows this transaction inserted
+        self.rows = Rows()
+
+    def plan(self, writes: Sequence[StreamWrite]) -> _core.Plan:
+        """Decide ``writes`` (raising a conflict); nothing is queued."""
+        known = self.known
+        existing = {
+            e.id: found for w in writes for e in w.events if (found := known.get(e.id)) is not None
+        }
+        return _core.plan_append(writes, self.states, existing)
+
+    def queue(self, writes: Sequence[StreamWrite], plan: _core.Plan) -> list[AppendResult]:
+        """Queue the rows of planned ``writes`` (nothing here can fail)."""
+        if plan.duplicate is not None:
+            return plan.duplicate
+        rows = self.rows
+        out = []
+        for write, first in zip(writes, plan.first_versions, strict=True):
+            stream = write.stream
+            category = category_of(stream)
+            positions = []
+            for n, event in enumerate(write.events):
+                rows.ids.append(event.id)
+                rows.streams.append(stream)
+                rows.versions.append(first + n)
+                rows.categories.append(category)
+                rows.types.append(event.type)
+                rows.schema_versions.append(event.schema_version)
+                rows.data.append(event.data)
+                rows.metadata.append(event.metadata)
+                # Positions are known only after the write: -k stands for the
+                # transaction's k-th event until then (see :func:`placed`).
+                ordinal = -len(rows.ids)
+                self.known[event.id] = RecordedEvent(
+                    event.id,
+                    stream,
+                    first + n,
+                    ordinal,
+                    event.type,
+                    event.schema_version,
+                    event.data,
+                    event.metadata,
+                    0,
+                )
+                positions.append(ordinal)
+            last = first + len(write.events) - 1
+            self.states[stream] = StreamState(stream, last, False, False)
+            rows.heads[stream] = last
+            out.append(AppendResult(stream, first, last, tuple(positions)))
+        return out
+
+    def stage(self, writes: Sequence[StreamWrite]) -> list[AppendResult]:
+        return self.queue(writes, self.plan(writes))
+
+    def write(
+        self, conn: Conn, sql: Statements, now: int, channel: str
+    ) -> psycopg.Cursor[Any] | None:
+        """Queue step 3 (the counter lock: send ``COMMIT`` next); a cursor
+        whose row holds the base position, or None if no event is new (then
+        only the placeholders no append used are deleted, if any)."""
+        rows = self.rows
+        rows.unused = sorted(self.placeholders - rows.heads.keys())
+        if rows.ids:
+            return conn.execute(sql.write, rows.params(now, channel))
+        if rows.unused:
+            conn.execute(sql.unused, (rows.unused,))
+        return None
 
 
-def _stage(
-    writes: Sequence[StreamWrite],
-    states: dict[str, StreamState],
-    known: dict[str, RecordedEvent],
-    rows: Rows,
-) -> list[AppendResult]:
-    existing = {
-        e.id: stored for w in writes for e in w.events if (stored := known.get(e.id)) is not None
-    }
-    plan = _core.plan_append(writes, states, existing)
-    if plan.duplicate is not None:
-        return plan.duplicate
-    out = []
-    for write, first in zip(writes, plan.first_versions, strict=True):
-        stream = write.stream
-        category = category_of(stream)
-        positions = []
-        for n, event in enumerate(write.events):
-            rows.ids.append(event.id)
-            rows.streams.append(stream)
-            rows.versions.append(first + n)
-            rows.categories.append(category)
-            rows.types.append(event.type)
-            rows.schema_versions.append(event.schema_version)
-            rows.data.append(event.data)
-            rows.metadata.append(event.metadata)
-            # Positions are known only after the write: -k stands for the
-            # batch's k-th event until then (see finish()).
-            ordinal = -len(rows.ids)
-            known[event.id] = RecordedEvent(
-                event.id,
-                stream,
-                first + n,
-                ordinal,
-                event.type,
-                event.schema_version,
-                event.data,
-                event.metadata,
-                0,
-            )
-            positions.append(ordinal)
-        last = first + len(write.events) - 1
-        states[stream] = StreamState(stream, last, False, False)
-        rows.heads[stream] = last
-        out.append(AppendResult(stream, first, last, tuple(positions)))
-    return out
-
-
-def finish(opened: Opened, base: int) -> list[object]:
-    """The results, with the batch's k-th event at position ``base + k``."""
-    results = opened.results
-    for i in opened.valid:
-        result = results[i]
-        if isinstance(result, list):
-            results[i] = [
-                r._replace(positions=tuple(base - p if p < 0 else p for p in r.positions))
-                for r in result
-            ]
-    return results
+def placed(results: list[AppendResult], base: int) -> list[AppendResult]:
+    """``results`` with the transaction's k-th event at position ``base + k``."""
+    return [
+        AppendResult(
+            r.stream,
+            r.first_version,
+            r.last_version,
+            tuple(base - p if p < 0 else p for p in r.positions),
+        )
+        for r in results
+    ]
 
 
 class Staging:
-    """Appends inside a transaction someone else runs on ``conn`` (the
-    effects of an idempotent request): the writer's steps spread over
+    """Appends inside a transaction someone else runs on ``conn`` (a unit of
+    work that runs SQL or effects, ``_unit``): the writer's steps spread over
     several calls. :meth:`append` takes step 1 and 2 at once for the streams
     it has not seen yet (each stream is locked once, its state then follows
     the staged appends); :meth:`write` queues step 3, which the caller must
@@ -291,10 +249,7 @@ class Staging:
     def __init__(self, conn: Conn, sql: Statements) -> None:
         self._conn = conn
         self._sql = sql
-        self._states: dict[str, StreamState] = {}
-        self._known: dict[str, RecordedEvent] = {}
-        self._placeholders: set[str] = set()
-        self._rows = Rows()
+        self._batch = EventBatch()
         self._results: list[tuple[list[AppendResult], list[AppendResult]]] = []
 
     def append(self, writes: Sequence[StreamWrite]) -> list[AppendResult]:
@@ -302,41 +257,32 @@ class Staging:
         like at once); the list returned is filled when :meth:`finish` runs."""
         for write in writes:
             _core.check_write(write)
-            _check_text(write)
-        streams = sorted({w.stream for w in writes} - self._states.keys())
-        ids = [e.id for w in writes for e in w.events if e.id not in self._known]
+            check_text(write)
+        batch = self._batch
+        streams = sorted({w.stream for w in writes} - batch.states.keys())
+        ids = [e.id for w in writes for e in w.events if e.id not in batch.known]
         if streams or ids:  # one round trip; none when every stream and id is known
             conn = self._conn
             with conn.pipeline():
                 created = conn.execute(self._sql.placeholders, (streams,))
                 locked = conn.execute(self._sql.lock, (streams,))
                 found = conn.cursor(binary=True).execute(self._sql.existing, (ids,))
-            self._placeholders.update(row[0] for row in created)
+            batch.placeholders.update(row[0] for row in created)
             states = {s: StreamState(s, v, d, t) for s, v, d, t in locked}
             if len(states) != len(streams):  # the schema was made again under us
                 raise Unavailable("the stream table changed during the transaction; retry")
-            self._states.update(states)
-            self._known.update((row[0], RecordedEvent(*row)) for row in found)
-        staged = _stage(writes, self._states, self._known, self._rows)
+            batch.states.update(states)
+            batch.known.update((row[0], RecordedEvent(*row)) for row in found)
+        staged = batch.stage(writes)
         out: list[AppendResult] = []
         self._results.append((out, staged))
         return out
 
     def write(self, now: int, channel: str) -> psycopg.Cursor[Any] | None:
-        """Queue step 3 (the counter lock: send ``COMMIT`` next); a cursor
-        whose row holds the base position, or None if no event is new."""
-        unused = sorted(self._placeholders - self._rows.heads.keys())
-        if self._rows.ids:
-            self._rows.unused = unused
-            return self._conn.execute(self._sql.write, self._rows.params(now, channel))
-        if unused:
-            self._conn.execute(self._sql.unused, (unused,))
-        return None
+        """Queue step 3 (see :meth:`EventBatch.write`)."""
+        return self._batch.write(self._conn, self._sql, now, channel)
 
     def finish(self, base: int) -> None:
         """After ``COMMIT``: fill the lists :meth:`append` returned."""
         for out, staged in self._results:
-            out.extend(
-                r._replace(positions=tuple(base - p if p < 0 else p for p in r.positions))
-                for r in staged
-            )
+            out.extend(placed(staged, base))

@@ -1,4 +1,10 @@
-"""The unit of work on PostgreSQL: one transaction on a pooled connection.
+"""The unit of work on PostgreSQL.
+
+A unit that holds only events, idempotency results or phases and key-value
+changes goes to the event writer's queue and is group-committed with the
+other units and appends queued meanwhile (``_batch``, ``_unit_stage``).
+A unit with SQL or idempotency effects runs in one transaction of its own
+on a pooled connection, as described next.
 
 The parts go in the order every backend follows. Events are staged with the
 event store's own steps (stream rows locked, expected versions and ids
@@ -33,6 +39,8 @@ from ._idempotency import _record
 from ._kv import _KvSql
 from ._schema import Conn, translated
 from ._stage import Staging, Statements
+from ._unit_stage import staged
+from ._writer import Writer
 
 T = TypeVar("T")
 _IDLE = psycopg.pq.TransactionStatus.IDLE
@@ -59,6 +67,7 @@ class PostgresUnit:
     _handling: threading.local
     _pool: Any
     _notifier: Any
+    _writer: Writer
     _idem_now: Callable[[], int | None]
     _read_key: Callable[..., tuple[IdempotencyRecord | None, int]]
     _stale: Callable[..., Exception]
@@ -84,6 +93,9 @@ class PostgresUnit:
         _unit.check_parts(unit, self, self._where)
         if getattr(self._handling, "name", None) is not None:
             done(UsageError("cannot commit a transaction from inside a projection handler"))
+            return
+        if staged(unit):
+            self._writer.submit_unit(unit, done)
             return
         if type(done) is AsyncWaiter:
             self._workers().submit(self._answer, unit, done)

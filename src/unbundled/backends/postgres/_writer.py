@@ -1,9 +1,19 @@
 """Group commit on PostgreSQL: one writer thread per backend turns every
-queued append into part of one transaction (the steps are in ``_stage``).
+queued append, and every unit of work that holds only events, idempotency
+operations and key-value changes, into part of one transaction (the steps
+are in ``_batch``).
+
+Units share the event writer's thread and batches rather than a second
+writer: a unit and an append commit in the same transaction, the counter
+lock is still taken by one transaction at a time (two writers of events
+would queue on it anyway), and every lock is taken in one order (streams,
+idempotency keys, key-value keys, counter) by one thread, so the writer
+cannot deadlock with itself. Units with SQL or idempotency effects run on
+a pooled connection, one transaction each (``_unit``).
 
 Under load the writer needs one round trip per transaction: the write and
 ``COMMIT`` of one batch go out in one pipeline with ``BEGIN`` and the reads
-of the next batch (the appends queued meanwhile), so while the server
+of the next batch (the requests queued meanwhile), so while the server
 commits one batch it already locks and reads for the next. A batch alone
 takes two round trips (reads, then write).
 
@@ -13,17 +23,24 @@ positions are dense, and a reader sees a prefix of them (see
 docs/how-to/eventstore-postgres.md). The stream row locks make
 expected-version checks hold across processes.
 
-When anything fails, the writer rolls back, puts the next batch back in the
-queue, and replays the batch on the careful path (:meth:`Writer._commit`:
-retries, then one request per transaction to isolate the culprit). The
-replay is safe even if the failed round trip did commit: every event id
-then exists, and the idempotent-retry rule returns the original results.
+When a batch's round trip fails, the writer rolls back, puts the next batch
+back in the queue, and replays the batch on the careful path
+(:meth:`Writer._replay`): appends together (:meth:`Writer._commit`:
+retries, then one request per transaction to isolate the culprit), each
+unit in a transaction of its own. If the round trip's answer shows that
+the batch's COMMIT went through (what failed were the next batch's reads),
+the batch is answered as committed instead. Replaying appends is safe even
+if the COMMIT's outcome is unknown (the connection was lost after sending
+it): every event id then exists, and the idempotent-retry rule returns the
+original results. A unit is not idempotent (a key-value write would apply
+twice), so a unit whose COMMIT's outcome is unknown is answered with
+:class:`~unbundled.errors.Unavailable`, as its own transaction would be.
 
-An append whose caller stopped waiting before the writer took it (a
+A request whose caller stopped waiting before the writer took it (a
 cancelled asyncio task) is withdrawn: skipped, never written. An exception
 the writer does not expect (a bug) stops it for good: it rolls back, closes
 its connection (releasing every lock) and fails the waiting and every later
-append with :class:`~unbundled.errors.ThreadFailed`.
+request with :class:`~unbundled.errors.ThreadFailed`.
 """
 
 from __future__ import annotations
@@ -31,17 +48,29 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from ... import limits
-from ..._ground import Waiter
+from ..._ground import Waiter, now_ms
 from ..._ground.waiters import Failure, complete_all, withdrawn
 from ...errors import Closed, Error, Unavailable
 from ...eventstore._protocol import StreamWrite
+from ...transaction._unit import Unit
+from ._batch import (
+    BatchStatements,
+    Decided,
+    Opened,
+    Request,
+    decide,
+    finish,
+    open_batch,
+    write_batch,
+)
 from ._schema import Conn, translate
-from ._stage import Opened, Request, Retry, Statements, decide, finish, open_batch
+from ._stage import Retry
 
 # Transient failures retried before a batch is split up: a unique violation
 # (another process stored one of our event ids after we looked), a deadlock
@@ -62,14 +91,19 @@ class Writer:
         where: str,
         clock: Callable[[], int],
         on_commit: Callable[[], None],
+        on_keys: Callable[[], None],
     ) -> None:
         self._conn = conn
         self._connect = connect
-        self._sql = Statements(schema)
+        self._sql = BatchStatements(schema)
         self._channel = channel
         self._where = where
         self._clock = clock
-        self._on_commit = on_commit
+        # Units' idempotency decisions: the server's clock unless the backend
+        # was given one (as ``_idempotency._idem_now``).
+        self._unit_clock = None if clock is now_ms else clock
+        self._on_commit = on_commit  # events committed
+        self._on_keys = on_keys  # idempotency records committed
         self._existing: set[str] = set()  # streams known to have a committed row
         self._queue: collections.deque[Request | None] = collections.deque()
         self._wake = threading.Event()
@@ -91,10 +125,17 @@ class Writer:
     # --- the callers' side ----------------------------------------------------
 
     def submit(self, writes: Sequence[StreamWrite], done: Waiter) -> None:
+        self._put(Request(writes, done))
+
+    def submit_unit(self, unit: Unit, done: Waiter) -> None:
+        """Queue a unit that ``_unit_stage.staged`` accepts."""
+        self._put(Request(unit.events, done, unit))
+
+    def _put(self, request: Request) -> None:
         if self._closed or self._stopped:
             self._failure.check()  # the thread failed: say why
             raise Closed(f"the event store at {self._where} is closed")
-        self._queue.append(Request(writes, done))
+        self._queue.append(request)
         if self._stopped:  # the thread ended after the check above: answer it ourselves
             self._drain()
         if self._sleeping:  # waking a busy writer would only cost a futex call
@@ -206,7 +247,7 @@ class Writer:
                 open_batch(conn, self._sql, opened, self._existing)
         except Exception:  # anything: the careful path decides or reports
             self._rollback()
-            self._complete(opened, self._commit(requests))
+            self._complete(opened, self._replay(requests, uncertain=False))
             return None
         return opened
 
@@ -215,41 +256,65 @@ class Writer:
         round trip; complete ``opened``'s callers; return the next batch."""
         following: list[Request] = []
         nxt: Opened | None = None
+        decided: Decided | None = None
+        cursor = commit = None
+        self._sent_commit = False
         try:
-            rows = decide(opened, self._existing)
+            decided = decide(opened, self._existing, self._unit_clock)
             following = self._take()
             nxt = Opened(following) if following else None
             if nxt is not None and not nxt.valid:
                 self._complete(nxt, nxt.results)
                 following, nxt = [], None
             conn = self._connection()
-            cursor = None
             with conn.pipeline():
-                if rows.ids:
-                    cursor = conn.execute(
-                        self._sql.write, rows.params(self._clock(), self._channel)
-                    )
-                    conn.execute("COMMIT")
+                if decided:
+                    cursor = write_batch(conn, self._sql, decided, self._clock(), self._channel)
+                    self._sent_commit = True
+                    commit = conn.execute("COMMIT")
                 else:
                     conn.execute("ROLLBACK")  # only retries and failures: nothing to write
                 if nxt is not None:
                     open_batch(conn, self._sql, nxt, self._existing)
         except Exception:  # anything: the careful path decides or reports
+            # Results arrive in order: COMMIT's is in even if a later statement failed.
+            committed = commit is not None and commit.statusmessage == "COMMIT"
+            uncertain = self._sent_commit and not committed and self._lost()
             self._rollback()
             if following:
                 self._queue.extendleft(reversed(following))
-            self._complete(opened, self._commit(opened.requests))
-            self._on_commit()  # in case the failed round trip committed after all
+            if committed:  # what failed was the next batch's reads: this one is done
+                assert decided is not None
+                self._complete(opened, self._committed(opened, decided, cursor))
+            else:
+                self._complete(opened, self._replay(opened.requests, uncertain))
+                self._on_commit()  # in case the failed round trip committed after all
             return None
-        if cursor is not None:
-            row = cursor.fetchone()
-            assert row is not None
-            self.transactions += 1
-            self._on_commit()
-            self._complete(opened, finish(opened, int(row[0])))
+        if decided:
+            self._complete(opened, self._committed(opened, decided, cursor))
         else:
             self._complete(opened, opened.results)
         return nxt
+
+    def _committed(
+        self, opened: Opened, decided: Decided, cursor: psycopg.Cursor[Any] | None
+    ) -> list[object]:
+        """After ``opened``'s COMMIT: tell the waiters, return the results."""
+        self.transactions += 1
+        base = 0
+        if cursor is not None:
+            row = cursor.fetchone()
+            assert row is not None
+            base = int(row[0])
+            self._on_commit()
+        if decided.keys_changed():
+            self._on_keys()
+        return finish(opened, base)
+
+    def _lost(self) -> bool:
+        """Whether the connection is gone (a statement's answer may be missing)."""
+        conn = self._conn
+        return conn is None or conn.closed or conn.broken
 
     # --- the careful path -------------------------------------------------------
 
@@ -275,6 +340,33 @@ class Writer:
             pass
         conn.close()
         self._conn = None
+
+    def _replay(self, requests: list[Request], uncertain: bool) -> list[object]:
+        """The careful path for a batch whose round trip failed: its appends
+        through :meth:`_commit`, each unit in a transaction of its own; but
+        when the batch's COMMIT may have gone through (``uncertain``), a
+        unit is answered with ``Unavailable``: replaying it could apply it
+        twice. One result per request."""
+        if all(r.unit is None for r in requests):
+            return self._commit(requests)
+        results: list[object] = [None] * len(requests)
+        appends = [i for i, r in enumerate(requests) if r.unit is None]
+        if appends:
+            done = self._commit([requests[i] for i in appends])
+            for i, result in zip(appends, done, strict=True):
+                results[i] = result
+        for i, request in enumerate(requests):
+            if request.unit is None:
+                continue
+            if uncertain:
+                results[i] = Unavailable(
+                    f"{self._where}: the connection was lost as the transaction committed: "
+                    "it may or may not have committed",
+                    url=self._where,
+                )
+            else:
+                (results[i],) = self._commit([request])
+        return results
 
     def _commit(self, requests: list[Request]) -> list[object]:
         """Commit ``requests`` in one transaction, retrying transient failures
@@ -315,16 +407,12 @@ class Writer:
         conn = self._connection()
         with conn.pipeline():
             open_batch(conn, self._sql, opened, self._existing)
-        rows = decide(opened, self._existing)
-        if not rows.ids:
+        decided = decide(opened, self._existing, self._unit_clock)
+        if not decided:
             conn.execute("ROLLBACK")
             return opened.results
         with conn.pipeline():
-            cursor = conn.execute(self._sql.write, rows.params(self._clock(), self._channel))
+            cursor = write_batch(conn, self._sql, decided, self._clock(), self._channel)
             self._sent_commit = True
             conn.execute("COMMIT")
-        row = cursor.fetchone()
-        assert row is not None
-        self.transactions += 1
-        self._on_commit()
-        return finish(opened, int(row[0]))
+        return self._committed(opened, decided, cursor)

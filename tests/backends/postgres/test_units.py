@@ -1,0 +1,381 @@
+"""Units of work group-committed by the PostgreSQL writer (``_unit_stage``,
+``_batch``): many callers' units share a transaction, a unit that
+conflicts is refused alone, and a batch whose round trip fails is replayed
+one unit per transaction."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+import unbundled
+from unbundled._waiters import SyncWaiter
+from unbundled.backends.postgres import PostgresBackend
+from unbundled.consistency.kv._protocol import Expect
+from unbundled.errors import (
+    CompareFailed,
+    DuplicateEventId,
+    Error,
+    StaleToken,
+    StreamNotFound,
+    WrongExpectedVersion,
+)
+from unbundled.eventstore import ANY, NO_STREAM, AppendResult, Event, NewEvent, StreamWrite
+from unbundled.transaction import _unit
+
+from .conftest import server_url
+from .test_backend import wait_until_waiting_for_lock
+
+pytestmark = pytest.mark.postgres
+
+_DAY_MS = 86_400_000
+
+
+class Deposited(Event, frozen=True):
+    amount: int
+
+
+def event() -> NewEvent:
+    return NewEvent(str(uuid.uuid4()), "Happened", b"{}", b"{}")
+
+
+def make_unit(
+    events: tuple[StreamWrite, ...] = (),
+    idempotency: tuple[_unit.IdemOp, ...] = (),
+    kv: tuple[_unit.KvOp, ...] = (),
+) -> _unit.Unit:
+    unit = _unit.Unit()
+    for write in events:
+        unit.add_events(write)
+    unit.idempotency.extend(idempotency)
+    unit.kv.extend(kv)
+    return unit
+
+
+def complete(key: str, token: int, result: bytes = b'"ok"') -> _unit.IdemOp:
+    return _unit.IdemOp("complete", key, token, result, False, _DAY_MS)
+
+
+def claim(backend: PostgresBackend, key: str) -> int:
+    claimed = backend.claim(key, "fp", _DAY_MS, _DAY_MS)
+    assert claimed.outcome == "claimed"
+    return claimed.record.token
+
+
+def outcome(waiter: SyncWaiter) -> object:
+    try:
+        result: object = waiter.wait()
+    except Error as exc:
+        return exc
+    return result
+
+
+def kv_rows(backend: PostgresBackend, key: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        return conn.execute(
+            f'SELECT value, version FROM "{backend.schema}".kv WHERE key = %s', (key,)
+        ).fetchall()
+
+
+def wait_for_events(admin: psycopg.Connection[Any], schema: str, stream: str, count: int) -> None:
+    deadline = time.monotonic() + 10
+    query = f'SELECT count(*) FROM "{schema}".events WHERE stream = %s'
+    while time.monotonic() < deadline:
+        row = admin.execute(query, (stream,)).fetchone()
+        if row is not None and row[0] >= count:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"stream {stream!r} never reached {count} events")
+
+
+def test_units_from_64_threads_share_commits(pg_url: str) -> None:
+    per_thread = 8
+    with unbundled.open(pg_url, sync="normal", events=[Deposited]) as db:
+        writer = db.backend._writer
+        attempts = [
+            [db.idempotency.attempt(f"req-{n}-{i}", {"n": n, "i": i}) for i in range(per_thread)]
+            for n in range(64)
+        ]
+        results: dict[int, list[_unit.Committed]] = {}
+        failures: list[BaseException] = []
+        start = threading.Barrier(64)
+
+        def work(n: int) -> None:
+            try:
+                start.wait()
+                done = []
+                for i in range(per_thread):
+                    with db.transaction() as tx:
+                        tx.append_events(f"acc-{n}", [Deposited(amount=i)], i - 1)
+                        tx.complete(attempts[n][i], {"n": n, "i": i})
+                        tx.kv.write(f"balance-{n}", b"%d" % i)
+                    assert tx.result is not None
+                    done.append(tx.result)
+                results[n] = done
+            except BaseException as exc:  # reported below, with the thread's number
+                failures.append(exc)
+
+        before = writer.transactions
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(64)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures
+        units = 64 * per_thread
+        committed = writer.transactions - before
+        assert committed < units / 2, f"{units} units took {committed} transactions"
+        for n in range(64):
+            assert [c.events[0].first_version for c in results[n]] == list(range(per_thread))
+            assert [c.kv for c in results[n]] == [[i + 1] for i in range(per_thread)]
+            assert [e.event for e in db.events.read(f"acc-{n}")] == [
+                Deposited(amount=i) for i in range(per_thread)
+            ]
+            assert db.kv.read(f"balance-{n}") == (b"%d" % (per_thread - 1), per_thread)
+            for i, attempt in enumerate(attempts[n]):
+                assert attempt.completed and attempt.result == {"n": n, "i": i}
+                record = db.idempotency.get(f"req-{n}-{i}")
+                assert record is not None and record == results[n][i].idempotency[0]
+        positions = sorted(p for rs in results.values() for c in rs for p in c.events[0].positions)
+        assert positions == list(range(1, units + 1)), "positions dense, each given once"
+
+
+def test_a_conflicting_unit_fails_alone_in_its_batch(pg_url: str) -> None:
+    backend = PostgresBackend(pg_url, sync="normal")  # the server's clock decides
+    try:
+        backend.submit_events([StreamWrite("held", NO_STREAM, [event()])], SyncWaiter())
+        tokens = {key: claim(backend, key) for key in ("k1", "k2", "k5")}
+        with (
+            psycopg.connect(server_url(), autocommit=True) as blocker,
+            psycopg.connect(server_url(), autocommit=True) as admin,
+        ):
+            # Hold the lock on held's row: the writer's next transaction
+            # waits, and every request submitted meanwhile forms one batch.
+            blocker.execute("BEGIN")
+            blocker.execute(
+                f'SELECT * FROM "{backend.schema}".streams WHERE stream = %s FOR UPDATE',
+                ("held",),
+            )
+            first = SyncWaiter()
+            backend.submit_events([StreamWrite("held", 0, [event()])], first)
+            writer = backend._writer
+            assert writer._conn is not None
+            wait_until_waiting_for_lock(admin, writer._conn.info.backend_pid)
+            before = writer.transactions
+            requests: list[tuple[str, _unit.Unit | list[StreamWrite]]] = [
+                (
+                    "ok",
+                    make_unit(
+                        (StreamWrite("s-1", NO_STREAM, [event()]),),
+                        (complete("k1", tokens["k1"]),),
+                        (_unit.KvOp("write", "a", b"1"),),
+                    ),
+                ),
+                (
+                    "stream taken by the unit before",
+                    make_unit(
+                        (StreamWrite("s-1", NO_STREAM, [event()]),),
+                        (complete("k2", tokens["k2"]),),
+                        (_unit.KvOp("write", "b", b"never"),),
+                    ),
+                ),
+                (
+                    "completed by the first unit",
+                    make_unit(
+                        (), (complete("k1", tokens["k1"]),), (_unit.KvOp("write", "c", b"x"),)
+                    ),
+                ),
+                ("an append between units", [StreamWrite("s-2", NO_STREAM, [event()])]),
+                (
+                    "a written by the first unit: at version 1",
+                    make_unit(
+                        (StreamWrite("s-4", NO_STREAM, [event()]),),
+                        (),
+                        (_unit.KvOp("cas", "a", b"2", Expect(0, None)),),
+                    ),
+                ),
+                (
+                    "ok after the conflicts",
+                    make_unit(
+                        (StreamWrite("s-1", 0, [event()]),),
+                        (complete("k5", tokens["k5"]),),
+                        (
+                            _unit.KvOp("cas", "a", b"2", Expect(1, None)),
+                            _unit.KvOp("delete", "ghost"),
+                        ),
+                    ),
+                ),
+                ("an absent key, unchanged", make_unit((), (), (_unit.KvOp("delete", "none"),))),
+            ]
+            waiters = [SyncWaiter() for _ in requests]
+            for (_, work), waiter in zip(requests, waiters, strict=True):
+                if isinstance(work, _unit.Unit):
+                    backend.submit_unit(work, waiter)
+                else:
+                    backend.submit_events(work, waiter)
+            blocker.execute("COMMIT")
+        assert isinstance(outcome(first), list)
+        got = [outcome(w) for w in waiters]
+        assert writer.transactions == before + 2, "the requests shared one transaction"
+        assert [type(g) for g in got] == [
+            _unit.Committed,
+            WrongExpectedVersion,
+            StaleToken,
+            list,
+            CompareFailed,
+            _unit.Committed,
+            _unit.Committed,
+        ], [(name, g) for (name, _), g in zip(requests, got, strict=True)]
+        ok, _, stale, appended, cas, later, absent = got
+        assert isinstance(ok, _unit.Committed) and isinstance(later, _unit.Committed)
+        assert ok.events == [AppendResult("s-1", 0, 0, (3,))]
+        assert appended == [AppendResult("s-2", 0, 0, (4,))]
+        assert later.events == [AppendResult("s-1", 1, 1, (5,))]
+        assert ok.kv == [1] and later.kv == [2, False]
+        assert isinstance(cas, CompareFailed)
+        assert cas.details == {"key": "a", "expected": 0, "version": 1}
+        assert isinstance(stale, StaleToken) and stale.details["key"] == "k1"
+        assert isinstance(absent, _unit.Committed) and absent.kv == [False]
+        # What each unit was answered is what is stored.
+        assert [backend.get("k1"), backend.get("k5")] == [ok.idempotency[0], later.idempotency[0]]
+        k2 = backend.get("k2")
+        assert k2 is not None and k2.state == "in_progress"
+        assert backend.kv_read("a") == (b"2", 2)
+        assert [backend.kv_read(k) for k in ("b", "c", "ghost", "none")] == [None] * 4
+        # The placeholders locked for absent keys left no row behind.
+        assert [kv_rows(backend, k) for k in ("b", "c", "ghost", "none")] == [[]] * 4
+        with pytest.raises(StreamNotFound):  # the refused unit's stream was never made
+            backend.read_stream("s-4", 0, 10)
+        assert backend.kv_write("ghost", b"g") == 1, "absent keys start at version 1"
+    finally:
+        backend.close()
+
+
+def test_a_failed_batch_is_replayed_one_unit_per_transaction(pg_url: str) -> None:
+    backend = PostgresBackend(pg_url, sync="normal")
+    try:
+        backend.submit_events([StreamWrite("held", NO_STREAM, [event()])], SyncWaiter())
+        tokens = {key: claim(backend, key) for key in ("k1", "k2", "k3")}
+        taken = event()  # another process stores this id while the batch is in flight
+        schema = backend.schema
+        with (
+            psycopg.connect(server_url(), autocommit=True) as blocker,
+            psycopg.connect(server_url(), autocommit=True) as rival,
+            psycopg.connect(server_url(), autocommit=True) as admin,
+        ):
+            blocker.execute("BEGIN")
+            blocker.execute(
+                f'SELECT * FROM "{schema}".streams WHERE stream = %s FOR UPDATE', ("held",)
+            )
+            first = SyncWaiter()
+            backend.submit_events([StreamWrite("held", ANY, [event()])], first)
+            writer = backend._writer
+            assert writer._conn is not None
+            pid = writer._conn.info.backend_pid
+            wait_until_waiting_for_lock(admin, pid)
+            units = [
+                make_unit(
+                    (StreamWrite("s-1", NO_STREAM, [taken]),), (complete("k1", tokens["k1"]),)
+                ),
+                make_unit(
+                    (StreamWrite("s-2", NO_STREAM, [event()]),),
+                    (complete("k2", tokens["k2"]),),
+                    (_unit.KvOp("write", "a", b"1"),),
+                ),
+                make_unit((), (complete("k3", tokens["k3"]),), (_unit.KvOp("write", "a", b"2"),)),
+            ]
+            waiters = [SyncWaiter() for _ in units]
+            for unit, waiter in zip(units, waiters, strict=True):
+                backend.submit_unit(unit, waiter)
+            # Not committed yet: the units' batch does not see the id, and its
+            # INSERT waits for this transaction, then fails (unique violation).
+            rival.execute("BEGIN")
+            rival.execute(
+                f'INSERT INTO "{schema}".events VALUES '
+                "(1000000, %s, 'elsewhere', 0, 'elsewhere', 'Happened', 1, '', '', 0)",
+                (taken.id,),
+            )
+            before = writer.transactions
+            blocker.execute("COMMIT")
+            # Answered after the round trip that also read for the units'
+            # batch: the lock the writer waits for next is the rival's.
+            assert isinstance(outcome(first), list)
+            wait_until_waiting_for_lock(admin, pid)
+            rival.execute("COMMIT")
+        got = [outcome(w) for w in waiters]
+        assert isinstance(got[0], DuplicateEventId), got
+        assert all(isinstance(g, _unit.Committed) for g in got[1:]), got
+        assert writer.transactions == before + 1 + 2, "one transaction per unit that commits"
+        assert backend.kv_read("a") == (b"2", 2)
+        k1, k2, k3 = (backend.get(k) for k in ("k1", "k2", "k3"))
+        assert k1 is not None and k1.state == "in_progress", "the failed unit left nothing"
+        assert [k2, k3] == [c.idempotency[0] for c in got[1:] if isinstance(c, _unit.Committed)]
+        with pytest.raises(StreamNotFound):
+            backend.read_stream("s-1", 0, 10)
+    finally:
+        backend.close()
+
+
+def test_a_batch_that_committed_is_answered_when_the_next_reads_fail(pg_url: str) -> None:
+    # The batch's COMMIT and the next batch's reads share a round trip: when
+    # the connection dies in the reads, the batch is answered as committed
+    # (not replayed: a replayed unit could apply twice), and the next batch
+    # is read again on a new connection.
+    backend = PostgresBackend(pg_url, sync="normal")
+    try:
+        backend.submit_events([StreamWrite("held", NO_STREAM, [event()])], SyncWaiter())
+        token = claim(backend, "k1")
+        schema = backend.schema
+        with (
+            psycopg.connect(server_url(), autocommit=True) as blocker,
+            psycopg.connect(server_url(), autocommit=True) as keeper,
+            psycopg.connect(server_url(), autocommit=True) as admin,
+        ):
+            blocker.execute("BEGIN")
+            blocker.execute(
+                f'SELECT * FROM "{schema}".streams WHERE stream = %s FOR UPDATE', ("held",)
+            )
+            first = SyncWaiter()
+            backend.submit_unit(
+                make_unit(
+                    (StreamWrite("held", 0, [event()]),), (), (_unit.KvOp("write", "a", b"1"),)
+                ),
+                first,
+            )
+            writer = backend._writer
+            assert writer._conn is not None
+            pid = writer._conn.info.backend_pid
+            wait_until_waiting_for_lock(admin, pid)
+            keeper.execute("BEGIN")  # the next batch's reads will wait for k1's row
+            keeper.execute(
+                f'SELECT * FROM "{schema}".idempotency WHERE key = %s FOR UPDATE', ("k1",)
+            )
+            waiters = [SyncWaiter(), SyncWaiter()]
+            backend.submit_unit(
+                make_unit((), (complete("k1", token),), (_unit.KvOp("write", "a", b"2"),)),
+                waiters[0],
+            )
+            backend.submit_unit(make_unit((), (), (_unit.KvOp("write", "b", b"1"),)), waiters[1])
+            before = writer.transactions
+            blocker.execute("COMMIT")
+            # The first batch committed; then the next batch's reads wait for k1.
+            wait_for_events(admin, schema, "held", 2)
+            wait_until_waiting_for_lock(admin, pid)
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            done = outcome(first)
+            keeper.execute("COMMIT")
+        assert isinstance(done, _unit.Committed), done
+        assert done.events == [AppendResult("held", 1, 1, (2,))] and done.kv == [1]
+        got = [outcome(w) for w in waiters]
+        assert all(isinstance(g, _unit.Committed) for g in got), got
+        assert writer.transactions == before + 2
+        assert backend.kv_read("a") == (b"2", 2), "the first unit applied once"
+        assert backend.kv_read("b") == (b"1", 1)
+        assert len(backend.read_stream("held", 0, 10)) == 2
+    finally:
+        backend.close()
