@@ -46,3 +46,18 @@ def test_a_part_the_backend_lacks_names_the_missing_protocol() -> None:
             ]
     finally:
         drop_schema(schema)
+
+
+@pytest.mark.nats
+def test_a_backend_without_transactions_refuses_every_part(tmp_path: Path) -> None:
+    """NATS serves the key-value store, one write at a time: a transaction's
+    KV write is refused when it is added, never committed alone."""
+    from tests import matrix
+
+    with matrix.isolated("nats", tmp_path) as url, unbundled.open(url) as db:
+        tx = db.transaction()
+        with pytest.raises(NotSupported) as refused:
+            tx.kv.write("k", b"v")
+        assert refused.value.details["part"] == "kv"
+        assert "no transactions" in str(refused.value)
+        assert db.kv.read("k") is None, "nothing was written"

@@ -41,6 +41,7 @@ class TxKV:
     def write(self, key: str, value: bytes) -> None:
         """Set ``key`` to ``value`` at commit (its version grows by one)."""
         self._core.check()
+        self._core.require(_unit.KV)
         key = _kv_core.check_key(key)
         self._core.unit.kv.append(_unit.KvOp("write", key, _kv_core.check_value(value, key)))
 
@@ -56,6 +57,7 @@ class TxKV:
         (None: absent) or is at ``expected_version`` (0: absent); give
         exactly one. Otherwise the commit raises ``CompareFailed``."""
         self._core.check()
+        self._core.require(_unit.KV)
         key = _kv_core.check_key(key)
         expected = _kv_core.expectation(key, expected_value, expected_version)
         new = _kv_core.check_value(new, key)
@@ -64,6 +66,7 @@ class TxKV:
     def delete(self, key: str) -> None:
         """Delete ``key`` at commit (its version still grows; an absent key stays absent)."""
         self._core.check()
+        self._core.require(_unit.KV)
         self._core.unit.kv.append(_unit.KvOp("delete", _kv_core.check_key(key)))
 
 

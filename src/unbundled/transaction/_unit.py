@@ -177,9 +177,13 @@ def check_part(part: str, backend: object, url: str) -> None:
     if part not in served:
         names = [_NAMES[p] for p in PARTS if p in served]
         listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+        what = (
+            f"that backend commits only {listed} in one transaction"
+            if names
+            else "that backend has no transactions across the parts (each write commits alone)"
+        )
         raise NotSupported(
-            f"{_NAMES[part]} cannot join a transaction on {url}: that backend "
-            f"commits only {listed or 'nothing'} in one transaction",
+            f"{_NAMES[part]} cannot join a transaction on {url}: {what}",
             part=part,
             url=url,
         )

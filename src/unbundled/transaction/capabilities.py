@@ -82,7 +82,8 @@ def require(backend: Any, part: str, url: str) -> None:
     if not lacking:
         return
     first = lacking[0]
-    summary = (first.__doc__ or "").strip().splitlines()[0].rstrip(".")
+    # The first sentence of the protocol's docstring says what it is.
+    summary = " ".join((first.__doc__ or "").split()).split(". ")[0].rstrip(".")
     raise NotSupported(
         f"the backend at {url} does not serve {part}: it has no {first.__name__} ({summary})",
         part=part,
