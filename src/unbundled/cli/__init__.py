@@ -160,7 +160,11 @@ def demo(ctx: click.Context) -> None:
     member processes are killed and replaced, and checks that nothing was lost
     or duplicated. The event-store demo runs bank accounts (BankAccount) with
     concurrent commands and checks conflicts, snapshots, time travel and
-    crypto-shredding. The consistency demo records concurrent clients of the
+    crypto-shredding. The unit-of-work demo runs idempotent commands that
+    commit an event, an outbox record, a counter and the reply in one
+    transaction, retries them, races two writers and SIGKILLs a worker
+    process, checking that every transaction is whole or absent. The
+    consistency demo records concurrent clients of the
     linearizable key-value store and proves the history linearizable, runs
     the isolation tests on SQLite and the causal store in a simulated
     network. Exits 0 if every check passed, 1 otherwise.
@@ -170,11 +174,13 @@ def demo(ctx: click.Context) -> None:
         log_demo = importlib.import_module("unbundled.demo")
         events_demo = importlib.import_module("unbundled.demo_events")
         consistency_demo = importlib.import_module("unbundled.demo_consistency")
+        unit_demo = importlib.import_module("unbundled.demo_unit")
     except ModuleNotFoundError as exc:
         if exc.name not in (
             "unbundled.demo",
             "unbundled.demo_events",
             "unbundled.demo_consistency",
+            "unbundled.demo_unit",
         ):
             raise
         raise NotSupported("the demo is not part of this installation") from None
@@ -182,11 +188,21 @@ def demo(ctx: click.Context) -> None:
     log_ok = log_demo.run_demo(console)
     with tempfile.TemporaryDirectory(prefix="unbundled-demo-events-") as tmp:
         events_ok = events_demo.run_eventstore_demo(console, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="unbundled-demo-unit-") as tmp:
+        unit_ok = unit_demo.run_unit_demo(console, Path(tmp))
     with tempfile.TemporaryDirectory(prefix="unbundled-demo-consistency-") as tmp:
         consistency_ok = consistency_demo.run_consistency_demo(console, Path(tmp))
-    parts = (("log", log_ok), ("event store", events_ok), ("consistency", consistency_ok))
+    parts = (
+        ("log", log_ok),
+        ("event store", events_ok),
+        ("one transaction across the parts", unit_ok),
+        ("consistency", consistency_ok),
+    )
     if all(ok for _, ok in parts):
-        console.print("[bold green]demo: all checks passed (log, event store, consistency)")
+        console.print(
+            "[bold green]demo: all checks passed (log, event store, "
+            "one transaction across the parts, consistency)"
+        )
     else:
         failed = [name for name, ok in parts if not ok]
         console.print(f"[bold red]demo: checks failed in: {', '.join(failed)}")
