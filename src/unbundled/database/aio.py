@@ -29,7 +29,7 @@ from ..idempotency.aio import AsyncIdempotency
 from ..idempotency.api import Attempt
 from ..log._protocol import Headers, Message, TopicPartition
 from ..log.aio import AsyncConsumer, AsyncLog
-from ..transaction import _unit, capabilities
+from ..transaction import _unit
 from ..transaction._core import TxKV
 from .api import _IDEMPOTENCY_SETTINGS, DatabaseBase
 
@@ -51,42 +51,32 @@ async def open_async(
     return AsyncDatabase(backend, events=events, idempotency=settings)
 
 
-class AsyncDatabase(DatabaseBase):
+class AsyncDatabase(DatabaseBase[AsyncLog, AsyncEventStore, AsyncIdempotency]):
     """Async twin of :class:`unbundled.Database`."""
+
+    _log_type = AsyncLog
+    _events_type = AsyncEventStore
+    _idem_type = AsyncIdempotency
 
     @property
     def log(self) -> AsyncLog:
         """The log (:class:`unbundled.AsyncLog`) on this database's backend."""
-        return self._part("log", capabilities.LOG, lambda: AsyncLog(self.backend))
+        return self._log_part()
 
     @property
     def events(self) -> AsyncEventStore:
         """The event store (:class:`unbundled.AsyncEventStore`) on this database's backend."""
         return self._events_part()
 
-    def _events_part(self) -> AsyncEventStore:
-        return self._part(
-            "event store",
-            capabilities.EVENTS,
-            lambda: AsyncEventStore(self.backend, events=self._event_types),
-        )
-
     @property
     def idempotency(self) -> AsyncIdempotency:
         """Idempotency keys (:class:`unbundled.AsyncIdempotency`) on this database's backend."""
         return self._idem_part()
 
-    def _idem_part(self) -> AsyncIdempotency:
-        return self._part(
-            "idempotency keys",
-            capabilities.IDEMPOTENCY,
-            lambda: AsyncIdempotency(self.backend, **self._idempotency_settings),
-        )
-
     @property
     def kv(self) -> KV:
         """The key-value store (:class:`unbundled.consistency.KV`, synchronous) on this backend."""
-        return self._part("key-value store", capabilities.KV, lambda: KV(self.backend))
+        return self._kv_part()
 
     def transaction(self) -> AsyncTransaction:
         """``async with db.transaction() as tx:``; see :class:`unbundled.Transaction`."""

@@ -15,16 +15,18 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .._ground import SyncLevel
 from .._ground.waiters import SyncWaiter
 from ..consistency.kv.api import KV
 from ..errors import Closed, TopicNotFound
+from ..eventstore._base import EventStoreBase
 from ..eventstore._protocol import ANY
 from ..eventstore.api import EventInput, EventStore
 from ..eventstore.serialization import Metadata
-from ..idempotency.api import Attempt, Idempotency
+from ..idempotency.api import Attempt, Idempotency, IdempotencyBase
+from ..log._base import LogBase
 from ..log._protocol import Headers, Message, TopicPartition
 from ..log.api import Consumer, Log
 from ..transaction import _unit, capabilities
@@ -33,6 +35,9 @@ from ..transaction._core import TransactionCore, TxKV
 __all__ = ["Database", "Transaction", "open"]
 
 T = TypeVar("T")
+LogT = TypeVar("LogT", bound=LogBase)  # the log's facade (Log, AsyncLog)
+EventsT = TypeVar("EventsT", bound=EventStoreBase)  # the event store's
+IdemT = TypeVar("IdemT", bound=IdempotencyBase)  # idempotency's
 
 _IDEMPOTENCY_SETTINGS = {
     "lease_ms",
@@ -65,7 +70,7 @@ def open(
     return Database(backend, events=events, idempotency=settings)
 
 
-class DatabaseBase:
+class DatabaseBase(Generic[LogT, EventsT, IdemT]):
     """The parts and their lifetime, shared by the sync and async twins."""
 
     def __init__(
@@ -113,49 +118,58 @@ class DatabaseBase:
         self._check_open()
         return TransactionCore(self.url, self.backend, self._events_part, self._idem_part)
 
-    def _events_part(self) -> Any:
-        raise NotImplementedError
+    # The facades of the parts, set by the sync and async twins.
+    _log_type: Callable[[Any], LogT]
+    _events_type: Callable[..., EventsT]
+    _idem_type: Callable[..., IdemT]
 
-    def _idem_part(self) -> Any:
-        raise NotImplementedError
+    def _log_part(self) -> LogT:
+        return self._part("log", capabilities.LOG, lambda: self._log_type(self.backend))
+
+    def _events_part(self) -> EventsT:
+        return self._part(
+            "event store",
+            capabilities.EVENTS,
+            lambda: self._events_type(self.backend, events=self._event_types),
+        )
+
+    def _idem_part(self) -> IdemT:
+        return self._part(
+            "idempotency keys",
+            capabilities.IDEMPOTENCY,
+            lambda: self._idem_type(self.backend, **self._idempotency_settings),
+        )
+
+    def _kv_part(self) -> KV:
+        return self._part("key-value store", capabilities.KV, lambda: KV(self.backend))
 
 
-class Database(DatabaseBase):
+class Database(DatabaseBase[Log, EventStore, Idempotency]):
     """The parts of unbundled over one backend; see :func:`unbundled.open`."""
+
+    _log_type = Log
+    _events_type = EventStore
+    _idem_type = Idempotency
 
     @property
     def log(self) -> Log:
         """The log (:class:`unbundled.Log`) on this database's backend."""
-        return self._part("log", capabilities.LOG, lambda: Log(self.backend))
+        return self._log_part()
 
     @property
     def events(self) -> EventStore:
         """The event store (:class:`unbundled.EventStore`) on this database's backend."""
         return self._events_part()
 
-    def _events_part(self) -> EventStore:
-        return self._part(
-            "event store",
-            capabilities.EVENTS,
-            lambda: EventStore(self.backend, events=self._event_types),
-        )
-
     @property
     def idempotency(self) -> Idempotency:
         """Idempotency keys (:class:`unbundled.Idempotency`) on this database's backend."""
         return self._idem_part()
 
-    def _idem_part(self) -> Idempotency:
-        return self._part(
-            "idempotency keys",
-            capabilities.IDEMPOTENCY,
-            lambda: Idempotency(self.backend, **self._idempotency_settings),
-        )
-
     @property
     def kv(self) -> KV:
         """The key-value store (:class:`unbundled.consistency.KV`) on this database's backend."""
-        return self._part("key-value store", capabilities.KV, lambda: KV(self.backend))
+        return self._kv_part()
 
     def transaction(self) -> Transaction:
         """``with db.transaction() as tx:`` -- writes to every part that
