@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -21,17 +20,12 @@ from .._ground import SyncLevel
 from .._ground.waiters import AsyncWaiter
 from ..consistency.kv.api import KV
 from ..errors import TopicNotFound
-from ..eventstore._protocol import ANY
 from ..eventstore.aio import AsyncEventStore
-from ..eventstore.api import EventInput
-from ..eventstore.serialization import Metadata
 from ..idempotency.aio import AsyncIdempotency
-from ..idempotency.api import Attempt
-from ..log._protocol import Headers, Message, TopicPartition
-from ..log.aio import AsyncConsumer, AsyncLog
+from ..log._protocol import Headers, Message
+from ..log.aio import AsyncLog
 from ..transaction import _unit
-from ..transaction._core import TxKV
-from .api import _IDEMPOTENCY_SETTINGS, DatabaseBase
+from .api import _IDEMPOTENCY_SETTINGS, DatabaseBase, TransactionBase
 
 __all__ = ["AsyncDatabase", "AsyncTransaction", "open_async"]
 
@@ -99,15 +93,13 @@ class AsyncDatabase(DatabaseBase[AsyncLog, AsyncEventStore, AsyncIdempotency]):
         await asyncio.to_thread(self.backend.close)
 
 
-class AsyncTransaction:
+class AsyncTransaction(TransactionBase):
     """Async twin of :class:`unbundled.Transaction`: the same writes, checked
-    the same way; ``append`` and ``append_batch`` are coroutines (the
-    topic's settings may have to be read), and so is :meth:`commit`."""
-
-    def __init__(self, db: AsyncDatabase) -> None:
-        self._db = db
-        self._core = db._transaction_core()
-        self.result: _unit.Committed | None = None
+    the same way (the writes other than the log's are
+    :class:`~unbundled.database.api.TransactionBase`'s); ``append`` and
+    ``append_batch`` are coroutines (the topic's settings may have to be
+    read), and so is :meth:`commit`. ``sql`` functions run on the backend's
+    thread."""
 
     async def __aenter__(self) -> AsyncTransaction:
         return self
@@ -125,11 +117,6 @@ class AsyncTransaction:
         else:
             self.abort()
 
-    @property
-    def kv(self) -> TxKV:
-        """Key-value changes in this transaction (``write``, ``compare_and_set``, ``delete``)."""
-        return self._core.kv
-
     async def append(
         self,
         topic: str,
@@ -144,7 +131,7 @@ class AsyncTransaction:
         core = self._core
         core.check()
         core.require(_unit.RECORDS)
-        log = self._db.log
+        log = self._db._log_part()
         config = log._configs.get(topic) or await log._config(topic)
         items = log._prepare_one(topic, config, value, key, headers, timestamp, partition)
         core.add_records(topic, items, config.partitions)
@@ -153,71 +140,22 @@ class AsyncTransaction:
         """Async twin of :meth:`unbundled.Transaction.append_batch`."""
         self._core.check()
         self._core.require(_unit.RECORDS)
-        log = self._db.log
+        log = self._db._log_part()
         config = log._configs.get(topic) or await log._config(topic)
         self._core.add_records(topic, log._items(topic, config, messages), config.partitions)
-
-    def commit_offsets(
-        self,
-        consumer: AsyncConsumer | None = None,
-        *,
-        group: str | None = None,
-        offsets: dict[TopicPartition, int] | None = None,
-    ) -> None:
-        """Twin of :meth:`unbundled.Transaction.commit_offsets`."""
-        self._core.add_offsets(consumer, group, offsets)
-
-    def append_events(
-        self,
-        stream: str,
-        events: Sequence[EventInput],
-        expected_version: int = ANY,
-        *,
-        ids: Sequence[str | uuid.UUID] | None = None,
-        metadata: Metadata | None = None,
-    ) -> None:
-        """Twin of :meth:`unbundled.Transaction.append_events`."""
-        self._core.add_events(stream, events, expected_version, ids, metadata)
-
-    def complete(self, attempt: Attempt, result: Any) -> None:
-        """Twin of :meth:`unbundled.Transaction.complete`."""
-        self._core.add_complete(attempt, result)
-
-    def fail(self, attempt: Attempt, error: BaseException) -> None:
-        """Twin of :meth:`unbundled.Transaction.fail`."""
-        self._core.add_fail(attempt, error)
-
-    def record_phase(self, attempt: Attempt, name: str, output: Any) -> None:
-        """Twin of :meth:`unbundled.Transaction.record_phase`."""
-        self._core.add_phase(attempt, name, output)
-
-    def sql(self, call: Callable[[Any], object]) -> None:
-        """Twin of :meth:`unbundled.Transaction.sql` (``call`` runs on the backend's thread)."""
-        self._core.add_sql(call)
 
     async def commit(self) -> _unit.Committed:
         """Async twin of :meth:`unbundled.Transaction.commit`. Cancelled
         before the writer takes it, nothing is written; once taken it
         commits, and cancelling only ends the wait."""
-        core = self._core
-        core.check()
-        core.done = True
-        if not core.unit:
-            self.result = _unit.EMPTY
-            return self.result
-        self._db._check_open()
+        unit = self._unit_to_send()
+        if unit is None:
+            return _unit.EMPTY
         waiter = AsyncWaiter()
-        core.backend.submit_unit(core.unit, waiter)
+        self._core.backend.submit_unit(unit, waiter)
         try:
             committed: _unit.Committed = await waiter.future
         except TopicNotFound:
-            if "log" in self._db._parts:
-                self._db.log._configs.clear()
+            self._forget_topics()
             raise
-        self.result = core.finish(committed)
-        return self.result
-
-    def abort(self) -> None:
-        """Twin of :meth:`unbundled.Transaction.abort`."""
-        self._core.done = True
-        self._core.unit = _unit.Unit()
+        return self._committed(committed)

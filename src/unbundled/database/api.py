@@ -28,11 +28,12 @@ from ..eventstore.serialization import Metadata
 from ..idempotency.api import Attempt, Idempotency, IdempotencyBase
 from ..log._base import LogBase
 from ..log._protocol import Headers, Message, TopicPartition
+from ..log.aio import AsyncConsumer
 from ..log.api import Consumer, Log
 from ..transaction import _unit, capabilities
 from ..transaction._core import TransactionCore, TxKV
 
-__all__ = ["Database", "Transaction", "open"]
+__all__ = ["Database", "Transaction", "TransactionBase", "open"]
 
 T = TypeVar("T")
 LogT = TypeVar("LogT", bound=LogBase)  # the log's facade (Log, AsyncLog)
@@ -192,78 +193,24 @@ class Database(DatabaseBase[Log, EventStore, Idempotency]):
         self.backend.close()
 
 
-class Transaction:
-    """Writes to the log, the event store, idempotency keys, the key-value
-    store and (on SQL backends) your own tables, committed atomically.
+class TransactionBase:
+    """What the sync and async transactions share: every write but the
+    log's (whose topic settings the async twin may have to await), and
+    how a commit starts and ends."""
 
-    Each write is checked when it is added (and raises there, leaving the
-    transaction as it was); nothing is sent until the ``with`` block ends
-    without an exception, or :meth:`commit` is called. Then everything
-    becomes visible at once, or -- on any conflict (``WrongExpectedVersion``,
-    ``StaleGeneration``, ``StaleToken``, ``CompareFailed``) or error --
-    nothing does. Conflicts are checked in one order on every backend:
-    records and offsets, events, idempotency results, key-value changes,
-    SQL. A part the backend cannot commit atomically with the rest raises
-    ``NotSupported`` when it is added. Reads inside the block do not see
-    the transaction's own writes.
-    """
-
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: DatabaseBase[Any, Any, Any]) -> None:
         self._db = db
         self._core = db._transaction_core()
         self.result: _unit.Committed | None = None
-
-    def __enter__(self) -> Transaction:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._core.done:
-            return
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
     @property
     def kv(self) -> TxKV:
         """Key-value changes in this transaction (``write``, ``compare_and_set``, ``delete``)."""
         return self._core.kv
 
-    def append(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: Headers | dict[str, bytes] | None = None,
-        timestamp: int | None = None,
-        partition: int | None = None,
-    ) -> None:
-        """Add one log record; the arguments and checks are :meth:`unbundled.Log.append`'s."""
-        core = self._core
-        core.check()
-        core.require(_unit.RECORDS)
-        log = self._db.log
-        config = log._configs.get(topic) or log._config(topic)
-        items = log._prepare_one(topic, config, value, key, headers, timestamp, partition)
-        core.add_records(topic, items, config.partitions)
-
-    def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
-        """Add log records for ``topic``, in order (checked now, written at commit)."""
-        self._core.check()
-        self._core.require(_unit.RECORDS)
-        log = self._db.log
-        config = log._config(topic)
-        self._core.add_records(topic, log._items(topic, config, messages), config.partitions)
-
     def commit_offsets(
         self,
-        consumer: Consumer | None = None,
+        consumer: Consumer | AsyncConsumer | None = None,
         *,
         group: str | None = None,
         offsets: dict[TopicPartition, int] | None = None,
@@ -308,29 +255,104 @@ class Transaction:
         Never commit or roll back in it."""
         self._core.add_sql(call)
 
-    def commit(self) -> _unit.Committed:
-        """Write everything added, atomically, and return what was written
-        (also kept in :attr:`result`). Blocks until durable. Either way the
-        transaction is finished; start a new one to try again."""
+    def abort(self) -> None:
+        """Discard everything; nothing of this transaction is written. Idempotent."""
+        self._core.done = True
+        self._core.unit = _unit.Unit()
+
+    def _unit_to_send(self) -> _unit.Unit | None:
+        """Finish the transaction; the unit to commit, or None if it is empty."""
         core = self._core
         core.check()
         core.done = True
         if not core.unit:
             self.result = _unit.EMPTY
-            return self.result
+            return None
         self._db._check_open()
+        return core.unit
+
+    def _forget_topics(self) -> None:
+        """After ``TopicNotFound``: a topic was deleted since, forget the settings."""
+        log = self._db._parts.get("log")
+        if log is not None:
+            log._configs.clear()
+
+    def _committed(self, committed: _unit.Committed) -> _unit.Committed:
+        self.result = self._core.finish(committed)
+        return self.result
+
+
+class Transaction(TransactionBase):
+    """Writes to the log, the event store, idempotency keys, the key-value
+    store and (on SQL backends) your own tables, committed atomically.
+
+    Each write is checked when it is added (and raises there, leaving the
+    transaction as it was); nothing is sent until the ``with`` block ends
+    without an exception, or :meth:`commit` is called. Then everything
+    becomes visible at once, or -- on any conflict (``WrongExpectedVersion``,
+    ``StaleGeneration``, ``StaleToken``, ``CompareFailed``) or error --
+    nothing does. Conflicts are checked in one order on every backend:
+    records and offsets, events, idempotency results, key-value changes,
+    SQL. A part the backend cannot commit atomically with the rest raises
+    ``NotSupported`` when it is added. Reads inside the block do not see
+    the transaction's own writes.
+    """
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._core.done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | dict[str, bytes] | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Add one log record; the arguments and checks are :meth:`unbundled.Log.append`'s."""
+        core = self._core
+        core.check()
+        core.require(_unit.RECORDS)
+        log = self._db._log_part()
+        config = log._configs.get(topic) or log._config(topic)
+        items = log._prepare_one(topic, config, value, key, headers, timestamp, partition)
+        core.add_records(topic, items, config.partitions)
+
+    def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
+        """Add log records for ``topic``, in order (checked now, written at commit)."""
+        self._core.check()
+        self._core.require(_unit.RECORDS)
+        log = self._db._log_part()
+        config = log._config(topic)
+        self._core.add_records(topic, log._items(topic, config, messages), config.partitions)
+
+    def commit(self) -> _unit.Committed:
+        """Write everything added, atomically, and return what was written
+        (also kept in :attr:`result`). Blocks until durable. Either way the
+        transaction is finished; start a new one to try again."""
+        unit = self._unit_to_send()
+        if unit is None:
+            return _unit.EMPTY
         waiter = SyncWaiter()
-        core.backend.submit_unit(core.unit, waiter)
+        self._core.backend.submit_unit(unit, waiter)
         try:
             committed: _unit.Committed = waiter.wait()
         except TopicNotFound:
-            if "log" in self._db._parts:  # a topic deleted since: forget its settings
-                self._db.log._configs.clear()
+            self._forget_topics()
             raise
-        self.result = core.finish(committed)
-        return self.result
-
-    def abort(self) -> None:
-        """Discard everything; nothing of this transaction is written. Idempotent."""
-        self._core.done = True
-        self._core.unit = _unit.Unit()
+        return self._committed(committed)

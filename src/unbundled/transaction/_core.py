@@ -9,7 +9,7 @@ hands the unit to the backend whole; the twins differ only in how they wait.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -87,6 +87,7 @@ class TransactionCore:
         self._idempotency = idempotency
         self.unit = _unit.Unit()
         self.consumers: list[tuple[ConsumerCore, OffsetCommit]] = []
+        # Per idempotency write: (attempt, result -- or a phase's stored output --, error, kind).
         self.attempts: list[tuple[Attempt, Any, BaseException | None, str]] = []
         self.done = False
         self._kv: TxKV | None = None
@@ -180,7 +181,7 @@ class TransactionCore:
         self.unit.idempotency.append(
             _unit.IdemOp("phase", attempt.key, attempt.token, raw, phase=name)
         )
-        self.attempts.append((attempt, output, None, "phase:" + name))
+        self.attempts.append((attempt, raw, None, "phase:" + name))  # the output as stored
 
     def add_sql(self, call: Callable[[Any], object]) -> None:
         self.check()
@@ -199,18 +200,11 @@ class TransactionCore:
         for attempt, value, error, kind in self.attempts:
             if kind.startswith("phase:"):
                 name = kind[len("phase:") :]
-                raw = self._idempotency()._encode_result(value)
                 attempt.record = msgspec.structs.replace(
-                    attempt.record, phases={**attempt.record.phases, name: raw}
+                    attempt.record, phases={**attempt.record.phases, name: value}
                 )
                 continue
             attempt.completed = True
             attempt.result = value
             attempt.error = error
         return committed
-
-
-def records_of(log: Any, topic: str, messages: Iterable[Any], config: Any) -> Sequence[AppendItem]:
-    """The checked items of ``messages`` for ``topic`` (as ``Log.append_batch`` builds them)."""
-    items: Sequence[AppendItem] = log._items(topic, config, messages)
-    return items
