@@ -87,6 +87,38 @@ def _wait_up(service: Service, seconds: float) -> bool:
     return service.up()
 
 
+def _psql(sql: str) -> str | None:
+    """One value from the local server as the postgres user, or None if psql fails."""
+    try:
+        done = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", sql],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _logical_wal(service: Service, state: str) -> str:
+    """CDC needs wal_level=logical; set it and restart PostgreSQL only when it is not."""
+    level = _psql("SHOW wal_level")
+    if level is None or level == "logical":
+        return state
+    if _startable(service) is not None:
+        return f"{state}, wal_level={level} (CDC tests need logical; not root)"
+    _psql("ALTER SYSTEM SET wal_level = logical")
+    restart = service.start.replace(" start", " restart")
+    subprocess.run(
+        restart, shell=True, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    if not _wait_up(service, 60.0) or _psql("SHOW wal_level") != "logical":
+        return "failed to restart with wal_level=logical"
+    return f"{state}, restarted with wal_level=logical (for CDC)"
+
+
 def ensure(start: bool) -> int:
     ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
     missing = []
@@ -106,6 +138,10 @@ def ensure(start: bool) -> int:
             else:
                 state = f"down ({reason})"
             if state not in ("up", "started"):
+                missing.append(service)
+        if service.name == "postgres" and state in ("up", "started") and start:
+            state = _logical_wal(service, state)
+            if state.startswith("failed"):
                 missing.append(service)
         print(f"  {service.name:9s} {service.host}:{service.port:<5d} {state}")
     if missing:
