@@ -21,6 +21,7 @@ from rich.table import Table
 from .. import __version__
 from .._ground import SyncLevel
 from ..errors import Error, NotSupported, exit_status
+from ._cdc import cdc
 from ._check import check
 from ._common import DEFAULT_DB, App, db_help, echo_json, err_console, out_console, pass_app
 from ._consume import consume
@@ -124,6 +125,7 @@ cli.add_command(projections)
 cli.add_command(idempotency)
 cli.add_command(check)
 cli.add_command(kv)
+cli.add_command(cdc)
 cli.add_command(destroy)
 
 

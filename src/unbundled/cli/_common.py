@@ -45,6 +45,7 @@ COMMAND_STORES = {
     "projections": EVENTS,
     "idempotency": IDEMPOTENCY,
     "kv": KV,
+    "cdc": LOG,
 }
 # The commands that only read: they open a SQLite file read-only, so they
 # work on a read-only file system and never write (not even maintenance).

@@ -1,0 +1,179 @@
+"""Connectors: a named source, its tables and its topics, kept in the log's own database.
+
+A connector's settings live under the KV key ``cdc/<name>/config`` and the list of names
+under ``cdc/connectors`` (compare-and-set, so two `cdc add` never lose one another). Its
+position (`_sink`) and whether its snapshot finished (``cdc/<name>/snapshot``) sit beside
+them, written in the same transactions as the records they describe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import limits
+from .._bounds import check_int
+from ..errors import ConflictError, NotFound, UsageError
+from ._sink import _TOPIC_UNSAFE, position_key, snapshot_key
+from ._source import Source
+
+if TYPE_CHECKING:
+    from ..database import Database
+
+REGISTRY_KEY = "cdc/connectors"
+BATCH_MAX = 10_000
+HEARTBEAT_S_MAX = 3600.0
+
+
+def config_key(name: str) -> str:
+    return f"cdc/{name}/config"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorConfig:
+    """A connector's settings, checked when it is added."""
+
+    name: str
+    source: str  # postgresql://... or sqlite:///path or a path to a .db file
+    tables: list[str] | None = None  # None: every table
+    prefix: str = ""  # topic prefix; "" means the connector's name
+    partitions: int = 1
+    batch_max: int = 1000  # changes per log transaction
+    heartbeat_s: float = 10.0  # PostgreSQL: a logical message this often keeps an idle slot moving
+    wal_warn_bytes: int = 1 << 30  # warn when the slot keeps more WAL than this
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.prefix or self.name
+
+    @property
+    def kind(self) -> str:
+        return "postgresql" if self.source.startswith(("postgresql:", "postgres:")) else "sqlite"
+
+    def checked(self) -> ConnectorConfig:
+        if not self.name or len(self.name) > 100 or _TOPIC_UNSAFE.search(self.name):
+            raise UsageError(
+                f"connector name {self.name!r} must be 1 to 100 letters, digits, '.', '_' or '-'"
+            )
+        if _TOPIC_UNSAFE.search(self.topic_prefix):
+            raise UsageError(f"topic prefix {self.topic_prefix!r} may only hold [A-Za-z0-9._-]")
+        check_int("partitions", self.partitions, 1, limits.partitions_max)
+        check_int("batch_max", self.batch_max, 1, BATCH_MAX)
+        check_int("wal_warn_bytes", self.wal_warn_bytes, 1, 1 << 50)
+        if not 0.1 <= float(self.heartbeat_s) <= HEARTBEAT_S_MAX:
+            raise UsageError(
+                f"heartbeat_s {self.heartbeat_s!r} must be between 0.1 and {HEARTBEAT_S_MAX:g}"
+            )
+        if self.tables is not None and not self.tables:
+            raise UsageError("tables is empty: name at least one table, or None for all")
+        return self
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ConnectorConfig:
+        return cls(**json.loads(raw))
+
+    def source_obj(self) -> Source:
+        """The capture source this connector reads."""
+        if self.kind == "postgresql":
+            from ._pg_source import PostgresSource
+
+            return PostgresSource(
+                self.source,
+                connector=self.name,
+                tables=self.tables,
+                heartbeat_s=self.heartbeat_s,
+            )
+        from ._sqlite_cdc import SqliteCapture
+
+        return SqliteCapture(_sqlite_path(self.source), connector=self.name, tables=self.tables)
+
+
+def _sqlite_path(source: str) -> str:
+    if source.startswith("sqlite:///"):
+        return source[len("sqlite:///") - 1 :] if source.startswith("sqlite:////") else source[10:]
+    if "://" in source:
+        raise UsageError(
+            f"CDC source {source!r}: expected postgresql://... or a SQLite file (sqlite:///path)"
+        )
+    return str(Path(source))
+
+
+def _names(db: Database) -> tuple[list[str], int]:
+    got = db.kv.read(REGISTRY_KEY)
+    if got is None:
+        return [], 0
+    return list(json.loads(got.value)), got.version
+
+
+def names(db: Database) -> list[str]:
+    """Every connector of this database, in the order they were added."""
+    return _names(db)[0]
+
+
+def get(db: Database, name: str) -> ConnectorConfig:
+    got = db.kv.read(config_key(name))
+    if got is None:
+        raise NotFound(f"no CDC connector named {name!r} (see: unbundled cdc status)")
+    return ConnectorConfig.from_json(got.value)
+
+
+def add(db: Database, config: ConnectorConfig) -> ConnectorConfig:
+    """Check the config, install capture on the source, and record the connector.
+
+    Raises ``ConflictError`` if the name is taken (nothing is installed then).
+    """
+    config = config.checked()
+    for _ in range(100):
+        listed, version = _names(db)
+        if config.name in listed:
+            raise ConflictError(f"a CDC connector named {config.name!r} exists already")
+        source = config.source_obj()
+        try:
+            source.install()
+        finally:
+            source.close()
+        tx = db.transaction()
+        tx.kv.compare_and_set(
+            REGISTRY_KEY,
+            new=json.dumps([*listed, config.name]).encode(),
+            expected_version=version,
+        )
+        tx.kv.write(config_key(config.name), config.to_json())
+        try:
+            tx.commit()
+        except ConflictError:
+            continue  # another `cdc add` moved the list: read it again
+        return config
+    raise ConflictError("the connector list kept changing under `cdc add`; try again")
+
+
+def remove(db: Database, name: str) -> dict[str, Any]:
+    """Drop the connector's objects on the source (slot, publication or triggers) and
+    its settings here. The topics and their records stay (delete them with `topics delete`)."""
+    config = get(db, name)
+    source = config.source_obj()
+    try:
+        source.remove()
+    finally:
+        source.close()
+    for _ in range(100):
+        listed, version = _names(db)
+        tx = db.transaction()
+        tx.kv.compare_and_set(
+            REGISTRY_KEY,
+            new=json.dumps([n for n in listed if n != name]).encode(),
+            expected_version=version,
+        )
+        for key in (config_key(name), position_key(name), snapshot_key(name)):
+            tx.kv.delete(key)
+        try:
+            tx.commit()
+        except ConflictError:
+            continue
+        return {"removed": name, "source": config.kind}
+    raise ConflictError("the connector list kept changing under `cdc remove`; try again")

@@ -1,0 +1,156 @@
+"""Changes into the log, exactly once: records and the source position in one transaction.
+
+The sink writes a batch of changes as log records (one topic per table, keyed by the
+primary key) and, in the same unit of work, the position of the batch's last change under
+the KV key ``cdc/<name>/position``. A crash therefore leaves the log and the position
+agreeing: after a restart the source replays from where it confirmed, and every change at
+or before the stored position is dropped here, so the log holds each change once (rows
+that share one WAL LSN are told apart by their index in the transaction).
+
+The position is written with compare-and-set on the version the sink last saw: a second
+runner of the same connector makes the first one's next commit fail (``CompareFailed``),
+so two processes never interleave their copies of a stream.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UsageError
+from ..log import Message
+from ._change import Change, SourcePosition, encode
+
+if TYPE_CHECKING:
+    from ..database import Database
+
+_TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def topic_name(prefix: str, change: Change) -> str:
+    """Debezium's `prefix.schema.table`, with characters a topic may not hold as '_'."""
+    return _TOPIC_UNSAFE.sub("_", change.topic(prefix))
+
+
+def position_key(name: str) -> str:
+    return f"cdc/{name}/position"
+
+
+def snapshot_key(name: str) -> str:
+    """Set (to b"done") in the transaction that stores a connector's last snapshot row."""
+    return f"cdc/{name}/snapshot"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What one `LogSink.write` did."""
+
+    written: int  # changes appended
+    skipped: int  # changes at or before the stored position (replayed after a restart)
+    position: SourcePosition | None  # the stored position after the write
+
+
+class LogSink:
+    """Appends changes of connector ``name`` to topics ``<prefix>.<schema>.<table>``."""
+
+    def __init__(
+        self, db: Database, name: str, *, prefix: str, partitions: int = 1, clock: Any = time
+    ) -> None:
+        if not name or not _TOPIC_UNSAFE.sub("", name) == name:
+            raise UsageError(
+                f"connector name {name!r} may only hold letters, digits, '.', '_' and '-'"
+            )
+        self._db = db
+        self.name = name
+        self.prefix = prefix
+        self._partitions = partitions
+        self._clock = clock
+        self._topics: set[str] = set()
+        self._version = 0
+        self._position: SourcePosition | None = None
+        self.reload()
+
+    def reload(self) -> SourcePosition | None:
+        """Read the stored position (after a restart, or to take over from another runner)."""
+        got = self._db.kv.read(position_key(self.name))
+        if got is None:
+            self._version, self._position = 0, None
+        else:
+            self._version = got.version
+            self._position = SourcePosition.parse(got.value.decode())
+        return self._position
+
+    @property
+    def position(self) -> SourcePosition | None:
+        """The last change stored, or None before the first."""
+        return self._position
+
+    def _topic(self, change: Change) -> str:
+        topic = topic_name(self.prefix, change)
+        if topic not in self._topics:
+            self._db.log.create_topic(topic, self._partitions, exist_ok=True)
+            self._topics.add(topic)
+        return topic
+
+    def snapshot_done(self) -> bool:
+        """True once the initial snapshot was stored whole."""
+        return self._db.kv.read(snapshot_key(self.name)) is not None
+
+    def write(self, changes: Sequence[Change], *, snapshot_done: bool = False) -> Stored:
+        """Append the changes after the stored position and store the new position, atomically.
+
+        Changes must come in source order; one at or before the stored position is a
+        replay and is skipped. Raises ``CompareFailed`` if another runner stored a position
+        since this sink read it (nothing is written then), ``UsageError`` if the changes
+        are out of order.
+        """
+        fresh: list[Change] = []
+        last = self._position
+        for change in changes:
+            if last is not None and change.position <= last:
+                if fresh:
+                    raise UsageError(
+                        f"change at {change.position} comes after {last}: changes must come "
+                        "in source order"
+                    )
+                continue
+            fresh.append(change)
+            last = change.position
+        skipped = len(changes) - len(fresh)
+        if not fresh and not snapshot_done:
+            return Stored(0, skipped, self._position)
+        now_ms = int(self._clock.time() * 1000)
+        by_topic: dict[str, list[Message]] = {}
+        order: list[str] = []
+        for change in fresh:
+            topic = self._topic(change)
+            if topic not in by_topic:
+                by_topic[topic] = []
+                order.append(topic)
+            key = change.key_json()
+            by_topic[topic].append(
+                Message(
+                    encode(change.envelope(self.name, now_ms)),
+                    key=None if key is None else encode(key),
+                    timestamp=change.ts_ms,
+                )
+            )
+        tx = self._db.transaction()
+        for topic in order:
+            tx.append_batch(topic, by_topic[topic])
+        if last is not None:
+            tx.kv.compare_and_set(
+                position_key(self.name),
+                new=str(last).encode(),
+                expected_version=self._version,
+            )
+        if snapshot_done:
+            tx.kv.write(snapshot_key(self.name), b"done")
+        committed = tx.commit()
+        if last is not None:
+            self._version = int(committed.kv[0])
+        self._position = last
+        return Stored(len(fresh), skipped, last)

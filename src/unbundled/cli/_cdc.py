@@ -1,0 +1,239 @@
+"""``unbundled cdc ...``: capture a database's committed changes into the log.
+
+The connectors live in the log's own database (--db): `cdc add` records one and installs
+capture on its source (a publication on PostgreSQL, triggers on SQLite), `cdc run`
+streams its changes into topics ``<prefix>.<schema>.<table>`` until stopped, `cdc status`
+shows where each one is, `cdc remove` drops what `add` and `run` created on the source.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from rich.console import Group
+from rich.status import Status
+from rich.table import Table
+
+from ..cdc import CDCProducer, ConnectorConfig, Progress
+from ..cdc import _connector as connectors
+from ..cdc._pg_admin import _redact
+from ..database import Database
+from ..database import open as open_database
+from ._common import App, echo_json, err_console, is_terminal, out_console, pass_app
+from ._signals import Interrupted
+
+
+def _db(app: App, *, create: bool) -> Database:
+    if not create:
+        app._check_exists("add a connector first (`unbundled cdc add`)")
+    db = app.opened(lambda url: open_database(url, sync=app.sync))
+    click.get_current_context().call_on_close(db.close)
+    return db
+
+
+@click.group()
+def cdc() -> None:
+    """Change data capture: a database's committed changes, in commit order, into the log.
+
+    Each change becomes one record of topic PREFIX.SCHEMA.TABLE, keyed by the
+    row's primary key, in Debezium's JSON envelope (before, after, op, source,
+    ts_ms, transaction). A change is confirmed to its source only after it is
+    stored, together with its position, in one transaction: a crash loses
+    nothing and stores nothing twice.
+
+    \b
+      unbundled cdc add shop --source postgresql://app@db/shop --table public.orders
+      unbundled cdc run shop              # Ctrl-C to stop; run again to go on
+      unbundled cdc status --json
+      unbundled cdc remove shop           # drops the slot and publication
+    """
+
+
+@cdc.command()
+@click.argument("name")
+@click.option("--source", required=True, help="postgresql://... or a SQLite file (sqlite:///PATH).")
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    help="A table to capture (SCHEMA.TABLE or TABLE); repeat it. Default: every table.",
+)
+@click.option("--prefix", default="", help="Topic prefix (default: the connector's NAME).")
+@click.option("--partitions", default=1, show_default=True, help="Partitions of each topic.")
+@click.option(
+    "--batch-max", default=1000, show_default=True, help="Changes per log transaction (<= 10000)."
+)
+@click.option(
+    "--heartbeat",
+    "heartbeat_s",
+    default=10.0,
+    show_default=True,
+    help="PostgreSQL: seconds between heartbeats that keep an idle slot moving.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the connector's settings as JSON.")
+@pass_app
+def add(
+    app: App,
+    name: str,
+    source: str,
+    tables: tuple[str, ...],
+    prefix: str,
+    partitions: int,
+    batch_max: int,
+    heartbeat_s: float,
+    as_json: bool,
+) -> None:
+    """Add connector NAME: check its source, install capture there, and record it."""
+    config = ConnectorConfig(
+        name=name,
+        source=source,
+        tables=list(tables) or None,
+        prefix=prefix,
+        partitions=partitions,
+        batch_max=batch_max,
+        heartbeat_s=heartbeat_s,
+    )
+    added = connectors.add(_db(app, create=True), config)
+    if as_json:
+        echo_json(_config_json(added))
+    else:
+        click.echo(
+            f"added connector {added.name} ({added.kind}); start it: unbundled cdc run {name}"
+        )
+
+
+def _config_json(config: ConnectorConfig) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        "kind": config.kind,
+        "source": _redact(config.source),
+        "tables": config.tables,
+        "prefix": config.topic_prefix,
+        "partitions": config.partitions,
+        "batch_max": config.batch_max,
+        "heartbeat_s": config.heartbeat_s,
+    }
+
+
+def _status_line(name: str, progress: Progress) -> str:
+    source = progress.source
+    parts = [
+        f"cdc {name}: {progress.changes:,} changes",
+        f"{progress.rate:,.0f}/s",
+        "snapshot done" if progress.snapshot_done else "snapshot running",
+    ]
+    if progress.lag_ms is not None:
+        parts.append(f"lag {progress.lag_ms:,.0f} ms")
+    if "lag_bytes" in source:
+        parts.append(f"lag {source['lag_bytes']:,} B, WAL kept {source['retained_wal_bytes']:,} B")
+    if "pending" in source:
+        parts.append(f"{source['pending']:,} change rows pending")
+    return ", ".join(parts)
+
+
+@cdc.command()
+@click.argument("name")
+@click.option(
+    "--until-idle", is_flag=True, help="Stop once the snapshot is stored and nothing new comes."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the totals as JSON at the end.")
+@pass_app
+def run(app: App, name: str, until_idle: bool, as_json: bool) -> None:
+    """Capture connector NAME's changes into the log until Ctrl-C or SIGTERM
+    (or, with --until-idle, until it has caught up). Running it again goes on
+    where it stopped; the first run stores a snapshot of the tables first."""
+    db = _db(app, create=False)
+    config = connectors.get(db, name)
+    live = Status("starting", console=err_console()) if is_terminal(err_console().file) else None
+    warned = False
+
+    def show(progress: Progress) -> None:
+        nonlocal warned
+        kept = progress.source.get("retained_wal_bytes", 0)
+        if kept > config.wal_warn_bytes and not warned:
+            warned = True
+            err_console().print(
+                f"[yellow]warning:[/] slot keeps {kept:,} B of WAL (> {config.wal_warn_bytes:,})"
+            )
+        if live is not None:
+            live.update(_status_line(name, progress))
+
+    producer = CDCProducer(db, config)
+    started = time.monotonic()
+    if live is not None:
+        live.start()
+    try:
+        producer.run(until_idle=until_idle, on_progress=show)
+    except Interrupted:
+        pass  # everything stored is durable and confirmed or replayable: just stop
+    finally:
+        if live is not None:
+            live.stop()
+        producer.close()
+    progress = producer.progress
+    summary = {
+        "name": name,
+        "changes": progress.changes,
+        "skipped": progress.skipped,
+        "position": None if progress.position is None else str(progress.position),
+        "snapshot_done": progress.snapshot_done,
+        "seconds": round(time.monotonic() - started, 3),
+        "source": progress.source,
+    }
+    if as_json:
+        echo_json(summary)
+    else:
+        err_console().print(_status_line(name, progress))
+
+
+@cdc.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def status(app: App, name: str | None, as_json: bool) -> None:
+    """Show every connector (or NAME): its source, position, snapshot and lag."""
+    db = _db(app, create=False)
+    names = [name] if name else connectors.names(db)
+    rows = []
+    for each in names:
+        config = connectors.get(db, each)
+        got = db.kv.read(f"cdc/{each}/position")
+        source = config.source_obj()
+        try:
+            state = source.status()
+        finally:
+            source.close()
+        rows.append(
+            {
+                **_config_json(config),
+                "position": None if got is None else got.value.decode(),
+                "snapshot_done": db.kv.read(f"cdc/{each}/snapshot") is not None,
+                "source_status": state,
+            }
+        )
+    if as_json:
+        echo_json(rows)
+        return
+    table = Table("connector", "kind", "source", "position", "snapshot", "source status")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["kind"],
+            row["source"],
+            row["position"] or "-",
+            "done" if row["snapshot_done"] else "not yet",
+            ", ".join(f"{k}={v}" for k, v in row["source_status"].items()),
+        )
+    out_console().print(Group(table) if rows else "no connectors (add one: unbundled cdc add)")
+
+
+@cdc.command()
+@click.argument("name")
+@pass_app
+def remove(app: App, name: str) -> None:
+    """Remove connector NAME: drop its slot and publication (PostgreSQL) or its
+    triggers and change rows (SQLite), and its settings. Its topics stay."""
+    done = connectors.remove(_db(app, create=False), name)
+    click.echo(f"removed connector {done['removed']}")
