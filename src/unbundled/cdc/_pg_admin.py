@@ -175,3 +175,22 @@ def require_slot(url: str, connector: str) -> SlotInfo:
     if info is None:
         raise NotFound(f"connector {connector!r} has no replication slot on its source")
     return info
+
+
+def primary_keys(url: str, connector: str) -> dict[tuple[str, str], list[str]]:
+    """The primary-key columns of every table in the connector's publication."""
+    with _connect(url) as conn:
+        rows = conn.execute(
+            "SELECT p.schemaname, p.tablename, a.attname "
+            "FROM pg_publication_tables p "
+            "JOIN pg_namespace n ON n.nspname = p.schemaname "
+            "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename "
+            "JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) "
+            "WHERE p.pubname = %s ORDER BY 1, 2, array_position(i.indkey, a.attnum)",
+            (object_name(connector),),
+        ).fetchall()
+    keys: dict[tuple[str, str], list[str]] = {}
+    for schema, table, column in rows:
+        keys.setdefault((schema, table), []).append(column)
+    return keys

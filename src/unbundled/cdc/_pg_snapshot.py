@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._change import Change, SourcePosition
-from ._pgtypes import from_text
+from ._pgtypes import convert
 
 _COLUMNS = """
 SELECT a.attname, a.atttypid, coalesce(a.attnum = ANY(i.indkey), false)
@@ -81,7 +81,7 @@ class SnapshotReader:
                 cursor.execute(query)
                 for raw in cursor:
                     row = {
-                        name: from_text(oid, text)
+                        name: None if text is None else convert(oid, text)
                         for (name, oid, _), text in zip(columns, raw, strict=True)
                     }
                     self._index += 1

@@ -25,9 +25,17 @@ from . import _pg_admin as admin
 from . import _pgoutput as pgo
 from ._change import Change, SourcePosition
 from ._pg_snapshot import SnapshotReader
-from ._pgtypes import Relations
+from ._pgchanges import Relations, Transaction, to_changes
 
 HEARTBEAT_PREFIX = "unbundled.heartbeat"
+_PG_EPOCH_UNIX_S = 946_684_800  # 2000-01-01, PostgreSQL's timestamp epoch
+
+
+_ROWS = pgo.Insert | pgo.Update | pgo.Delete | pgo.Truncate | pgo.LogicalMessage
+
+
+def _now_pg_us() -> int:
+    return int((time.time() - _PG_EPOCH_UNIX_S) * 1_000_000)
 
 
 class PostgresSource:
@@ -53,11 +61,9 @@ class PostgresSource:
         self._relations = Relations()
         self._snapshot: SnapshotReader | None = None
         self._snapshot_done = True
-        # The open transaction: (commit LSN, xid, commit ts ms, next index) -- protocol 1
-        # sends a transaction only once committed, and Begin already carries its commit LSN.
-        self._txn: tuple[int, int, int] | None = None
-        self._index = 0
-        self._table_counts: dict[tuple[str, str], int] = {}
+        # The open transaction: protocol 1 sends a transaction only once it committed, and
+        # its Begin already carries the commit LSN that places its changes.
+        self._txn: Transaction | None = None
         # Transactions returned but not yet confirmed: (commit LSN, last index, end LSN).
         self._pending: deque[tuple[int, int, int]] = deque()
         self._flushed = 0
@@ -102,6 +108,9 @@ class PostgresSource:
         self._rconn = self._replication_connection()
         self._db_name = self._rconn.info.dbname
         self._cur = self._rconn.cursor()
+        self._relations = Relations()
+        for (schema, table), columns in admin.primary_keys(self.url, self.connector).items():
+            self._relations.set_primary_key(schema, table, columns)
         info = admin.slot_info(self.url, self.connector)
         if info is not None and snapshot:
             # A snapshot that did not finish: its exported snapshot died with the runner.
@@ -185,38 +194,43 @@ class PostgresSource:
     def _handle(self, payload: bytes, lsn: int, out: list[Change]) -> None:
         message = pgo.decode(payload)
         if isinstance(message, pgo.Begin):
-            self._txn = (message.final_lsn, message.xid, pgo.unix_us(message.commit_ts) // 1000)
-            self._index = 0
-            self._table_counts = {}
+            self._txn = Transaction(
+                self._db_name, message.final_lsn, message.commit_ts, message.xid
+            )
         elif isinstance(message, pgo.Commit):
             if self._txn is None:
                 raise CorruptionError(f"a Commit at {lsn} without its Begin")
-            self._pending.append((self._txn[0], self._index - 1, message.end_lsn))
+            txn = self._txn
+            self._pending.append((txn.commit_lsn, txn.next_index - 1, message.end_lsn))
             self._txn = None
         elif isinstance(message, pgo.Relation):
-            self._relations.update(message)
+            self._relations.apply(message)
+        elif isinstance(message, pgo.Type):
+            self._relations.apply_type(message)
+        elif isinstance(message, pgo.Origin):
+            pass  # where a replicated transaction came from: nothing to store
         elif isinstance(message, pgo.LogicalMessage) and not message.transactional:
-            if message.prefix == HEARTBEAT_PREFIX and self._txn is None and not self._pending:
-                self._feedback(lsn)
-        else:
+            if message.prefix == HEARTBEAT_PREFIX:
+                if self._txn is None and not self._pending:
+                    self._feedback(lsn)
+                return
+            # A message outside any transaction is a transaction of its own at its LSN.
+            alone = Transaction(self._db_name, lsn, _now_pg_us(), None)
+            self._keep(to_changes(message, self._relations, alone, lsn=lsn), out)
+            self._pending.append((lsn, 0, lsn))
+        elif isinstance(message, _ROWS):
             if self._txn is None:
-                if isinstance(message, pgo.LogicalMessage | pgo.Type | pgo.Origin):
-                    return  # outside a transaction these carry nothing to store
                 raise CorruptionError(f"a {type(message).__name__} at {lsn} outside a transaction")
-            commit_lsn, xid, ts_ms = self._txn
-            for change in self._relations.changes(
-                message,
-                commit_lsn=commit_lsn,
-                xid=xid,
-                ts_ms=ts_ms,
-                lsn=lsn,
-                db=self._db_name,
-                first_index=self._index,
-                table_counts=self._table_counts,
-            ):
-                self._index += 1
-                if self._after is None or change.position > self._after:
-                    out.append(change)
+            self._keep(to_changes(message, self._relations, self._txn, lsn=lsn), out)
+        else:
+            raise CorruptionError(
+                f"pgoutput sent a {type(message).__name__} at {lsn}, which protocol 1 never sends"
+            )
+
+    def _keep(self, changes: list[Change], out: list[Change]) -> None:
+        """Add the changes not already stored (a replay after a restart starts earlier)."""
+        after = self._after
+        out.extend(c for c in changes if after is None or c.position > after)
 
     def confirm(self, position: SourcePosition) -> None:
         flush = None
