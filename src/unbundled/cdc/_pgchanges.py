@@ -1,0 +1,316 @@
+"""Decoded pgoutput messages -> `Change` values: the relation cache and the row builder.
+
+`Relations` remembers what the Relation (and Type) messages said about each table and
+counts its schema versions. `to_changes` turns one Insert, Update, Delete, Truncate or
+logical Message into `Change` values, numbering them inside their transaction through
+a `Transaction` the caller opens at Begin (which carries the final commit LSN) or, for a
+streamed transaction, when it replays the spooled changes at Stream Commit.
+
+Keys: pgoutput flags the replica identity's columns. Under REPLICA IDENTITY DEFAULT (or
+USING INDEX) those are the primary key (or the index), so they make the key. Under FULL
+every column is flagged, so the primary key must come from the catalog: pass it with
+`Relations.set_primary_key` (a table without one, or under FULL without one given, has
+key None: never a whole row posing as a key).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from unbundled.cdc._change import UNAVAILABLE, Change, SourcePosition
+from unbundled.cdc._pgoutput import (
+    PG_EPOCH_UNIX_US,
+    Binary,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Relation,
+    ReplicaIdentity,
+    Truncate,
+    TupleData,
+    Type,
+    Update,
+)
+from unbundled.cdc._pgtypes import convert
+from unbundled.errors import CorruptionError, NotSupported
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type_oid: int
+    type_modifier: int
+    key: bool  # in the replica identity, as the Relation message flagged it
+
+
+@dataclass(frozen=True, slots=True)
+class RelationInfo:
+    """One table as the latest Relation message described it.
+
+    `version` starts at 1 and grows by one each time a Relation message for the same id
+    differs from the one before (a column added, dropped, renamed or retyped, the
+    replica identity or the table's name changed); an identical resend (pgoutput sends
+    one at the start of each session) keeps it.
+    """
+
+    relation_id: int
+    schema: str
+    table: str
+    replica_identity: ReplicaIdentity
+    columns: tuple[Column, ...]
+    version: int
+    primary_key: tuple[str, ...] | None  # the key's column names, None for no key
+
+    def shape(self) -> tuple[Any, ...]:
+        return (self.schema, self.table, self.replica_identity, self.columns)
+
+
+class Relations:
+    """The relation cache: relation id -> `RelationInfo`, plus the user types' names."""
+
+    __slots__ = ("_by_id", "_primary_keys", "_type_names")
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, RelationInfo] = {}
+        self._primary_keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._type_names: dict[int, str] = {}
+
+    def set_primary_key(self, schema: str, table: str, columns: Sequence[str]) -> None:
+        """Name the table's primary key (from the catalog): it overrides the replica
+        identity's flags as the change key. Applies to messages decoded from now on."""
+        self._primary_keys[(schema, table)] = tuple(columns)
+        for relation_id, info in list(self._by_id.items()):
+            if (info.schema, info.table) == (schema, table):
+                self._by_id[relation_id] = _with_key(info, self._key_of(info))
+
+    def apply(self, message: Relation) -> RelationInfo:
+        """Record a Relation message; returns the (possibly new) version of the table."""
+        columns = tuple(Column(c.name, c.type_oid, c.type_modifier, c.key) for c in message.columns)
+        previous = self._by_id.get(message.relation_id)
+        info = RelationInfo(
+            message.relation_id,
+            message.namespace,
+            message.name,
+            message.replica_identity,
+            columns,
+            1,
+            None,
+        )
+        if previous is not None:
+            same = previous.shape() == info.shape()
+            info = _with_version(info, previous.version if same else previous.version + 1)
+        info = _with_key(info, self._key_of(info))
+        self._by_id[message.relation_id] = info
+        return info
+
+    def apply_type(self, message: Type) -> None:
+        self._type_names[message.type_oid] = message.name
+
+    @property
+    def type_names(self) -> dict[int, str]:
+        return self._type_names
+
+    def __contains__(self, relation_id: int) -> bool:
+        return relation_id in self._by_id
+
+    def __getitem__(self, relation_id: int) -> RelationInfo:
+        info = self._by_id.get(relation_id)
+        if info is None:
+            raise CorruptionError(
+                f"pgoutput change for relation id {relation_id} before its Relation message",
+                relation_id=relation_id,
+            )
+        return info
+
+    def _key_of(self, info: RelationInfo) -> tuple[str, ...] | None:
+        names = {column.name for column in info.columns}
+        given = self._primary_keys.get((info.schema, info.table))
+        if given is not None:
+            return given if all(name in names for name in given) else None
+        if info.replica_identity == "f":
+            return None  # every column is flagged: the flags do not name the key
+        flagged = tuple(column.name for column in info.columns if column.key)
+        return flagged or None
+
+
+def _with_version(info: RelationInfo, version: int) -> RelationInfo:
+    return RelationInfo(
+        info.relation_id,
+        info.schema,
+        info.table,
+        info.replica_identity,
+        info.columns,
+        version,
+        info.primary_key,
+    )
+
+
+def _with_key(info: RelationInfo, key: tuple[str, ...] | None) -> RelationInfo:
+    return RelationInfo(
+        info.relation_id,
+        info.schema,
+        info.table,
+        info.replica_identity,
+        info.columns,
+        info.version,
+        key,
+    )
+
+
+@dataclass(slots=True)
+class Transaction:
+    """What the caller knows of one committed transaction, and its change counters.
+
+    `commit_lsn` and `commit_ts` (µs since 2000-01-01, as pgoutput sends it) come from
+    Begin (final_lsn, commit_ts) or Stream Commit; a non-transactional logical message
+    is its own transaction at its own LSN with `xid` None.
+    """
+
+    db: str
+    commit_lsn: int
+    commit_ts: int
+    xid: int | None
+    next_index: int = 0
+    _per_table: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def ts_ms(self) -> int:
+        return (self.commit_ts + PG_EPOCH_UNIX_US) // 1000
+
+    def _place(self, schema: str, table: str) -> tuple[SourcePosition, int, int]:
+        index = self.next_index
+        self.next_index += 1
+        in_table = self._per_table.get((schema, table), 0) + 1
+        self._per_table[(schema, table)] = in_table
+        return SourcePosition(self.commit_lsn, index), index + 1, in_table
+
+
+RowMessage = Insert | Update | Delete | Truncate | LogicalMessage
+
+
+def to_changes(
+    message: RowMessage, relations: Relations, tx: Transaction, *, lsn: int | None = None
+) -> list[Change]:
+    """The changes one message makes, placed after those `tx` has already numbered.
+
+    `lsn` is the message's own WAL position (the XLogData start, or the SQL functions'
+    `lsn` column). A truncate of n tables gives n changes; the others give one.
+    """
+    if isinstance(message, Truncate):
+        return [_truncate(relations[rid], tx, lsn) for rid in message.relation_ids]
+    if isinstance(message, LogicalMessage):
+        return [_message(message, tx, lsn)]
+    info = relations[message.relation_id]
+    types = relations.type_names
+    if isinstance(message, Insert):
+        after = _row(info, message.new, types)
+        return [_change("c", info, tx, lsn, key=_key(info, after), after=after)]
+    if isinstance(message, Delete):
+        old = _row(info, message.old, types, identity_only=message.old_kind == "K")
+        return [_change("d", info, tx, lsn, key=_key(info, old), before=old)]
+    before: dict[str, Any] | None = None
+    if message.old is not None:
+        before = _row(info, message.old, types, identity_only=message.old_kind == "K")
+    after = _row(info, message.new, types)
+    if before is not None:
+        for name, value in after.items():
+            if value is UNAVAILABLE and before.get(name, UNAVAILABLE) is not UNAVAILABLE:
+                after[name] = before[name]  # unchanged TOAST: the old row has it
+    return [_change("u", info, tx, lsn, key=_key(info, after), before=before, after=after)]
+
+
+def _change(
+    op: Any,
+    info: RelationInfo,
+    tx: Transaction,
+    lsn: int | None,
+    *,
+    key: dict[str, Any] | None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> Change:
+    position, total, in_table = tx._place(info.schema, info.table)
+    return Change(
+        op=op,
+        connector="postgresql",
+        db=tx.db,
+        schema=info.schema,
+        table=info.table,
+        position=position,
+        ts_ms=tx.ts_ms,
+        key=key,
+        before=before,
+        after=after,
+        lsn=lsn,
+        tx_id=tx.xid,
+        relation_version=info.version,
+        total_order=total,
+        data_collection_order=in_table,
+    )
+
+
+def _truncate(info: RelationInfo, tx: Transaction, lsn: int | None) -> Change:
+    return _change("t", info, tx, lsn, key=None)
+
+
+def _message(message: LogicalMessage, tx: Transaction, lsn: int | None) -> Change:
+    position, total, in_table = tx._place("", "")
+    return Change(
+        op="m",
+        connector="postgresql",
+        db=tx.db,
+        schema="",
+        table="",
+        position=position,
+        ts_ms=tx.ts_ms,
+        lsn=message.lsn if lsn is None else lsn,
+        tx_id=tx.xid,
+        total_order=total,
+        data_collection_order=in_table,
+        # Debezium's message block: the content as bytes, which its JSON writes base64.
+        message={
+            "prefix": message.prefix,
+            "content": base64.b64encode(message.content).decode("ascii"),
+        },
+    )
+
+
+def _row(
+    info: RelationInfo,
+    values: TupleData,
+    type_names: dict[int, str],
+    *,
+    identity_only: bool = False,
+) -> dict[str, Any]:
+    """A tuple as {column: value}; with `identity_only` (an old key, 'K') only the
+    replica identity's columns: the others are sent as nulls that are not values."""
+    if len(values) != len(info.columns):
+        raise CorruptionError(
+            f"pgoutput tuple of {len(values)} columns for {info.schema}.{info.table}, "
+            f"whose Relation message has {len(info.columns)}",
+            relation_id=info.relation_id,
+        )
+    row: dict[str, Any] = {}
+    for column, value in zip(info.columns, values, strict=True):
+        if identity_only and not column.key:
+            continue
+        if isinstance(value, str):
+            row[column.name] = convert(column.type_oid, value, type_names)
+        elif isinstance(value, Binary):
+            raise NotSupported(
+                f"binary-format value in {info.schema}.{info.table}.{column.name}: "
+                "start the slot without binary 'true'",
+                column=column.name,
+            )
+        else:
+            row[column.name] = value  # None (SQL NULL) or UNAVAILABLE (unchanged TOAST)
+    return row
+
+
+def _key(info: RelationInfo, row: dict[str, Any]) -> dict[str, Any] | None:
+    if info.primary_key is None or any(name not in row for name in info.primary_key):
+        return None
+    return {name: row[name] for name in info.primary_key}
