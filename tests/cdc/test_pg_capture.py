@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 from tests.cdc._pg import PG_URL, PgCase, pg
 from unbundled.cdc import CDCProducer
@@ -18,7 +19,7 @@ from unbundled.cdc import _pg_admin as admin
 from unbundled.cdc._replay import events, key_text, table_state
 
 
-def source_rows(case: PgCase, table: str) -> dict[str, dict]:
+def source_rows(case: PgCase, table: str) -> dict[str, dict[str, Any]]:
     rows = pg(f"SELECT row_to_json(t)::text FROM {case.table(table)} t")
     out = {}
     for (text,) in rows:
@@ -35,7 +36,8 @@ def test_snapshot_then_stream_equals_the_table(pg_case: PgCase) -> None:
     case = pg_case
     pg(f"CREATE TABLE {case.table('items')} (id int PRIMARY KEY, name text, n numeric)")
     pg(
-        f"INSERT INTO {case.table('items')} SELECT g, 'item ' || g, g * 1.5 FROM generate_series(1, 50) g"
+        f"INSERT INTO {case.table('items')} "
+        "SELECT g, 'item ' || g, g * 1.5 FROM generate_series(1, 50) g"
     )
     config = case.add(["items"])
     with case.producer(config) as producer:

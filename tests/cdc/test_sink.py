@@ -8,7 +8,9 @@ commit LSN are told apart by their index; a second runner of a connector fences 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -35,16 +37,16 @@ def change(commit: int, index: int, row_id: int, op: str = "c") -> Change:
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> unbundled.Database:
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[unbundled.Database]:
     url = "memory://" if request.param == "memory" else str(tmp_path / "log.db")
     database = unbundled.open(url)
     yield database
     database.close()
 
 
-def stored(db: unbundled.Database) -> list[dict]:
+def stored(db: unbundled.Database) -> list[dict[str, Any]]:
     records = db.log.read("shop.public.orders", 0, 0, records_max=10_000)
-    return [json.loads(r.value) for r in records]
+    return [json.loads(r.value or b"null") for r in records]
 
 
 def test_writes_debezium_envelopes_keyed_by_primary_key(db: unbundled.Database) -> None:
@@ -52,8 +54,8 @@ def test_writes_debezium_envelopes_keyed_by_primary_key(db: unbundled.Database) 
     result = sink.write([change(100, 0, 1), change(100, 1, 2)])
     assert (result.written, result.skipped) == (2, 0)
     records = db.log.read("shop.public.orders", 0, 0, records_max=10)
-    assert [json.loads(r.key) for r in records] == [{"id": 1}, {"id": 2}]
-    first = json.loads(records[0].value)
+    assert [json.loads(r.key or b"null") for r in records] == [{"id": 1}, {"id": 2}]
+    first = json.loads(records[0].value or b"null")
     assert first["op"] == "c" and first["after"] == {"id": 1, "total": "12.50"}
     assert first["source"]["table"] == "orders" and first["source"]["txId"] == 100
     assert json.loads(first["source"]["sequence"]) == ["100", "0"]

@@ -216,15 +216,23 @@ def status(app: App, name: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    table = Table("connector", "kind", "source", "position", "snapshot", "source status")
+    table = Table("connector", "kind", "tables", "position", "snapshot", "behind", "kept")
     for row in rows:
+        state = row["source_status"]
+        if "lag_bytes" in state:
+            behind, kept = f"{state['lag_bytes']:,} B", f"{state['retained_wal_bytes']:,} B WAL"
+        elif "pending" in state:
+            behind, kept = f"{state['pending']:,} changes", "-"
+        else:
+            behind, kept = "no slot", "-"
         table.add_row(
             row["name"],
             row["kind"],
-            row["source"],
+            ", ".join(row["tables"] or ["(all)"]),
             row["position"] or "-",
             "done" if row["snapshot_done"] else "not yet",
-            ", ".join(f"{k}={v}" for k, v in row["source_status"].items()),
+            behind,
+            kept,
         )
     out_console().print(Group(table) if rows else "no connectors (add one: unbundled cdc add)")
 
