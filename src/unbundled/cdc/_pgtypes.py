@@ -20,7 +20,8 @@ a CorruptionError naming its type, never a guess). What each type becomes:
 - json/jsonb: the JSON text (as Debezium's io.debezium.data.Json). uuid, text,
   varchar, char, name, xml, inet, cidr, macaddr, bit, varbit, tsvector, geometric and
   range types, enums, domains and every unknown type: the text.
-- Arrays of all of these: nested lists (multi-dimensional arrays nest), NULL -> None.
+- Arrays of all of these: nested lists (multi-dimensional arrays nest), NULL -> None;
+  a lower bound other than 1 ('[0:1]={7,8}') is dropped, as in Debezium's lists.
   Arrays of user types (their oids are not fixed) are recognised by name: the Type
   message pgoutput sends for them names PostgreSQL's array type `_<element>`.
 """
