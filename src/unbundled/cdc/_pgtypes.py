@@ -157,6 +157,15 @@ def _iso_year(year: int, bc: str | None) -> str:
     return f"+{year}" if year > 9999 else f"{year:04d}"
 
 
+def _check(type_name: str, text: str, month: str, day: str, clock: tuple[str, ...] = ()) -> None:
+    # The regexes give the shape; the ranges catch damage that kept it.
+    hour, minute, second = (int(part) for part in clock) if clock else (0, 0, 0)
+    if not (1 <= int(month) <= 12 and 1 <= int(day) <= 31 and hour <= 24):
+        raise _bad(type_name, text, "field out of range")
+    if minute > 59 or second > 60:
+        raise _bad(type_name, text, "field out of range")
+
+
 def _date(text: str) -> str:
     if text in _INFINITE:
         return text
@@ -164,6 +173,7 @@ def _date(text: str) -> str:
     if match is None:
         raise _bad("date", text, "expected DateStyle ISO")
     year, month, day, bc = match.groups()
+    _check("date", text, month, day)
     return f"{_iso_year(int(year), bc)}-{month}-{day}"
 
 
@@ -180,6 +190,7 @@ def _timestamp(text: str) -> str:
     if match is None:
         raise _bad("timestamp", text, "expected DateStyle ISO")
     year, month, day, hour, minute, second, fraction, bc = match.groups()
+    _check("timestamp", text, month, day, (hour, minute, second))
     return f"{_iso_year(int(year), bc)}-{month}-{day}T{hour}:{minute}:{second}{fraction or ''}"
 
 
@@ -196,6 +207,7 @@ def _timestamptz(text: str) -> str:
     if match is None:
         raise _bad("timestamptz", text, "expected DateStyle ISO")
     year, month, day, hour, minute, second, fraction, *offset, bc = match.groups()
+    _check("timestamptz", text, month, day, (hour, minute, second))
     shift = _offset_seconds(*offset)
     fraction = fraction or ""
     if shift and not bc and 1 <= int(year) <= 9999:
