@@ -13,6 +13,9 @@ USING INDEX) those are the primary key (or the index), so they make the key. Und
 every column is flagged, so the primary key must come from the catalog: pass it with
 `Relations.set_primary_key` (a table without one, or under FULL without one given, has
 key None: never a whole row posing as a key).
+
+An update that changes the key is one "u" change whose `before` holds the old key
+(Debezium splits it into a delete, a tombstone and a create: the sink may do that).
 """
 
 from __future__ import annotations
