@@ -167,7 +167,8 @@ def json_value(value: Any) -> Any:
             return "NaN"
         if value.is_infinite():
             return "Infinity" if value > 0 else "-Infinity"
-        return str(value)
+        # Plain digits as PostgreSQL prints them: str() would write 1E-7 for 0.0000001.
+        return format(value, "f")
     if isinstance(value, float) and not math.isfinite(value):
         if math.isnan(value):
             return "NaN"

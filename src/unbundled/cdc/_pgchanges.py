@@ -3,14 +3,19 @@
 `Relations` remembers what the Relation (and Type) messages said about each table and
 counts its schema versions. `to_changes` turns one Insert, Update, Delete, Truncate or
 logical Message into `Change` values, numbering them inside their transaction through
-a `Transaction` the caller opens at Begin (which carries the final commit LSN) or, for a
-streamed transaction, when it replays the spooled changes at Stream Commit.
+a `Transaction` the caller opens at Begin (which carries the final commit LSN). A
+streamed transaction's commit LSN comes last (Stream Commit): decode its messages
+with `row_changes` as they arrive (the relation cache may change before the commit),
+spool the `RowChange`s, and `Transaction.place` them at Stream Commit.
 
 Keys: pgoutput flags the replica identity's columns. Under REPLICA IDENTITY DEFAULT (or
 USING INDEX) those are the primary key (or the index), so they make the key. Under FULL
 every column is flagged, so the primary key must come from the catalog: pass it with
 `Relations.set_primary_key` (a table without one, or under FULL without one given, has
 key None: never a whole row posing as a key).
+
+An update that changes the key is one "u" change whose `before` holds the old key
+(Debezium splits it into a delete, a tombstone and a create: the sink may do that).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from unbundled.cdc._change import UNAVAILABLE, Change, SourcePosition
+from unbundled.cdc._change import UNAVAILABLE, Change, Op, SourcePosition
 from unbundled.cdc._pgoutput import (
     PG_EPOCH_UNIX_US,
     Binary,
@@ -160,13 +165,33 @@ def _with_key(info: RelationInfo, key: tuple[str, ...] | None) -> RelationInfo:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """A change decoded against the relation cache as it stood when its message came,
+    not yet placed in its transaction: what a streamed transaction spools until its
+    Stream Commit gives it a commit LSN (a later Relation message must not re-read it).
+    """
+
+    op: Op
+    schema: str
+    table: str
+    relation_version: int
+    lsn: int | None
+    key: dict[str, Any] | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    message: dict[str, Any] | None = None
+
+
 @dataclass(slots=True)
 class Transaction:
     """What the caller knows of one committed transaction, and its change counters.
 
     `commit_lsn` and `commit_ts` (µs since 2000-01-01, as pgoutput sends it) come from
     Begin (final_lsn, commit_ts) or Stream Commit; a non-transactional logical message
-    is its own transaction at its own LSN with `xid` None.
+    is its own transaction at its own LSN with `xid` None. `place` numbers the changes
+    0, 1, 2... in the order given: rows sharing one WAL LSN (multi-row INSERT, COPY)
+    still get distinct positions.
     """
 
     db: str
@@ -180,12 +205,29 @@ class Transaction:
     def ts_ms(self) -> int:
         return (self.commit_ts + PG_EPOCH_UNIX_US) // 1000
 
-    def _place(self, schema: str, table: str) -> tuple[SourcePosition, int, int]:
+    def place(self, row: RowChange) -> Change:
         index = self.next_index
         self.next_index += 1
-        in_table = self._per_table.get((schema, table), 0) + 1
-        self._per_table[(schema, table)] = in_table
-        return SourcePosition(self.commit_lsn, index), index + 1, in_table
+        in_table = self._per_table.get((row.schema, row.table), 0) + 1
+        self._per_table[(row.schema, row.table)] = in_table
+        return Change(
+            op=row.op,
+            connector="postgresql",
+            db=self.db,
+            schema=row.schema,
+            table=row.table,
+            position=SourcePosition(self.commit_lsn, index),
+            ts_ms=self.ts_ms,
+            key=row.key,
+            before=row.before,
+            after=row.after,
+            lsn=row.lsn,
+            tx_id=self.xid,
+            relation_version=row.relation_version,
+            total_order=index + 1,
+            data_collection_order=in_table,
+            message=row.message,
+        )
 
 
 RowMessage = Insert | Update | Delete | Truncate | LogicalMessage
@@ -194,23 +236,30 @@ RowMessage = Insert | Update | Delete | Truncate | LogicalMessage
 def to_changes(
     message: RowMessage, relations: Relations, tx: Transaction, *, lsn: int | None = None
 ) -> list[Change]:
-    """The changes one message makes, placed after those `tx` has already numbered.
+    """The changes one message makes, placed after those `tx` has already numbered."""
+    return [tx.place(row) for row in row_changes(message, relations, lsn=lsn)]
+
+
+def row_changes(
+    message: RowMessage, relations: Relations, *, lsn: int | None = None
+) -> list[RowChange]:
+    """Decode one message's values against the relation cache as it is now.
 
     `lsn` is the message's own WAL position (the XLogData start, or the SQL functions'
     `lsn` column). A truncate of n tables gives n changes; the others give one.
     """
     if isinstance(message, Truncate):
-        return [_truncate(relations[rid], tx, lsn) for rid in message.relation_ids]
+        return [_truncate(relations[rid], lsn) for rid in message.relation_ids]
     if isinstance(message, LogicalMessage):
-        return [_message(message, tx, lsn)]
+        return [_message(message, lsn)]
     info = relations[message.relation_id]
     types = relations.type_names
     if isinstance(message, Insert):
         after = _row(info, message.new, types)
-        return [_change("c", info, tx, lsn, key=_key(info, after), after=after)]
+        return [_change("c", info, lsn, key=_key(info, after), after=after)]
     if isinstance(message, Delete):
         old = _row(info, message.old, types, identity_only=message.old_kind == "K")
-        return [_change("d", info, tx, lsn, key=_key(info, old), before=old)]
+        return [_change("d", info, lsn, key=_key(info, old), before=old)]
     before: dict[str, Any] | None = None
     if message.old is not None:
         before = _row(info, message.old, types, identity_only=message.old_kind == "K")
@@ -219,62 +268,35 @@ def to_changes(
         for name, value in after.items():
             if value is UNAVAILABLE and before.get(name, UNAVAILABLE) is not UNAVAILABLE:
                 after[name] = before[name]  # unchanged TOAST: the old row has it
-    return [_change("u", info, tx, lsn, key=_key(info, after), before=before, after=after)]
+    return [_change("u", info, lsn, key=_key(info, after), before=before, after=after)]
 
 
 def _change(
-    op: Any,
+    op: Op,
     info: RelationInfo,
-    tx: Transaction,
     lsn: int | None,
     *,
     key: dict[str, Any] | None,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
-) -> Change:
-    position, total, in_table = tx._place(info.schema, info.table)
-    return Change(
-        op=op,
-        connector="postgresql",
-        db=tx.db,
-        schema=info.schema,
-        table=info.table,
-        position=position,
-        ts_ms=tx.ts_ms,
-        key=key,
-        before=before,
-        after=after,
-        lsn=lsn,
-        tx_id=tx.xid,
-        relation_version=info.version,
-        total_order=total,
-        data_collection_order=in_table,
-    )
+) -> RowChange:
+    return RowChange(op, info.schema, info.table, info.version, lsn, key, before, after)
 
 
-def _truncate(info: RelationInfo, tx: Transaction, lsn: int | None) -> Change:
-    return _change("t", info, tx, lsn, key=None)
+def _truncate(info: RelationInfo, lsn: int | None) -> RowChange:
+    return _change("t", info, lsn, key=None)
 
 
-def _message(message: LogicalMessage, tx: Transaction, lsn: int | None) -> Change:
-    position, total, in_table = tx._place("", "")
-    return Change(
-        op="m",
-        connector="postgresql",
-        db=tx.db,
-        schema="",
-        table="",
-        position=position,
-        ts_ms=tx.ts_ms,
-        lsn=message.lsn if lsn is None else lsn,
-        tx_id=tx.xid,
-        total_order=total,
-        data_collection_order=in_table,
-        # Debezium's message block: the content as bytes, which its JSON writes base64.
-        message={
-            "prefix": message.prefix,
-            "content": base64.b64encode(message.content).decode("ascii"),
-        },
+def _message(message: LogicalMessage, lsn: int | None) -> RowChange:
+    # Debezium's message block: the content is bytes, which its JSON writes as base64.
+    content = base64.b64encode(message.content).decode("ascii")
+    return RowChange(
+        "m",
+        "",
+        "",
+        1,
+        message.lsn if lsn is None else lsn,
+        message={"prefix": message.prefix, "content": content},
     )
 
 

@@ -293,6 +293,14 @@ class _Reader:
         self.pos = end + 1
         return self.utf8(self.data[start:end], what, start)
 
+    def flags(self, what: str, allowed: int) -> int:
+        # Bits no protocol version we speak defines mean the bytes are not pgoutput's.
+        at = self.pos
+        value = self.u8(what)
+        if value & ~allowed:
+            raise self.fail(f"{what} {value:#04x} has undefined bits", at)
+        return value
+
     def done(self) -> None:
         if self.pos != len(self.data):
             raise self.fail(f"{len(self.data) - self.pos} unexpected bytes after the message")
@@ -390,7 +398,7 @@ def _decode_body(r: _Reader, tag: int, xid: int | None, abort_info: bool) -> Mes
     if tag == b"T"[0]:
         return _truncate(r, xid)
     if tag == b"M"[0]:
-        flags = r.u8("the flags")
+        flags = r.flags("the flags", 1)
         lsn = r.u64("the LSN")
         prefix = r.cstring("the prefix")
         content = r.raw(r.i32("the content length"), "the content")
@@ -446,7 +454,7 @@ def _relation(r: _Reader, xid: int | None) -> Relation:
         raise r.fail(f"negative column count {count}", r.pos - 2)
     columns = []
     for _ in range(count):
-        flags = r.u8("the column flags")
+        flags = r.flags("the column flags", 1)
         columns.append(
             RelationColumn(
                 name=r.cstring("a column name"),
@@ -462,7 +470,7 @@ def _relation(r: _Reader, xid: int | None) -> Relation:
 
 def _truncate(r: _Reader, xid: int | None) -> Truncate:
     count = r.u32("the relation count")
-    options = r.u8("the options")
+    options = r.flags("the options", 3)
     if count * 4 > len(r.data) - r.pos:
         raise r.fail(f"truncated: {count} relation ids announced")
     ids = tuple(r.u32("a relation id") for _ in range(count))

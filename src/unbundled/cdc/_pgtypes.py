@@ -20,7 +20,8 @@ a CorruptionError naming its type, never a guess). What each type becomes:
 - json/jsonb: the JSON text (as Debezium's io.debezium.data.Json). uuid, text,
   varchar, char, name, xml, inet, cidr, macaddr, bit, varbit, tsvector, geometric and
   range types, enums, domains and every unknown type: the text.
-- Arrays of all of these: nested lists (multi-dimensional arrays nest), NULL -> None.
+- Arrays of all of these: nested lists (multi-dimensional arrays nest), NULL -> None;
+  a lower bound other than 1 ('[0:1]={7,8}') is dropped, as in Debezium's lists.
   Arrays of user types (their oids are not fixed) are recognised by name: the Type
   message pgoutput sends for them names PostgreSQL's array type `_<element>`.
 """
@@ -156,6 +157,15 @@ def _iso_year(year: int, bc: str | None) -> str:
     return f"+{year}" if year > 9999 else f"{year:04d}"
 
 
+def _check(type_name: str, text: str, month: str, day: str, clock: tuple[str, ...] = ()) -> None:
+    # The regexes give the shape; the ranges catch damage that kept it.
+    hour, minute, second = (int(part) for part in clock) if clock else (0, 0, 0)
+    if not (1 <= int(month) <= 12 and 1 <= int(day) <= 31 and hour <= 24):
+        raise _bad(type_name, text, "field out of range")
+    if minute > 59 or second > 60:
+        raise _bad(type_name, text, "field out of range")
+
+
 def _date(text: str) -> str:
     if text in _INFINITE:
         return text
@@ -163,6 +173,7 @@ def _date(text: str) -> str:
     if match is None:
         raise _bad("date", text, "expected DateStyle ISO")
     year, month, day, bc = match.groups()
+    _check("date", text, month, day)
     return f"{_iso_year(int(year), bc)}-{month}-{day}"
 
 
@@ -179,6 +190,7 @@ def _timestamp(text: str) -> str:
     if match is None:
         raise _bad("timestamp", text, "expected DateStyle ISO")
     year, month, day, hour, minute, second, fraction, bc = match.groups()
+    _check("timestamp", text, month, day, (hour, minute, second))
     return f"{_iso_year(int(year), bc)}-{month}-{day}T{hour}:{minute}:{second}{fraction or ''}"
 
 
@@ -195,6 +207,7 @@ def _timestamptz(text: str) -> str:
     if match is None:
         raise _bad("timestamptz", text, "expected DateStyle ISO")
     year, month, day, hour, minute, second, fraction, *offset, bc = match.groups()
+    _check("timestamptz", text, month, day, (hour, minute, second))
     shift = _offset_seconds(*offset)
     fraction = fraction or ""
     if shift and not bc and 1 <= int(year) <= 9999:
