@@ -23,13 +23,21 @@ def object_name(connector: str) -> str:
     return "unbundled_" + _IDENT.sub("_", connector.lower())[:40]
 
 
+# How the server prints values as text: the forms `_pgtypes.convert` reads (ISO dates,
+# the postgres interval style, money without a locale's symbols), whatever the server's
+# or the role's defaults are. The walsender prints pgoutput's text values with these too.
+SESSION_OPTIONS = (
+    "-c DateStyle=ISO -c IntervalStyle=postgres -c lc_monetary=C -c client_encoding=UTF8"
+)
+
+
 def _connect(url: str) -> Any:
     try:
         import psycopg
     except ImportError as exc:  # pragma: no cover - the extra is part of dev
         raise UsageError("CDC from PostgreSQL needs: pip install 'unbundled[cdc]'") from exc
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, options=SESSION_OPTIONS)
     except psycopg.OperationalError as exc:
         raise Unavailable(f"cannot connect to the CDC source {_redact(url)}: {exc}") from exc
 
@@ -194,3 +202,20 @@ def primary_keys(url: str, connector: str) -> dict[tuple[str, str], list[str]]:
     for schema, table, column in rows:
         keys.setdefault((schema, table), []).append(column)
     return keys
+
+
+def wait_inactive(url: str, connector: str, wait_s: float) -> SlotInfo | None:
+    """The slot once no runner holds it (None if there is no slot). A runner that was
+    killed holds it until its server process notices, a moment later; a live one for
+    good, and then this raises ``Unavailable`` after ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = slot_info(url, connector)
+        if info is None or not info.active:
+            return info
+        if time.monotonic() >= deadline:
+            raise Unavailable(
+                f"replication slot {info.name} is in use by another runner of connector "
+                f"{connector!r} (waited {wait_s:g} s); stop it first"
+            )
+        time.sleep(0.1)

@@ -55,7 +55,9 @@ class SnapshotReader:
     def start(self) -> None:
         import psycopg
 
-        self._conn = psycopg.connect(self.url, autocommit=False)
+        from ._pg_admin import SESSION_OPTIONS
+
+        self._conn = psycopg.connect(self.url, autocommit=False, options=SESSION_OPTIONS)
         self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         self._conn.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot_name}'")
         self._rows = self._all_rows()

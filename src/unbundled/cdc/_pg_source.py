@@ -49,12 +49,15 @@ class PostgresSource:
         tables: list[str] | None = None,
         heartbeat_s: float = 10.0,
         status_interval_s: float = 10.0,
+        attach_wait_s: float = 30.0,
     ) -> None:
         self.url = url
         self.connector = connector
         self.tables = tables
         self.heartbeat_s = heartbeat_s
         self.status_interval_s = status_interval_s
+        # A runner killed a moment ago still holds the slot until the server notices.
+        self.attach_wait_s = attach_wait_s
         self.slot = admin.object_name(connector)
         self._rconn: Any = None
         self._cur: Any = None
@@ -96,7 +99,10 @@ class PostgresSource:
             raise UsageError("CDC from PostgreSQL needs: pip install 'unbundled[cdc]'") from exc
         try:
             conn = psycopg2.connect(
-                self.url, connection_factory=psycopg2.extras.LogicalReplicationConnection
+                self.url,
+                connection_factory=psycopg2.extras.LogicalReplicationConnection,
+                options=admin.SESSION_OPTIONS,
+                connect_timeout=10,
             )
         except psycopg2.OperationalError as exc:
             raise Unavailable(f"cannot open a replication connection: {exc}") from exc
@@ -111,7 +117,7 @@ class PostgresSource:
         self._relations = Relations()
         for (schema, table), columns in admin.primary_keys(self.url, self.connector).items():
             self._relations.set_primary_key(schema, table, columns)
-        info = admin.slot_info(self.url, self.connector)
+        info = admin.wait_inactive(self.url, self.connector, self.attach_wait_s)
         if info is not None and snapshot:
             # A snapshot that did not finish: its exported snapshot died with the runner.
             # Start over with a new slot (rows already stored are dropped by position if
