@@ -276,7 +276,8 @@ class SqliteSource:
     def changes(self, after: SourcePosition | None, limit: int) -> list[Change]:
         """Committed changes after `after` (None: from the first), in commit order.
 
-        At most `limit` change rows are read (an UPDATE of the key gives two changes).
+        At most `limit` change rows after `after.commit` are read (and the rest of the
+        row at `after`: an UPDATE of the key gives two changes, (id, 0) and (id, 1)).
         Raises NotFound if the connector is not installed.
         """
         check_int("limit", limit, 1, limits.cdc_read_changes_max)
@@ -284,12 +285,17 @@ class SqliteSource:
             raise UsageError(f"after must be a SourcePosition or None, got {after!r}")
         self._refresh()
         start = after.commit if after is not None else 0
+        select = (
+            "SELECT id, tbl, op, before, after, before_rowid, after_rowid, ts_ms,"
+            f" schema_version FROM {CHANGES} WHERE connector = ?"
+        )
         with _translated(self.path, "read changes"):
-            rows = self._conn.execute(
-                "SELECT id, tbl, op, before, after, before_rowid, after_rowid, ts_ms,"
-                f" schema_version FROM {CHANGES} WHERE connector = ? AND id >= ?"
-                " ORDER BY id LIMIT ?",
-                (self.name, start, limit),
+            rows = []
+            if after is not None and after.index == 0:
+                # The row at `after` may hold a second change (a key-changing update).
+                rows = self._conn.execute(f"{select} AND id = ?", (self.name, start)).fetchall()
+            rows += self._conn.execute(
+                f"{select} AND id > ? ORDER BY id LIMIT ?", (self.name, start, limit)
             ).fetchall()
             out: list[Change] = []
             for row in rows:

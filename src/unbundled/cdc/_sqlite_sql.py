@@ -13,8 +13,10 @@ TEXT may hold a BLOB):
     BLOB -> ["b", "<hex>"]     REAL -> ["f", "<%!.17g>"]  (17 digits round-trip a double)
                                large REAL -> ["F", "<%!.17g of value / 2**768>"]
 
-INTEGER, TEXT and NULL are plain JSON (SQLite writes a 64-bit integer in full). A
-plain value is never a JSON array, so a list on read is always one of these tags.
+A negative zero (kept by a column without type affinity) comes back as 0.0: no SQL
+function of SQLite shows a zero's sign. INTEGER, TEXT and NULL are plain JSON (SQLite
+writes a 64-bit integer in full). A plain value is never a JSON array, so a list on
+read is always one of these tags.
 """
 
 from __future__ import annotations
