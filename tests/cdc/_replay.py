@@ -55,3 +55,19 @@ def drain(source: Any, after: Any, limit: int = 1000) -> list[Change]:
             return out
         out.extend(batch)
         after = batch[-1].position
+
+
+class Consumer:
+    """A consumer of one source: its snapshot, then every change after it."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.position, rows = source.snapshot()
+        self.tables = replay(rows)
+
+    def catch_up(self, limit: int = 1000) -> list[Change]:
+        changes = drain(self.source, self.position, limit)
+        replay(changes, self.tables)
+        if changes:
+            self.position = changes[-1].position
+        return changes

@@ -269,7 +269,8 @@ class SqliteSource:
                 except UsageError as exc:
                     if not exc.details.get("read_only"):
                         raise
-                    return  # read-only: the stale trigger's changes still decode (guarantee 3)
+                    # Read-only: changes and snapshots go on under the relation versions
+                    # the triggers have (guarantee 3); retried when the cookie moves again.
                 cookie = conn.execute("PRAGMA schema_version").fetchone()[0]
         self._cookie = cookie
 
