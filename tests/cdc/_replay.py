@@ -60,9 +60,9 @@ def drain(source: Any, after: Any, limit: int = 1000) -> list[Change]:
 class Consumer:
     """A consumer of one source: its snapshot, then every change after it."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, snapshot: tuple[Any, Iterable[Change]] | None = None) -> None:
         self.source = source
-        self.position, rows = source.snapshot()
+        self.position, rows = source.snapshot() if snapshot is None else snapshot
         self.tables = replay(rows)
 
     def catch_up(self, limit: int = 1000) -> list[Change]:
