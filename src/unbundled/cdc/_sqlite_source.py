@@ -27,7 +27,9 @@ Guarantees (each has a test in tests/cdc/test_sqlite_source*.py):
    dropped, created, or whose triggers are gone) re-creates the triggers under the next
    relation version and, in the same write transaction, writes a truncate ("t") of the
    table followed by every row of it as op "r" (snapshot "incremental"): a consumer
-   applying the stream holds the table exactly again from there on. `alter` runs a
+   applying the stream holds the table exactly again from there on. (A dropped table's
+   truncate is likewise written at the first read after the DROP, after any change
+   committed meanwhile: SQLite fires no trigger for a DROP TABLE.) `alter` runs a
    schema statement with the triggers out of the way and re-captured in the same
    transaction, so no change is written with a stale trigger at all (and DROP COLUMN
    works).
