@@ -86,6 +86,12 @@ snapshot_every_events_max = 1_000_000
 isolation_workers_max = 256
 pool_size_max = 1000  # connections of one PostgreSQL backend.
 
+# CDC (issue 11).
+cdc_connector_chars_max = 64  # a connector's name (it names its triggers and slot).
+cdc_tables_max = 1000  # tables one connector captures.
+cdc_read_changes_max = 100_000  # change rows one changes() call returns.
+cdc_busy_timeout_s_max = 600.0  # how long a SQLite source waits for the write lock.
+
 assert record_bytes_default <= record_bytes_max
 assert key_bytes_max < record_bytes_max
 assert batch_records_max <= commit_records_max
@@ -105,6 +111,7 @@ assert lease_ms_min <= idempotency_lease_ms_default <= idempotency_lease_ms_max
 assert idempotency_lease_ms_max <= idempotency_retention_ms_max
 assert idempotency_retention_ms_default <= idempotency_retention_ms_max
 assert read_records_max <= position_max and read_bytes_max >= record_bytes_max
+assert cdc_busy_timeout_s_max <= wait_s_max
 
 # Every bound above, computed so that a new one is exported without a second edit.
 __all__ = [name for name in sorted(dir()) if not name.startswith("_") and name != "annotations"]
