@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 
 from tests.cdc._pg import PG_URL, PgCase, pg
-from unbundled.cdc import CDCProducer
+from unbundled.cdc import CDCProducer, SourcePosition
 from unbundled.cdc._replay import events, key_text, table_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +135,7 @@ def test_sigkill_loses_nothing_and_stores_nothing_twice(pg_case: PgCase, tmp_pat
     assert sum(moments.values()) == KILLS and all(moments.values()), moments
     positions = [e.position for e in found]
     assert len(set(positions)) == len(positions), "a change was stored twice"
-    per_key: dict[str, list[object]] = {}
+    per_key: dict[str, list[SourcePosition]] = {}
     for event in found:
         per_key.setdefault(key_text(event.key), []).append(event.position)
     assert all(p == sorted(p) for p in per_key.values()), "a key's changes are out of order"

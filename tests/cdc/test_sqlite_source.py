@@ -17,7 +17,7 @@ from unbundled.cdc._change import SourcePosition
 from unbundled.cdc._sqlite_source import Pending, SqliteSource
 from unbundled.errors import NotFound, UsageError
 
-from ._replay import drain, read_table, replay
+from ._sqlite_replay import drain, read_table, replay
 
 
 @pytest.fixture

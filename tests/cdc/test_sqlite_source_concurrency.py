@@ -18,7 +18,7 @@ from typing import Any
 
 from unbundled.cdc._sqlite_source import SqliteSource
 
-from ._replay import Consumer, Key, read_table
+from ._sqlite_replay import Consumer, Key, read_table
 
 ROWS = 200
 

@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from unbundled.cdc._sqlite_source import SqliteSource
 
-from ._replay import Consumer, read_table
+from ._sqlite_replay import Consumer, read_table
 
 IDS = st.integers(0, 12)
 VALUES = st.one_of(

@@ -14,7 +14,7 @@ import pytest
 from unbundled.cdc._sqlite_source import SqliteSource
 from unbundled.errors import CorruptionError, UsageError
 
-from ._replay import Consumer, read_table
+from ._sqlite_replay import Consumer, read_table
 
 
 @pytest.fixture

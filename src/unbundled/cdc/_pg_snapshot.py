@@ -39,12 +39,16 @@ class SnapshotReader:
         *,
         position: int,
         db: str,
+        truncate_first: bool = False,
     ) -> None:
         self.url = url
         self.snapshot_name = snapshot_name
         self.tables = tables
         self.position = position
         self.db = db
+        # A snapshot that replaces one a crash cut short clears each table first: rows
+        # the first one stored may have been deleted before this one began.
+        self.truncate_first = truncate_first
         self.done = False
         self._conn: Any = None
         self._rows: Iterator[Change] | None = None
@@ -71,6 +75,18 @@ class SnapshotReader:
             names = [name for name, _, _ in columns]
             keys = [name for name, _, is_key in columns if is_key]
             order = keys or ["ctid"]
+            if self.truncate_first:
+                self._index += 1
+                yield Change(
+                    op="t",
+                    connector="postgresql",
+                    db=self.db,
+                    schema=schema,
+                    table=table,
+                    position=SourcePosition(self.position, self._index),
+                    ts_ms=self._ts_ms,
+                    snapshot="true",
+                )
             query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
                 sql.SQL(", ").join(
                     sql.SQL("{}::text").format(sql.Identifier(name)) for name in names

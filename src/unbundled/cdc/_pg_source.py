@@ -131,10 +131,10 @@ class PostgresSource:
                     f"while changes after {after} were never confirmed: they may be lost; "
                     "remove the connector and add it again to start from a new snapshot"
                 )
-            self._create_slot(snapshot)
+            self._create_slot(snapshot, restart=after is not None)
         self._start()
 
-    def _create_slot(self, snapshot: bool) -> None:
+    def _create_slot(self, snapshot: bool, *, restart: bool) -> None:
         cur = self._cur
         mode = "EXPORT_SNAPSHOT" if snapshot else "NOEXPORT_SNAPSHOT"
         cur.execute(f'CREATE_REPLICATION_SLOT "{self.slot}" LOGICAL pgoutput {mode}')
@@ -148,6 +148,7 @@ class PostgresSource:
                 admin.tables_of(self.url, self.tables),
                 position=point - 1,
                 db=self._db_name,
+                truncate_first=restart,
             )
             self._snapshot = reader
             self._snapshot_done = False

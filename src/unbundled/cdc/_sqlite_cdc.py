@@ -43,7 +43,8 @@ class SqliteCapture:
         self._snapshot_done = not snapshot
         if snapshot:
             self.source.install()  # idempotent; picks up tables changed since `add`
-            at, rows = self.source.snapshot()
+            # Rows of a snapshot a crash cut short are in the log: clear them first.
+            at, rows = self.source.snapshot(truncate_first=after is not None)
             self._snapshot_at = SourcePosition(at.commit, 0)
             self._rows = iter(rows)
             self._ahead = next(self._rows, None)
@@ -96,7 +97,8 @@ class SqliteCapture:
         self.source.prune(position)
 
     def status(self) -> dict[str, Any]:
-        return {"pending": self.source.pending()[0]}
+        pending = self.source.pending()
+        return {"pending": pending.changes, "pending_bytes": pending.bytes}
 
     def close(self) -> None:
         self._rows = None

@@ -351,8 +351,12 @@ class SqliteSource:
         key = key_a if key_a is not None else key_b
         return [make(op, 0, key=key, before=before, after=after, snapshot=snapshot)]
 
-    def snapshot(self) -> tuple[SourcePosition, Iterator[Change]]:
+    def snapshot(self, *, truncate_first: bool = False) -> tuple[SourcePosition, Iterator[Change]]:
         """Every row of the captured tables as op "r", and the position to stream from.
+
+        With ``truncate_first`` each table's rows come after a truncate ("t") of it: a
+        snapshot that replaces one a crash cut short must first clear what that one
+        stored (rows it held may be gone by now).
 
         One read transaction, on a connection of its own that the iterator closes when
         exhausted or closed: consume it (or close it) promptly, as it holds the read
@@ -374,17 +378,30 @@ class SqliteSource:
                 raise
             if cookie == self._cookie:  # the tables are as the relations describe them
                 position = SourcePosition(0 if seq is None else seq[0], 0)
-                return position, self._scan(conn, position, rels)
+                return position, self._scan(conn, position, rels, truncate_first)
             conn.close()  # a schema change raced the snapshot: capture it first
         raise Unavailable(f"{self.path}: the schema kept changing during the snapshot")
 
     def _scan(
-        self, conn: sqlite3.Connection, position: SourcePosition, rels: list[Relation]
+        self,
+        conn: sqlite3.Connection,
+        position: SourcePosition,
+        rels: list[Relation],
+        truncate_first: bool,
     ) -> Iterator[Change]:
         try:
             index = 0
             pending: Change | None = None
             for rel in rels:
+                if truncate_first:
+                    if pending is not None:
+                        yield pending
+                    index += 1
+                    pending = Change(
+                        op="t", connector="sqlite", db=self.db, schema="main",
+                        table=rel.table, position=SourcePosition(position.commit, index),
+                        ts_ms=_now_ms(), snapshot="true", relation_version=rel.version,
+                    )  # fmt: skip
                 cols = ", ".join(sql.ident(c) for c in rel.columns)
                 if rel.rowid:
                     query = f"SELECT {rel.rowid}, {cols} FROM main.{sql.ident(rel.table)}"
