@@ -21,6 +21,7 @@ from ._connector import remove as remove_connector
 from ._runner import CDCProducer as CDCProducer
 from ._runner import Progress as Progress
 from ._sink import LogSink as LogSink
+from ._sink import Stored as Stored
 from ._source import Source as Source
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Progress",
     "Source",
     "SourcePosition",
+    "Stored",
     "add_connector",
     "connector_names",
     "get_connector",

@@ -29,6 +29,7 @@ OPS: Final = ("c", "u", "d", "r", "t", "m")
 # (unchanged and not in the replica identity). Kept as the same string on the wire so
 # Debezium consumers recognise it; in Python it is the `UNAVAILABLE` singleton, so a
 # consumer can never mistake it for a value (it is not None and not a str).
+#: The placeholder text of an unavailable value in a stored change event.
 UNAVAILABLE_TEXT: Final = "__debezium_unavailable_value"
 
 
@@ -49,6 +50,7 @@ class _Unavailable:
         return "UNAVAILABLE"
 
 
+#: The value of a column the source did not send (unchanged TOAST): not None, not a str.
 UNAVAILABLE: Final = _Unavailable()
 
 
@@ -69,6 +71,7 @@ class SourcePosition:
 
     @classmethod
     def parse(cls, text: str) -> SourcePosition:
+        """The position ``commit:index`` (as `str` writes it)."""
         commit, _, index = text.partition(":")
         return cls(int(commit), int(index))
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import limits
 from .._bounds import check_int
+from ..backends.sqlite._url import sqlite_path
 from ..errors import ConflictError, NotFound, UsageError
 from ._sink import _TOPIC_UNSAFE, position_key, snapshot_key
 from ._source import Source
@@ -46,13 +47,16 @@ class ConnectorConfig:
 
     @property
     def topic_prefix(self) -> str:
+        """The topics' prefix: ``prefix``, or the connector's name."""
         return self.prefix or self.name
 
     @property
     def kind(self) -> str:
+        """``postgresql`` or ``sqlite``, from the source URL."""
         return "postgresql" if self.source.startswith(("postgresql:", "postgres:")) else "sqlite"
 
     def checked(self) -> ConnectorConfig:
+        """This config, if every setting is in bounds; `UsageError` naming the one that is not."""
         if not self.name or len(self.name) > 100 or _TOPIC_UNSAFE.search(self.name):
             raise UsageError(
                 f"connector name {self.name!r} must be 1 to 100 letters, digits, '.', '_' or '-'"
@@ -71,10 +75,12 @@ class ConnectorConfig:
         return self
 
     def to_json(self) -> bytes:
+        """The settings as stored in the KV."""
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> ConnectorConfig:
+        """Settings read back from the KV."""
         return cls(**json.loads(raw))
 
     def source_obj(self) -> Source:
@@ -94,8 +100,9 @@ class ConnectorConfig:
 
 
 def _sqlite_path(source: str) -> str:
-    if source.startswith("sqlite:///"):
-        return source[len("sqlite:///") - 1 :] if source.startswith("sqlite:////") else source[10:]
+    # The URL forms every other part takes: sqlite:///relative.db, sqlite:////absolute.db.
+    if source.startswith("sqlite:"):
+        return sqlite_path(source)
     if "://" in source:
         raise UsageError(
             f"CDC source {source!r}: expected postgresql://... or a SQLite file (sqlite:///path)"
@@ -116,6 +123,7 @@ def names(db: Database) -> list[str]:
 
 
 def get(db: Database, name: str) -> ConnectorConfig:
+    """The settings of connector ``name``; `NotFound` if there is none."""
     got = db.kv.read(config_key(name))
     if got is None:
         raise NotFound(f"no CDC connector named {name!r} (see: unbundled cdc status)")

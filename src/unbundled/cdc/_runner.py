@@ -116,6 +116,7 @@ class CDCProducer:
         return self.progress
 
     def close(self) -> None:
+        """Close the source connection (the slot stays, for the next run)."""
         self._source.close()
 
     def __enter__(self) -> CDCProducer:

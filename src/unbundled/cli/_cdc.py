@@ -16,11 +16,13 @@ from rich.console import Group
 from rich.status import Status
 from rich.table import Table
 
+from .. import limits
 from ..cdc import CDCProducer, ConnectorConfig, Progress
 from ..cdc import _connector as connectors
 from ..cdc._pg_admin import _redact
 from ..database import Database
 from ..database import open as open_database
+from ._bounds import Seconds
 from ._common import App, echo_json, err_console, is_terminal, out_console, pass_app
 from ._signals import Interrupted
 
@@ -61,13 +63,24 @@ def cdc() -> None:
     help="A table to capture (SCHEMA.TABLE or TABLE); repeat it. Default: every table.",
 )
 @click.option("--prefix", default="", help="Topic prefix (default: the connector's NAME).")
-@click.option("--partitions", default=1, show_default=True, help="Partitions of each topic.")
 @click.option(
-    "--batch-max", default=1000, show_default=True, help="Changes per log transaction (<= 10000)."
+    "--partitions",
+    type=click.IntRange(1, limits.partitions_max),
+    default=1,
+    show_default=True,
+    help="Partitions of each topic.",
+)
+@click.option(
+    "--batch-max",
+    type=click.IntRange(1, connectors.BATCH_MAX),
+    default=1000,
+    show_default=True,
+    help="Changes per log transaction.",
 )
 @click.option(
     "--heartbeat",
     "heartbeat_s",
+    type=Seconds(0.1, connectors.HEARTBEAT_S_MAX),
     default=10.0,
     show_default=True,
     help="PostgreSQL: seconds between heartbeats that keep an idle slot moving.",
