@@ -55,6 +55,7 @@ DEFINES = r"^(?:async def {name}\(|def {name}\(|{name} = )"
     "part",
     [
         "log",
+        "cdc",
         "eventstore",
         "idempotency",
         "causal-consistency",
