@@ -165,8 +165,10 @@ def demo(ctx: click.Context) -> None:
     crypto-shredding. The unit-of-work demo runs idempotent commands that
     commit an event, an outbox record, a counter and the reply in one
     transaction, retries them, races two writers and SIGKILLs a worker
-    process, checking that every transaction is whole or absent. The
-    consistency demo records concurrent clients of the
+    process, checking that every transaction is whole or absent. The CDC
+    demo keeps a price cache by dual writes and a view by change data
+    capture while SIGKILLing every process: the cache drifts, the view
+    equals the database. The consistency demo records concurrent clients of the
     linearizable key-value store and proves the history linearizable, runs
     the isolation tests on SQLite and the causal store in a simulated
     network. Exits 0 if every check passed, 1 otherwise.
@@ -177,12 +179,14 @@ def demo(ctx: click.Context) -> None:
         events_demo = importlib.import_module("unbundled.demo_events")
         consistency_demo = importlib.import_module("unbundled.demo_consistency")
         unit_demo = importlib.import_module("unbundled.demo_unit")
+        cdc_demo = importlib.import_module("unbundled.demo_cdc")
     except ModuleNotFoundError as exc:
         if exc.name not in (
             "unbundled.demo",
             "unbundled.demo_events",
             "unbundled.demo_consistency",
             "unbundled.demo_unit",
+            "unbundled.demo_cdc",
         ):
             raise
         raise NotSupported("the demo is not part of this installation") from None
@@ -192,18 +196,21 @@ def demo(ctx: click.Context) -> None:
         events_ok = events_demo.run_eventstore_demo(console, Path(tmp))
     with tempfile.TemporaryDirectory(prefix="unbundled-demo-unit-") as tmp:
         unit_ok = unit_demo.run_unit_demo(console, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="unbundled-demo-cdc-") as tmp:
+        cdc_ok = cdc_demo.run_cdc_demo(console, Path(tmp))
     with tempfile.TemporaryDirectory(prefix="unbundled-demo-consistency-") as tmp:
         consistency_ok = consistency_demo.run_consistency_demo(console, Path(tmp))
     parts = (
         ("log", log_ok),
         ("event store", events_ok),
         ("one transaction across the parts", unit_ok),
+        ("change data capture", cdc_ok),
         ("consistency", consistency_ok),
     )
     if all(ok for _, ok in parts):
         console.print(
             "[bold green]demo: all checks passed (log, event store, "
-            "one transaction across the parts, consistency)"
+            "one transaction across the parts, change data capture, consistency)"
         )
     else:
         failed = [name for name, ok in parts if not ok]
