@@ -221,10 +221,14 @@ class PostgresSource:
                 if self._txn is None and not self._pending:
                     self._feedback(lsn)
                 return
-            # A message outside any transaction is a transaction of its own at its LSN.
-            alone = Transaction(self._db_name, lsn, _now_pg_us(), None)
+            # A message outside any transaction is a transaction of its own. Its LSN is
+            # where its record ends, which is where the next record (maybe a COMMIT, whose
+            # transaction is placed at that LSN) starts: placed at LSN - 1, it sorts after
+            # every commit before it and before that one, never beside it.
+            at = lsn - 1
+            alone = Transaction(self._db_name, at, _now_pg_us(), None)
             self._keep(to_changes(message, self._relations, alone, lsn=lsn), out)
-            self._pending.append((lsn, 0, lsn))
+            self._pending.append((at, 0, lsn))
         elif isinstance(message, _ROWS):
             if self._txn is None:
                 raise CorruptionError(f"a {type(message).__name__} at {lsn} outside a transaction")
