@@ -197,8 +197,10 @@ def tables(draw: st.DrawFn) -> tuple[pgo.Relation, list[tuple[Any, ...]]]:
         1007: st.sampled_from(["{1,2,NULL}", "{}", "{{1},{2}}"]),
         16: st.sampled_from(["t", "f"]),
     }
-    cell = lambda oid: st.one_of(good[oid], st.none(), st.just(UNAVAILABLE))  # noqa: E731
-    rows = draw(st.lists(st.tuples(*[cell(oid) for oid in oids]), min_size=1, max_size=5))
+    cells: list[st.SearchStrategy[Any]] = [
+        st.one_of(good[oid], st.none(), st.just(UNAVAILABLE)) for oid in oids
+    ]
+    rows = draw(st.lists(st.tuples(*cells), min_size=1, max_size=5))
     return pgo.Relation(7, "s", "t", "d", columns), rows
 
 
