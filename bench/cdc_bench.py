@@ -246,8 +246,10 @@ def time_recvlogical(binary: str, scratch: Scratch, endpos: str) -> float:
 def time_producer(scratch: Scratch, config: ConnectorConfig, rows: int) -> float:
     started = time.perf_counter()
     with unbundled.open(str(scratch.log_path)) as db, CDCProducer(db, config) as producer:
+        # run() is what `unbundled cdc run` does; idle (50 ms without a change) ends it,
+        # and the loop covers a pause of the server's decoding longer than that.
         while producer.progress.changes < rows:
-            producer.step(1.0)
+            producer.run(until_idle=True, poll_s=0.05)
     return time.perf_counter() - started
 
 
@@ -293,7 +295,7 @@ def child_main(log_path: str, connector: str, stop_after: int) -> int:
                 producer.run(stop=stop, poll_s=0.05)
             else:
                 while producer.progress.changes < stop_after:
-                    producer.step(1.0)
+                    producer.run(until_idle=True, poll_s=0.05)
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             report = {"rss_before_kb": before, "rss_peak_kb": peak}
             print(json.dumps({**report, "changes": producer.progress.changes}), flush=True)

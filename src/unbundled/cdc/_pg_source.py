@@ -200,7 +200,10 @@ class PostgresSource:
 
     def _handle(self, payload: bytes, lsn: int, out: list[Change]) -> None:
         message = pgo.decode(payload)
-        if isinstance(message, pgo.Begin):
+        if type(message) is pgo.Insert and self._txn is not None:
+            # The commonest message first, before the isinstance chain below.
+            self._keep(to_changes(message, self._relations, self._txn, lsn=lsn), out)
+        elif isinstance(message, pgo.Begin):
             self._txn = Transaction(
                 self._db_name, message.final_lsn, message.commit_ts, message.xid
             )
@@ -241,7 +244,10 @@ class PostgresSource:
     def _keep(self, changes: list[Change], out: list[Change]) -> None:
         """Add the changes not already stored (a replay after a restart starts earlier)."""
         after = self._after
-        out.extend(c for c in changes if after is None or c.position > after)
+        if after is None:
+            out.extend(changes)
+        else:
+            out.extend(c for c in changes if c.position > after)
 
     def confirm(self, position: SourcePosition) -> None:
         flush = None

@@ -403,6 +403,17 @@ def decode(data: bytes, *, in_stream: bool = False, abort_info: bool = False) ->
             "pgoutput message damaged at offset 0: empty", message_type="?", offset=0
         )
     tag = data[0]
+    if tag == _INSERT and not in_stream:
+        # The hot path: an insert outside a stream, read without the checked reader. Any
+        # doubt (short, damaged, binary) falls through to it, which decides as before.
+        try:
+            (relation_id,) = _U32_AT(data, 1)
+            if data[5] == _NEW:
+                values, end = _fast_tuple(data, 6)
+                if end == len(data):
+                    return Insert(relation_id, values)
+        except (IndexError, struct.error, UnicodeDecodeError, _GiveUp):
+            pass
     if tag in _TWO_PHASE:
         raise NotSupported(
             f"pgoutput {_TWO_PHASE[tag]} (two-phase commit) is not supported: "
@@ -416,17 +427,6 @@ def decode(data: bytes, *, in_stream: bool = False, abort_info: bool = False) ->
             message_type=repr(chr(tag)),
             offset=0,
         )
-    if tag == _INSERT and not in_stream:
-        # The hot path: an insert outside a stream, read without the checked reader. Any
-        # doubt (short, damaged, binary) falls through to it, which decides as before.
-        try:
-            (relation_id,) = _U32_AT(data, 1)
-            if data[5] == _NEW:
-                values, end = _fast_tuple(data, 6)
-                if end == len(data):
-                    return Insert(relation_id, values)
-        except (IndexError, struct.error, UnicodeDecodeError, _GiveUp):
-            pass
     r = _Reader(data, name)
     xid = r.u32("the xid") if in_stream and tag in _STREAMABLE else None
     message = _decode_body(r, tag, xid, abort_info)

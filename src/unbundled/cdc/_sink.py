@@ -112,16 +112,20 @@ class LogSink:
         """
         fresh: list[Change] = []
         last = self._position
+        # The position order ((commit, index)) on plain ints: SourcePosition's generated
+        # comparisons build two tuples per call, and this runs for every change.
+        placed = last is not None
+        commit, index = (0, 0) if last is None else (last.commit, last.index)
         for change in changes:
-            if last is not None and change.position <= last:
+            at = change.position
+            if placed and (at.commit < commit or (at.commit == commit and at.index <= index)):
                 if fresh:
                     raise UsageError(
-                        f"change at {change.position} comes after {last}: changes must come "
-                        "in source order"
+                        f"change at {at} comes after {last}: changes must come in source order"
                     )
                 continue
             fresh.append(change)
-            last = change.position
+            last, commit, index, placed = at, at.commit, at.index, True
         skipped = len(changes) - len(fresh)
         if not fresh and not snapshot_done:
             return Stored(0, skipped, self._position)
