@@ -66,7 +66,7 @@ def test_lag_sees_every_row(tmp_path: Path, clean_server: None) -> None:
 
 
 def test_memory_of_one_transaction(tmp_path: Path, clean_server: None) -> None:
-    mem = cb.bench_memory(tmp_path, TINY)
+    mem = cb.bench_memory(tmp_path, TINY.memory_rows)
     assert mem.rows == TINY.memory_rows
     assert 0 < mem.before_kb <= mem.peak_kb and mem.seconds > 0
     assert leftovers() == []
@@ -85,11 +85,14 @@ def test_report_rows_and_markdown() -> None:
     thr = cb.Throughput(raw=(100.0, 120.0, 110.0), ours=(90.0, 95.0, 80.0))
     assert thr.ratio == pytest.approx(90 / 110)
     rows = cb.table_rows(
-        cb.FULL, thr, cb.Lag(5.0, 40.0, 60.0, 50_000, 5_000.0), cb.Memory(1_000_000, 10, 20, 2.0)
+        cb.FULL,
+        thr,
+        cb.Lag(5.0, 40.0, 60.0, 50_000, 5_000.0),
+        [cb.Memory(100_000, 10, 20, 1.0), cb.Memory(1_000_000, 10, 20, 2.0)],
     )
-    assert [r[6] for r in rows] == ["baseline", "PASS", "", "PASS", "measured"]
+    assert [r[6] for r in rows] == ["baseline", "PASS", "", "PASS", "measured", "measured"]
     assert all(len(r) == len(cb.HEADERS) for r in rows)
-    slow = cb.table_rows(cb.FULL, cb.Throughput((100.0,), (70.0,)), None, None)
+    slow = cb.table_rows(cb.FULL, cb.Throughput((100.0,), (70.0,)), None, [])
     assert slow[1][4:7] == ["0.70x", ">= 0.8x", "BELOW FLOOR"]
     text = cb.markdown([("CPUs", "2")], rows, ["a note"])
     table = [line for line in text.splitlines() if line.startswith("| ")]
