@@ -615,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parent = scratch_parent()
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     with console.status("1. throughput: pg_recvlogical vs CDCProducer"):
         thr = bench_throughput(parent, sizes, binary)
     with console.status(f"2. lag at {sizes.lag_rate:,} changes/s"):
@@ -627,6 +628,14 @@ def main(argv: list[str] | None = None) -> int:
             mems.append(bench_memory(parent, rows_in_txn))
     rows = table_rows(sizes, thr, lag, mems)
     facts = machine_facts(sizes, binary)
+    facts.append(
+        (
+            "load average",
+            f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (1-minute; 2 = both "
+            "CPUs busy): the producer is one Python thread, so other work on the machine "
+            "slows it more than pg_recvlogical, whose decoding runs in the server",
+        )
+    )
     notes = []
     if args.quick:
         notes.append("--quick run: tiny sizes, the numbers are not comparable to a full run.")
