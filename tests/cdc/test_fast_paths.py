@@ -5,7 +5,9 @@ the same values, the same errors. Each fast path is only an optimisation.
    checked reader decodes, and raises what it raises on damaged bytes;
 2. `converter(oid)` (chosen once per column, remembering the last value) is `convert(oid)`;
 3. rows read through a relation's plan equal rows converted value by value;
-4. `to_changes` of an Insert builds the Change `row_changes` + `Transaction.place` build;
+4. `to_changes` of an Insert builds the Change `row_changes` + `Transaction.place` build,
+   and `insert_changes` (straight from the bytes) the one `to_changes(decode(...))` builds,
+   or declines (None, nothing placed) where that path raises or is not the common case;
 5. `encode` (msgspec) writes JSON that reads back equal to json.dumps's, byte for byte
    when there is no float; `_json_row` skips `json_value` only where it changes nothing;
    the envelope's `sequence` is json.dumps's text.
@@ -36,7 +38,14 @@ from unbundled.cdc._change import (
     json_value,
     slow_encode,
 )
-from unbundled.cdc._pgchanges import Relations, Transaction, _row, row_changes, to_changes
+from unbundled.cdc._pgchanges import (
+    Relations,
+    Transaction,
+    _row,
+    insert_changes,
+    row_changes,
+    to_changes,
+)
 from unbundled.cdc._pgtypes import ARRAYS, SCALARS, convert, converter
 from unbundled.errors import CorruptionError, Error
 
@@ -233,6 +242,51 @@ def test_an_insert_becomes_the_change_row_changes_and_place_make(
         if slow[0] == "value":
             slow = ("value", [slow_tx.place(r) for r in slow[1]])
         assert fast == slow
+
+
+def decoded_insert(payload: bytes, relations: Relations, tx: Transaction, lsn: int) -> list[Change]:
+    """The general path the source takes for an 'I' message."""
+    message = pgo.decode(payload)
+    assert isinstance(message, pgo.Insert)
+    return to_changes(message, relations, tx, lsn=lsn)
+
+
+@given(st.data(), tables(), st.integers(1, 2**40))
+def test_an_insert_read_from_its_bytes_is_the_decoded_one(
+    data: st.DataObject, table: tuple[pgo.Relation, list[tuple[Any, ...]]], commit: int
+) -> None:
+    relation, rows = table
+    relations = Relations()
+    relations.apply(relation)
+    fast_tx = Transaction("db", commit, 0, 9)
+    slow_tx = Transaction("db", commit, 0, 9)
+    for lsn, row in enumerate(rows):
+        payload = pg_encode(pgo.Insert(7, row))
+        if data.draw(st.booleans()):
+            payload = data.draw(damaged(payload))
+        if payload[:1] != b"I":
+            continue  # the source dispatches on the tag: not an insert any more
+        slow = outcome(decoded_insert, payload, relations, slow_tx, lsn)
+        fast = insert_changes(payload, relations, fast_tx, lsn=lsn)
+        if fast is None:
+            assert slow[0] == "error"  # declined only what the general path refuses
+        else:
+            assert slow == ("value", fast)
+        assert fast_tx.next_index == slow_tx.next_index
+
+
+def test_insert_changes_declines_what_is_not_simple() -> None:
+    relations = Relations()
+    relations.apply(pgo.Relation(7, "s", "t", "d", (pgo.RelationColumn("a", 23, -1, True),)))
+    tx = Transaction("db", 1, 0, 9)
+    assert insert_changes(pg_encode(pgo.Insert(8, ("1",))), relations, tx) is None  # unknown
+    assert insert_changes(pg_encode(pgo.Insert(7, ("x",))), relations, tx) is None  # bad int
+    binary = pg_encode(pgo.Insert(7, (pgo.Binary(b"\x01"),)))
+    assert insert_changes(binary, relations, tx) is None
+    assert insert_changes(pg_encode(pgo.Insert(7, ("1", "2"))), relations, tx) is None
+    assert tx.next_index == 0  # nothing placed
+    (change,) = insert_changes(pg_encode(pgo.Insert(7, ("5",))), relations, tx) or []
+    assert (change.after, change.key, change.position) == ({"a": 5}, {"a": 5}, SourcePosition(1, 0))
 
 
 # --- 5. JSON --------------------------------------------------------------------------

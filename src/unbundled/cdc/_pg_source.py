@@ -25,7 +25,7 @@ from . import _pg_admin as admin
 from . import _pgoutput as pgo
 from ._change import Change, SourcePosition
 from ._pg_snapshot import SnapshotReader
-from ._pgchanges import Relations, Transaction, to_changes
+from ._pgchanges import Relations, Transaction, insert_changes, to_changes
 
 HEARTBEAT_PREFIX = "unbundled.heartbeat"
 _PG_EPOCH_UNIX_S = 946_684_800  # 2000-01-01, PostgreSQL's timestamp epoch
@@ -199,6 +199,12 @@ class PostgresSource:
         return out
 
     def _handle(self, payload: bytes, lsn: int, out: list[Change]) -> None:
+        if payload[:1] == b"I" and self._txn is not None:
+            # Most messages: an insert read straight into its change (None: not simple).
+            changes = insert_changes(payload, self._relations, self._txn, lsn=lsn)
+            if changes is not None:
+                self._keep(changes, out)
+                return
         message = pgo.decode(payload)
         if type(message) is pgo.Insert and self._txn is not None:
             # The commonest message first, before the isinstance chain below.

@@ -21,6 +21,7 @@ An update that changes the key is one "u" change whose `before` holds the old ke
 from __future__ import annotations
 
 import base64
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -294,6 +295,58 @@ def to_changes(
         key = _key(info, after)
         return [tx._place("c", info.schema, info.table, info.version, lsn, key, None, after)]
     return [tx.place(row) for row in row_changes(message, relations, lsn=lsn)]
+
+
+_I16_AT = struct.Struct("!h").unpack_from
+_I32_AT = struct.Struct("!i").unpack_from
+_U32_AT = struct.Struct("!I").unpack_from
+_NEW, _TEXT, _NULL, _TOAST = b"N"[0], b"t"[0], b"n"[0], b"u"[0]
+
+
+def insert_changes(
+    payload: bytes, relations: Relations, tx: Transaction, *, lsn: int | None = None
+) -> list[Change] | None:
+    """The change of one pgoutput Insert message (outside a stream), read from its bytes
+    straight into the row: what ``to_changes(decode(payload), ...)`` returns, without
+    the tuple and the Insert between. For the common case only (a known relation, its
+    column count, text/NULL/TOAST values that convert): anything else returns None with
+    nothing placed, and the caller takes that general path, which decides and raises as
+    before. The hot path of a capture."""
+    try:
+        (relation_id,) = _U32_AT(payload, 1)
+        info = relations._by_id.get(relation_id)
+        if info is None or payload[5] != _NEW:
+            return None
+        columns = relations.plan(info).columns
+        (count,) = _I16_AT(payload, 6)
+        if count != len(columns):
+            return None
+        pos, size_all = 8, len(payload)
+        row: dict[str, Any] = {}
+        for name, convert, _ in columns:
+            kind = payload[pos]
+            if kind == _TEXT:
+                (size,) = _I32_AT(payload, pos + 1)
+                start = pos + 5
+                pos = start + size
+                if size < 0 or pos > size_all:
+                    return None
+                text = payload[start:pos].decode("utf-8")
+                row[name] = text if convert is None else convert(text)
+            elif kind == _NULL:
+                row[name] = None
+                pos += 1
+            elif kind == _TOAST:
+                row[name] = UNAVAILABLE
+                pos += 1
+            else:
+                return None
+        if pos != size_all:
+            return None
+    except Exception:  # any doubt: the general path gives the real answer (or error)
+        return None
+    key = _key(info, row)
+    return [tx._place("c", info.schema, info.table, info.version, lsn, key, None, row)]
 
 
 def row_changes(
