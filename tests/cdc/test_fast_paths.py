@@ -10,7 +10,8 @@ the same values, the same errors. Each fast path is only an optimisation.
    or declines (None, nothing placed) where that path raises or is not the common case;
 5. `encode` (msgspec) writes JSON that reads back equal to json.dumps's, byte for byte
    when there is no float; `_json_row` skips `json_value` only where it changes nothing;
-   the envelope's `sequence` is json.dumps's text.
+   the envelope's `sequence` is json.dumps's text; `envelope_json` is
+   `encode(envelope())` byte for byte.
 """
 
 from __future__ import annotations
@@ -375,3 +376,35 @@ def test_random_rows_round_trip_through_the_envelope() -> None:
         change = Change("c", "postgresql", "db", "s", "t", SourcePosition(1, 0), 0, after=after)
         body = json.loads(encode(change.envelope("n", 5)))
         assert body["after"] == {"a": after["a"], "b": format(after["b"], "f")}
+
+
+@st.composite
+def changes(draw: st.DrawFn) -> Change:
+    row = st.none() | st.dictionaries(st.text(max_size=3), cells, max_size=4)
+    op = draw(st.sampled_from(["c", "u", "d", "r", "t", "m"]))
+    return Change(
+        op,  # type: ignore[arg-type]
+        draw(st.sampled_from(["postgresql", "sqlite"])),
+        draw(st.text(max_size=5)),
+        draw(st.text(max_size=5)),
+        draw(st.text(max_size=5)),
+        SourcePosition(draw(st.integers(0, 2**64)), draw(st.integers(0, 2**31))),
+        draw(st.integers(0, 2**45)),
+        key=draw(row),
+        before=draw(row),
+        after=draw(row),
+        lsn=draw(st.none() | st.integers(0, 2**64)),
+        tx_id=draw(st.none() | st.integers(0, 2**32)),
+        snapshot=draw(st.sampled_from(["false", "true", "first", "last"])),
+        relation_version=draw(st.integers(1, 50)),
+        total_order=draw(st.integers(0, 10**6)),
+        data_collection_order=draw(st.integers(0, 10**6)),
+        message=draw(
+            st.none() | st.fixed_dictionaries({"prefix": st.text(), "content": st.text()})
+        ),
+    )
+
+
+@given(changes(), st.text(max_size=8), st.integers(0, 2**45))
+def test_envelope_json_is_the_encoded_envelope(change: Change, name: str, now: int) -> None:
+    assert change.envelope_json(name, now) == encode(change.envelope(name, now))

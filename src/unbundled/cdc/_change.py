@@ -144,6 +144,43 @@ class Change:
             body["message"] = self.message
         return body
 
+    def envelope_json(self, name: str, captured_ms: int) -> bytes:
+        """``encode(self.envelope(name, captured_ms))``, byte for byte, built as msgspec
+        structs (encoded in field order) instead of dicts: the sink's per-change cost."""
+        position = self.position
+        transaction = None
+        if self.tx_id is not None and self.op != "r":
+            transaction = _Transaction(
+                f"{self.tx_id}:{position.commit}", self.total_order, self.data_collection_order
+            )
+        source = _Source(
+            "unbundled",
+            self.connector,
+            name,
+            self.ts_ms,
+            self.snapshot,
+            self.db,
+            f'["{position.commit}", "{position.index}"]',
+            self.schema,
+            self.table,
+            self.tx_id,
+            self.lsn,
+            self.relation_version,
+        )
+        body = _Envelope(
+            _json_row(self.before),
+            _json_row(self.after),
+            source,
+            self.op,
+            captured_ms,
+            transaction,
+            msgspec.UNSET if self.message is None else self.message,
+        )
+        try:
+            return _encoder.encode(body)
+        except (TypeError, msgspec.EncodeError):
+            return slow_encode(self.envelope(name, captured_ms))  # json.dumps decides
+
     def key_json(self) -> dict[str, Any] | None:
         """The record's key as Debezium writes it: the primary key's columns."""
         return _json_row(self.key)
@@ -192,6 +229,39 @@ def json_value(value: Any) -> Any:
 
 
 _encoder: Final = msgspec.json.Encoder()
+
+
+class _Source(msgspec.Struct):
+    """The envelope's `source` block; fields in Debezium's order (see `Change.envelope`)."""
+
+    version: str
+    connector: str
+    name: str
+    ts_ms: int
+    snapshot: str
+    db: str
+    sequence: str
+    schema: str
+    table: str
+    txId: int | None  # noqa: N815 - Debezium's field name
+    lsn: int | None
+    relation_version: int
+
+
+class _Transaction(msgspec.Struct):
+    id: str
+    total_order: int
+    data_collection_order: int
+
+
+class _Envelope(msgspec.Struct, omit_defaults=True):
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    source: _Source
+    op: str
+    ts_ms: int
+    transaction: _Transaction | None
+    message: Any = msgspec.UNSET  # only a logical message's envelope has the key
 
 
 def encode(obj: Any) -> bytes:

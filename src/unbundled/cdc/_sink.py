@@ -140,7 +140,7 @@ class LogSink:
             key = change.key_json()
             batch.append(
                 Message(
-                    encode(change.envelope(name, now_ms)),
+                    change.envelope_json(name, now_ms),
                     key=None if key is None else encode(key),
                     timestamp=change.ts_ms,
                 )
