@@ -7,6 +7,7 @@
     .venv/bin/python bench/run.py --only unit         # the unit of work; the log vs NATS
     .venv/bin/python bench/run.py --only consistency  # the linearizability checker
     .venv/bin/python bench/run.py --only fuzz         # the corruption fuzzer's full sweep
+    .venv/bin/python bench/run.py --only cdc          # CDC from PostgreSQL, vs pg_recvlogical
     .venv/bin/python bench/run.py --quick             # a smoke run in seconds, writes nothing
     .venv/bin/python bench/run.py --kills 50          # fewer kills in the crash test
 
@@ -245,12 +246,18 @@ def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
 
         return fuzz_bench.main(flags)
 
+    def cdc() -> int:
+        from bench import cdc_bench
+
+        return cdc_bench.main(flags)
+
     return {
         "eventstore": eventstore,
         "idempotency": idempotency,
         "unit": unit,
         "consistency": consistency,
         "fuzz": fuzz,
+        "cdc": cdc,
     }
 
 
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="crash-test seed (default random)")
     parser.add_argument(
         "--only",
-        choices=["log", "eventstore", "idempotency", "unit", "consistency", "fuzz"],
+        choices=["log", "eventstore", "idempotency", "unit", "consistency", "fuzz", "cdc"],
         default=None,
         help="run one benchmark suite",
     )

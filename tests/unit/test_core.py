@@ -106,6 +106,19 @@ def test_partitioner_is_sticky_per_batch_and_round_robin_between() -> None:
     assert keyed[0].partition == partition_for_key(b"customer-7", 3)
 
 
+@given(st.lists(st.binary(max_size=32), min_size=1, max_size=50), st.integers(1, 8))
+def test_partitioner_choose_agrees_with_kafka_and_skips_the_cache_for_one_partition(
+    keys: list[bytes], partitions: int
+) -> None:
+    partitioner = Partitioner()
+    partition_for_key.cache_clear()
+    chosen = [partitioner.choose(key, partitions, 0) for key in keys]
+    assert chosen == [(murmur2(k) & 0x7FFFFFFF) % partitions for k in keys]
+    # One partition: the answer is 0 and the cache (which grew per distinct key) is untouched.
+    cached = partition_for_key.cache_info().currsize
+    assert cached == (0 if partitions == 1 else len(set(keys)))
+
+
 def test_bare_values_stay_columnar() -> None:
     items = build_items("t", TopicConfig(partitions=2), [b"a", b"b"], Partitioner(), 7)
     assert type(items) is ValueRun

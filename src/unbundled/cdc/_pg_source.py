@@ -25,7 +25,7 @@ from . import _pg_admin as admin
 from . import _pgoutput as pgo
 from ._change import Change, SourcePosition
 from ._pg_snapshot import SnapshotReader
-from ._pgchanges import Relations, Transaction, to_changes
+from ._pgchanges import Relations, Transaction, insert_changes, to_changes
 
 HEARTBEAT_PREFIX = "unbundled.heartbeat"
 _PG_EPOCH_UNIX_S = 946_684_800  # 2000-01-01, PostgreSQL's timestamp epoch
@@ -199,8 +199,17 @@ class PostgresSource:
         return out
 
     def _handle(self, payload: bytes, lsn: int, out: list[Change]) -> None:
+        if payload[:1] == b"I" and self._txn is not None:
+            # Most messages: an insert read straight into its change (None: not simple).
+            changes = insert_changes(payload, self._relations, self._txn, lsn=lsn)
+            if changes is not None:
+                self._keep(changes, out)
+                return
         message = pgo.decode(payload)
-        if isinstance(message, pgo.Begin):
+        if type(message) is pgo.Insert and self._txn is not None:
+            # The commonest message first, before the isinstance chain below.
+            self._keep(to_changes(message, self._relations, self._txn, lsn=lsn), out)
+        elif isinstance(message, pgo.Begin):
             self._txn = Transaction(
                 self._db_name, message.final_lsn, message.commit_ts, message.xid
             )
@@ -221,10 +230,14 @@ class PostgresSource:
                 if self._txn is None and not self._pending:
                     self._feedback(lsn)
                 return
-            # A message outside any transaction is a transaction of its own at its LSN.
-            alone = Transaction(self._db_name, lsn, _now_pg_us(), None)
+            # A message outside any transaction is a transaction of its own. Its LSN is
+            # where its record ends, which is where the next record (maybe a COMMIT, whose
+            # transaction is placed at that LSN) starts: placed at LSN - 1, it sorts after
+            # every commit before it and before that one, never beside it.
+            at = lsn - 1
+            alone = Transaction(self._db_name, at, _now_pg_us(), None)
             self._keep(to_changes(message, self._relations, alone, lsn=lsn), out)
-            self._pending.append((lsn, 0, lsn))
+            self._pending.append((at, 0, lsn))
         elif isinstance(message, _ROWS):
             if self._txn is None:
                 raise CorruptionError(f"a {type(message).__name__} at {lsn} outside a transaction")
@@ -237,7 +250,10 @@ class PostgresSource:
     def _keep(self, changes: list[Change], out: list[Change]) -> None:
         """Add the changes not already stored (a replay after a restart starts earlier)."""
         after = self._after
-        out.extend(c for c in changes if after is None or c.position > after)
+        if after is None:
+            out.extend(changes)
+        else:
+            out.extend(c for c in changes if c.position > after)
 
     def confirm(self, position: SourcePosition) -> None:
         flush = None

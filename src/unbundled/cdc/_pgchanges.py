@@ -21,6 +21,7 @@ An update that changes the key is one "u" change whose `before` holds the old ke
 from __future__ import annotations
 
 import base64
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ from unbundled.cdc._pgoutput import (
     Type,
     Update,
 )
-from unbundled.cdc._pgtypes import convert
+from unbundled.cdc._pgtypes import Converter, converter
 from unbundled.errors import CorruptionError, NotSupported
 
 
@@ -76,17 +77,31 @@ class RelationInfo:
 class Relations:
     """The relation cache: relation id -> `RelationInfo`, plus the user types' names."""
 
-    __slots__ = ("_by_id", "_primary_keys", "_type_names")
+    __slots__ = ("_by_id", "_plans", "_primary_keys", "_type_names")
 
     def __init__(self) -> None:
         self._by_id: dict[int, RelationInfo] = {}
         self._primary_keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self._type_names: dict[int, str] = {}
+        # relation id -> how to read its tuples (`plan`); dropped whenever a Relation,
+        # Type or primary key arrives, as any of them may change a column's reading.
+        self._plans: dict[int, RowPlan] = {}
+
+    def plan(self, info: RelationInfo) -> RowPlan:
+        """Per column of `info`: its name, converter (None: the text is the value) and
+        whether it is in the replica identity; chosen once per relation, not per value."""
+        plan = self._plans.get(info.relation_id)
+        if plan is None or plan.info is not info:
+            names = self._type_names
+            columns = tuple((c.name, converter(c.type_oid, names), c.key) for c in info.columns)
+            plan = self._plans[info.relation_id] = RowPlan(info, columns)
+        return plan
 
     def set_primary_key(self, schema: str, table: str, columns: Sequence[str]) -> None:
         """Name the table's primary key (from the catalog): it overrides the replica
         identity's flags as the change key. Applies to messages decoded from now on."""
         self._primary_keys[(schema, table)] = tuple(columns)
+        self._plans.clear()
         for relation_id, info in list(self._by_id.items()):
             if (info.schema, info.table) == (schema, table):
                 self._by_id[relation_id] = _with_key(info, self._key_of(info))
@@ -109,10 +124,12 @@ class Relations:
             info = _with_version(info, previous.version if same else previous.version + 1)
         info = _with_key(info, self._key_of(info))
         self._by_id[message.relation_id] = info
+        self._plans.clear()
         return info
 
     def apply_type(self, message: Type) -> None:
         self._type_names[message.type_oid] = message.name
+        self._plans.clear()
 
     @property
     def type_names(self) -> dict[int, str]:
@@ -139,6 +156,14 @@ class Relations:
             return None  # every column is flagged: the flags do not name the key
         flagged = tuple(column.name for column in info.columns if column.key)
         return flagged or None
+
+
+@dataclass(frozen=True, slots=True)
+class RowPlan:
+    """How to read the tuples of one relation version (see `Relations.plan`)."""
+
+    info: RelationInfo
+    columns: tuple[tuple[str, Converter | None, bool], ...]
 
 
 def _with_version(info: RelationInfo, version: int) -> RelationInfo:
@@ -206,27 +231,52 @@ class Transaction:
         return (self.commit_ts + PG_EPOCH_UNIX_US) // 1000
 
     def place(self, row: RowChange) -> Change:
+        return self._place(
+            row.op,
+            row.schema,
+            row.table,
+            row.relation_version,
+            row.lsn,
+            row.key,
+            row.before,
+            row.after,
+            row.message,
+        )
+
+    def _place(
+        self,
+        op: Op,
+        schema: str,
+        table: str,
+        relation_version: int,
+        lsn: int | None,
+        key: dict[str, Any] | None,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        message: dict[str, Any] | None = None,
+    ) -> Change:
         index = self.next_index
-        self.next_index += 1
-        in_table = self._per_table.get((row.schema, row.table), 0) + 1
-        self._per_table[(row.schema, row.table)] = in_table
+        self.next_index = index + 1
+        per_table = self._per_table
+        in_table = per_table.get((schema, table), 0) + 1
+        per_table[(schema, table)] = in_table
         return Change(
-            op=row.op,
+            op=op,
             connector="postgresql",
             db=self.db,
-            schema=row.schema,
-            table=row.table,
+            schema=schema,
+            table=table,
             position=SourcePosition(self.commit_lsn, index),
             ts_ms=self.ts_ms,
-            key=row.key,
-            before=row.before,
-            after=row.after,
-            lsn=row.lsn,
+            key=key,
+            before=before,
+            after=after,
+            lsn=lsn,
             tx_id=self.xid,
-            relation_version=row.relation_version,
+            relation_version=relation_version,
             total_order=index + 1,
             data_collection_order=in_table,
-            message=row.message,
+            message=message,
         )
 
 
@@ -237,7 +287,66 @@ def to_changes(
     message: RowMessage, relations: Relations, tx: Transaction, *, lsn: int | None = None
 ) -> list[Change]:
     """The changes one message makes, placed after those `tx` has already numbered."""
+    if type(message) is Insert:
+        # The hot path: the Change straight from the row, without a RowChange between
+        # (what row_changes then place would give, field for field).
+        info = relations[message.relation_id]
+        after = _row(relations.plan(info), message.new)
+        key = _key(info, after)
+        return [tx._place("c", info.schema, info.table, info.version, lsn, key, None, after)]
     return [tx.place(row) for row in row_changes(message, relations, lsn=lsn)]
+
+
+_I16_AT = struct.Struct("!h").unpack_from
+_I32_AT = struct.Struct("!i").unpack_from
+_U32_AT = struct.Struct("!I").unpack_from
+_NEW, _TEXT, _NULL, _TOAST = b"N"[0], b"t"[0], b"n"[0], b"u"[0]
+
+
+def insert_changes(
+    payload: bytes, relations: Relations, tx: Transaction, *, lsn: int | None = None
+) -> list[Change] | None:
+    """The change of one pgoutput Insert message (outside a stream), read from its bytes
+    straight into the row: what ``to_changes(decode(payload), ...)`` returns, without
+    the tuple and the Insert between. For the common case only (a known relation, its
+    column count, text/NULL/TOAST values that convert): anything else returns None with
+    nothing placed, and the caller takes that general path, which decides and raises as
+    before. The hot path of a capture."""
+    try:
+        (relation_id,) = _U32_AT(payload, 1)
+        info = relations._by_id.get(relation_id)
+        if info is None or payload[5] != _NEW:
+            return None
+        columns = relations.plan(info).columns
+        (count,) = _I16_AT(payload, 6)
+        if count != len(columns):
+            return None
+        pos, size_all = 8, len(payload)
+        row: dict[str, Any] = {}
+        for name, convert, _ in columns:
+            kind = payload[pos]
+            if kind == _TEXT:
+                (size,) = _I32_AT(payload, pos + 1)
+                start = pos + 5
+                pos = start + size
+                if size < 0 or pos > size_all:
+                    return None
+                text = payload[start:pos].decode("utf-8")
+                row[name] = text if convert is None else convert(text)
+            elif kind == _NULL:
+                row[name] = None
+                pos += 1
+            elif kind == _TOAST:
+                row[name] = UNAVAILABLE
+                pos += 1
+            else:
+                return None
+        if pos != size_all:
+            return None
+    except Exception:  # any doubt: the general path gives the real answer (or error)
+        return None
+    key = _key(info, row)
+    return [tx._place("c", info.schema, info.table, info.version, lsn, key, None, row)]
 
 
 def row_changes(
@@ -253,17 +362,17 @@ def row_changes(
     if isinstance(message, LogicalMessage):
         return [_message(message, lsn)]
     info = relations[message.relation_id]
-    types = relations.type_names
+    plan = relations.plan(info)
     if isinstance(message, Insert):
-        after = _row(info, message.new, types)
+        after = _row(plan, message.new)
         return [_change("c", info, lsn, key=_key(info, after), after=after)]
     if isinstance(message, Delete):
-        old = _row(info, message.old, types, identity_only=message.old_kind == "K")
+        old = _row(plan, message.old, identity_only=message.old_kind == "K")
         return [_change("d", info, lsn, key=_key(info, old), before=old)]
     before: dict[str, Any] | None = None
     if message.old is not None:
-        before = _row(info, message.old, types, identity_only=message.old_kind == "K")
-    after = _row(info, message.new, types)
+        before = _row(plan, message.old, identity_only=message.old_kind == "K")
+    after = _row(plan, message.new)
     if before is not None:
         for name, value in after.items():
             if value is UNAVAILABLE and before.get(name, UNAVAILABLE) is not UNAVAILABLE:
@@ -300,39 +409,40 @@ def _message(message: LogicalMessage, lsn: int | None) -> RowChange:
     )
 
 
-def _row(
-    info: RelationInfo,
-    values: TupleData,
-    type_names: dict[int, str],
-    *,
-    identity_only: bool = False,
-) -> dict[str, Any]:
+def _row(plan: RowPlan, values: TupleData, *, identity_only: bool = False) -> dict[str, Any]:
     """A tuple as {column: value}; with `identity_only` (an old key, 'K') only the
     replica identity's columns: the others are sent as nulls that are not values."""
-    if len(values) != len(info.columns):
+    columns = plan.columns
+    if len(values) != len(columns):
+        info = plan.info
         raise CorruptionError(
             f"pgoutput tuple of {len(values)} columns for {info.schema}.{info.table}, "
-            f"whose Relation message has {len(info.columns)}",
+            f"whose Relation message has {len(columns)}",
             relation_id=info.relation_id,
         )
     row: dict[str, Any] = {}
-    for column, value in zip(info.columns, values, strict=True):
-        if identity_only and not column.key:
+    for (name, convert, key), value in zip(columns, values, strict=True):
+        if identity_only and not key:
             continue
-        if isinstance(value, str):
-            row[column.name] = convert(column.type_oid, value, type_names)
+        if type(value) is str:
+            row[name] = value if convert is None else convert(value)
         elif isinstance(value, Binary):
+            info = plan.info
             raise NotSupported(
-                f"binary-format value in {info.schema}.{info.table}.{column.name}: "
+                f"binary-format value in {info.schema}.{info.table}.{name}: "
                 "start the slot without binary 'true'",
-                column=column.name,
+                column=name,
             )
         else:
-            row[column.name] = value  # None (SQL NULL) or UNAVAILABLE (unchanged TOAST)
+            row[name] = value  # None (SQL NULL) or UNAVAILABLE (unchanged TOAST)
     return row
 
 
 def _key(info: RelationInfo, row: dict[str, Any]) -> dict[str, Any] | None:
-    if info.primary_key is None or any(name not in row for name in info.primary_key):
+    names = info.primary_key
+    if names is None:
         return None
-    return {name: row[name] for name in info.primary_key}
+    try:
+        return {name: row[name] for name in names}
+    except KeyError:  # a key column the message did not carry
+        return None

@@ -32,6 +32,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any, Final
 
 from unbundled.errors import CorruptionError
@@ -159,7 +160,10 @@ def _iso_year(year: int, bc: str | None) -> str:
 
 def _check(type_name: str, text: str, month: str, day: str, clock: tuple[str, ...] = ()) -> None:
     # The regexes give the shape; the ranges catch damage that kept it.
-    hour, minute, second = (int(part) for part in clock) if clock else (0, 0, 0)
+    if clock:
+        hour, minute, second = int(clock[0]), int(clock[1]), int(clock[2])
+    else:
+        hour = minute = second = 0
     if not (1 <= int(month) <= 12 and 1 <= int(day) <= 31 and hour <= 24):
         raise _bad(type_name, text, "field out of range")
     if minute > 59 or second > 60:
@@ -351,6 +355,48 @@ def convert(type_oid: int, text: str, type_names: Mapping[int, str] | None = Non
     if type_names is not None and type_names.get(type_oid, "").startswith("_"):
         return parse_array(text, _text, ",")
     return text
+
+
+def converter(type_oid: int, type_names: Mapping[int, str] | None = None) -> Converter | None:
+    """What `convert` does for this type, chosen once: a function of the text, or None
+    where the value is the text itself. For callers that convert many values of a column."""
+    scalar = SCALARS.get(type_oid)
+    if scalar is not None:
+        if scalar is _text:
+            return None
+        return _remember_last(scalar) if type_oid in _PARSED_TIMES else scalar
+    element = ARRAYS.get(type_oid)
+    if element is not None:
+        return partial(
+            parse_array,
+            element=SCALARS.get(element, _text),
+            delimiter=";" if type_oid == _BOX_ARRAY else ",",
+        )
+    if type_names is not None and type_names.get(type_oid, "").startswith("_"):
+        return partial(parse_array, element=_text, delimiter=",")
+    return None
+
+
+# Types whose parse costs microseconds (a regex and a datetime) and whose values often
+# repeat row after row (now() in every row of a transaction, a shared date).
+_PARSED_TIMES: Final = frozenset({DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL})
+
+
+def _remember_last(convert: Converter) -> Converter:
+    """`convert`, answering a repeat of the previous text from memory (the results are
+    immutable str, so sharing one is safe; an error is never remembered)."""
+    last_text: str | None = None
+    last_value: Any = None
+
+    def remembered(text: str) -> Any:
+        nonlocal last_text, last_value
+        if text == last_text:
+            return last_value
+        value = convert(text)
+        last_text, last_value = text, value
+        return value
+
+    return remembered
 
 
 # --- arrays -------------------------------------------------------------------------

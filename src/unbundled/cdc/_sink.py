@@ -68,7 +68,8 @@ class LogSink:
         self.prefix = prefix
         self._partitions = partitions
         self._clock = clock
-        self._topics: set[str] = set()
+        # (schema, table) -> its topic, created: the name is worked out once per table.
+        self._topics: dict[tuple[str, str], str] = {}
         self._version = 0
         self._position: SourcePosition | None = None
         self.reload()
@@ -89,10 +90,12 @@ class LogSink:
         return self._position
 
     def _topic(self, change: Change) -> str:
-        topic = topic_name(self.prefix, change)
-        if topic not in self._topics:
+        table = (change.schema, change.table)
+        topic = self._topics.get(table)
+        if topic is None:
+            topic = topic_name(self.prefix, change)
             self._db.log.create_topic(topic, self._partitions, exist_ok=True)
-            self._topics.add(topic)
+            self._topics[table] = topic
         return topic
 
     def snapshot_done(self) -> bool:
@@ -109,38 +112,42 @@ class LogSink:
         """
         fresh: list[Change] = []
         last = self._position
+        # The position order ((commit, index)) on plain ints: SourcePosition's generated
+        # comparisons build two tuples per call, and this runs for every change.
+        placed = last is not None
+        commit, index = (0, 0) if last is None else (last.commit, last.index)
         for change in changes:
-            if last is not None and change.position <= last:
+            at = change.position
+            if placed and (at.commit < commit or (at.commit == commit and at.index <= index)):
                 if fresh:
                     raise UsageError(
-                        f"change at {change.position} comes after {last}: changes must come "
-                        "in source order"
+                        f"change at {at} comes after {last}: changes must come in source order"
                     )
                 continue
             fresh.append(change)
-            last = change.position
+            last, commit, index, placed = at, at.commit, at.index, True
         skipped = len(changes) - len(fresh)
         if not fresh and not snapshot_done:
             return Stored(0, skipped, self._position)
         now_ms = int(self._clock.time() * 1000)
         by_topic: dict[str, list[Message]] = {}
-        order: list[str] = []
+        name = self.name
         for change in fresh:
             topic = self._topic(change)
-            if topic not in by_topic:
-                by_topic[topic] = []
-                order.append(topic)
+            batch = by_topic.get(topic)
+            if batch is None:
+                batch = by_topic[topic] = []  # dicts keep insertion order: topics in order
             key = change.key_json()
-            by_topic[topic].append(
+            batch.append(
                 Message(
-                    encode(change.envelope(self.name, now_ms)),
+                    change.envelope_json(name, now_ms),
                     key=None if key is None else encode(key),
                     timestamp=change.ts_ms,
                 )
             )
         tx = self._db.transaction()
-        for topic in order:
-            tx.append_batch(topic, by_topic[topic])
+        for topic, batch in by_topic.items():
+            tx.append_batch(topic, batch)
         if last is not None:
             tx.kv.compare_and_set(
                 position_key(self.name),

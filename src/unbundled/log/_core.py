@@ -275,6 +275,10 @@ class Partitioner:
     def choose(self, key: bytes | None, partitions: int, sticky: int) -> int:
         if key is None:
             return sticky
+        if partitions == 1:
+            # Not through partition_for_key's cache: every distinct key of a one-partition
+            # topic (CDC's default) would take a cache entry only to learn the answer 0.
+            return 0
         return partition_for_key(key, partitions)
 
 
