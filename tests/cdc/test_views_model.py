@@ -47,10 +47,11 @@ def write_log(db: unbundled.Database, ops: list[Any]) -> dict[str, dict[str, Any
             old = model.get(key_text(record_key))
             row = {"id": key, **arg}
             event["op"], event["after"] = ("u" if old else "c"), row
+            held = old or {}  # a placeholder keeps the value held, or leaves the column out
             model[key_text(record_key)] = {
-                n: (old[n] if v == UNAVAILABLE_TEXT else v)
+                n: (held[n] if v == UNAVAILABLE_TEXT else v)
                 for n, v in row.items()
-                if v != UNAVAILABLE_TEXT or (old is not None and n in old)
+                if v != UNAVAILABLE_TEXT or n in held
             }
         elif op == "move":  # an update that changes the key from `key` to `arg`
             old = model.get(key_text(record_key))
