@@ -68,7 +68,6 @@ class PostgresReadModel:
         end: dict[TopicPartition, int],
     ) -> None:
         from psycopg import sql
-        from psycopg.types.json import Jsonb
 
         conn = self._conn
         try:
@@ -93,44 +92,59 @@ class PostgresReadModel:
                         f"view {self.name}: {topic}[{partition}] is no longer at {at}: "
                         "another runner applied it"
                     )
-            for event in batch:
-                for op in row_ops(event):
-                    if op.op == "clear":
-                        conn.execute(
-                            sql.SQL("DELETE FROM {} WHERE topic = %s").format(self._rows),
-                            (event.topic,),
-                        )
-                    elif op.op == "delete":
-                        conn.execute(
-                            sql.SQL("DELETE FROM {} WHERE topic = %s AND key = %s").format(
-                                self._rows
-                            ),
-                            (event.topic, op.key),
-                        )
-                    else:
-                        assert op.row is not None
-                        row = op.row
-                        if UNAVAILABLE_TEXT in row.values():  # keep the old values
-                            old = conn.execute(
-                                sql.SQL("SELECT row FROM {} WHERE topic = %s AND key = %s").format(
-                                    self._rows
-                                ),
-                                (event.topic, op.key),
-                            ).fetchone()
-                            row = merge(None if old is None else old[0], row)
-                        conn.execute(
-                            sql.SQL(
-                                "INSERT INTO {} VALUES (%s, %s, %s, %s) ON CONFLICT (topic, key) "
-                                "DO UPDATE SET row = EXCLUDED.row, position = EXCLUDED.position"
-                            ).format(self._rows),
-                            (event.topic, op.key, Jsonb(row), str(event.position)),
-                        )
+            self._write(batch)
             if self.before_commit is not None:
                 self.before_commit()
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
+
+    def _write(self, batch: Sequence[Event]) -> None:
+        """The batch's row operations, in order; runs of plain puts go as one pipeline."""
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        conn = self._conn
+        upsert = sql.SQL(
+            "INSERT INTO {} VALUES (%s, %s, %s, %s) ON CONFLICT (topic, key) "
+            "DO UPDATE SET row = EXCLUDED.row, position = EXCLUDED.position"
+        ).format(self._rows)
+        puts: list[tuple[Any, ...]] = []
+
+        def flush() -> None:
+            if puts:
+                with conn.cursor() as cur:
+                    cur.executemany(upsert, puts)
+                puts.clear()
+
+        for event in batch:
+            for op in row_ops(event):
+                if op.op == "put" and op.row is not None:
+                    row = op.row
+                    if UNAVAILABLE_TEXT in row.values():  # keep the values held
+                        flush()
+                        old = conn.execute(
+                            sql.SQL("SELECT row FROM {} WHERE topic = %s AND key = %s").format(
+                                self._rows
+                            ),
+                            (event.topic, op.key),
+                        ).fetchone()
+                        row = merge(None if old is None else old[0], row)
+                    puts.append((event.topic, op.key, Jsonb(row), str(event.position)))
+                    continue
+                flush()
+                if op.op == "clear":
+                    conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE topic = %s").format(self._rows),
+                        (event.topic,),
+                    )
+                else:
+                    conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE topic = %s AND key = %s").format(self._rows),
+                        (event.topic, op.key),
+                    )
+        flush()
 
     def rows(self, topic: str) -> dict[str, dict[str, Any]]:
         from psycopg import sql
