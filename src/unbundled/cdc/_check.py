@@ -16,7 +16,9 @@ Three properties, each checked on the log as stored (`check_cdc`, `unbundled che
     read by the connector's own snapshot reader and encoded as its events are.
 
 The source is never written, except that PostgreSQL's check creates (and drops) one
-temporary slot, and with ``catch_up`` the connector's own producer runs.
+temporary slot, SQLite's re-installs the connector's triggers if the schema moved (as
+its capture would), and with ``catch_up`` the connector's own producer runs. The source
+rows and every position of the log are held in memory while checking.
 """
 
 from __future__ import annotations
