@@ -3,7 +3,8 @@
 Guarantee (docs/explanation/cdc.md, "Delivery"): whatever the moment of a crash --
 during the snapshot, inside a large transaction, between the log's commit and the
 source's confirmation -- the log ends with every committed change once, in commit order
-per key, and adds up to the source table.
+per key, and adds up to the source table; the CDC checker passes, and a derived view
+(SQLite FTS5) fed from the log equals the source table.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import psycopg
 
 from tests.cdc._pg import PG_URL, PgCase, pg
 from unbundled.cdc import CDCProducer, SourcePosition
+from unbundled.cdc._check import check_cdc
 from unbundled.cdc._replay import events, key_text, table_state
+from unbundled.cdc.views import FtsView, follow
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 32
@@ -127,10 +130,20 @@ def test_sigkill_loses_nothing_and_stores_nothing_twice(pg_case: PgCase, tmp_pat
         thread.join()
     import unbundled
 
-    with unbundled.open(str(path)) as db, CDCProducer(db, config) as producer:
-        producer.run(until_idle=True, poll_s=1.0)
+    with unbundled.open(str(path)) as db:
+        with CDCProducer(db, config) as producer:
+            producer.run(until_idle=True, poll_s=1.0)
         found = list(events(db.log, case.topic("acc")))
         state = table_state(db.log, case.topic("acc"))
+        # The shipped checker, (a) once, (b) order, (c) state at a fresh snapshot's point,
+        # and a derived view fed from the log, both against the source.
+        checked = check_cdc(db, case.connector, catch_up=True, wait_s=60)
+        view = FtsView(tmp_path / "fts.db", name="crash_view")
+        try:
+            follow(db.log, view, [case.topic("acc")], batch=1000)
+            view_rows = view.rows(case.topic("acc"))
+        finally:
+            view.close()
     assert not failed, failed
     assert sum(moments.values()) == KILLS and all(moments.values()), moments
     positions = [e.position for e in found]
@@ -144,3 +157,6 @@ def test_sigkill_loses_nothing_and_stores_nothing_twice(pg_case: PgCase, tmp_pat
         for i, v in pg(f"SELECT id, v FROM {case.table('acc')}")
     }
     assert state == source
+    assert checked.passed, checked.to_json()
+    assert checked.tables[0].source_rows == len(source)
+    assert view_rows == source

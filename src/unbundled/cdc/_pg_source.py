@@ -230,10 +230,12 @@ class PostgresSource:
                 if self._txn is None and not self._pending:
                     self._feedback(lsn)
                 return
-            # A message outside any transaction is a transaction of its own. Its LSN is
-            # where its record ends, which is where the next record (maybe a COMMIT, whose
-            # transaction is placed at that LSN) starts: placed at LSN - 1, it sorts after
-            # every commit before it and before that one, never beside it.
+            # A message outside any transaction is a transaction of its own. PostgreSQL
+            # reports it at the END of its WAL record, which is the start of the next
+            # record: the commit LSN of the transaction it was written in, if any, whose
+            # first change would then share its position and be dropped as a replay. One
+            # byte earlier lies inside the message's own record: unique, and still before
+            # that commit.
             at = lsn - 1
             alone = Transaction(self._db_name, at, _now_pg_us(), None)
             self._keep(to_changes(message, self._relations, alone, lsn=lsn), out)

@@ -150,3 +150,8 @@ def linearizable(
 from ._isolation import isolation  # noqa: E402
 
 check.add_command(isolation)
+
+# The CDC checker (issue 11): `unbundled check cdc NAME`.
+from ._check_cdc import cdc as _cdc  # noqa: E402
+
+check.add_command(_cdc)
