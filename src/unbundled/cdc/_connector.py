@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .. import limits
 from .._bounds import check_int
 from ..errors import ConflictError, NotFound, UsageError
-from ._sink import _TOPIC_UNSAFE, position_key, snapshot_key
+from ._sink import _TOPIC_UNSAFE, position_key, progress_key, request_key, snapshot_key
 from ._source import Source
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 REGISTRY_KEY = "cdc/connectors"
 BATCH_MAX = 10_000
 HEARTBEAT_S_MAX = 3600.0
+CHUNK_MAX = 100_000  # rows per chunk of an incremental snapshot
 
 
 def config_key(name: str) -> str:
@@ -43,6 +44,10 @@ class ConnectorConfig:
     batch_max: int = 1000  # changes per log transaction
     heartbeat_s: float = 10.0  # PostgreSQL: a logical message this often keeps an idle slot moving
     wal_warn_bytes: int = 1 << 30  # warn when the slot keeps more WAL than this
+    snapshot_chunk: int = 1024  # rows per chunk of an incremental snapshot (1..100000)
+    # PostgreSQL: a table (id, type, data) whose captured 'execute-snapshot' rows request
+    # incremental snapshots, as Debezium's signalling table. Captured with the tables.
+    signal_table: str | None = None
 
     @property
     def topic_prefix(self) -> str:
@@ -62,6 +67,11 @@ class ConnectorConfig:
         check_int("partitions", self.partitions, 1, limits.partitions_max)
         check_int("batch_max", self.batch_max, 1, BATCH_MAX)
         check_int("wal_warn_bytes", self.wal_warn_bytes, 1, 1 << 50)
+        check_int("snapshot_chunk", self.snapshot_chunk, 1, CHUNK_MAX)
+        if self.signal_table is not None and self.kind != "postgresql":
+            raise UsageError(
+                f"signal_table {self.signal_table!r}: signals need a PostgreSQL source"
+            )
         if not 0.1 <= float(self.heartbeat_s) <= HEARTBEAT_S_MAX:
             raise UsageError(
                 f"heartbeat_s {self.heartbeat_s!r} must be between 0.1 and {HEARTBEAT_S_MAX:g}"
@@ -82,10 +92,13 @@ class ConnectorConfig:
         if self.kind == "postgresql":
             from ._pg_source import PostgresSource
 
+            tables = self.tables
+            if tables is not None and self.signal_table and self.signal_table not in tables:
+                tables = [*tables, self.signal_table]  # its rows must come through the stream
             return PostgresSource(
                 self.source,
                 connector=self.name,
-                tables=self.tables,
+                tables=tables,
                 heartbeat_s=self.heartbeat_s,
             )
         from ._sqlite_cdc import SqliteCapture
@@ -169,7 +182,8 @@ def remove(db: Database, name: str) -> dict[str, Any]:
             new=json.dumps([n for n in listed if n != name]).encode(),
             expected_version=version,
         )
-        for key in (config_key(name), position_key(name), snapshot_key(name)):
+        keys = (config_key(name), position_key(name), snapshot_key(name))
+        for key in (*keys, request_key(name), progress_key(name)):
             tx.kv.delete(key)
         try:
             tx.commit()

@@ -10,6 +10,11 @@ Confirming: a transaction's end LSN is sent as the flushed position only once ev
 its changes is stored (`confirm`). An idle slot is kept moving by a non-transactional
 logical message written every ``heartbeat_s`` seconds: when it comes back and nothing is
 pending, its LSN is confirmed, so WAL written for other tables is not retained.
+
+Incremental snapshots: given a `Task` (`set_incremental`), each poll with no chunk in
+flight reads the next chunk between two watermarks (`_pg_incremental`) and returns its
+rows when the high watermark comes back through the stream; `take_chunk_done` then says
+what to store with them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from ..errors import CorruptionError, NotFound, Unavailable, UsageError
 from . import _pg_admin as admin
 from . import _pgoutput as pgo
 from ._change import Change, SourcePosition
+from ._incremental import ChunkDone, Task
+from ._pg_incremental import HIGH_PREFIX, LOW_PREFIX, Chunk, read_chunk
 from ._pg_snapshot import SnapshotReader
 from ._pgchanges import Relations, Transaction, to_changes
 
@@ -74,6 +81,11 @@ class PostgresSource:
         self._hb_conn: Any = None
         self._after: SourcePosition | None = None
         self._db_name = ""
+        self._task: Task | None = None
+        self._chunk_size = 1024
+        self._chunk: Chunk | None = None
+        self._chunk_done: ChunkDone | None = None
+        self._end_poll = False  # a chunk's rows came: return them now, with its progress
 
     # -- install / remove ------------------------------------------------------------
 
@@ -183,8 +195,13 @@ class PostgresSource:
                 self._start()
             return rows
         out: list[Change] = []
+        if self._task is not None and self._chunk is None and self._chunk_done is None:
+            self._start_chunk()
+            if self._chunk_done is not None:
+                return out  # the table is exhausted: only its progress to store
+        self._end_poll = False
         deadline = time.monotonic() + timeout_s
-        while len(out) < limit:
+        while len(out) < limit and not self._end_poll:
             self._heartbeat()
             message = self._cur.read_message()
             if message is None:
@@ -217,6 +234,9 @@ class PostgresSource:
         elif isinstance(message, pgo.Origin):
             pass  # where a replicated transaction came from: nothing to store
         elif isinstance(message, pgo.LogicalMessage) and not message.transactional:
+            if message.prefix in (LOW_PREFIX, HIGH_PREFIX):
+                self._watermark(message, lsn, out)
+                return
             if message.prefix == HEARTBEAT_PREFIX:
                 if self._txn is None and not self._pending:
                     self._feedback(lsn)
@@ -228,11 +248,63 @@ class PostgresSource:
         elif isinstance(message, _ROWS):
             if self._txn is None:
                 raise CorruptionError(f"a {type(message).__name__} at {lsn} outside a transaction")
-            self._keep(to_changes(message, self._relations, self._txn, lsn=lsn), out)
+            changes = to_changes(message, self._relations, self._txn, lsn=lsn)
+            if self._chunk is not None:
+                for change in changes:
+                    self._chunk.saw(change)
+            self._keep(changes, out)
         else:
             raise CorruptionError(
                 f"pgoutput sent a {type(message).__name__} at {lsn}, which protocol 1 never sends"
             )
+
+    # -- incremental snapshots -------------------------------------------------------
+
+    def set_incremental(self, task: Task | None, chunk_size: int) -> None:
+        """Read ``task``'s table chunk by chunk from the next poll on (None: stop).
+        A chunk in flight for another table (or another request) is dropped."""
+        self._chunk_size = chunk_size
+        if self._chunk is not None and (task is None or task.seq != self._chunk.task.seq):
+            self._chunk = None
+        self._task = task
+
+    def take_chunk_done(self) -> ChunkDone | None:
+        """The chunk whose rows the last poll returned (or whose table was exhausted):
+        its progress must be stored with them. The next chunk waits for a new task."""
+        done, self._chunk_done = self._chunk_done, None
+        if done is not None:
+            self._task = None
+        return done
+
+    def _start_chunk(self) -> None:
+        assert self._task is not None
+        if self._hb_conn is None:
+            self._hb_conn = admin._connect(self.url)
+        chunk = read_chunk(self._hb_conn, self._task, self._chunk_size, self._db_name)
+        if chunk.selected == 0:
+            # Nothing after the last key: the watermarks just written are ignored.
+            self._chunk_done = ChunkDone(self._task, None, 0)
+        else:
+            self._chunk = chunk
+
+    def _watermark(self, message: pgo.LogicalMessage, lsn: int, out: list[Change]) -> None:
+        chunk = self._chunk
+        if chunk is None or message.content.decode(errors="replace") != chunk.mark:
+            return  # an earlier runner's chunk (replayed) or a dropped one: nothing to do
+        if message.prefix == LOW_PREFIX:
+            chunk.in_window = True
+            return
+        # The walsender gives a message the LSN where its record ends, which is where the
+        # next record (maybe a commit, streamed after this) begins: the rows go at lsn - 1,
+        # after every commit streamed before the mark, before every one streamed after.
+        place = lsn - 1
+        rows, done = chunk.finish(place)
+        out.extend(rows)
+        if rows:
+            self._pending.append((place, len(rows), place))
+        self._chunk = None
+        self._chunk_done = done
+        self._end_poll = True
 
     def _keep(self, changes: list[Change], out: list[Change]) -> None:
         """Add the changes not already stored (a replay after a restart starts earlier)."""
@@ -289,3 +361,4 @@ class PostgresSource:
         self._rconn = self._cur = self._hb_conn = None
         self._txn = None
         self._pending.clear()
+        self._chunk = self._chunk_done = self._task = None
