@@ -297,3 +297,21 @@ def test_a_signal_row_triggers_the_snapshot_once(pg_case: PgCase) -> None:
     assert sorted(k["id"] for k in reads) == list(range(121))
     requests, _ = incremental.read_requests(case.db, case.connector)
     assert requests["next_seq"] == 1  # one request: the bad signal and the other type ignored
+
+
+def test_a_message_just_before_a_commit_loses_no_row(pg_case: PgCase) -> None:
+    # A non-transactional message written inside a transaction is streamed first, with
+    # the LSN where the transaction's commit record begins (the watermarks' case too).
+    case = pg_case
+    table_with_rows(case, 1)
+    config = case.add(["acc"])
+    with case.producer(config) as producer:
+        drain(producer)
+        with psycopg.connect(PG_URL, autocommit=False) as conn:
+            conn.execute(f"INSERT INTO {case.table('acc')} VALUES (7, 7, 'seven')")
+            conn.execute("SELECT pg_logical_emit_message(false, 'note', 'hello')")
+            conn.commit()
+        catch_up(case, producer)
+    ops = [(e.op, e.key) for e in events(case.db.log, case.topic("acc"))]
+    assert ("c", {"id": 7}) in ops
+    assert state_after(case, "acc", None) == source_rows(case, "acc")

@@ -241,10 +241,13 @@ class PostgresSource:
                 if self._txn is None and not self._pending:
                     self._feedback(lsn)
                 return
-            # A message outside any transaction is a transaction of its own at its LSN.
-            alone = Transaction(self._db_name, lsn, _now_pg_us(), None)
+            # A message outside any transaction is a transaction of its own, placed at
+            # lsn - 1: the walsender sends it with the LSN where its record ends, where a
+            # commit streamed next may begin (at lsn it would share that commit's first
+            # position, and the sink would drop the commit's first row as a replay).
+            alone = Transaction(self._db_name, lsn - 1, _now_pg_us(), None)
             self._keep(to_changes(message, self._relations, alone, lsn=lsn), out)
-            self._pending.append((lsn, 0, lsn))
+            self._pending.append((lsn - 1, 0, lsn - 1))
         elif isinstance(message, _ROWS):
             if self._txn is None:
                 raise CorruptionError(f"a {type(message).__name__} at {lsn} outside a transaction")
