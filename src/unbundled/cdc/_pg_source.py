@@ -20,12 +20,13 @@ what to store with them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import time
 from collections import deque
 from typing import Any
 
-from ..errors import CorruptionError, NotFound, Unavailable, UsageError
+from ..errors import CorruptionError, NotFound, NotSupported, Unavailable, UsageError
 from . import _pg_admin as admin
 from . import _pgoutput as pgo
 from ._change import Change, SourcePosition
@@ -35,6 +36,7 @@ from ._pg_snapshot import SnapshotReader
 from ._pgchanges import Relations, Transaction, to_changes
 
 HEARTBEAT_PREFIX = "unbundled.heartbeat"
+_log = logging.getLogger(__name__)
 _PG_EPOCH_UNIX_S = 946_684_800  # 2000-01-01, PostgreSQL's timestamp epoch
 
 
@@ -283,7 +285,19 @@ class PostgresSource:
         assert self._task is not None
         if self._hb_conn is None:
             self._hb_conn = admin._connect(self.url)
-        chunk = read_chunk(self._hb_conn, self._task, self._chunk_size, self._db_name)
+        try:
+            chunk = read_chunk(self._hb_conn, self._task, self._chunk_size, self._db_name)
+        except (NotFound, NotSupported) as exc:
+            # Dropped, or its key dropped, since it was asked for: failing here would fail
+            # again at every restart, so the table is passed over (and said so).
+            _log.warning(
+                "cdc %s: incremental snapshot of %s stopped: %s",
+                self.connector,
+                self._task.name,
+                exc,
+            )
+            self._chunk_done = ChunkDone(self._task, None, 0)
+            return
         if chunk.selected == 0:
             # Nothing after the last key: the watermarks just written are ignored.
             self._chunk_done = ChunkDone(self._task, None, 0)
