@@ -1,10 +1,11 @@
 """One chunk of an incremental snapshot, read between two watermarks (DBLog).
 
 While the stream goes on, `read_chunk` writes a low watermark (a non-transactional
-logical message with a fresh id), selects the next ``size`` rows by primary key after the
-last key stored (``WHERE (k...) > (last...) ORDER BY k... LIMIT size``) and writes a high
-watermark. The stream delivers transactions in commit order and these messages at their
-own WAL place, so:
+logical message with a fresh id), then, in one transaction, selects the next ``size`` rows
+by primary key after the last key stored (``WHERE (k...) > (last...) ORDER BY k...
+LIMIT size``) and writes the high watermark (a transactional message: its commit flushes
+the WAL, so the stream brings it without waiting for the WAL writer). The stream delivers
+transactions in commit order and the low mark at its own WAL place, so:
 
 - a change committed before the low watermark comes before it in the stream, and the
   selected row already holds it (or a later value);
@@ -17,9 +18,7 @@ own WAL place, so:
   does not see drops its key too, wherever it comes before the high watermark;
 - a change committed after the high watermark is newer than the select, and comes after
   the chunk's rows, which are emitted when the high watermark arrives, at positions
-  (its LSN - 1, 1..n). The LSN a message comes with is where its record ends, so a
-  commit streamed right after it may sit at that very LSN: one less sorts after every
-  commit before the mark, before every one after it, and equals none.
+  (its commit LSN, 1..n): its transaction holds nothing else, so they equal no other.
 
 So the log's events for the table, applied in order, still add up to the table.
 """
@@ -172,11 +171,11 @@ def read_chunk(conn: Any, task: Task, size: int, db: str) -> Chunk:
     mark = uuid.uuid4().hex
     conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (LOW_PREFIX, mark))
     with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # Taken first, so it is the snapshot the select below reads in.
         snapshot = Snapshot.parse(conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0])
         raw_rows = conn.execute(query, params).fetchall()
-    conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (HIGH_PREFIX, mark))
+        conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (HIGH_PREFIX, mark))
     now_ms = int(time.time() * 1000)
     rows: dict[str, Change] = {}
     last_key: list[str] | None = None

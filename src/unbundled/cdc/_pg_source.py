@@ -88,6 +88,7 @@ class PostgresSource:
         self._chunk: Chunk | None = None
         self._chunk_done: ChunkDone | None = None
         self._end_poll = False  # a chunk's rows came: return them now, with its progress
+        self._closing: Chunk | None = None  # its high watermark's transaction is open
 
     # -- install / remove ------------------------------------------------------------
 
@@ -197,7 +198,8 @@ class PostgresSource:
                 self._start()
             return rows
         out: list[Change] = []
-        if self._task is not None and self._chunk is None and self._chunk_done is None:
+        idle = self._chunk is None and self._closing is None and self._chunk_done is None
+        if self._task is not None and idle:
             self._start_chunk()
             if self._chunk_done is not None:
                 return out  # the table is exhausted: only its progress to store
@@ -229,16 +231,26 @@ class PostgresSource:
             txn = self._txn
             self._pending.append((txn.commit_lsn, txn.next_index - 1, message.end_lsn))
             self._txn = None
+            if self._closing is not None:  # the high watermark's transaction
+                # It holds nothing else: the rows take its commit LSN with indexes 1..n,
+                # and are confirmed with its commit.
+                rows, self._chunk_done = self._closing.finish(txn.commit_lsn)
+                self._closing = None
+                out.extend(rows)
+                self._pending.append((txn.commit_lsn, len(rows), message.end_lsn))
+                self._end_poll = True
         elif isinstance(message, pgo.Relation):
             self._relations.apply(message)
         elif isinstance(message, pgo.Type):
             self._relations.apply_type(message)
         elif isinstance(message, pgo.Origin):
             pass  # where a replicated transaction came from: nothing to store
+        elif isinstance(message, pgo.LogicalMessage) and message.prefix in (
+            LOW_PREFIX,
+            HIGH_PREFIX,
+        ):
+            self._watermark(message, lsn, out)  # never stored, matched or not
         elif isinstance(message, pgo.LogicalMessage) and not message.transactional:
-            if message.prefix in (LOW_PREFIX, HIGH_PREFIX):
-                self._watermark(message, lsn, out)
-                return
             if message.prefix == HEARTBEAT_PREFIX:
                 if self._txn is None and not self._pending:
                     self._feedback(lsn)
@@ -269,8 +281,9 @@ class PostgresSource:
         """Read ``task``'s table chunk by chunk from the next poll on (None: stop).
         A chunk in flight for another table (or another request) is dropped."""
         self._chunk_size = chunk_size
-        if self._chunk is not None and (task is None or task.seq != self._chunk.task.seq):
-            self._chunk = None
+        for chunk in (self._chunk, self._closing):
+            if chunk is not None and (task is None or task.seq != chunk.task.seq):
+                self._chunk = self._closing = None
         self._task = task
 
     def take_chunk_done(self) -> ChunkDone | None:
@@ -311,16 +324,18 @@ class PostgresSource:
         if message.prefix == LOW_PREFIX:
             chunk.in_window = True
             return
-        # The walsender gives a message the LSN where its record ends, which is where the
-        # next record (maybe a commit, streamed after this) begins: the rows go at lsn - 1,
-        # after every commit streamed before the mark, before every one streamed after.
-        place = lsn - 1
-        rows, done = chunk.finish(place)
-        out.extend(rows)
+        self._chunk = None  # the window is closed
+        if self._txn is not None:
+            # The high watermark is a transaction of its own (its commit flushes the WAL,
+            # so the stream brings it at once): the rows come at its Commit.
+            self._closing = chunk
+            return
+        # A non-transactional mark comes with the LSN where its record ends, where a
+        # commit streamed next may begin: lsn - 1 sorts between the two.
+        rows, self._chunk_done = chunk.finish(lsn - 1)
         if rows:
-            self._pending.append((place, len(rows), place))
-        self._chunk = None
-        self._chunk_done = done
+            self._pending.append((lsn - 1, len(rows), lsn - 1))
+        out.extend(rows)
         self._end_poll = True
 
     def _keep(self, changes: list[Change], out: list[Change]) -> None:
@@ -378,4 +393,4 @@ class PostgresSource:
         self._rconn = self._cur = self._hb_conn = None
         self._txn = None
         self._pending.clear()
-        self._chunk = self._chunk_done = self._task = None
+        self._chunk = self._chunk_done = self._task = self._closing = None
