@@ -6,11 +6,14 @@ Guarantees (docs/explanation/cdc.md, incremental snapshots):
   overwrites a newer streamed change, no deleted row comes back);
 2 a runner closed, or SIGKILLed, after some chunks resumes after the last stored chunk:
   the table's rows are read once in all, not again from the first key;
-3 bad requests are typed errors naming the table: unknown (NotFound), not captured
-  (UsageError), no primary key (NotSupported), a SQLite connector (NotSupported);
-  a chunk size out of 1..100000 is a UsageError;
+3 bad requests are typed errors naming the table or connector: unknown (NotFound), not
+  captured (UsageError), no primary key (NotSupported), a SQLite connector
+  (NotSupported); a chunk size out of 1..100000 is a UsageError;
 4 `cdc snapshot NAME TABLE` queues the request and `cdc status` shows it under way;
-5 an 'execute-snapshot' row inserted into the signal table triggers the snapshot, once.
+5 an 'execute-snapshot' row inserted into the signal table triggers the snapshot, once
+  (a malformed signal, or a row of another type, is ignored);
+7 a non-transactional logical message streamed just before a commit (same LSN) costs
+  that commit none of its rows.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.cdc._pg import PG_URL, PgCase, pg
-from unbundled.cdc import CDCProducer, ConnectorConfig
+from unbundled.cdc import CDCProducer, ConnectorConfig, request_snapshot, snapshot_status
 from unbundled.cdc import _incremental as incremental
 from unbundled.cdc import _pg_admin as admin
 from unbundled.cdc._change import SourcePosition
@@ -167,9 +170,9 @@ def test_closed_after_some_chunks_resumes_after_the_last_stored_chunk(pg_case: P
     with case.producer(config) as producer:
         drain(producer)
         before = producer.progress.position
-        incremental.request_snapshot(case.db, config, [f"{case.schema}.acc"])
+        assert request_snapshot(case.db, case.connector, [f"{case.schema}.acc"]) == [0]
         run_until(producer, lambda: producer.progress.incremental_rows >= 500)
-    stopped = incremental.status(case.db, case.connector)
+    stopped = snapshot_status(case.db, case.connector)
     assert stopped is not None and stopped["rows"] >= 500 and stopped["chunks"] >= 5
     first = len(incremental_reads(case, "acc"))
     assert first == stopped["rows"]
@@ -246,6 +249,8 @@ def test_bad_requests_are_typed_errors(pg_case: PgCase, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="at least one"):
         incremental.request_snapshot(case.db, config, [])
     assert incremental.status(case.db, case.connector) is None  # nothing was queued
+    with pytest.raises(NotFound, match="nobody"):
+        request_snapshot(case.db, "nobody", [f"{case.schema}.acc"])
     with pytest.raises(UsageError, match="snapshot_chunk"):
         case.config(["acc"], snapshot_chunk=100_001).checked()
     with pytest.raises(UsageError, match="snapshot_chunk"):

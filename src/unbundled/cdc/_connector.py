@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .. import limits
 from .._bounds import check_int
 from ..errors import ConflictError, NotFound, UsageError
+from . import _incremental as incremental
 from ._sink import _TOPIC_UNSAFE, position_key, progress_key, request_key, snapshot_key
 from ._source import Source
 
@@ -163,6 +164,20 @@ def add(db: Database, config: ConnectorConfig) -> ConnectorConfig:
             continue  # another `cdc add` moved the list: read it again
         return config
     raise ConflictError("the connector list kept changing under `cdc add`; try again")
+
+
+def request_snapshot(db: Database, name: str, tables: list[str]) -> list[int]:
+    """Queue an incremental snapshot of ``tables`` (``schema.table``) of connector
+    ``name``; its runner reads them while it streams. Returns their queue numbers.
+    Raises ``NotFound`` (no such connector or table), ``UsageError`` (a table it does
+    not capture) or ``NotSupported`` (no primary key; a SQLite connector)."""
+    return incremental.request_snapshot(db, get(db, name), tables)
+
+
+def snapshot_status(db: Database, name: str) -> dict[str, Any] | None:
+    """The incremental snapshot under way (table, rows, chunks, waiting), or None."""
+    get(db, name)
+    return incremental.status(db, name)
 
 
 def remove(db: Database, name: str) -> dict[str, Any]:

@@ -282,8 +282,7 @@ def snapshot(app: App, name: str, tables: tuple[str, ...], as_json: bool) -> Non
     A stopped or killed runner resumes after the last chunk it stored. PostgreSQL
     only; each table must be captured by NAME and have a primary key."""
     db = _db(app, create=False)
-    config = connectors.get(db, name)
-    seqs = incremental.request_snapshot(db, config, list(tables))
+    seqs = connectors.request_snapshot(db, name, list(tables))
     queued = [{"table": t, "seq": s} for t, s in zip(tables, seqs, strict=True)]
     if as_json:
         echo_json({"name": name, "queued": queued})
