@@ -320,3 +320,48 @@ def test_a_message_just_before_a_commit_loses_no_row(pg_case: PgCase) -> None:
     ops = [(e.op, e.key) for e in events(case.db.log, case.topic("acc"))]
     assert ("c", {"id": 7}) in ops
     assert state_after(case, "acc", None) == source_rows(case, "acc")
+
+
+def test_composite_keys_and_two_tables_in_one_request(pg_case: PgCase) -> None:
+    case = pg_case
+    table_with_rows(case, 30)
+    pg(
+        f"CREATE TABLE {case.table('ev')} (tenant text, at timestamptz, n numeric, "
+        "PRIMARY KEY (tenant, at))"
+    )
+    pg(
+        f"INSERT INTO {case.table('ev')} SELECT t, timestamptz '2026-01-01 00:00+00' + "
+        "g * interval '1 minute', g / 3.0 FROM unnest(array['b', 'a', 'c c', 'Z']) t, "
+        "generate_series(1, 25) g"
+    )
+    config = case.add(["acc", "ev"], snapshot_chunk=7)
+    with case.producer(config) as producer:
+        drain(producer)
+        before = producer.progress.position
+        request_snapshot(case.db, case.connector, [f"{case.schema}.ev", f"{case.schema}.acc"])
+        status = snapshot_status(case.db, case.connector)
+        assert status is not None and status["table"] == f"{case.schema}.ev"
+        assert status["waiting"] == [f"{case.schema}.acc"]
+        # Changes while the chunks are read, to keys in and out of the chunks read so far.
+        producer.step(0.2)
+        producer.step(0.2)
+        pg(f"UPDATE {case.table('ev')} SET n = -1 WHERE tenant IN ('a', 'Z')")
+        pg(f"DELETE FROM {case.table('ev')} WHERE tenant = 'c c' AND n > 5")
+        run_until(producer, lambda: snapshot_status(case.db, case.connector) is None)
+        catch_up(case, producer)
+    ev = [e for e in events(case.db.log, case.topic("ev")) if e.position > before]
+    keys = [key_text(e.key) for e in ev if e.value["source"]["snapshot"] == "incremental"]
+    assert len(keys) == len(set(keys)) and len(keys) <= 100
+    rows: dict[str, Any] = {}
+    for event in ev:
+        if event.op == "d":
+            rows.pop(key_text(event.key), None)
+        else:
+            rows[key_text(event.key)] = event.value["after"]["n"]
+    want = pg(
+        f"SELECT json_build_object('tenant', tenant, 'at', at)::text, n::text "
+        f"FROM {case.table('ev')}"
+    )
+    assert len(rows) == len(want) == 100 - 10
+    assert sorted(rows.values()) == sorted(n for _, n in want)
+    assert len(incremental_reads(case, "acc")) == 30
