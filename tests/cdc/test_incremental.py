@@ -349,6 +349,7 @@ def test_composite_keys_and_two_tables_in_one_request(pg_case: PgCase) -> None:
         pg(f"DELETE FROM {case.table('ev')} WHERE tenant = 'c c' AND n > 5")
         run_until(producer, lambda: snapshot_status(case.db, case.connector) is None)
         catch_up(case, producer)
+    assert before is not None
     ev = [e for e in events(case.db.log, case.topic("ev")) if e.position > before]
     keys = [key_text(e.key) for e in ev if e.value["source"]["snapshot"] == "incremental"]
     assert len(keys) == len(set(keys)) and len(keys) <= 100
