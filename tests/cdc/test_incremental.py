@@ -366,3 +366,25 @@ def test_composite_keys_and_two_tables_in_one_request(pg_case: PgCase) -> None:
     assert len(rows) == len(want) == 100 - 10
     assert sorted(rows.values()) == sorted(n for _, n in want)
     assert len(incremental_reads(case, "acc")) == 30
+
+
+def test_the_slot_keeps_moving_after_an_incremental_snapshot(pg_case: PgCase) -> None:
+    # The last chunk's select finds nothing: its watermark transaction holds nothing to
+    # store, and must not hold back the confirmations that keep an idle slot moving.
+    case = pg_case
+    table_with_rows(case, 20)
+    config = case.add(["acc"], snapshot_chunk=8, heartbeat_s=0.2)
+    with case.producer(config) as producer:
+        drain(producer)
+        request_snapshot(case.db, case.connector, [f"{case.schema}.acc"])
+        run_until(producer, lambda: snapshot_status(case.db, case.connector) is None)
+        [(text,)] = pg("SELECT pg_current_wal_insert_lsn()::text")
+        done_at = admin.lsn_int(text)
+        assert done_at is not None
+
+        def confirmed() -> bool:
+            info = admin.slot_info(PG_URL, case.connector)
+            flushed = None if info is None else info.confirmed_flush_lsn
+            return flushed is not None and flushed >= done_at
+
+        run_until(producer, confirmed, timeout_s=20.0)

@@ -229,16 +229,8 @@ class PostgresSource:
             if self._txn is None:
                 raise CorruptionError(f"a Commit at {lsn} without its Begin")
             txn = self._txn
-            self._pending.append((txn.commit_lsn, txn.next_index - 1, message.end_lsn))
             self._txn = None
-            if self._closing is not None:  # the high watermark's transaction
-                # It holds nothing else: the rows take its commit LSN with indexes 1..n,
-                # and are confirmed with its commit.
-                rows, self._chunk_done = self._closing.finish(txn.commit_lsn)
-                self._closing = None
-                out.extend(rows)
-                self._pending.append((txn.commit_lsn, len(rows), message.end_lsn))
-                self._end_poll = True
+            self._commit(txn, message.end_lsn, out)
         elif isinstance(message, pgo.Relation):
             self._relations.apply(message)
         elif isinstance(message, pgo.Type):
@@ -274,6 +266,24 @@ class PostgresSource:
             raise CorruptionError(
                 f"pgoutput sent a {type(message).__name__} at {lsn}, which protocol 1 never sends"
             )
+
+    def _commit(self, txn: Transaction, end_lsn: int, out: list[Change]) -> None:
+        last_index = txn.next_index - 1
+        if self._closing is not None:  # the high watermark's transaction
+            # It holds nothing else: the rows take its commit LSN with indexes 1..n, and
+            # are confirmed with its commit.
+            rows, self._chunk_done = self._closing.finish(txn.commit_lsn)
+            self._closing = None
+            self._end_poll = True
+            out.extend(rows)
+            last_index = len(rows) if rows else last_index
+        if last_index < 0 and not self._pending:
+            # Nothing in it to store (a watermark, or a chunk the stream emptied) and
+            # nothing before it waits: confirmed like a heartbeat. Behind others, it is
+            # confirmed with them (`confirm` passes empty ones at the head of the queue).
+            self._feedback(end_lsn)
+            return
+        self._pending.append((txn.commit_lsn, last_index, end_lsn))
 
     # -- incremental snapshots -------------------------------------------------------
 
@@ -352,6 +362,8 @@ class PostgresSource:
             flush = end_lsn
             self._pending.popleft()
         if flush is not None:
+            while self._pending and self._pending[0][1] < 0:  # empty: nothing to wait for
+                flush = self._pending.popleft()[2]
             self._feedback(flush)
 
     def _feedback(self, flush: int) -> None:
