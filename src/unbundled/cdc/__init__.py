@@ -4,7 +4,9 @@ A connector (`ConnectorConfig`) names a source database and its tables; `CDCProd
 takes a snapshot of the tables, then streams every committed change into topics
 ``<prefix>.<schema>.<table>`` as Debezium-compatible change events. Each batch and the
 source position it reaches are stored in one transaction, and only then confirmed to the
-source: a crash loses no change and stores none twice. See docs/explanation/cdc.md.
+source: a crash loses no change and stores none twice. `request_snapshot` queues an
+incremental snapshot of tables (PostgreSQL), read by key while streaming. See
+docs/explanation/cdc.md.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from ._connector import add as add_connector
 from ._connector import get as get_connector
 from ._connector import names as connector_names
 from ._connector import remove as remove_connector
+from ._connector import request_snapshot as request_snapshot
+from ._connector import snapshot_status as snapshot_status
 from ._runner import CDCProducer as CDCProducer
 from ._runner import Progress as Progress
 from ._sink import LogSink as LogSink
@@ -39,4 +43,6 @@ __all__ = [
     "connector_names",
     "get_connector",
     "remove_connector",
+    "request_snapshot",
+    "snapshot_status",
 ]

@@ -17,7 +17,8 @@ from .. import limits
 from .._bounds import check_int
 from ..backends.sqlite._url import sqlite_path
 from ..errors import ConflictError, NotFound, UsageError
-from ._sink import _TOPIC_UNSAFE, position_key, snapshot_key
+from . import _incremental as incremental
+from ._sink import _TOPIC_UNSAFE, position_key, progress_key, request_key, snapshot_key
 from ._source import Source
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 REGISTRY_KEY = "cdc/connectors"
 BATCH_MAX = 10_000
 HEARTBEAT_S_MAX = 3600.0
+CHUNK_MAX = 100_000  # rows per chunk of an incremental snapshot
 
 
 def config_key(name: str) -> str:
@@ -44,6 +46,10 @@ class ConnectorConfig:
     batch_max: int = 1000  # changes per log transaction
     heartbeat_s: float = 10.0  # PostgreSQL: a logical message this often keeps an idle slot moving
     wal_warn_bytes: int = 1 << 30  # warn when the slot keeps more WAL than this
+    snapshot_chunk: int = 1024  # rows per chunk of an incremental snapshot (1..100000)
+    # PostgreSQL: a table (id, type, data) whose captured 'execute-snapshot' rows request
+    # incremental snapshots, as Debezium's signalling table. Captured with the tables.
+    signal_table: str | None = None
 
     @property
     def topic_prefix(self) -> str:
@@ -66,6 +72,11 @@ class ConnectorConfig:
         check_int("partitions", self.partitions, 1, limits.partitions_max)
         check_int("batch_max", self.batch_max, 1, BATCH_MAX)
         check_int("wal_warn_bytes", self.wal_warn_bytes, 1, 1 << 50)
+        check_int("snapshot_chunk", self.snapshot_chunk, 1, CHUNK_MAX)
+        if self.signal_table is not None and self.kind != "postgresql":
+            raise UsageError(
+                f"signal_table {self.signal_table!r}: signals need a PostgreSQL source"
+            )
         if not 0.1 <= float(self.heartbeat_s) <= HEARTBEAT_S_MAX:
             raise UsageError(
                 f"heartbeat_s {self.heartbeat_s!r} must be between 0.1 and {HEARTBEAT_S_MAX:g}"
@@ -88,10 +99,13 @@ class ConnectorConfig:
         if self.kind == "postgresql":
             from ._pg_source import PostgresSource
 
+            tables = self.tables
+            if tables is not None and self.signal_table and self.signal_table not in tables:
+                tables = [*tables, self.signal_table]  # its rows must come through the stream
             return PostgresSource(
                 self.source,
                 connector=self.name,
-                tables=self.tables,
+                tables=tables,
                 heartbeat_s=self.heartbeat_s,
             )
         from ._sqlite_cdc import SqliteCapture
@@ -160,6 +174,20 @@ def add(db: Database, config: ConnectorConfig) -> ConnectorConfig:
     raise ConflictError("the connector list kept changing under `cdc add`; try again")
 
 
+def request_snapshot(db: Database, name: str, tables: list[str]) -> list[int]:
+    """Queue an incremental snapshot of ``tables`` (``schema.table``) of connector
+    ``name``; its runner reads them while it streams. Returns their queue numbers.
+    Raises ``NotFound`` (no such connector or table), ``UsageError`` (a table it does
+    not capture) or ``NotSupported`` (no primary key; a SQLite connector)."""
+    return incremental.request_snapshot(db, get(db, name), tables)
+
+
+def snapshot_status(db: Database, name: str) -> dict[str, Any] | None:
+    """The incremental snapshot under way (table, rows, chunks, waiting), or None."""
+    get(db, name)
+    return incremental.status(db, name)
+
+
 def remove(db: Database, name: str) -> dict[str, Any]:
     """Drop the connector's objects on the source (slot, publication or triggers) and
     its settings here. The topics and their records stay (delete them with `topics delete`)."""
@@ -177,7 +205,8 @@ def remove(db: Database, name: str) -> dict[str, Any]:
             new=json.dumps([n for n in listed if n != name]).encode(),
             expected_version=version,
         )
-        for key in (config_key(name), position_key(name), snapshot_key(name)):
+        keys = (config_key(name), position_key(name), snapshot_key(name))
+        for key in (*keys, request_key(name), progress_key(name)):
             tx.kv.delete(key)
         try:
             tx.commit()

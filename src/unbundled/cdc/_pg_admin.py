@@ -219,3 +219,13 @@ def wait_inactive(url: str, connector: str, wait_s: float) -> SlotInfo | None:
                 f"{connector!r} (waited {wait_s:g} s); stop it first"
             )
         time.sleep(0.1)
+
+
+def published_tables(url: str, connector: str) -> set[tuple[str, str]]:
+    """(schema, table) of every table in the connector's publication."""
+    with _connect(url) as conn:
+        rows = conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+            (object_name(connector),),
+        ).fetchall()
+    return {(schema, table) for schema, table in rows}

@@ -10,24 +10,33 @@ Confirming: a transaction's end LSN is sent as the flushed position only once ev
 its changes is stored (`confirm`). An idle slot is kept moving by a non-transactional
 logical message written every ``heartbeat_s`` seconds: when it comes back and nothing is
 pending, its LSN is confirmed, so WAL written for other tables is not retained.
+
+Incremental snapshots: given a `Task` (`set_incremental`), each poll with no chunk in
+flight reads the next chunk between two watermarks (`_pg_incremental`) and returns its
+rows when the high watermark comes back through the stream; `take_chunk_done` then says
+what to store with them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import time
 from collections import deque
 from typing import Any
 
-from ..errors import CorruptionError, NotFound, Unavailable, UsageError
+from ..errors import CorruptionError, NotFound, NotSupported, Unavailable, UsageError
 from . import _pg_admin as admin
 from . import _pgoutput as pgo
 from ._change import Change, SourcePosition
+from ._incremental import ChunkDone, Task
+from ._pg_incremental import HIGH_PREFIX, LOW_PREFIX, Chunk, read_chunk
 from ._pg_snapshot import SnapshotReader
 from ._pgchanges import Relations, Transaction, insert_changes, to_changes
 
 HEARTBEAT_PREFIX = "unbundled.heartbeat"
+_log = logging.getLogger(__name__)
 _PG_EPOCH_UNIX_S = 946_684_800  # 2000-01-01, PostgreSQL's timestamp epoch
 
 
@@ -74,6 +83,12 @@ class PostgresSource:
         self._hb_conn: Any = None
         self._after: SourcePosition | None = None
         self._db_name = ""
+        self._task: Task | None = None
+        self._chunk_size = 1024
+        self._chunk: Chunk | None = None
+        self._chunk_done: ChunkDone | None = None
+        self._end_poll = False  # a chunk's rows came: return them now, with its progress
+        self._closing: Chunk | None = None  # its high watermark's transaction is open
 
     # -- install / remove ------------------------------------------------------------
 
@@ -183,8 +198,14 @@ class PostgresSource:
                 self._start()
             return rows
         out: list[Change] = []
+        idle = self._chunk is None and self._closing is None and self._chunk_done is None
+        if self._task is not None and idle:
+            self._start_chunk()
+            if self._chunk_done is not None:
+                return out  # the table is exhausted: only its progress to store
+        self._end_poll = False
         deadline = time.monotonic() + timeout_s
-        while len(out) < limit:
+        while len(out) < limit and not self._end_poll:
             self._heartbeat()
             message = self._cur.read_message()
             if message is None:
@@ -217,37 +238,124 @@ class PostgresSource:
             if self._txn is None:
                 raise CorruptionError(f"a Commit at {lsn} without its Begin")
             txn = self._txn
-            self._pending.append((txn.commit_lsn, txn.next_index - 1, message.end_lsn))
             self._txn = None
+            self._commit(txn, message.end_lsn, out)
         elif isinstance(message, pgo.Relation):
             self._relations.apply(message)
         elif isinstance(message, pgo.Type):
             self._relations.apply_type(message)
         elif isinstance(message, pgo.Origin):
             pass  # where a replicated transaction came from: nothing to store
+        elif isinstance(message, pgo.LogicalMessage) and message.prefix in (
+            LOW_PREFIX,
+            HIGH_PREFIX,
+        ):
+            self._watermark(message, lsn, out)  # never stored, matched or not
         elif isinstance(message, pgo.LogicalMessage) and not message.transactional:
             if message.prefix == HEARTBEAT_PREFIX:
                 if self._txn is None and not self._pending:
                     self._feedback(lsn)
                 return
-            # A message outside any transaction is a transaction of its own. PostgreSQL
-            # reports it at the END of its WAL record, which is the start of the next
-            # record: the commit LSN of the transaction it was written in, if any, whose
-            # first change would then share its position and be dropped as a replay. One
-            # byte earlier lies inside the message's own record: unique, and still before
-            # that commit.
-            at = lsn - 1
-            alone = Transaction(self._db_name, at, _now_pg_us(), None)
+            # A message outside any transaction is a transaction of its own, placed at
+            # lsn - 1: the walsender sends it with the LSN where its record ends, where a
+            # commit streamed next may begin (at lsn it would share that commit's first
+            # position, and the sink would drop the commit's first row as a replay).
+            alone = Transaction(self._db_name, lsn - 1, _now_pg_us(), None)
             self._keep(to_changes(message, self._relations, alone, lsn=lsn), out)
-            self._pending.append((at, 0, lsn))
+            self._pending.append((lsn - 1, 0, lsn - 1))
         elif isinstance(message, _ROWS):
             if self._txn is None:
                 raise CorruptionError(f"a {type(message).__name__} at {lsn} outside a transaction")
-            self._keep(to_changes(message, self._relations, self._txn, lsn=lsn), out)
+            changes = to_changes(message, self._relations, self._txn, lsn=lsn)
+            if self._chunk is not None:
+                for change in changes:
+                    self._chunk.saw(change)
+            self._keep(changes, out)
         else:
             raise CorruptionError(
                 f"pgoutput sent a {type(message).__name__} at {lsn}, which protocol 1 never sends"
             )
+
+    def _commit(self, txn: Transaction, end_lsn: int, out: list[Change]) -> None:
+        last_index = txn.next_index - 1
+        if self._closing is not None:  # the high watermark's transaction
+            # It holds nothing else: the rows take its commit LSN with indexes 1..n, and
+            # are confirmed with its commit.
+            rows, self._chunk_done = self._closing.finish(txn.commit_lsn)
+            self._closing = None
+            self._end_poll = True
+            out.extend(rows)
+            last_index = len(rows) if rows else last_index
+        if last_index < 0 and not self._pending:
+            # Nothing in it to store (a watermark, or a chunk the stream emptied) and
+            # nothing before it waits: confirmed like a heartbeat. Behind others, it is
+            # confirmed with them (`confirm` passes empty ones at the head of the queue).
+            self._feedback(end_lsn)
+            return
+        self._pending.append((txn.commit_lsn, last_index, end_lsn))
+
+    # -- incremental snapshots -------------------------------------------------------
+
+    def set_incremental(self, task: Task | None, chunk_size: int) -> None:
+        """Read ``task``'s table chunk by chunk from the next poll on (None: stop).
+        A chunk in flight for another table (or another request) is dropped."""
+        self._chunk_size = chunk_size
+        for chunk in (self._chunk, self._closing):
+            if chunk is not None and (task is None or task.seq != chunk.task.seq):
+                self._chunk = self._closing = None
+        self._task = task
+
+    def take_chunk_done(self) -> ChunkDone | None:
+        """The chunk whose rows the last poll returned (or whose table was exhausted):
+        its progress must be stored with them. The next chunk waits for a new task."""
+        done, self._chunk_done = self._chunk_done, None
+        if done is not None:
+            self._task = None
+        return done
+
+    def _start_chunk(self) -> None:
+        assert self._task is not None
+        if self._hb_conn is None:
+            self._hb_conn = admin._connect(self.url)
+        try:
+            chunk = read_chunk(self._hb_conn, self._task, self._chunk_size, self._db_name)
+        except (NotFound, NotSupported) as exc:
+            # Dropped, or its key dropped, since it was asked for: failing here would fail
+            # again at every restart, so the table is passed over (and said so).
+            _log.warning(
+                "cdc %s: incremental snapshot of %s stopped: %s",
+                self.connector,
+                self._task.name,
+                exc,
+            )
+            self._chunk_done = ChunkDone(self._task, None, 0)
+            return
+        if chunk.selected == 0:
+            # Nothing after the last key: the watermarks just written are ignored.
+            self._chunk_done = ChunkDone(self._task, None, 0)
+        else:
+            self._chunk = chunk
+
+    def _watermark(self, message: pgo.LogicalMessage, lsn: int, out: list[Change]) -> None:
+        chunk = self._chunk
+        if chunk is None or message.content.decode(errors="replace") != chunk.mark:
+            return  # an earlier runner's chunk (replayed) or a dropped one: nothing to do
+        if message.prefix == LOW_PREFIX:
+            chunk.in_window = True
+            return
+        self._chunk = None  # the window is closed
+        if self._txn is not None:
+            # The high watermark is a transaction of its own (its commit flushes the WAL,
+            # so the stream brings it at once): the rows come at its Commit.
+            self._closing = chunk
+            return
+        # A non-transactional mark comes with the LSN where its record ends, where a
+        # commit streamed next may begin: lsn - 1 sorts between the two.
+        rows, self._chunk_done = chunk.finish(lsn - 1)
+        if rows:
+            self._pending.append((lsn - 1, len(rows), lsn - 1))
+        out.extend(rows)
+        self._end_poll = True
 
     def _keep(self, changes: list[Change], out: list[Change]) -> None:
         """Add the changes not already stored (a replay after a restart starts earlier)."""
@@ -266,6 +374,8 @@ class PostgresSource:
             flush = end_lsn
             self._pending.popleft()
         if flush is not None:
+            while self._pending and self._pending[0][1] < 0:  # empty: nothing to wait for
+                flush = self._pending.popleft()[2]
             self._feedback(flush)
 
     def _feedback(self, flush: int) -> None:
@@ -307,3 +417,4 @@ class PostgresSource:
         self._rconn = self._cur = self._hb_conn = None
         self._txn = None
         self._pending.clear()
+        self._chunk = self._chunk_done = self._task = self._closing = None

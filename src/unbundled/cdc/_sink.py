@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,16 @@ def position_key(name: str) -> str:
 def snapshot_key(name: str) -> str:
     """Set (to b"done") in the transaction that stores a connector's last snapshot row."""
     return f"cdc/{name}/snapshot"
+
+
+def request_key(name: str) -> str:
+    """Incremental snapshots asked for (`_incremental`): written by requesters only."""
+    return f"cdc/{name}/incremental"
+
+
+def progress_key(name: str) -> str:
+    """The incremental snapshot's progress: written with each chunk's rows."""
+    return f"cdc/{name}/incremental/progress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +112,17 @@ class LogSink:
         """True once the initial snapshot was stored whole."""
         return self._db.kv.read(snapshot_key(self.name)) is not None
 
-    def write(self, changes: Sequence[Change], *, snapshot_done: bool = False) -> Stored:
+    def write(
+        self,
+        changes: Sequence[Change],
+        *,
+        snapshot_done: bool = False,
+        kv: Mapping[str, bytes] | None = None,
+    ) -> Stored:
         """Append the changes after the stored position and store the new position, atomically.
+
+        ``kv``: more keys to write in the same transaction (an incremental snapshot's
+        progress, which must hold exactly when its chunk's rows do).
 
         Changes must come in source order; one at or before the stored position is a
         replay and is skipped. Raises ``CompareFailed`` if another runner stored a position
@@ -127,7 +146,7 @@ class LogSink:
             fresh.append(change)
             last, commit, index, placed = at, at.commit, at.index, True
         skipped = len(changes) - len(fresh)
-        if not fresh and not snapshot_done:
+        if not fresh and not snapshot_done and not kv:
             return Stored(0, skipped, self._position)
         now_ms = int(self._clock.time() * 1000)
         by_topic: dict[str, list[Message]] = {}
@@ -156,6 +175,8 @@ class LogSink:
             )
         if snapshot_done:
             tx.kv.write(snapshot_key(self.name), b"done")
+        for kv_key, value in (kv or {}).items():
+            tx.kv.write(kv_key, value)
         committed = tx.commit()
         if last is not None:
             self._version = int(committed.kv[0])

@@ -4,6 +4,8 @@ The connectors live in the log's own database (--db): `cdc add` records one and 
 capture on its source (a publication on PostgreSQL, triggers on SQLite), `cdc run`
 streams its changes into topics ``<prefix>.<schema>.<table>`` until stopped, `cdc status`
 shows where each one is, `cdc remove` drops what `add` and `run` created on the source.
+`cdc snapshot` queues an incremental snapshot of tables, which a running `cdc run`
+reads chunk by chunk while it streams.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rich.table import Table
 from .. import limits
 from ..cdc import CDCProducer, ConnectorConfig, Progress
 from ..cdc import _connector as connectors
+from ..cdc import _incremental as incremental
 from ..cdc._pg_admin import _redact
 from ..database import Database
 from ..database import open as open_database
@@ -49,6 +52,7 @@ def cdc() -> None:
       unbundled cdc add shop --source postgresql://app@db/shop --table public.orders
       unbundled cdc run shop              # Ctrl-C to stop; run again to go on
       unbundled cdc status --json
+      unbundled cdc snapshot shop public.orders   # re-read a table while streaming
       unbundled cdc remove shop           # drops the slot and publication
     """
 
@@ -85,6 +89,19 @@ def cdc() -> None:
     show_default=True,
     help="PostgreSQL: seconds between heartbeats that keep an idle slot moving.",
 )
+@click.option(
+    "--snapshot-chunk",
+    type=click.IntRange(1, connectors.CHUNK_MAX),
+    default=1024,
+    show_default=True,
+    help="Rows per chunk of an incremental snapshot (1..100000).",
+)
+@click.option(
+    "--signal-table",
+    default=None,
+    help="PostgreSQL: a table (id, type, data) whose 'execute-snapshot' rows request "
+    "incremental snapshots (Debezium's signalling table).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the connector's settings as JSON.")
 @pass_app
 def add(
@@ -96,6 +113,8 @@ def add(
     partitions: int,
     batch_max: int,
     heartbeat_s: float,
+    snapshot_chunk: int,
+    signal_table: str | None,
     as_json: bool,
 ) -> None:
     """Add connector NAME: check its source, install capture there, and record it."""
@@ -107,6 +126,8 @@ def add(
         partitions=partitions,
         batch_max=batch_max,
         heartbeat_s=heartbeat_s,
+        snapshot_chunk=snapshot_chunk,
+        signal_table=signal_table,
     )
     added = connectors.add(_db(app, create=True), config)
     if as_json:
@@ -127,6 +148,8 @@ def _config_json(config: ConnectorConfig) -> dict[str, Any]:
         "partitions": config.partitions,
         "batch_max": config.batch_max,
         "heartbeat_s": config.heartbeat_s,
+        "snapshot_chunk": config.snapshot_chunk,
+        "signal_table": config.signal_table,
     }
 
 
@@ -143,6 +166,8 @@ def _status_line(name: str, progress: Progress) -> str:
         parts.append(f"lag {source['lag_bytes']:,} B, WAL kept {source['retained_wal_bytes']:,} B")
     if "pending" in source:
         parts.append(f"{source['pending']:,} change rows pending")
+    if progress.incremental is not None:
+        parts.append(f"incremental snapshot of {progress.incremental['table']}")
     return ", ".join(parts)
 
 
@@ -223,6 +248,7 @@ def status(app: App, name: str | None, as_json: bool) -> None:
                 **_config_json(config),
                 "position": None if got is None else got.value.decode(),
                 "snapshot_done": db.kv.read(f"cdc/{each}/snapshot") is not None,
+                "incremental": incremental.status(db, each),
                 "source_status": state,
             }
         )
@@ -238,16 +264,46 @@ def status(app: App, name: str | None, as_json: bool) -> None:
             behind, kept = f"{state['pending']:,} changes", "-"
         else:
             behind, kept = "no slot", "-"
+        snap = "done" if row["snapshot_done"] else "not yet"
+        if row["incremental"] is not None:
+            inc = row["incremental"]
+            snap = f"incremental: {inc['table']} {inc['rows']:,} rows"
+            if inc["waiting"]:
+                snap += f" (+{len(inc['waiting'])} waiting)"
         table.add_row(
             row["name"],
             row["kind"],
             ", ".join(row["tables"] or ["(all)"]),
             row["position"] or "-",
-            "done" if row["snapshot_done"] else "not yet",
+            snap,
             behind,
             kept,
         )
     out_console().print(Group(table) if rows else "no connectors (add one: unbundled cdc add)")
+
+
+@cdc.command()
+@click.argument("name")
+@click.argument("tables", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the queued tables as JSON.")
+@pass_app
+def snapshot(app: App, name: str, tables: tuple[str, ...], as_json: bool) -> None:
+    """Queue an incremental snapshot of TABLES (SCHEMA.TABLE) of connector NAME.
+
+    `cdc run NAME` reads each table by primary key, chunk by chunk, while it goes on
+    streaming; every row comes as an op "r" event (source.snapshot "incremental").
+    A stopped or killed runner resumes after the last chunk it stored. PostgreSQL
+    only; each table must be captured by NAME and have a primary key."""
+    db = _db(app, create=False)
+    seqs = connectors.request_snapshot(db, name, list(tables))
+    queued = [{"table": t, "seq": s} for t, s in zip(tables, seqs, strict=True)]
+    if as_json:
+        echo_json({"name": name, "queued": queued})
+    else:
+        click.echo(
+            f"queued an incremental snapshot of {', '.join(tables)}; "
+            f"`unbundled cdc run {name}` reads it (see: unbundled cdc status {name})"
+        )
 
 
 @cdc.command()
