@@ -134,3 +134,29 @@ def test_the_cli_adds_runs_reports_and_removes(tmp_path: Path, source: sqlite3.C
     assert json.loads(cdc(log_db, "status", "--json").stdout) == []
     triggers = source.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
     assert triggers == []
+
+
+def test_an_outbox_table_is_routed_by_aggregate_type(
+    tmp_path: Path, db: unbundled.Database, source: sqlite3.Connection
+) -> None:
+    source.execute(
+        "CREATE TABLE outbox (id TEXT PRIMARY KEY, aggregatetype TEXT, aggregateid TEXT, "
+        "type TEXT, payload TEXT)"
+    )
+    cfg = add_connector(db, config(tmp_path, outbox=["outbox"]))
+    with CDCProducer(db, cfg) as producer:
+        producer.run(until_idle=True)
+        # The service's transaction: its state change and the event to publish, together.
+        source.execute("BEGIN")
+        source.execute("UPDATE orders SET total = 99 WHERE id = 1")
+        source.execute(
+            "INSERT INTO outbox VALUES ('e1', 'order', 'o-1', 'OrderPaid', '{\"total\": 99}')"
+        )
+        source.execute("DELETE FROM outbox WHERE id = 'e1'")  # the usual clean-up
+        source.execute("COMMIT")
+        producer.run(until_idle=True)
+    (record,) = db.log.read("outbox.event.order", 0, 0)
+    assert (record.key, record.value) == (b"o-1", b'{"total": 99}')
+    assert dict(record.headers)["type"] == b"OrderPaid"
+    assert "shop.main.outbox" not in db.log.topics()  # the delete was dropped, not stored
+    assert table_state(db.log, TOPIC) == source_rows(source)

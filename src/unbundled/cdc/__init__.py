@@ -15,6 +15,10 @@ from ._change import UNAVAILABLE as UNAVAILABLE
 from ._change import UNAVAILABLE_TEXT as UNAVAILABLE_TEXT
 from ._change import Change as Change
 from ._change import SourcePosition as SourcePosition
+from ._check import CDCCheck as CDCCheck
+from ._check import Finding as Finding
+from ._check import TableCheck as TableCheck
+from ._check import check_cdc as check_cdc
 from ._connector import ConnectorConfig as ConnectorConfig
 from ._connector import add as add_connector
 from ._connector import get as get_connector
@@ -31,15 +35,19 @@ from ._source import Source as Source
 __all__ = [
     "UNAVAILABLE",
     "UNAVAILABLE_TEXT",
+    "CDCCheck",
     "CDCProducer",
     "Change",
     "ConnectorConfig",
+    "Finding",
     "LogSink",
     "Progress",
     "Source",
     "SourcePosition",
     "Stored",
+    "TableCheck",
     "add_connector",
+    "check_cdc",
     "connector_names",
     "get_connector",
     "remove_connector",

@@ -18,6 +18,7 @@ from .._bounds import check_int
 from ..backends.sqlite._url import sqlite_path
 from ..errors import ConflictError, NotFound, UsageError
 from . import _incremental as incremental
+from ._outbox import Outbox
 from ._sink import _TOPIC_UNSAFE, position_key, progress_key, request_key, snapshot_key
 from ._source import Source
 
@@ -50,6 +51,9 @@ class ConnectorConfig:
     # PostgreSQL: a table (id, type, data) whose captured 'execute-snapshot' rows request
     # incremental snapshots, as Debezium's signalling table. Captured with the tables.
     signal_table: str | None = None
+    # Outbox tables (TABLE or SCHEMA.TABLE, captured with the tables): their inserted rows
+    # are routed to outbox.event.<aggregatetype>, keyed by aggregateid (see _outbox).
+    outbox: list[str] | None = None
 
     @property
     def topic_prefix(self) -> str:
@@ -73,6 +77,8 @@ class ConnectorConfig:
         check_int("batch_max", self.batch_max, 1, BATCH_MAX)
         check_int("wal_warn_bytes", self.wal_warn_bytes, 1, 1 << 50)
         check_int("snapshot_chunk", self.snapshot_chunk, 1, CHUNK_MAX)
+        if self.outbox is not None:
+            Outbox(self.outbox)  # raises UsageError naming a bad table name
         if self.signal_table is not None and self.kind != "postgresql":
             raise UsageError(
                 f"signal_table {self.signal_table!r}: signals need a PostgreSQL source"
@@ -96,10 +102,12 @@ class ConnectorConfig:
 
     def source_obj(self) -> Source:
         """The capture source this connector reads."""
+        tables = self.tables
+        if tables is not None:  # outbox tables are captured with the others
+            tables = [*tables, *(t for t in self.outbox or () if t not in tables)]
         if self.kind == "postgresql":
             from ._pg_source import PostgresSource
 
-            tables = self.tables
             if tables is not None and self.signal_table and self.signal_table not in tables:
                 tables = [*tables, self.signal_table]  # its rows must come through the stream
             return PostgresSource(
@@ -110,7 +118,7 @@ class ConnectorConfig:
             )
         from ._sqlite_cdc import SqliteCapture
 
-        return SqliteCapture(_sqlite_path(self.source), connector=self.name, tables=self.tables)
+        return SqliteCapture(_sqlite_path(self.source), connector=self.name, tables=tables)
 
 
 def _sqlite_path(source: str) -> str:

@@ -54,8 +54,11 @@ class Outbox:
 
     def holds(self, change: Change) -> bool:
         """Whether ``change`` is a change of an outbox table."""
-        tables = self._tables
-        return (change.schema, change.table) in tables or (None, change.table) in tables
+        return self.holds_table(change.schema, change.table)
+
+    def holds_table(self, schema: str, table: str) -> bool:
+        """Whether ``schema.table`` is an outbox table."""
+        return (schema, table) in self._tables or (None, table) in self._tables
 
     def route(self, change: Change) -> tuple[str, Message] | Literal["drop", "change"]:
         """The topic and record an outbox row's insert becomes; DROP for its updates and

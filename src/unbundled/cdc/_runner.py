@@ -70,7 +70,11 @@ class CDCProducer:
         self._db = db
         self._source = source if source is not None else config.source_obj()
         self._sink = LogSink(
-            db, config.name, prefix=config.topic_prefix, partitions=config.partitions
+            db,
+            config.name,
+            prefix=config.topic_prefix,
+            partitions=config.partitions,
+            outbox=config.outbox or (),
         )
         self.progress = Progress(position=self._sink.position)
         self._opened = False

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UsageError
 from ..log import Message
 from ._change import Change, SourcePosition, encode
+from ._outbox import DROP, Outbox
 
 if TYPE_CHECKING:
     from ..database import Database
@@ -67,8 +68,17 @@ class LogSink:
     """Appends changes of connector ``name`` to topics ``<prefix>.<schema>.<table>``."""
 
     def __init__(
-        self, db: Database, name: str, *, prefix: str, partitions: int = 1, clock: Any = time
+        self,
+        db: Database,
+        name: str,
+        *,
+        prefix: str,
+        partitions: int = 1,
+        clock: Any = time,
+        outbox: Sequence[str] = (),
     ) -> None:
+        self._outbox = Outbox(outbox)
+        self._routed: set[str] = set()
         if not name or not _TOPIC_UNSAFE.sub("", name) == name:
             raise UsageError(
                 f"connector name {name!r} may only hold letters, digits, '.', '_' and '-'"
@@ -107,6 +117,12 @@ class LogSink:
             self._db.log.create_topic(topic, self._partitions, exist_ok=True)
             self._topics[table] = topic
         return topic
+
+    def _ensure(self, topic: str) -> None:
+        """Create an outbox topic the first time this sink writes to it."""
+        if topic not in self._routed:
+            self._db.log.create_topic(topic, self._partitions, exist_ok=True)
+            self._routed.add(topic)
 
     def snapshot_done(self) -> bool:
         """True once the initial snapshot was stored whole."""
@@ -151,7 +167,17 @@ class LogSink:
         now_ms = int(self._clock.time() * 1000)
         by_topic: dict[str, list[Message]] = {}
         name = self.name
+        outbox = self._outbox
         for change in fresh:
+            if outbox:
+                routed = outbox.route(change)
+                if isinstance(routed, tuple):
+                    topic, message = routed
+                    self._ensure(topic)
+                    by_topic.setdefault(topic, []).append(message)
+                    continue
+                if routed == DROP:
+                    continue
             topic = self._topic(change)
             batch = by_topic.get(topic)
             if batch is None:

@@ -102,6 +102,13 @@ def cdc() -> None:
     help="PostgreSQL: a table (id, type, data) whose 'execute-snapshot' rows request "
     "incremental snapshots (Debezium's signalling table).",
 )
+@click.option(
+    "--outbox",
+    "outbox",
+    multiple=True,
+    help="An outbox table (captured too): its inserted rows go to topic "
+    "outbox.event.<aggregatetype>, keyed by aggregateid, value = payload; repeat it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the connector's settings as JSON.")
 @pass_app
 def add(
@@ -115,6 +122,7 @@ def add(
     heartbeat_s: float,
     snapshot_chunk: int,
     signal_table: str | None,
+    outbox: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Add connector NAME: check its source, install capture there, and record it."""
@@ -128,6 +136,7 @@ def add(
         heartbeat_s=heartbeat_s,
         snapshot_chunk=snapshot_chunk,
         signal_table=signal_table,
+        outbox=list(outbox) or None,
     )
     added = connectors.add(_db(app, create=True), config)
     if as_json:
@@ -150,6 +159,7 @@ def _config_json(config: ConnectorConfig) -> dict[str, Any]:
         "heartbeat_s": config.heartbeat_s,
         "snapshot_chunk": config.snapshot_chunk,
         "signal_table": config.signal_table,
+        "outbox": config.outbox,
     }
 
 

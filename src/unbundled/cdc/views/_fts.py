@@ -59,6 +59,7 @@ class FtsView:
         )
 
     def offsets(self) -> dict[TopicPartition, int]:
+        """The stored offsets: (topic, partition) -> the next offset to apply."""
         rows = self._conn.execute(f"SELECT topic, partition, next_offset FROM {self.name}_offsets")
         return {(t, p): o for t, p, o in rows}
 
@@ -68,6 +69,7 @@ class FtsView:
         start: dict[TopicPartition, int],
         end: dict[TopicPartition, int],
     ) -> None:
+        """Apply one batch of change events and store the offsets after it, atomically."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -144,10 +146,12 @@ class FtsView:
         return [(t, k, json.loads(r)) for t, k, r in rows]
 
     def rows(self, topic: str) -> dict[str, dict[str, Any]]:
+        """Every row the view holds, keyed like the change events' keys."""
         rows = self._conn.execute(
             f"SELECT key, row FROM {self.name}_docs WHERE topic = ?", (topic,)
         )
         return {k: json.loads(r) for k, r in rows}
 
     def close(self) -> None:
+        """Close the view's connection."""
         self._conn.close()

@@ -53,6 +53,7 @@ class PostgresReadModel:
         self._conn.commit()
 
     def offsets(self) -> dict[TopicPartition, int]:
+        """The stored offsets: (topic, partition) -> the next offset to apply."""
         from psycopg import sql
 
         rows = self._conn.execute(
@@ -67,6 +68,7 @@ class PostgresReadModel:
         start: dict[TopicPartition, int],
         end: dict[TopicPartition, int],
     ) -> None:
+        """Apply one batch of change events and store the offsets after it, atomically."""
         from psycopg import sql
 
         conn = self._conn
@@ -147,6 +149,7 @@ class PostgresReadModel:
         flush()
 
     def rows(self, topic: str) -> dict[str, dict[str, Any]]:
+        """Every row the view holds, keyed like the change events' keys."""
         from psycopg import sql
 
         got = self._conn.execute(
@@ -163,4 +166,5 @@ class PostgresReadModel:
         self._conn.commit()
 
     def close(self) -> None:
+        """Close the view's connection."""
         self._conn.close()

@@ -116,6 +116,7 @@ class RedisCache:
             raise Unavailable(f"cannot reach Redis for view {name}: {exc}") from exc
 
     def offsets(self) -> dict[TopicPartition, int]:
+        """The stored offsets: (topic, partition) -> the next offset to apply."""
         got = self._redis.hgetall(f"{self.prefix}:offsets")
         out = {}
         for field, value in got.items():
@@ -129,6 +130,7 @@ class RedisCache:
         start: dict[TopicPartition, int],
         end: dict[TopicPartition, int],
     ) -> None:
+        """Apply one batch of change events and store the offsets after it, atomically."""
         args: list[Any] = [self.prefix, len(start)]
         for (topic, partition), at in start.items():
             args += [f"{topic}/{partition}", str(at), str(end[(topic, partition)])]
@@ -148,6 +150,7 @@ class RedisCache:
             )
 
     def rows(self, topic: str) -> dict[str, dict[str, Any]]:
+        """Every row the view holds, keyed like the change events' keys."""
         out = {}
         for raw in self._redis.smembers(f"{self.prefix}:keys:{topic}"):
             key = _text(raw)
@@ -161,4 +164,5 @@ class RedisCache:
             self._redis.delete(key)
 
     def close(self) -> None:
+        """Close the view's connection."""
         self._redis.close()
