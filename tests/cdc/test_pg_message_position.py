@@ -32,7 +32,7 @@ def test_message_written_just_before_a_commit_keeps_its_own_position(pg_case: Pg
     assert [e.value["after"]["id"] for e in rows] == [0, 1, 2, 3, 4]
     marks = [
         e
-        for e in events(case.db.log, f"{case.connector}..")
+        for e in events(case.db.log, f"{case.connector}.message")
         if e.value["message"]["prefix"] == prefix
     ]
     assert [base64.b64decode(e.value["message"]["content"]) for e in marks] == [

@@ -109,7 +109,10 @@ class Change:
     message: dict[str, Any] | None = field(default=None)  # op "m": prefix, content
 
     def topic(self, prefix: str) -> str:
-        """Debezium's topic name: `prefix.schema.table` (SQLite: `prefix.main.table`)."""
+        """Debezium's topic name: `prefix.schema.table` (SQLite: `prefix.main.table`); a
+        logical message's (op "m", no table) is `prefix.message`."""
+        if self.op == "m" and not self.table:
+            return f"{prefix}.message"
         return f"{prefix}.{self.schema}.{self.table}"
 
     def envelope(self, name: str, captured_ms: int) -> dict[str, Any]:
