@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..log._protocol import Record
 from ._flow import Flow
 from ._ops import LATE_SINK
-from ._task import DEAD_SINK, TIME_HEADER, Task
+from ._task import DEAD_SINK, TIME_HEADER, Task, _check_ts
 
 
 class Output(NamedTuple):
@@ -68,6 +68,10 @@ class TestDriver:
         """One record: ``value`` is encoded as the source decodes it (JSON for
         ``decode="json"``; bytes otherwise), ``ts`` is its timestamp (ms)."""
         task = self._task(partition)
+        try:
+            _check_ts(ts)
+        except ValueError as exc:
+            raise UsageError(str(exc), value=ts) from None
         decode = task.decode
         raw = msgspec.json.encode(value) if decode == "json" else value
         if raw is not None and not isinstance(raw, bytes):
@@ -83,6 +87,10 @@ class TestDriver:
     def advance(self, ts: int, *, partition: int | None = None) -> None:
         """A heartbeat of event time ``ts`` on ``partition`` (all if None), as
         :func:`unbundled.streams.heartbeat` writes into the log."""
+        try:
+            _check_ts(ts)
+        except ValueError as exc:
+            raise UsageError(str(exc), value=ts) from None
         targets = self.tasks if partition is None else [self._task(partition)]
         for task in targets:
             self._feed(task, b"", None, ts, ((TIME_HEADER, str(ts).encode()),))

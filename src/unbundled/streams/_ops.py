@@ -12,7 +12,6 @@ a hash of the key, so an epoch rewrites only the buckets it touched.
 
 from __future__ import annotations
 
-import heapq
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,7 @@ import msgspec
 from .. import limits
 from ..errors import UsageError
 from . import _windows as w
-from ._flow import Flow, Node
+from ._flow import Node
 
 NO_TIME = -(2**62)  # the watermark before any event
 LATE_SINK = -1  # the sink id of late events no one routed: the topic <flow name>.late
@@ -182,37 +181,6 @@ class StateOp(StatefulOp):
 
 class LateOp(Op):
     """The side output of a window: late events, unchanged."""
-
-
-def build(flow: Flow, ctx: Ctx) -> tuple[Op, list[StatefulOp]]:
-    """The operators of ``flow`` for one task: the source operator, and the
-    stateful ones in node order (their state is stored under the node id)."""
-    from ._window_ops import window_op  # the window operators build on this module
-
-    kinds: dict[str, type[Op]] = {
-        "map": MapOp,
-        "filter": FilterOp,
-        "flat_map": FlatMapOp,
-        "key_by": KeyByOp,
-        "sink": SinkOp,
-        "state": StateOp,
-        "late": LateOp,
-        "source": Op,
-    }
-    ops: dict[int, Op] = {}
-    for node in flow.nodes:
-        op = window_op(node, ctx) if node.kind == "window" else kinds[node.kind](node, ctx)
-        ops[node.id] = op
-        if node.parent is not None:
-            parent = ops[node.parent]
-            (parent.late if node.side else parent.children).append(op)
-    source = next(op for op in ops.values() if op.node.kind == "source")
-    stateful = [op for op in ops.values() if isinstance(op, StatefulOp)]
-    return source, stateful
-
-
-def heap_push(heap: list[Any], entry: tuple[Any, ...]) -> None:
-    heapq.heappush(heap, entry)
 
 
 def result(key: Any, start: int, end: int, value: Any, timing: str) -> w.WindowResult:

@@ -23,8 +23,9 @@ import msgspec
 from .. import limits
 from ..errors import CorruptionError, LimitExceeded
 from ..log._protocol import Headers, Record
+from ._build import build
 from ._flow import Flow
-from ._ops import NO_TIME, Ctx, OperatorFailed, StatefulOp, build
+from ._ops import NO_TIME, Ctx, OperatorFailed, StatefulOp
 
 #: The header of a heartbeat record: the event time (ASCII digits, ms) it stands for.
 TIME_HEADER = "unbundled.time"
