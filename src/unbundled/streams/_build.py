@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._flow import Flow
+from ._join import JoinOp
 from ._ops import (
     Ctx,
     FilterOp,
@@ -33,11 +34,22 @@ def build(flow: Flow, ctx: Ctx) -> tuple[Op, list[StatefulOp]]:
     }
     ops: dict[int, Op] = {}
     for node in flow.nodes:
-        op = window_op(node, ctx) if node.kind == "window" else kinds[node.kind](node, ctx)
+        if node.kind == "window":
+            op: Op = window_op(node, ctx)
+        elif node.kind == "join":
+            op = JoinOp(node, ctx)
+        else:
+            op = kinds[node.kind](node, ctx)
         ops[node.id] = op
         if node.parent is not None:
             parent = ops[node.parent]
             (parent.late if node.side else parent.children).append(op)
+    for op in reversed(ops.values()):  # children come after their parents
+        op.wm_children = [
+            c
+            for c in (*op.children, *op.late)
+            if c.wm_children or c.node.kind in ("window", "join")
+        ]
     source = next(op for op in ops.values() if op.node.kind == "source")
     stateful = [op for op in ops.values() if isinstance(op, StatefulOp)]
     return source, stateful

@@ -47,6 +47,7 @@ class TestDriver:
         self.topic = flow.source_topic
         self.tasks = [Task(flow, p) for p in range(partitions)]
         self._next = [0] * partitions
+        self._table_next = [0] * partitions
         self._sinks = {n.id: n for n in flow.sinks()}
         self._out: dict[str, list[Output]] = {}
         self.callbacks: list[Output] = []
@@ -94,6 +95,35 @@ class TestDriver:
         targets = self.tasks if partition is None else [self._task(partition)]
         for task in targets:
             self._feed(task, b"", None, ts, ((TIME_HEADER, str(ts).encode()),))
+
+    def send_table(self, row: Any, *, key: str | bytes, ts: int = 0, partition: int = 0) -> None:
+        """One record of the joined table's topic (``row=None`` deletes the key's row)."""
+        task = self._task(partition)
+        if task.join is None:
+            raise UsageError("send_table needs a flow with join_table")
+        try:
+            _check_ts(ts)
+        except ValueError as exc:
+            raise UsageError(str(exc), value=ts) from None
+        decode = task.join.node.args["decode"]
+        raw = None if row is None else (msgspec.json.encode(row) if decode == "json" else row)
+        bkey = key.encode() if isinstance(key, str) else key
+        self._feed_table(task, raw, bkey, ts, ())
+
+    def advance_table(self, ts: int, *, partition: int | None = None) -> None:
+        """A heartbeat of event time ``ts`` on the joined table's topic."""
+        targets = self.tasks if partition is None else [self._task(partition)]
+        for task in targets:
+            self._feed_table(task, b"", None, ts, ((TIME_HEADER, str(ts).encode()),))
+
+    def _feed_table(
+        self, task: Task, raw: bytes | None, key: bytes | None, ts: int, headers: Any
+    ) -> None:
+        p = task.partition
+        rec = Record(self.flow.table_topic or "", p, self._table_next[p], key, raw, headers, ts)
+        self._table_next[p] += 1
+        task.feed_table([rec])
+        self._collect(task)
 
     def _task(self, partition: int) -> Task:
         if not isinstance(partition, int) or not 0 <= partition < len(self.tasks):

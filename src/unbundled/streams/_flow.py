@@ -117,6 +117,14 @@ class Flow:
             _check_fn("timestamp", timestamp)
         return Stream(self, self._add("source", None, topic=topic, decode=decode, ts=timestamp))
 
+    @property
+    def table_topic(self) -> str | None:
+        """The topic a ``join_table`` reads, if any."""
+        for node in self.nodes:
+            if node.kind == "join":
+                return str(node.args["topic"])
+        return None
+
     def sinks(self) -> list[Node]:
         return [n for n in self.nodes if n.kind == "sink"]
 
@@ -221,6 +229,43 @@ class Stream:
             raise UsageError("count windows have no event time: allowed_lateness_ms must be 0")
         return Windowed(self, window, allowed_lateness_ms, early_every_ms)
 
+    def join_table(
+        self,
+        topic: str,
+        fn: Callable[[Any, Any], Any] | None = None,
+        *,
+        how: Literal["inner", "left"] = "inner",
+        decode: Decode = "json",
+        out_of_orderness_ms: int = 0,
+    ) -> Stream:
+        """Join each item with the row of its key in the table ``topic`` (a
+        compacted or CDC topic, co-partitioned with the source: same
+        partition count, keyed the same way) *as of the item's event time*;
+        emit ``fn(value, row)`` (default ``[value, row]``). ``how="inner"``
+        drops items whose key has no row then; ``"left"`` passes ``row=None``.
+
+        Items wait until the table's watermark passes them (table records'
+        event times - ``out_of_orderness_ms``; heartbeats on the table topic
+        move it too), so the result depends on the two logs only."""
+        if any(n.kind == "join" for n in self.flow.nodes):
+            raise UsageError("a flow joins one table (several: not yet)")
+        if not isinstance(topic, str) or not topic:
+            raise UsageError(f"join_table needs a topic name, got {topic!r}", value=topic)
+        if fn is not None:
+            _check_fn("join_table", fn)
+        if how not in ("inner", "left"):
+            raise UsageError(f'how must be "inner" or "left", got {how!r}', value=how)
+        _check_codec("decode", decode)
+        _check_bound("out_of_orderness_ms", out_of_orderness_ms, 0, limits.stream_window_ms_max)
+        return self._then(
+            "join",
+            topic=topic,
+            fn=fn or _pair,
+            how=how,
+            decode=decode,
+            out_of_orderness_ms=out_of_orderness_ms,
+        )
+
     # --- sinks -----------------------------------------------------------------
 
     def to_topic(self, topic: str, *, encode: Encode = "json") -> Stream:
@@ -251,6 +296,10 @@ class Stream:
             raise UsageError(f"to_table needs a plain SQL table name, got {table!r}", value=table)
         self._then("sink", to="table", table=table)
         return self
+
+
+def _pair(value: Any, row: Any) -> list[Any]:
+    return [value, row]
 
 
 class Windowed:

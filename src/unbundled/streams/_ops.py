@@ -24,6 +24,7 @@ from . import _windows as w
 from ._flow import Node
 
 NO_TIME = -(2**62)  # the watermark before any event
+_BUCKET_CACHE_MAX = 100_000
 LATE_SINK = -1  # the sink id of late events no one routed: the topic <flow name>.late
 BUCKETS = limits.stream_state_buckets
 _enc = msgspec.msgpack.Encoder()
@@ -82,6 +83,7 @@ class Op:
         self.ctx = ctx
         self.children: list[Op] = []
         self.late: list[Op] = []
+        self.wm_children: list[Op] = []  # the children with a window below them (set by build)
 
     def emit(self, key: Any, value: Any, ts: int) -> None:
         for child in self.children:
@@ -91,9 +93,7 @@ class Op:
         self.emit(key, value, ts)
 
     def advance(self, wm: int) -> None:
-        for child in self.children:
-            child.advance(wm)
-        for child in self.late:
+        for child in self.wm_children:
             child.advance(wm)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -140,10 +140,18 @@ class StatefulOp(Op):
     def __init__(self, node: Node, ctx: Ctx) -> None:
         super().__init__(node, ctx)
         self.buckets: list[dict[Any, Any]] = [{} for _ in range(BUCKETS)]
+        self._marks = [(node.id, b) for b in range(BUCKETS)]
+        self._bucket_of: dict[Any, int] = {}  # a cache: the hash is the hot path's cost
 
     def touch(self, key: Any) -> dict[Any, Any]:
-        b = bucket_of(key)
-        self.ctx.dirty.add((self.node.id, b))
+        """The key's bucket, marked as changed in this epoch."""
+        cache = self._bucket_of
+        b = cache.get(key)
+        if b is None:
+            if len(cache) >= _BUCKET_CACHE_MAX:
+                cache.clear()
+            b = cache[key] = bucket_of(key)
+        self.ctx.dirty.add(self._marks[b])
         return self.buckets[b]
 
     def dump(self, bucket: int) -> list[list[Any]]:

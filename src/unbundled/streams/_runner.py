@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from .. import limits
-from ..errors import CorruptionError, TopicExists, UsageError
+from ..errors import CorruptionError, OffsetOutOfRange, TopicExists, UsageError
 from ..log._protocol import Headers, Message, Record, TopicPartition
 from ._flow import Flow, Node
 from ._ops import LATE_SINK
@@ -141,6 +141,15 @@ class Runner:
             instance_id=instance_id,
             lease_ms=lease_ms,
         )
+        self.table = flow.table_topic
+        if self.table is not None:
+            table_parts = len(db.log.describe_topic(self.table).partitions)
+            if table_parts != self.partitions:
+                raise UsageError(
+                    f"join_table: table topic {self.table!r} has {table_parts} partitions, "
+                    f"source {self.topic!r} has {self.partitions}: they must be co-partitioned",
+                    topic=self.table,
+                )
         self.tasks: dict[int, Task] = {}
         self.sinks: dict[int, Node] = {n.id: n for n in flow.sinks()}
         self.out_parts: dict[str, int] = {}
@@ -198,6 +207,9 @@ class Runner:
             by_part.setdefault(rec.partition, []).append(rec)
         self.sync_assignment(by_part)
         taken = 0
+        if self.table is not None:
+            for p, table_task in self.tasks.items():
+                taken += table_task.feed_table(self._table_records(p, table_task))
         for p, recs in by_part.items():
             task = self.tasks.get(p)
             if task is not None:
@@ -206,6 +218,15 @@ class Runner:
         if self.epoch_due(idle=not records):
             self.commit()
         return taken
+
+    def _table_records(self, p: int, task: Task) -> list[Record]:
+        assert self.table is not None
+        try:
+            return self.db.log.read(self.table, p, task.table_offset, records_max=self.poll_records)  # type: ignore[no-any-return]
+        except OffsetOutOfRange:  # compacted or expired below: from what is stored
+            info = self.db.log.describe_topic(self.table).partitions[p]
+            task.table_offset = info.start_offset
+            return self.db.log.read(self.table, p, task.table_offset, records_max=self.poll_records)  # type: ignore[no-any-return]
 
     def epoch_due(self, *, idle: bool) -> bool:
         if not self.pending and not any(t.ctx.dirty or t.ctx.outputs for t in self.tasks.values()):
@@ -307,6 +328,7 @@ class Runner:
 
 
 LATE_HEADERS: Headers = (("unbundled.late", b"1"),)
+TIME_KEY = b"unbundled.time"
 
 
 def run(
@@ -409,4 +431,5 @@ def heartbeat(log: Any, topic: str, now_ms: int | None = None) -> None:
         raise UsageError(str(exc), value=now_ms) from None
     n = len(log.describe_topic(topic).partitions)
     header: Headers = ((TIME_HEADER, str(ms).encode()),)
-    log.append_batch(topic, [Message(b"", None, header, ms, p) for p in range(n)])
+    # Keyed, so compacted topics (tables) take it; compaction keeps the newest.
+    log.append_batch(topic, [Message(b"", TIME_KEY, header, ms, p) for p in range(n)])

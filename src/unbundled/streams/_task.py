@@ -25,6 +25,7 @@ from ..errors import CorruptionError, LimitExceeded
 from ..log._protocol import Headers, Record
 from ._build import build
 from ._flow import Flow
+from ._join import JoinOp
 from ._ops import NO_TIME, Ctx, OperatorFailed, StatefulOp
 
 #: The header of a heartbeat record: the event time (ASCII digits, ms) it stands for.
@@ -46,6 +47,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     late: int
     dead: int
     stored: list[tuple[int, int]]  # (operator node id, bucket) with state
+    table_offset: int = 0  # the next offset of the joined table's partition
+    table_times: tuple[int, int, int] = (NO_TIME, NO_TIME, NO_TIME)  # max, wm, out wm
 
 
 def fingerprint(flow: Flow) -> str:
@@ -82,6 +85,9 @@ class Task:
         self.records = 0
         self.dead = 0
         self.stored: set[tuple[int, int]] = set()
+        self._keys: dict[bytes, Any] = {}  # record key -> its str (decoding is the hot path)
+        self.join = next((op for op in self.stateful if isinstance(op, JoinOp)), None)
+        self.table_offset = 0
 
     # --- processing ------------------------------------------------------------
 
@@ -89,31 +95,69 @@ class Task:
         """Process ``records`` of this partition (those before the task's
         offset are skipped: already in the state). Returns how many it took."""
         taken = 0
+        decode = self._decoder()
+        ts_fn = self.ts_fn
+        keys = self._keys
+        kids = self.source.children
+        push = kids[0].push if len(kids) == 1 else self.source.push
         for rec in records:
             if rec.offset < self.offset:
                 continue
             self.offset = rec.offset + 1
             taken += 1
-            self.records += 1
             try:
-                time = _heartbeat(rec.headers)
-                if time is not None:
-                    self.observe(time)
-                    continue
-                value = self._decode(rec.value)
-                ts = rec.timestamp if self.ts_fn is None else _check_ts(self.ts_fn(value))
+                if rec.headers:
+                    time = _heartbeat(rec.headers)
+                    if time is not None:
+                        self.observe(time)
+                        continue
+                raw = rec.value
+                value = None if raw is None else decode(raw)
+                ts = rec.timestamp if ts_fn is None else _check_ts(ts_fn(value))
             except Exception as exc:  # a poison record: kept, with why, never dropped
                 self._dead(rec, f"{type(exc).__name__}: {exc}")
                 continue
-            self.process(record_key(rec.key), value, ts)
+            key = rec.key
+            if key is not None:
+                got = keys.get(key)
+                if got is None:
+                    if len(keys) >= 100_000:
+                        keys.clear()
+                    got = keys[key] = record_key(key)
+                key = got
+            push(key, value, ts)
+            if ts > self.max_ts:
+                self.observe(ts)
+        self.records += taken
         return taken
 
-    def _decode(self, raw: bytes | None) -> Any:
-        if self.decode == "json":
-            return None if raw is None else _json.decode(raw)
-        if self.decode == "raw":
-            return raw
-        return self.decode(raw)
+    def feed_table(self, records: Iterable[Record]) -> int:
+        """Process records of the joined table's partition ``partition``."""
+        join = self.join
+        if join is None:
+            return 0
+        decode = _decoder(join.node.args["decode"])
+        taken = 0
+        for rec in records:
+            if rec.offset < self.table_offset:
+                continue
+            self.table_offset = rec.offset + 1
+            taken += 1
+            try:
+                if rec.headers:
+                    time = _heartbeat(rec.headers)
+                    if time is not None:
+                        join.table_time(time)
+                        continue
+                row = None if rec.value is None else decode(rec.value)
+            except Exception as exc:
+                self._dead(rec, f"{type(exc).__name__}: {exc}")
+                continue
+            join.table(record_key(rec.key), row, rec.timestamp)
+        return taken
+
+    def _decoder(self) -> Any:
+        return _decoder(self.decode)
 
     def _dead(self, rec: Record, why: str) -> None:
         self.dead += 1
@@ -178,6 +222,8 @@ class Task:
             self.ctx.late_count,
             self.dead,
             sorted(self.stored),
+            self.table_offset,
+            self.join.times() if self.join is not None else (NO_TIME, NO_TIME, NO_TIME),
         )
         return _enc.encode(manifest), changed
 
@@ -215,6 +261,9 @@ class Task:
         self.ctx.late_count = manifest.late
         self.dead = manifest.dead
         self.stored = set(map(tuple, manifest.stored))  # type: ignore[arg-type]
+        self.table_offset = manifest.table_offset
+        if self.join is not None:
+            self.join.set_times(*manifest.table_times)
         for op in self.stateful:
             op.restored(self.wm)
 
@@ -224,6 +273,14 @@ class Task:
 
     def timer_count(self) -> int:
         return sum(len(getattr(op, "timers", ())) for op in self.stateful)
+
+
+def _decoder(decode: Any) -> Any:
+    if decode == "json":
+        return _json.decode
+    if decode == "raw":
+        return bytes
+    return decode
 
 
 def _heartbeat(headers: Headers) -> int | None:

@@ -1,0 +1,141 @@
+"""The stream-table join, by event time, deterministic.
+
+The table is a topic read beside the source, partition by partition (the
+two are co-partitioned: same partition count, same keys in the same
+partition). Each table record is a version of its key's row from its event
+time on (a ``None`` value deletes the row); a table record older than the
+table's watermark counts from the watermark.
+
+An event at time ``t`` joins the row as of ``t``. It waits until both
+inputs are past ``t`` -- the operator's output watermark is the minimum of
+the stream's and the table's -- and events leave in (event time, arrival)
+order. So which row an event meets, and the order of what comes out, depend
+on the two logs only, never on which of them was read faster (Flink's
+event-time temporal join). An event older than the stream's watermark when
+it arrives is late: the side output, as for windows.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from typing import Any
+
+from ._flow import Node
+from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, key_sort
+
+
+class JoinOp(StatefulOp):
+    """State per key: ``[versions, pending]``; versions ``[[from, row], ...]``
+    sorted by time, pending events ``[[ts, seq, value], ...]``."""
+
+    def __init__(self, node: Node, ctx: Ctx) -> None:
+        super().__init__(node, ctx)
+        self.fn = node.args["fn"]
+        self.inner = node.args["how"] == "inner"
+        self.table_ooo: int = node.args["out_of_orderness_ms"]
+        self.wm = NO_TIME  # the stream's watermark, as advanced from upstream
+        self.table_max = NO_TIME
+        self.table_wm = NO_TIME
+        self.out_wm = NO_TIME  # min(stream, table): what this operator has let through
+        self.seq = 0
+        self.heap: list[tuple[Any, ...]] = []  # pending events: (ts, seq, key order, key)
+
+    def _slot(self, key: Any) -> list[Any]:
+        bucket = self.touch(key)
+        slot = bucket.get(key)
+        if slot is None:
+            slot = bucket[key] = [[], []]
+        return slot
+
+    # --- the stream side -------------------------------------------------------
+
+    def push(self, key: Any, value: Any, ts: int) -> None:
+        if ts < self.wm:  # behind the stream's own watermark: its place is decided
+            self.ctx.late_count += 1
+            if not self.late:
+                self.ctx.outputs.append((LATE_SINK, key, value, ts))
+            for child in self.late:
+                child.push(key, value, ts)
+            return
+        slot = self._slot(key)
+        slot[1].append([ts, self.seq, value])
+        heapq.heappush(self.heap, (ts, self.seq, key_sort(key), key))
+        self.seq += 1
+
+    def advance(self, wm: int) -> None:
+        self.wm = wm
+        self._release()
+
+    # --- the table side --------------------------------------------------------
+
+    def table(self, key: Any, row: Any, ts: int) -> None:
+        """One table record (``row`` None: the key's row is deleted)."""
+        start = max(ts, self.table_wm)
+        versions = self._slot(key)[0]
+        i = bisect.bisect_right([v[0] for v in versions], start)
+        versions.insert(i, [start, row])
+        # Rows older than the newest one at or before out_wm cannot be met again.
+        keep = bisect.bisect_right([v[0] for v in versions], self.out_wm) - 1
+        if keep > 0:
+            del versions[:keep]
+        if ts > self.table_max:
+            self.table_max = ts
+            table_wm = ts - self.table_ooo
+            if table_wm > self.table_wm:
+                self.table_wm = table_wm
+                self._release()
+
+    def table_time(self, ts: int) -> None:
+        """A heartbeat of the table topic."""
+        if ts > self.table_max:
+            self.table_max = ts
+            if ts - self.table_ooo > self.table_wm:
+                self.table_wm = ts - self.table_ooo
+                self._release()
+
+    # --- output ----------------------------------------------------------------
+
+    def _release(self) -> None:
+        out_wm = min(self.wm, self.table_wm)
+        if out_wm <= self.out_wm:
+            return
+        heap = self.heap
+        while heap and heap[0][0] < out_wm:
+            ts, seq, _ks, key = heapq.heappop(heap)
+            slot = self._slot(key)
+            pending = slot[1]
+            i = next(i for i, p in enumerate(pending) if p[1] == seq)
+            value = pending.pop(i)[2]
+            row = _row_at(slot[0], ts)
+            if not slot[1] and not slot[0]:
+                self.touch(key).pop(key, None)
+            if row is None and self.inner:
+                continue
+            self.emit(key, self.call(self.fn, value, row), ts)
+        self.out_wm = out_wm
+        for child in self.wm_children:
+            child.advance(out_wm)
+
+    def restored(self, wm: int) -> None:
+        self.wm = wm
+        for bucket in self.buckets:
+            for key, (_versions, pending) in bucket.items():
+                for ts, seq, _value in pending:
+                    heapq.heappush(self.heap, (ts, seq, key_sort(key), key))
+                    self.seq = max(self.seq, seq + 1)
+
+    def times(self) -> tuple[int, int, int]:
+        return self.table_max, self.table_wm, self.out_wm
+
+    def set_times(self, table_max: int, table_wm: int, out_wm: int) -> None:
+        self.table_max, self.table_wm, self.out_wm = table_max, table_wm, out_wm
+
+
+def _row_at(versions: list[list[Any]], ts: int) -> Any:
+    row = None
+    for start, value in versions:
+        if start > ts:
+            break
+        row = value
+    return row
