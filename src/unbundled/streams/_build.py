@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._flow import Flow
-from ._join import JoinOp
+from ._join import JoinOp, WindowJoinOp
 from ._ops import (
     Ctx,
     FilterOp,
@@ -38,6 +38,8 @@ def build(flow: Flow, ctx: Ctx) -> tuple[Op, list[StatefulOp]]:
             op: Op = window_op(node, ctx)
         elif node.kind == "join":
             op = JoinOp(node, ctx)
+        elif node.kind == "wjoin":
+            op = WindowJoinOp(node, ctx)
         else:
             op = kinds[node.kind](node, ctx)
         ops[node.id] = op
@@ -48,7 +50,7 @@ def build(flow: Flow, ctx: Ctx) -> tuple[Op, list[StatefulOp]]:
         op.wm_children = [
             c
             for c in (*op.children, *op.late)
-            if c.wm_children or c.node.kind in ("window", "join")
+            if c.wm_children or c.node.kind in ("window", "join", "wjoin")
         ]
     source = next(op for op in ops.values() if op.node.kind == "source")
     stateful = [op for op in ops.values() if isinstance(op, StatefulOp)]

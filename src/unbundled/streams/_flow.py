@@ -119,9 +119,9 @@ class Flow:
 
     @property
     def table_topic(self) -> str | None:
-        """The topic a ``join_table`` reads, if any."""
+        """The other topic a ``join_table`` or ``join_window`` reads, if any."""
         for node in self.nodes:
-            if node.kind == "join":
+            if node.kind in ("join", "wjoin"):
                 return str(node.args["topic"])
         return None
 
@@ -247,8 +247,7 @@ class Stream:
         Items wait until the table's watermark passes them (table records'
         event times - ``out_of_orderness_ms``; heartbeats on the table topic
         move it too), so the result depends on the two logs only."""
-        if any(n.kind == "join" for n in self.flow.nodes):
-            raise UsageError("a flow joins one table (several: not yet)")
+        _one_join(self.flow)
         if not isinstance(topic, str) or not topic:
             raise UsageError(f"join_table needs a topic name, got {topic!r}", value=topic)
         if fn is not None:
@@ -262,6 +261,39 @@ class Stream:
             topic=topic,
             fn=fn or _pair,
             how=how,
+            decode=decode,
+            out_of_orderness_ms=out_of_orderness_ms,
+        )
+
+    def join_window(
+        self,
+        topic: str,
+        within_ms: int,
+        fn: Callable[[Any, Any], Any] | None = None,
+        *,
+        decode: Decode = "json",
+        out_of_orderness_ms: int = 0,
+    ) -> Stream:
+        """Join with the stream of ``topic`` (co-partitioned with the source):
+        for each pair of items with the same key whose event times are at
+        most ``within_ms`` apart, emit ``fn(this_value, other_value)``
+        (default ``[this, other]``) at the later event time -- each pair once.
+        Items wait until both watermarks pass them; the other topic's
+        watermark is its event times - ``out_of_orderness_ms`` (and its
+        heartbeats). Items later than their own side's watermark go to ``.late``."""
+        _one_join(self.flow)
+        if not isinstance(topic, str) or not topic:
+            raise UsageError(f"join_window needs a topic name, got {topic!r}", value=topic)
+        _check_bound("within_ms", within_ms, 0, limits.stream_window_ms_max)
+        if fn is not None:
+            _check_fn("join_window", fn)
+        _check_codec("decode", decode)
+        _check_bound("out_of_orderness_ms", out_of_orderness_ms, 0, limits.stream_window_ms_max)
+        return self._then(
+            "wjoin",
+            topic=topic,
+            within_ms=within_ms,
+            fn=fn or _pair,
             decode=decode,
             out_of_orderness_ms=out_of_orderness_ms,
         )
@@ -296,6 +328,11 @@ class Stream:
             raise UsageError(f"to_table needs a plain SQL table name, got {table!r}", value=table)
         self._then("sink", to="table", table=table)
         return self
+
+
+def _one_join(flow: Flow) -> None:
+    if any(n.kind in ("join", "wjoin") for n in flow.nodes):
+        raise UsageError("a flow joins one other topic (several: not yet)")
 
 
 def _pair(value: Any, row: Any) -> list[Any]:

@@ -139,3 +139,102 @@ def _row_at(versions: list[list[Any]], ts: int) -> Any:
             break
         row = value
     return row
+
+
+class WindowJoinOp(StatefulOp):
+    """Stream-stream join: pairs of the source's items and the other
+    topic's with the same key and event times at most ``within_ms`` apart.
+
+    Both sides wait until both watermarks pass them, then are taken in
+    (event time, side, arrival) order; each item meets the other side's
+    items taken before it, so every pair is emitted once, by the later of
+    the two, at its event time -- a function of the two logs only. State
+    per key: ``[kept, pending]``, each ``[[ts, side, seq, value], ...]``;
+    kept items older than (output watermark - ``within_ms``) are dropped.
+    """
+
+    def __init__(self, node: Node, ctx: Ctx) -> None:
+        super().__init__(node, ctx)
+        self.fn = node.args["fn"]
+        self.within: int = node.args["within_ms"]
+        self.table_ooo: int = node.args["out_of_orderness_ms"]
+        self.wm = NO_TIME
+        self.table_max = NO_TIME
+        self.table_wm = NO_TIME
+        self.out_wm = NO_TIME
+        self.seq = 0
+        self.heap: list[tuple[Any, ...]] = []
+
+    def _slot(self, key: Any) -> list[Any]:
+        bucket = self.touch(key)
+        slot = bucket.get(key)
+        if slot is None:
+            slot = bucket[key] = [[], []]
+        return slot
+
+    def _arrive(self, side: int, key: Any, value: Any, ts: int, wm: int) -> None:
+        if ts < wm:  # behind its own side's watermark: late
+            self.ctx.late_count += 1
+            if not self.late:
+                self.ctx.outputs.append((LATE_SINK, key, value, ts))
+            for child in self.late:
+                child.push(key, value, ts)
+            return
+        self._slot(key)[1].append([ts, side, self.seq, value])
+        heapq.heappush(self.heap, (ts, side, self.seq, key_sort(key), key))
+        self.seq += 1
+
+    def push(self, key: Any, value: Any, ts: int) -> None:
+        self._arrive(0, key, value, ts, self.wm)
+
+    def table(self, key: Any, value: Any, ts: int) -> None:
+        self._arrive(1, key, value, ts, self.table_wm)
+        if ts > self.table_max:
+            self.table_time(ts)
+
+    def table_time(self, ts: int) -> None:
+        if ts > self.table_max:
+            self.table_max = ts
+            if ts - self.table_ooo > self.table_wm:
+                self.table_wm = ts - self.table_ooo
+                self._release()
+
+    def advance(self, wm: int) -> None:
+        self.wm = wm
+        self._release()
+
+    def _release(self) -> None:
+        out_wm = min(self.wm, self.table_wm)
+        if out_wm <= self.out_wm:
+            return
+        heap, within = self.heap, self.within
+        while heap and heap[0][0] < out_wm:
+            ts, side, seq, _ks, key = heapq.heappop(heap)
+            kept, pending = self._slot(key)
+            i = next(i for i, p in enumerate(pending) if p[2] == seq)
+            item = pending.pop(i)
+            horizon = ts - within
+            while kept and kept[0][0] < min(horizon, out_wm - within):
+                kept.pop(0)
+            for other in kept:
+                if other[1] != side and other[0] >= horizon:
+                    left, right = (item[3], other[3]) if side == 0 else (other[3], item[3])
+                    self.emit(key, self.call(self.fn, left, right), ts)
+            kept.append(item)
+        self.out_wm = out_wm
+        for child in self.wm_children:
+            child.advance(out_wm)
+
+    def restored(self, wm: int) -> None:
+        self.wm = wm
+        for bucket in self.buckets:
+            for key, (_kept, pending) in bucket.items():
+                for ts, side, seq, _value in pending:
+                    heapq.heappush(self.heap, (ts, side, seq, key_sort(key), key))
+                    self.seq = max(self.seq, seq + 1)
+
+    def times(self) -> tuple[int, int, int]:
+        return self.table_max, self.table_wm, self.out_wm
+
+    def set_times(self, table_max: int, table_wm: int, out_wm: int) -> None:
+        self.table_max, self.table_wm, self.out_wm = table_max, table_wm, out_wm

@@ -12,6 +12,9 @@ a hash of the key, so an epoch rewrites only the buckets it touched.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import threading
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +38,17 @@ class OperatorFailed(UsageError):
     meets the same record again (fix the function, or route the record)."""
 
     code = "operator_failed"
+
+
+_loops = threading.local()
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """This thread's loop for the flow's async functions (one per thread, reused)."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _loops.loop = asyncio.new_event_loop()
+    return loop
 
 
 def key_sort(key: Any) -> tuple[int, Any]:
@@ -98,7 +112,10 @@ class Op:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            return fn(*args)
+            out = fn(*args)
+            if inspect.iscoroutine(out):  # an async function: awaited here, in order
+                out = event_loop().run_until_complete(out)
+            return out
         except Exception as exc:
             raise OperatorFailed(
                 f"{self.node.label} raised {type(exc).__name__}: {exc}", node=self.node.label
@@ -118,7 +135,7 @@ class FilterOp(Op):
 
 class FlatMapOp(Op):
     def push(self, key: Any, value: Any, ts: int) -> None:
-        for out in self.call(lambda v: list(self.node.args["fn"](v)), value):
+        for out in self.call(list, self.call(self.node.args["fn"], value)):
             self.emit(key, out, ts)
 
 

@@ -17,6 +17,7 @@ it becomes visible.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from .. import limits
 from ..errors import CorruptionError, OffsetOutOfRange, TopicExists, UsageError
 from ..log._protocol import Headers, Message, Record, TopicPartition
 from ._flow import Flow, Node
-from ._ops import LATE_SINK
+from ._ops import LATE_SINK, event_loop
 from ._task import DEAD_SINK, Manifest, Task
 
 _json = msgspec.json.Encoder()
@@ -261,7 +262,9 @@ class Runner:
         tx.commit_offsets(self.consumer, offsets=offsets)
         tx.commit()
         for fn, key, value, ts in callbacks:
-            fn(key, value, ts)
+            out = fn(key, value, ts)
+            if inspect.iscoroutine(out):
+                event_loop().run_until_complete(out)
         self.report.epochs += 1
         self.report.records_in += self.pending
         self.report.records_out += written

@@ -25,7 +25,7 @@ from ..errors import CorruptionError, LimitExceeded
 from ..log._protocol import Headers, Record
 from ._build import build
 from ._flow import Flow
-from ._join import JoinOp
+from ._join import JoinOp, WindowJoinOp
 from ._ops import NO_TIME, Ctx, OperatorFailed, StatefulOp
 
 #: The header of a heartbeat record: the event time (ASCII digits, ms) it stands for.
@@ -86,7 +86,9 @@ class Task:
         self.dead = 0
         self.stored: set[tuple[int, int]] = set()
         self._keys: dict[bytes, Any] = {}  # record key -> its str (decoding is the hot path)
-        self.join = next((op for op in self.stateful if isinstance(op, JoinOp)), None)
+        self.join = next(
+            (op for op in self.stateful if isinstance(op, JoinOp | WindowJoinOp)), None
+        )
         self.table_offset = 0
 
     # --- processing ------------------------------------------------------------
