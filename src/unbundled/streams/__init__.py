@@ -9,8 +9,8 @@ from ._flow import Flow as Flow
 from ._flow import Stream as Stream
 from ._flow import Windowed as Windowed
 from ._flow import WindowStream as WindowStream
+from ._ops import TIME_HEADER as TIME_HEADER
 from ._ops import OperatorFailed as OperatorFailed
-from ._task import TIME_HEADER as TIME_HEADER
 from ._windows import Count as Count
 from ._windows import Hopping as Hopping
 from ._windows import Session as Session
@@ -33,7 +33,7 @@ __all__ = [
     "Windowed",
 ]
 from ._runner import RunReport as RunReport
-from ._runner import heartbeat as heartbeat
+from ._store import heartbeat as heartbeat
 from ._runner import run as run
 
 __all__ += ["RunReport", "heartbeat", "run"]

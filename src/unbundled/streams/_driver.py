@@ -18,8 +18,9 @@ import msgspec
 from ..errors import UsageError
 from ..log._protocol import Record
 from ._flow import Flow
-from ._ops import LATE_SINK
-from ._task import DEAD_SINK, TIME_HEADER, Task, _check_ts
+from ._merge import repartition_messages
+from ._ops import LATE_SINK, TIME_HEADER
+from ._task import DEAD_SINK, Task, _check_ts
 
 
 class Output(NamedTuple):
@@ -46,6 +47,12 @@ class TestDriver:
         self.flow = flow
         self.topic = flow.source_topic
         self.tasks = [Task(flow, p) for p in range(partitions)]
+        # Downstream segments (after a repartitioning key_by): their tasks, by segment.
+        self.down = {
+            g: [Task(flow, q, g, partitions) for q in range(partitions)]
+            for g in flow.segments()[1:]
+        }
+        self._down_next = {g: [0] * partitions for g in self.down}
         self._next = [0] * partitions
         self._table_next = [0] * partitions
         self._sinks = {n.id: n for n in flow.sinks()}
@@ -140,7 +147,12 @@ class TestDriver:
         self._collect(task)
 
     def _collect(self, task: Task) -> None:
-        for sink_id, key, value, ts in task.ctx.outputs:
+        outputs = list(task.ctx.outputs)
+        task.ctx.outputs.clear()
+        for sink_id, key, value, ts in outputs:
+            if sink_id in self.down:
+                self._repartition(task, sink_id, key, value, ts)
+                continue
             out = Output(key, value, ts)
             if sink_id == LATE_SINK:
                 self.late.append(out)
@@ -158,7 +170,26 @@ class TestDriver:
             else:
                 table = self.tables.setdefault(node.args["table"], {})
                 table[table_key(key, value)] = value
-        task.ctx.outputs.clear()
+
+    def _repartition(self, task: Task, segment: int, key: Any, value: Any, ts: int) -> None:
+        n = len(self.tasks)
+        label = self.flow.nodes[segment].label
+        for msg in repartition_messages(label, task.partition, key, value, ts, n):
+            q = msg.partition or 0
+            offsets = self._down_next[segment]
+            rec = Record(
+                self.flow.segment_topic(segment),
+                q,
+                offsets[q],
+                msg.key,
+                msg.value,
+                msg.headers,
+                msg.timestamp or 0,
+            )
+            offsets[q] += 1
+            down = self.down[segment][q]
+            down.feed([rec])
+            self._collect(down)
 
     # --- inspection ------------------------------------------------------------
 
@@ -182,8 +213,12 @@ class TestDriver:
     def restart(self) -> None:
         """Store every task's state as an epoch commit would, and go on with
         tasks rebuilt from it (what a crash and restart do)."""
+        self.tasks = self._rebuilt(self.tasks)
+        self.down = {g: self._rebuilt(tasks) for g, tasks in self.down.items()}
+
+    def _rebuilt(self, tasks: list[Task]) -> list[Task]:
         fresh = []
-        for task in self.tasks:
+        for task in tasks:
             manifest, changed = task.dump()
             stored = getattr(task, "_stored_blobs", {})
             for where, blob in changed.items():
@@ -191,11 +226,11 @@ class TestDriver:
                     stored.pop(where, None)
                 else:
                     stored[where] = blob
-            new = Task(self.flow, task.partition)
+            new = Task(self.flow, task.partition, task.segment, len(self.tasks))
             new.load(Task.read_manifest(manifest, "driver"), dict(stored), "driver")
             new._stored_blobs = stored  # type: ignore[attr-defined]
             fresh.append(new)
-        self.tasks = fresh
+        return fresh
 
 
 def table_key(key: Any, value: Any) -> Any:

@@ -32,6 +32,9 @@ class Node:
     parent: int | None
     args: dict[str, Any] = field(default_factory=dict)
     side: bool = False  # fed by the parent's side output (late events), not its main output
+    # The segment the node runs in: 0 for the source's, else the id of the
+    # repartitioning key_by whose topic feeds it. Each segment has one task per partition.
+    segment: int = 0
 
     @property
     def label(self) -> str:
@@ -63,9 +66,14 @@ class Flow:
     is (newest event time seen in it) - ``out_of_orderness_ms``, raised by
     heartbeat records written into the log (:func:`heartbeat`); it never
     looks at a clock. A window closes when the watermark passes its end.
+
+    ``watermark_every_ms``: a repartitioning ``key_by`` forwards its
+    watermark downstream each time it passes another multiple of this.
     """
 
-    def __init__(self, name: str, *, out_of_orderness_ms: int = 0) -> None:
+    def __init__(
+        self, name: str, *, out_of_orderness_ms: int = 0, watermark_every_ms: int = 1000
+    ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise UsageError(
                 f"a flow name is letters, digits, '.', '_', '-' (not first), got {name!r}",
@@ -81,14 +89,32 @@ class Flow:
         self.out_of_orderness_ms = _check_bound(
             "out_of_orderness_ms", out_of_orderness_ms, 0, limits.stream_window_ms_max
         )
+        self.watermark_every_ms = _check_bound(
+            "watermark_every_ms", watermark_every_ms, 1, limits.stream_window_ms_max
+        )
         self.nodes: list[Node] = []
 
     def _add(self, kind: str, parent: int | None, side: bool = False, **args: Any) -> Node:
         if len(self.nodes) >= limits.stream_nodes_max:
             raise UsageError(f"a flow has at most {limits.stream_nodes_max} operators")
-        node = Node(len(self.nodes), kind, parent, args, side)
+        segment = 0
+        if parent is not None:
+            up = self.nodes[parent]
+            repartitions = up.kind == "key_by" and up.args["repartition"] and not side
+            segment = up.id if repartitions else up.segment
+        node = Node(len(self.nodes), kind, parent, args, side, segment)
         self.nodes.append(node)
         return node
+
+    def segments(self) -> list[int]:
+        """The segments, upstream first: 0, then each repartitioning key_by's id."""
+        return [0, *(n.id for n in self.nodes if n.kind == "key_by" and n.args["repartition"])]
+
+    def segment_topic(self, segment: int) -> str:
+        """The topic a segment reads: the source, or a key_by's repartition topic."""
+        if segment == 0:
+            return self.source_topic
+        return f"{self.name}.by-{segment}"
 
     @property
     def source_topic(self) -> str:
@@ -174,15 +200,21 @@ class Stream:
         _check_fn("flat_map", fn)
         return self._then("flat_map", fn=fn)
 
-    def key_by(self, fn: Callable[[Any], str | int | bytes]) -> Stream:
+    def key_by(self, fn: Callable[[Any], str | int | bytes], *, repartition: bool = True) -> Stream:
         """Re-key each item by ``fn(value)`` (a ``str``, ``int`` or ``bytes``).
 
-        The key decides the state and window an item belongs to *within its
-        source partition*: records of one key must share a partition (produce
-        them keyed by it, as the log's keyed partitioner does), or each
-        partition keeps its own windows for the key."""
+        With ``repartition`` (the default) the items go through the topic
+        ``<flow>.by-<n>`` (as many partitions as the source, partition by a
+        hash of the key), so each key's items meet in one task downstream;
+        values must be msgpack-encodable. Downstream tasks take the items of
+        the upstream partitions in a fixed order (by the upstream watermark
+        they carry, then partition, then offset), so the result stays a
+        function of the input log. ``repartition=False`` re-keys in place:
+        right only when the records of a key already share a partition."""
         _check_fn("key_by", fn)
-        return self._then("key_by", fn=fn)
+        if not isinstance(repartition, bool):
+            raise UsageError(f"repartition must be a bool, got {repartition!r}", value=repartition)
+        return self._then("key_by", fn=fn, repartition=repartition)
 
     def map_with_state(
         self,
@@ -247,7 +279,7 @@ class Stream:
         Items wait until the table's watermark passes them (table records'
         event times - ``out_of_orderness_ms``; heartbeats on the table topic
         move it too), so the result depends on the two logs only."""
-        _one_join(self.flow)
+        _one_join(self)
         if not isinstance(topic, str) or not topic:
             raise UsageError(f"join_table needs a topic name, got {topic!r}", value=topic)
         if fn is not None:
@@ -281,7 +313,7 @@ class Stream:
         Items wait until both watermarks pass them; the other topic's
         watermark is its event times - ``out_of_orderness_ms`` (and its
         heartbeats). Items later than their own side's watermark go to ``.late``."""
-        _one_join(self.flow)
+        _one_join(self)
         if not isinstance(topic, str) or not topic:
             raise UsageError(f"join_window needs a topic name, got {topic!r}", value=topic)
         _check_bound("within_ms", within_ms, 0, limits.stream_window_ms_max)
@@ -330,9 +362,11 @@ class Stream:
         return self
 
 
-def _one_join(flow: Flow) -> None:
-    if any(n.kind in ("join", "wjoin") for n in flow.nodes):
+def _one_join(stream: Stream) -> None:
+    if any(n.kind in ("join", "wjoin") for n in stream.flow.nodes):
         raise UsageError("a flow joins one other topic (several: not yet)")
+    if stream.node.segment != 0:
+        raise UsageError("a join comes before any repartitioning key_by (after: not yet)")
 
 
 def _pair(value: Any, row: Any) -> list[Any]:

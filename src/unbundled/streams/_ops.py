@@ -27,6 +27,9 @@ from . import _windows as w
 from ._flow import Node
 
 NO_TIME = -(2**62)  # the watermark before any event
+#: The header of a heartbeat record: the event time (ASCII digits, ms) it stands for.
+TIME_HEADER = "unbundled.time"
+TIME_KEY = b"unbundled.time"  # its key: compacted topics need one; compaction keeps the newest
 _BUCKET_CACHE_MAX = 100_000
 LATE_SINK = -1  # the sink id of late events no one routed: the topic <flow name>.late
 BUCKETS = limits.stream_state_buckets
@@ -64,6 +67,13 @@ def key_sort(key: Any) -> tuple[int, Any]:
 
 def bucket_of(key: Any) -> int:
     return zlib.crc32(_enc.encode(key)) % BUCKETS
+
+
+def encode_key(key: Any) -> bytes | None:
+    """A key as a log record's key: bytes as they are, others as their text."""
+    if key is None or isinstance(key, bytes):
+        return key
+    return str(key).encode()
 
 
 def check_key(key: object, where: str) -> Any:

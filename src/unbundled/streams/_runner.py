@@ -26,11 +26,22 @@ from typing import Any
 import msgspec
 
 from .. import limits
-from ..errors import CorruptionError, OffsetOutOfRange, TopicExists, UsageError
+from ..errors import OffsetOutOfRange, TopicExists, UsageError
 from ..log._protocol import Headers, Message, Record, TopicPartition
 from ._flow import Flow, Node
-from ._ops import LATE_SINK, event_loop
-from ._task import DEAD_SINK, Manifest, Task
+from ._merge import repartition_messages
+from ._ops import LATE_SINK, encode_key, event_loop
+from ._store import (
+    bucket_key,
+    dead_topic,
+    encode,
+    group_name,
+    late_topic,
+    manifest_key,
+    restore,
+)
+from ._table import upsert
+from ._task import DEAD_SINK, Task
 
 _json = msgspec.json.Encoder()
 
@@ -47,68 +58,7 @@ class RunReport(msgspec.Struct):
     partitions: list[int] = msgspec.field(default_factory=list)
 
 
-def group_name(flow: Flow) -> str:
-    return f"streams.{flow.name}"
-
-
-def manifest_key(flow_name: str, partition: int) -> str:
-    return f"streams/{flow_name}/{partition}/m"
-
-
-def bucket_key(flow_name: str, partition: int, node_id: int, bucket: int) -> str:
-    return f"streams/{flow_name}/{partition}/{node_id}/{bucket}"
-
-
-def late_topic(flow: Flow) -> str:
-    return f"{flow.name}.late"
-
-
-def dead_topic(flow: Flow) -> str:
-    return f"{flow.name}.dead"
-
-
-def encode_key(key: Any) -> bytes | None:
-    if key is None or isinstance(key, bytes):
-        return key
-    return str(key).encode()
-
-
-def _encode(codec: Any, value: Any) -> bytes | None:
-    if codec == "json":
-        return _json.encode(value)
-    if codec == "raw":
-        if value is not None and not isinstance(value, bytes):
-            raise UsageError(f'encode="raw" needs bytes values, got {value!r}', value=value)
-        return value
-    out = codec(value)
-    if not isinstance(out, bytes):
-        raise UsageError(f"an encode function must return bytes, got {out!r}", value=out)
-    return out
-
-
-def restore(db: Any, flow: Flow, partition: int) -> Task | None:
-    """The task of ``partition`` as its last epoch stored it (None: no state yet)."""
-    task = Task(flow, partition)
-    got = db.kv.read(manifest_key(flow.name, partition))
-    if got is None:
-        return None
-    where = f"{flow.name}/{partition}"
-    manifest = Task.read_manifest(got.value, where)
-    blobs = {}
-    for node_id, bucket in manifest.stored:
-        blob = db.kv.read(bucket_key(flow.name, partition, node_id, bucket))
-        if blob is None:
-            raise CorruptionError(
-                f"stream state {where}: bucket {node_id}/{bucket} named by the manifest is missing"
-            )
-        blobs[(node_id, bucket)] = blob.value
-    task.load(manifest, blobs, where)
-    return task
-
-
-def read_manifest(db: Any, flow_name: str, partition: int) -> Manifest | None:
-    got = db.kv.read(manifest_key(flow_name, partition))
-    return None if got is None else Task.read_manifest(got.value, f"{flow_name}/{partition}")
+Key = tuple[int, int]  # (segment, partition)
 
 
 class Runner:
@@ -128,39 +78,46 @@ class Runner:
     ) -> None:
         self.db = db
         self.flow = flow
-        self.topic = flow.source_topic
         self.epoch_records = epoch_records
         self.epoch_event_ms = epoch_event_ms
         self.epoch_interval_s = epoch_interval_s
         self.poll_records = poll_records
-        info = db.log.describe_topic(self.topic)
-        self.partitions = len(info.partitions)
-        self.consumer = db.log.consumer(
-            self.topic,
-            group=group_name(flow),
-            auto_commit=False,
-            instance_id=instance_id,
-            lease_ms=lease_ms,
-        )
+        self.partitions = len(db.log.describe_topic(flow.source_topic).partitions)
+        self.out_parts: dict[str, int] = {}
+        self.topics = {g: flow.segment_topic(g) for g in flow.segments()}
+        for g, topic in self.topics.items():
+            if g and self._topic_partitions(topic) != self.partitions:
+                raise UsageError(
+                    f"repartition topic {topic!r} has {self.out_parts[topic]} partitions, "
+                    f"the source {self.partitions}: reset the flow or delete the topic",
+                    topic=topic,
+                )
+        self.consumers = {
+            g: db.log.consumer(
+                topic,
+                group=group_name(flow, g),
+                auto_commit=False,
+                instance_id=instance_id,
+                lease_ms=lease_ms,
+            )
+            for g, topic in self.topics.items()
+        }
         self.table = flow.table_topic
         if self.table is not None:
             table_parts = len(db.log.describe_topic(self.table).partitions)
             if table_parts != self.partitions:
                 raise UsageError(
-                    f"join_table: table topic {self.table!r} has {table_parts} partitions, "
-                    f"source {self.topic!r} has {self.partitions}: they must be co-partitioned",
+                    f"table topic {self.table!r} has {table_parts} partitions, the source "
+                    f"{flow.source_topic!r} {self.partitions}: they must be co-partitioned",
                     topic=self.table,
                 )
-        self.tasks: dict[int, Task] = {}
+        self.tasks: dict[Key, Task] = {}
         self.sinks: dict[int, Node] = {n.id: n for n in flow.sinks()}
-        self.out_parts: dict[str, int] = {}
         self.report = RunReport()
         self.pending = 0  # input records since the last commit
         self.last_commit = time.monotonic()
-        self.wm_at_commit: dict[int, int] = {}
-        self.on_epoch: Callable[[RunReport, dict[int, Task]], None] | None = None
-
-    # --- topics ----------------------------------------------------------------
+        self.wm_at_commit: dict[Key, int] = {}
+        self.on_epoch: Callable[[RunReport, dict[Key, Task]], None] | None = None
 
     def _topic_partitions(self, topic: str) -> int:
         if topic not in self.out_parts:
@@ -171,63 +128,68 @@ class Runner:
 
     # --- the loop --------------------------------------------------------------
 
-    def sync_assignment(self, polled: dict[int, list[Record]]) -> None:
-        """Tasks for exactly the assigned partitions. When the assignment
-        changed, every task is restored from its last epoch (uncommitted work
-        is dropped, to be redone) and the consumer sought to where it
-        stopped; records just polled from elsewhere are dropped from ``polled``."""
-        assigned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
-        if assigned == set(self.tasks):
+    def sync_assignment(self, g: int, polled: dict[int, list[Record]]) -> None:
+        """Tasks for exactly segment ``g``'s assigned partitions. When the
+        assignment changed, every task of the segment is restored from its
+        last epoch (uncommitted work is dropped, to be redone) and the
+        consumer sought to where it stopped; records polled from elsewhere
+        are dropped from ``polled``."""
+        consumer, topic = self.consumers[g], self.topics[g]
+        assigned = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+        if assigned == {p for (sg, p) in self.tasks if sg == g}:
             return
-        self.tasks = {}
+        for key in [k for k in self.tasks if k[0] == g]:
+            del self.tasks[key]
         for p in sorted(assigned):
-            tp = TopicPartition(self.topic, p)
+            tp = TopicPartition(topic, p)
             recs = polled.get(p, [])
-            task = restore(self.db, self.flow, p)
+            task = restore(self.db, self.flow, p, g, self.partitions)
             if task is None:  # no epoch yet: from where the group's offset says
-                task = Task(self.flow, p)
-                task.offset = recs[0].offset if recs else self.consumer.position(tp)
-            if recs and recs[0].offset != task.offset:
-                polled.pop(p)
-                self.consumer.seek(tp, task.offset)
-            elif not recs:
-                self.consumer.seek(tp, task.offset)
-            self.tasks[p] = task
-            self.wm_at_commit[p] = task.wm
+                task = Task(self.flow, p, g, self.partitions)
+                task.offset = recs[0].offset if recs else consumer.position(tp)
+            if not recs or recs[0].offset != task.offset:
+                polled.pop(p, None)
+                consumer.seek(tp, task.offset)
+            self.tasks[(g, p)] = task
+            self.wm_at_commit[(g, p)] = task.wm
         for p in [p for p in polled if p not in assigned]:
             polled.pop(p)
         self.pending = 0
-        self.report.partitions = sorted(assigned)
+        self.report.partitions = sorted(p for (sg, p) in self.tasks if sg == 0)
 
     def step(self, timeout_s: float) -> int:
-        """One poll and what it brings; commits an epoch when one is due.
-        Returns the records processed."""
-        records: list[Record] = self.consumer.poll(timeout_s, records_max=self.poll_records)
-        by_part: dict[int, list[Record]] = {}
-        for rec in records:
-            by_part.setdefault(rec.partition, []).append(rec)
-        self.sync_assignment(by_part)
-        taken = 0
-        if self.table is not None:
-            for p, table_task in self.tasks.items():
-                taken += table_task.feed_table(self._table_records(p, table_task))
-        for p, recs in by_part.items():
-            task = self.tasks.get(p)
-            if task is not None:
-                taken += task.feed(recs)
+        """One poll of each segment and what it brings; commits an epoch
+        when one is due. Returns the records processed."""
+        taken, polled = 0, 0
+        for g, consumer in self.consumers.items():
+            wait = timeout_s if g == 0 and len(self.consumers) == 1 else timeout_s / 4
+            records: list[Record] = consumer.poll(wait, records_max=self.poll_records)
+            polled += len(records)
+            by_part: dict[int, list[Record]] = {}
+            for rec in records:
+                by_part.setdefault(rec.partition, []).append(rec)
+            self.sync_assignment(g, by_part)
+            if g == 0 and self.table is not None:
+                for (sg, p), task in self.tasks.items():
+                    if sg == 0:
+                        taken += task.feed_table(self._table_records(p, task))
+            for p, recs in by_part.items():
+                got = self.tasks.get((g, p))
+                if got is not None:
+                    taken += got.feed(recs)
         self.pending += taken
-        if self.epoch_due(idle=not records):
+        if self.epoch_due(idle=not polled):
             self.commit()
         return taken
 
     def _table_records(self, p: int, task: Task) -> list[Record]:
         assert self.table is not None
+        read = self.db.log.read
         try:
-            return self.db.log.read(self.table, p, task.table_offset, records_max=self.poll_records)  # type: ignore[no-any-return]
+            return read(self.table, p, task.table_offset, records_max=self.poll_records)  # type: ignore[no-any-return]
         except OffsetOutOfRange:  # compacted or expired below: from what is stored
-            info = self.db.log.describe_topic(self.table).partitions[p]
-            task.table_offset = info.start_offset
-            return self.db.log.read(self.table, p, task.table_offset, records_max=self.poll_records)  # type: ignore[no-any-return]
+            task.table_offset = self.db.log.describe_topic(self.table).partitions[p].start_offset
+            return read(self.table, p, task.table_offset, records_max=self.poll_records)  # type: ignore[no-any-return]
 
     def epoch_due(self, *, idle: bool) -> bool:
         if not self.pending and not any(t.ctx.dirty or t.ctx.outputs for t in self.tasks.values()):
@@ -237,8 +199,8 @@ class Runner:
         if time.monotonic() - self.last_commit >= self.epoch_interval_s:
             return True
         if self.epoch_event_ms is not None:
-            for p, task in self.tasks.items():
-                if task.wm - self.wm_at_commit.get(p, task.wm) >= self.epoch_event_ms:
+            for key, task in self.tasks.items():
+                if task.wm - self.wm_at_commit.get(key, task.wm) >= self.epoch_event_ms:
                     return True
         return False
 
@@ -246,35 +208,43 @@ class Runner:
         """One epoch: every task's outputs, state and offsets in one transaction."""
         tx = self.db.transaction()
         callbacks: list[tuple[Any, Any, Any, int]] = []
-        offsets: dict[TopicPartition, int] = {}
+        offsets: dict[int, dict[TopicPartition, int]] = {g: {} for g in self.consumers}
         written = 0
-        for p, task in self.tasks.items():
+        name = self.flow.name
+        for (g, p), task in self.tasks.items():
             written += self._outputs(tx, task, callbacks)
             manifest, changed = task.dump()
             for (node_id, bucket), blob in changed.items():
-                key = bucket_key(self.flow.name, p, node_id, bucket)
+                key = bucket_key(name, p, node_id, bucket, g)
                 if blob is None:
                     tx.kv.delete(key)
                 else:
                     tx.kv.write(key, blob)
-            tx.kv.write(manifest_key(self.flow.name, p), manifest)
-            offsets[TopicPartition(self.topic, p)] = task.offset
-        tx.commit_offsets(self.consumer, offsets=offsets)
+            tx.kv.write(manifest_key(name, p, g), manifest)
+            offsets[g][TopicPartition(self.topics[g], p)] = task.offset
+        for g, consumer in self.consumers.items():
+            if offsets[g]:
+                tx.commit_offsets(consumer, offsets=offsets[g])
+        if self.before_commit is not None:
+            self.before_commit()
         tx.commit()
         for fn, key, value, ts in callbacks:
             out = fn(key, value, ts)
             if inspect.iscoroutine(out):
                 event_loop().run_until_complete(out)
+        tasks = self.tasks.values()
         self.report.epochs += 1
         self.report.records_in += self.pending
         self.report.records_out += written
-        self.report.late = sum(t.ctx.late_count for t in self.tasks.values())
-        self.report.dead = sum(t.dead for t in self.tasks.values())
+        self.report.late = sum(t.ctx.late_count for t in tasks)
+        self.report.dead = sum(t.dead for t in tasks)
         self.pending = 0
         self.last_commit = time.monotonic()
-        self.wm_at_commit = {p: t.wm for p, t in self.tasks.items()}
+        self.wm_at_commit = {key: t.wm for key, t in self.tasks.items()}
         if self.on_epoch is not None:
             self.on_epoch(self.report, self.tasks)
+
+    before_commit: Callable[[], None] | None = None  # a test hook: inside the commit
 
     def _outputs(self, tx: Any, task: Task, callbacks: list[Any]) -> int:
         batches: dict[str, list[Message]] = {}
@@ -287,6 +257,12 @@ class Runner:
                 msg = self._message(dead_topic(self.flow), task, key, raw, headers, ts)
                 batches.setdefault(dead_topic(self.flow), []).append(msg)
                 continue
+            elif sink_id in self.topics:  # a repartitioning key_by
+                topic = self.topics[sink_id]
+                label = self.flow.nodes[sink_id].label
+                msgs = repartition_messages(label, task.partition, key, value, ts, self.partitions)
+                batches.setdefault(topic, []).extend(msgs)
+                continue
             else:
                 node = self.sinks[sink_id]
                 kind = node.args["to"]
@@ -297,7 +273,7 @@ class Runner:
                     tables.setdefault(node.args["table"], []).append((key, value, ts))
                     continue
                 topic, codec, headers = node.args["topic"], node.args["encode"], ()
-            raw = _encode(codec, value)
+            raw = encode(codec, value)
             batches.setdefault(topic, []).append(
                 self._message(topic, task, encode_key(key), raw, headers, ts)
             )
@@ -305,8 +281,6 @@ class Runner:
         for topic, msgs in batches.items():
             tx.append_batch(topic, msgs)
         for table, rows in tables.items():
-            from ._table import upsert
-
             tx.sql(upsert(table, rows))
         return sum(len(m) for m in batches.values()) + sum(len(r) for r in tables.values())
 
@@ -326,12 +300,23 @@ class Runner:
         src = next(n for n in self.flow.nodes if n.kind == "source")
         return "raw" if src.args["decode"] == "raw" else "json"
 
+    def done(self, ends: dict[Key, int]) -> bool:
+        """Whether every task of this worker has read its topic up to ``ends``
+        (the source's ends when the run began; the repartition topics' now)."""
+        if not any(g == 0 for g, _p in self.tasks):
+            return False
+        for (g, p), task in self.tasks.items():
+            end = ends.get((g, p)) if g == 0 else self.db.log.end_offsets(self.topics[g])[p]
+            if task.offset < (end or 0):
+                return False
+        return True
+
     def close(self) -> None:
-        self.consumer.close()
+        for consumer in self.consumers.values():
+            consumer.close()
 
 
 LATE_HEADERS: Headers = (("unbundled.late", b"1"),)
-TIME_KEY = b"unbundled.time"
 
 
 def run(
@@ -346,7 +331,7 @@ def run(
     poll_records: int = 5000,
     lease_ms: int = 10_000,
     stop: threading.Event | None = None,
-    on_epoch: Callable[[RunReport, dict[int, Task]], None] | None = None,
+    on_epoch: Callable[[RunReport, dict[Key, Task]], None] | None = None,
 ) -> RunReport:
     """Run ``flow`` on database ``db`` (``unbundled.open(...)``) as one worker
     of its consumer group, until ``stop`` is set -- or, with ``until_end``,
@@ -373,20 +358,18 @@ def run(
     )
     runner.on_epoch = on_epoch
     started = time.monotonic()
-    ends = db.log.end_offsets(runner.topic) if until_end else {}
+    source_ends = db.log.end_offsets(flow.source_topic) if until_end else {}
+    ends = {(0, p): end for p, end in source_ends.items()}
     try:
         while stop is None or not stop.is_set():
             runner.step(0.2)
-            if (
-                until_end
-                and runner.tasks
-                and all(t.offset >= ends.get(p, 0) for p, t in runner.tasks.items())
-            ):
+            if until_end and runner.done(ends):
                 if runner.pending or any(
                     t.ctx.outputs or t.ctx.dirty for t in runner.tasks.values()
                 ):
                     runner.commit()
-                break
+                if runner.done(ends):  # nothing new downstream still to read
+                    break
     finally:
         runner.report.seconds = time.monotonic() - started
         runner.close()
@@ -418,21 +401,3 @@ def _check_run(
         )
     if not isinstance(poll_records, int) or not 1 <= poll_records <= limits.poll_records_max:
         raise UsageError(f"poll_records must be 1..{limits.poll_records_max}, got {poll_records!r}")
-
-
-def heartbeat(log: Any, topic: str, now_ms: int | None = None) -> None:
-    """Write a heartbeat record of event time ``now_ms`` (default: the
-    wall clock) into every partition of ``topic``: each partition's
-    watermark moves as if an event of that time had arrived, so windows of
-    idle partitions close. Being in the log, it replays identically."""
-    from ._task import TIME_HEADER, _check_ts
-
-    ms = int(time.time() * 1000) if now_ms is None else now_ms
-    try:
-        _check_ts(ms)
-    except ValueError as exc:
-        raise UsageError(str(exc), value=now_ms) from None
-    n = len(log.describe_topic(topic).partitions)
-    header: Headers = ((TIME_HEADER, str(ms).encode()),)
-    # Keyed, so compacted topics (tables) take it; compaction keeps the newest.
-    log.append_batch(topic, [Message(b"", TIME_KEY, header, ms, p) for p in range(n)])

@@ -26,10 +26,9 @@ from ..log._protocol import Headers, Record
 from ._build import build
 from ._flow import Flow
 from ._join import JoinOp, WindowJoinOp
-from ._ops import NO_TIME, Ctx, OperatorFailed, StatefulOp
+from ._merge import SRC_HEADER, MergeOp, RepartitionOp
+from ._ops import NO_TIME, TIME_HEADER, Ctx, OperatorFailed, StatefulOp
 
-#: The header of a heartbeat record: the event time (ASCII digits, ms) it stands for.
-TIME_HEADER = "unbundled.time"
 DEAD_SINK = -2  # records that cannot be decoded or timed: the topic <flow name>.dead
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
@@ -68,11 +67,13 @@ def record_key(key: bytes | None) -> Any:
 class Task:
     """The flow's operators for source partition ``partition``."""
 
-    def __init__(self, flow: Flow, partition: int) -> None:
+    def __init__(self, flow: Flow, partition: int, segment: int = 0, sources: int = 1) -> None:
         self.flow = flow
         self.partition = partition
+        self.segment = segment
         self.ctx = Ctx()
-        self.source, self.stateful = build(flow, self.ctx)
+        self.source, self.stateful = build(flow, self.ctx, segment, sources)
+        self.merge = self.source if isinstance(self.source, MergeOp) else None
         self.by_id: dict[int, StatefulOp] = {op.node.id: op for op in self.stateful}
         src = next(n for n in flow.nodes if n.kind == "source")
         self.decode = src.args["decode"]
@@ -96,6 +97,8 @@ class Task:
     def feed(self, records: Iterable[Record]) -> int:
         """Process ``records`` of this partition (those before the task's
         offset are skipped: already in the state). Returns how many it took."""
+        if self.merge is not None:
+            return self._feed_merge(self.merge, records)
         taken = 0
         decode = self._decoder()
         ts_fn = self.ts_fn
@@ -131,6 +134,40 @@ class Task:
             if ts > self.max_ts:
                 self.observe(ts)
         self.records += taken
+        return taken
+
+    def _feed_merge(self, merge: MergeOp, records: Iterable[Record]) -> int:
+        """A downstream segment: records of a repartition topic, merged."""
+        taken = 0
+        for rec in records:
+            if rec.offset < self.offset:
+                continue
+            self.offset = rec.offset + 1
+            taken += 1
+            src, time = None, None
+            for name, raw in rec.headers:
+                if name == SRC_HEADER:
+                    src = int(raw)
+                elif name == TIME_HEADER:
+                    time = int(raw)
+            if src is None or not 0 <= src < merge.sources:
+                raise CorruptionError(
+                    f"repartition record {rec.topic}/{rec.partition}/{rec.offset} "
+                    f"names no upstream partition (of {merge.sources})"
+                )
+            if time is not None:
+                merge.arrive(src, None, None, time, True)
+                continue
+            try:
+                key, value = _dec.decode(rec.value or b"")
+            except (msgspec.DecodeError, ValueError, TypeError) as exc:
+                raise CorruptionError(
+                    f"repartition record {rec.topic}/{rec.partition}/{rec.offset}: {exc}"
+                ) from exc
+            merge.arrive(src, key, value, rec.timestamp, False)
+        merge.release()
+        self.records += taken
+        self.wm = merge.wm
         return taken
 
     def feed_table(self, records: Iterable[Record]) -> int:
@@ -268,6 +305,9 @@ class Task:
             self.join.set_times(*manifest.table_times)
         for op in self.stateful:
             op.restored(self.wm)
+        for op in _all_ops(self.source):
+            if isinstance(op, RepartitionOp):
+                op.wm = self.wm
 
     def state_size(self) -> int:
         """Keys with state, over every stateful operator."""
@@ -275,6 +315,15 @@ class Task:
 
     def timer_count(self) -> int:
         return sum(len(getattr(op, "timers", ())) for op in self.stateful)
+
+
+def _all_ops(root: Any) -> list[Any]:
+    out, todo = [], [root]
+    while todo:
+        op = todo.pop()
+        out.append(op)
+        todo.extend((*op.children, *op.late))
+    return out
 
 
 def _decoder(decode: Any) -> Any:

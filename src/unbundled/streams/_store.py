@@ -1,0 +1,104 @@
+"""Where a flow's state lives and how outputs are encoded: KV keys, restore, heartbeats.
+
+State keys: ``streams/<flow>/<partition>/m`` (the manifest) and
+``streams/<flow>/<partition>/<operator>/<bucket>`` for the source's segment;
+a downstream segment's are under ``streams/<flow>/by-<n>/<partition>/...``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from ..errors import CorruptionError, UsageError
+from ..log._protocol import Headers, Message
+from ._flow import Flow
+from ._ops import TIME_HEADER, TIME_KEY
+from ._task import Manifest, Task, _check_ts
+
+_json = msgspec.json.Encoder()
+
+
+def group_name(flow: Flow, segment: int = 0) -> str:
+    """The consumer group of a flow's segment."""
+    return f"streams.{flow.name}" if segment == 0 else f"streams.{flow.name}.by-{segment}"
+
+
+def _prefix(flow_name: str, partition: int, segment: int) -> str:
+    if segment == 0:
+        return f"streams/{flow_name}/{partition}"
+    return f"streams/{flow_name}/by-{segment}/{partition}"
+
+
+def manifest_key(flow_name: str, partition: int, segment: int = 0) -> str:
+    return f"{_prefix(flow_name, partition, segment)}/m"
+
+
+def bucket_key(flow_name: str, partition: int, node_id: int, bucket: int, segment: int = 0) -> str:
+    return f"{_prefix(flow_name, partition, segment)}/{node_id}/{bucket}"
+
+
+def late_topic(flow: Flow) -> str:
+    return f"{flow.name}.late"
+
+
+def dead_topic(flow: Flow) -> str:
+    return f"{flow.name}.dead"
+
+
+def encode(codec: Any, value: Any) -> bytes | None:
+    if codec == "json":
+        return _json.encode(value)
+    if codec == "raw":
+        if value is not None and not isinstance(value, bytes):
+            raise UsageError(f'encode="raw" needs bytes values, got {value!r}', value=value)
+        return value
+    out = codec(value)
+    if not isinstance(out, bytes):
+        raise UsageError(f"an encode function must return bytes, got {out!r}", value=out)
+    return out
+
+
+def restore(db: Any, flow: Flow, partition: int, segment: int = 0, sources: int = 1) -> Task | None:
+    """The task of ``partition`` as its last epoch stored it (None: no state yet)."""
+    task = Task(flow, partition, segment, sources)
+    got = db.kv.read(manifest_key(flow.name, partition, segment))
+    if got is None:
+        return None
+    where = _prefix(flow.name, partition, segment)
+    manifest = Task.read_manifest(got.value, where)
+    blobs = {}
+    for node_id, bucket in manifest.stored:
+        blob = db.kv.read(bucket_key(flow.name, partition, node_id, bucket, segment))
+        if blob is None:
+            raise CorruptionError(
+                f"stream state {where}: bucket {node_id}/{bucket} named by the manifest is missing"
+            )
+        blobs[(node_id, bucket)] = blob.value
+    task.load(manifest, blobs, where)
+    return task
+
+
+def read_manifest(db: Any, flow_name: str, partition: int, segment: int = 0) -> Manifest | None:
+    """A task's stored progress (None: it has committed no epoch)."""
+    got = db.kv.read(manifest_key(flow_name, partition, segment))
+    where = _prefix(flow_name, partition, segment)
+    return None if got is None else Task.read_manifest(got.value, where)
+
+
+def heartbeat(log: Any, topic: str, now_ms: int | None = None) -> None:
+    """Write a heartbeat record of event time ``now_ms`` (default: the
+    wall clock) into every partition of ``topic``: each partition's
+    watermark moves as if an event of that time had arrived, so windows of
+    idle partitions close. Being in the log, it replays identically."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    try:
+        _check_ts(ms)
+    except ValueError as exc:
+        raise UsageError(str(exc), value=now_ms) from None
+    n = len(log.describe_topic(topic).partitions)
+    header: Headers = ((TIME_HEADER, str(ms).encode()),)
+    # Keyed, so compacted topics (tables) take it; compaction keeps the newest.
+    log.append_batch(topic, [Message(b"", TIME_KEY, header, ms, p) for p in range(n)])
