@@ -81,10 +81,11 @@ def _database(app: App, db_url: str | None, hint: str) -> Database:
 def streams() -> None:
     """Stream processing: run flows over topics, exactly once, and manage their state.
 
-    A flow (``unbundled.streams.Flow``) is defined in your Python module; its
-    state (``streams/NAME/...`` keys) and its consumer group (``streams.NAME``)
-    live in the store beside the log, and every epoch commits outputs, state
-    and input offsets in one transaction.
+    A flow (unbundled.streams.Flow) is defined in your Python module; its
+    state (key-value entries streams/NAME/...) and its consumer group
+    (streams.NAME) live in the store beside the log, and every epoch commits
+    outputs, state and input offsets in one transaction. SQLite and memory://
+    (the stores that serve the log).
 
     \b
       unbundled --db clicks.db streams run myapp.flows:clicks --until-end
