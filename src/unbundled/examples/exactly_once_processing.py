@@ -42,6 +42,7 @@ ACCOUNTS = 5
 # A static member: the rerun with the same instance id takes the killed
 # worker's partitions at once, instead of after its lease (10 s) runs out.
 WORKER = "balances-worker"
+START_MS = 1_700_000_000_000
 
 
 def apply(balance: int, payment: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -66,12 +67,16 @@ def payments(count: int, seed: int = 7) -> list[dict[str, Any]]:
 
 
 def produce(db: Any, items: list[dict[str, Any]], partitions: int = 3) -> None:
+    """Append ``items`` to topic ``payments``, keyed by account; payment ``i``
+    is timestamped ``START_MS + i`` ms, so the same items give the same log."""
     db.log.create_topic(SOURCE, partitions, exist_ok=True)
     for chunk in range(0, len(items), 500):
         db.log.append_batch(
             SOURCE,
             [
-                unbundled.Message(msgspec.json.encode(p), p["account"].encode())
+                unbundled.Message(
+                    msgspec.json.encode(p), p["account"].encode(), timestamp=START_MS + p["id"]
+                )
                 for p in items[chunk : chunk + 500]
             ],
         )
