@@ -44,6 +44,8 @@ ACCOUNTS = 5
 WORKER = "balances-worker"
 START_MS = 1_700_000_000_000
 
+__all__ = ["apply", "check", "crash_a_worker", "flow", "main", "payments", "produce"]
+
 
 def apply(balance: int, payment: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """The new balance, and the record announcing it."""
@@ -59,6 +61,7 @@ def flow() -> Flow:
 
 
 def payments(count: int, seed: int = 7) -> list[dict[str, Any]]:
+    """``count`` payments (ids 0..count-1) over a few accounts, the same for the same seed."""
     rng = random.Random(seed)
     return [
         {"id": i, "account": f"acct-{rng.randrange(ACCOUNTS)}", "amount": rng.randint(-50, 100)}

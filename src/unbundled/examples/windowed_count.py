@@ -29,18 +29,22 @@ TARGET = "clicks.counts"
 TABLE = "click_counts"
 WINDOW_MS = 10_000
 
-# (user, seconds after the start): a few users, out of order within 2 s, one
-# click 9 s late (after its window closed), so it goes to the late topic.
+#: The sample clicks, (user, seconds after START_MS): out of order within 2 s,
+#: except one click 9 s late (after its window closed): it goes to the late topic.
 CLICKS = [
     ("ada", 1), ("bob", 2), ("ada", 4), ("cy", 5), ("ada", 9),
     ("bob", 11), ("ada", 10), ("bob", 13), ("cy", 19), ("ada", 21),
     ("bob", 22), ("cy", 24), ("ada", 27), ("ada", 29), ("bob", 33),
     ("ada", 15), ("cy", 36), ("bob", 38),
 ]  # fmt: skip
-START_MS = 1_700_000_000_000  # a round start, so windows are [..0000, ..10000)
+#: The sample's first event time: a round number, so windows are [..0000, ..10000).
+START_MS = 1_700_000_000_000
+
+__all__ = ["CLICKS", "START_MS", "as_json", "flow", "main", "produce", "result_rows"]
 
 
 def as_json(result: WindowResult) -> dict[str, Any]:
+    """A window's count as the JSON object the topic gets."""
     return {"user": result.key, "start": result.start, "end": result.end, "clicks": result.value}
 
 
