@@ -35,6 +35,7 @@ class Node:
 
     @property
     def label(self) -> str:
+        """``kind#id``, as error messages and ``describe()`` name the operator."""
         return f"{self.kind}#{self.id}"
 
 
@@ -92,6 +93,7 @@ class Flow:
 
     @property
     def source_topic(self) -> str:
+        """The topic the flow reads (``UsageError`` before ``source()`` was called)."""
         for node in self.nodes:
             if node.kind == "source":
                 return str(node.args["topic"])
@@ -118,9 +120,11 @@ class Flow:
         return Stream(self, self._add("source", None, topic=topic, decode=decode, ts=timestamp))
 
     def sinks(self) -> list[Node]:
+        """The flow's sink operators, in the order they were added."""
         return [n for n in self.nodes if n.kind == "sink"]
 
     def children(self) -> dict[int, list[Node]]:
+        """Each operator's id -> the operators it feeds."""
         out: dict[int, list[Node]] = {}
         for node in self.nodes:
             if node.parent is not None:
