@@ -62,6 +62,7 @@ DEFINES = r"^(?:async def {name}\(|def {name}\(|{name} = )"
         "consistency",
         "isolation-levels-measured",
         "transactions",
+        "streams",
     ],
 )
 def test_guarantees_cite_existing_tests(part: str) -> None:

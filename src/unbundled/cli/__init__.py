@@ -33,6 +33,7 @@ from ._kv import kv
 from ._produce import produce
 from ._projections import projections
 from ._signals import interrupts, signal_exit_status, signum_of
+from ._streams import streams
 from ._topics import topics
 
 HELP_WIDTH = 100
@@ -126,6 +127,7 @@ cli.add_command(idempotency)
 cli.add_command(check)
 cli.add_command(kv)
 cli.add_command(cdc)
+cli.add_command(streams)
 cli.add_command(destroy)
 
 

@@ -46,6 +46,7 @@ COMMAND_STORES = {
     "idempotency": IDEMPOTENCY,
     "kv": KV,
     "cdc": LOG,
+    "streams": LOG,
 }
 # The commands that only read: they open a SQLite file read-only, so they
 # work on a read-only file system and never write (not even maintenance).

@@ -6,6 +6,7 @@ epochs (see docs/explanation/streams.md).
 from ._driver import Output as Output
 from ._driver import TestDriver as TestDriver
 from ._flow import Flow as Flow
+from ._flow import Node as Node
 from ._flow import Stream as Stream
 from ._flow import Windowed as Windowed
 from ._flow import WindowStream as WindowStream
@@ -22,6 +23,7 @@ __all__ = [
     "Count",
     "Flow",
     "Hopping",
+    "Node",
     "OperatorFailed",
     "Output",
     "Session",

@@ -198,6 +198,7 @@ class TestDriver:
         return list(self._out.get(topic, []))
 
     def watermark(self, partition: int = 0) -> int:
+        """The watermark of ``partition`` (event-time ms; very negative before any event)."""
         return self._task(partition).wm
 
     def state(self, partition: int = 0) -> dict[str, dict[Any, Any]]:

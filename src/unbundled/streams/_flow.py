@@ -38,6 +38,7 @@ class Node:
 
     @property
     def label(self) -> str:
+        """``kind#id``, as error messages and ``describe()`` name the operator."""
         return f"{self.kind}#{self.id}"
 
 
@@ -118,6 +119,7 @@ class Flow:
 
     @property
     def source_topic(self) -> str:
+        """The topic the flow reads (``UsageError`` before ``source()`` was called)."""
         for node in self.nodes:
             if node.kind == "source":
                 return str(node.args["topic"])
@@ -152,9 +154,11 @@ class Flow:
         return None
 
     def sinks(self) -> list[Node]:
+        """The flow's sink operators, in the order they were added."""
         return [n for n in self.nodes if n.kind == "sink"]
 
     def children(self) -> dict[int, list[Node]]:
+        """Each operator's id -> the operators it feeds."""
         out: dict[int, list[Node]] = {}
         for node in self.nodes:
             if node.parent is not None:

@@ -39,10 +39,12 @@ class Tumbling(msgspec.Struct, frozen=True):
         _check_ms("offset_ms", self.offset_ms, 0)
 
     def starts(self, ts: int) -> tuple[int, ...]:
+        """The start of the one window event time ``ts`` falls in."""
         return (ts - (ts - self.offset_ms) % self.size_ms,)
 
     @property
     def length_ms(self) -> int:
+        """A window's length: ``size_ms``."""
         return self.size_ms
 
 
@@ -72,6 +74,7 @@ class Hopping(msgspec.Struct, frozen=True):
             )
 
     def starts(self, ts: int) -> tuple[int, ...]:
+        """The starts of the windows event time ``ts`` falls in, oldest first."""
         last = ts - (ts - self.offset_ms) % self.slide_ms
         out = []
         start = last
@@ -82,6 +85,7 @@ class Hopping(msgspec.Struct, frozen=True):
 
     @property
     def length_ms(self) -> int:
+        """A window's length: ``size_ms``."""
         return self.size_ms
 
 
