@@ -40,7 +40,9 @@ from ..log._protocol import TopicPartition
 from ..streams import Flow, heartbeat
 from ..streams import run as run_flow
 from ..streams._ops import NO_TIME
-from ..streams._runner import RunReport, bucket_key, manifest_key, read_manifest
+from ..streams._runner import Key, RunReport
+from ..streams._store import bucket_key, read_manifest
+from ..streams._store import reset as reset_flow
 from ..streams._task import Manifest
 from ._bounds import Seconds
 from ._common import App, echo_json, err_console, out_console, pass_app
@@ -179,8 +181,9 @@ class _Progress:
         self.started = time.monotonic()
         self.seen: tuple[RunReport, dict[int, int]] = (RunReport(), {})
 
-    def on_epoch(self, report: RunReport, tasks: dict[int, Any]) -> None:
-        self.seen = (msgspec.structs.replace(report), {p: t.wm for p, t in tasks.items()})
+    def on_epoch(self, report: RunReport, tasks: dict[Key, Any]) -> None:
+        wms = {p: t.wm for (g, p), t in tasks.items() if g == 0}  # the source's
+        self.seen = (msgspec.structs.replace(report), wms)
 
     def line(self) -> str:
         report, wms = self.seen
@@ -458,7 +461,7 @@ def reset(app: App, name: str, db_url: str | None, yes: bool, as_json: bool) -> 
     topics are appended again (topics are logs: nothing is taken back).
     Refused while a worker of the flow is alive."""
     db = _database(app, db_url, "no flow has run there yet")
-    parts = _flow_partitions(db, name)
+    _flow_partitions(db, name)  # NotFound for a flow that never ran
     workers = _workers(db, name)
     if workers:
         ids = ", ".join(w["instance_id"] or w["member_id"] for w in workers)
@@ -475,26 +478,14 @@ def reset(app: App, name: str, db_url: str | None, yes: bool, as_json: bool) -> 
         )
     group = _group(name)
     topic = next(iter(db.log.lag(group)), TopicPartition("", 0)).topic
-    starts = {p.partition: p.start_offset for p in db.log.describe_topic(topic).partitions}
-    deleted = 0
-    with db.transaction() as tx:
-        for p in parts:
-            manifest = read_manifest(db, name, p)
-            if manifest is None:
-                continue
-            for node_id, bucket in manifest.stored:
-                tx.kv.delete(bucket_key(name, p, node_id, bucket))
-            tx.kv.delete(manifest_key(name, p))
-            deleted += 1 + len(manifest.stored)
-        offsets = {TopicPartition(topic, p): starts.get(p, 0) for p in parts}
-        tx.commit_offsets(group=group, offsets=offsets)
-    done = {"flow": name, "group": group, "keys_deleted": deleted, "rewound": len(offsets)}
+    deleted, moved = reset_flow(db, name)
+    done = {"flow": name, "group": group, "keys_deleted": deleted, "rewound": moved}
     if as_json:
         echo_json(done)
     else:
         click.echo(
-            f"reset flow {name}: deleted {deleted} state keys, rewound {len(offsets)} "
-            f"partition(s) of {topic} to their start"
+            f"reset flow {name}: deleted {deleted} state keys, rewound {moved} "
+            f"partition(s) of {topic} (and its repartition topics) to their start"
         )
 
 

@@ -1,6 +1,6 @@
 """Stream processing over the log: dataflows, event-time windows with
-watermarks derived from the log alone, per-key state, and exactly-once
-epochs (see docs/explanation/streams.md).
+watermarks derived from the log alone, per-key state, joins, and
+exactly-once epochs (see docs/explanation/streams.md).
 """
 
 from ._driver import Output as Output
@@ -12,6 +12,10 @@ from ._flow import Windowed as Windowed
 from ._flow import WindowStream as WindowStream
 from ._ops import TIME_HEADER as TIME_HEADER
 from ._ops import OperatorFailed as OperatorFailed
+from ._runner import RunReport as RunReport
+from ._runner import run as run
+from ._store import heartbeat as heartbeat
+from ._store import reset as reset
 from ._windows import Count as Count
 from ._windows import Hopping as Hopping
 from ._windows import Session as Session
@@ -26,6 +30,7 @@ __all__ = [
     "Node",
     "OperatorFailed",
     "Output",
+    "RunReport",
     "Session",
     "Stream",
     "TestDriver",
@@ -33,9 +38,7 @@ __all__ = [
     "WindowResult",
     "WindowStream",
     "Windowed",
+    "heartbeat",
+    "reset",
+    "run",
 ]
-from ._runner import RunReport as RunReport
-from ._store import heartbeat as heartbeat
-from ._runner import run as run
-
-__all__ += ["RunReport", "heartbeat", "run"]

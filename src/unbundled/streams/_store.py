@@ -12,8 +12,8 @@ from typing import Any
 
 import msgspec
 
-from ..errors import CorruptionError, UsageError
-from ..log._protocol import Headers, Message
+from ..errors import CorruptionError, NotFound, UsageError
+from ..log._protocol import Headers, Message, TopicPartition
 from ._flow import Flow
 from ._ops import TIME_HEADER, TIME_KEY
 from ._task import Manifest, Task, _check_ts
@@ -21,9 +21,10 @@ from ._task import Manifest, Task, _check_ts
 _json = msgspec.json.Encoder()
 
 
-def group_name(flow: Flow, segment: int = 0) -> str:
+def group_name(flow: Flow | str, segment: int = 0) -> str:
     """The consumer group of a flow's segment."""
-    return f"streams.{flow.name}" if segment == 0 else f"streams.{flow.name}.by-{segment}"
+    name = flow if isinstance(flow, str) else flow.name
+    return f"streams.{name}" if segment == 0 else f"streams.{name}.by-{segment}"
 
 
 def _prefix(flow_name: str, partition: int, segment: int) -> str:
@@ -102,3 +103,44 @@ def heartbeat(log: Any, topic: str, now_ms: int | None = None) -> None:
     header: Headers = ((TIME_HEADER, str(ms).encode()),)
     # Keyed, so compacted topics (tables) take it; compaction keeps the newest.
     log.append_batch(topic, [Message(b"", TIME_KEY, header, ms, p) for p in range(n)])
+
+
+def segments(db: Any, flow_name: str) -> list[int]:
+    """The segments of flow ``flow_name`` as its topics show them: 0, and the
+    ``n`` of each repartition topic ``<flow>.by-<n>``."""
+    prefix = f"{flow_name}.by-"
+    found = [t[len(prefix) :] for t in db.log.topics() if t.startswith(prefix)]
+    return [0, *sorted(int(n) for n in found if n.isdigit())]
+
+
+def reset(db: Any, flow_name: str) -> tuple[int, int]:
+    """Forget flow ``flow_name``'s progress in one transaction: delete every
+    segment's state (manifests and buckets); rewind the source's group to the
+    start of each partition and move the repartition topics' groups to their
+    end (what is there is superseded by the rerun's records). Returns
+    (state keys deleted, partitions moved). Workers must be stopped first."""
+    deleted = moved = 0
+    with db.transaction() as tx:
+        for g in segments(db, flow_name):
+            group = group_name(flow_name, g)
+            try:
+                lag = db.log.lag(group)
+            except NotFound:
+                continue
+            offsets: dict[TopicPartition, int] = {}
+            for tp, (_committed, end, _lag) in lag.items():
+                manifest = read_manifest(db, flow_name, tp.partition, g)
+                if manifest is not None:
+                    for node_id, bucket in manifest.stored:
+                        tx.kv.delete(bucket_key(flow_name, tp.partition, node_id, bucket, g))
+                    tx.kv.delete(manifest_key(flow_name, tp.partition, g))
+                    deleted += 1 + len(manifest.stored)
+                if g == 0:
+                    info = db.log.describe_topic(tp.topic).partitions[tp.partition]
+                    offsets[tp] = info.start_offset
+                else:
+                    offsets[tp] = end
+            if offsets:
+                tx.commit_offsets(group=group, offsets=offsets)
+                moved += len(offsets)
+    return deleted, moved
