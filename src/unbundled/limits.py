@@ -97,7 +97,6 @@ stream_window_ms_max = 366 * 86_400_000  # a window's size, slide, gap, offset; 
 stream_windows_per_event_max = 1000  # hopping windows one event falls in (size / slide).
 stream_count_window_max = 1_000_000  # events in one count window.
 stream_epoch_records_max = 10_000_000  # input records between two epoch commits.
-stream_state_buckets = 64  # KV entries per task's state (an epoch rewrites those touched).
 stream_nodes_max = 256  # operators in one flow.
 stream_name_chars_max = 64  # a flow's name (it names its consumer group and state keys).
 

@@ -32,7 +32,7 @@ TIME_HEADER = "unbundled.time"
 TIME_KEY = b"unbundled.time"  # its key: compacted topics need one; compaction keeps the newest
 _BUCKET_CACHE_MAX = 100_000
 LATE_SINK = -1  # the sink id of late events no one routed: the topic <flow name>.late
-BUCKETS = limits.stream_state_buckets
+BUCKETS = 64  # KV entries per task per stateful operator: an epoch rewrites the touched ones
 _enc = msgspec.msgpack.Encoder()
 
 
