@@ -6,7 +6,7 @@ window) order, so the same log always gives the same output order -- and
 then advances its children: a window's results reach the next operator
 before that operator's watermark moves past them, as in Flink.
 
-State lives in ``stream_state_buckets`` dicts per stateful operator, split by
+State lives in ``BUCKETS`` dicts per stateful operator, split by
 a hash of the key, so an epoch rewrites only the buckets it touched.
 """
 
@@ -21,7 +21,6 @@ from typing import Any
 
 import msgspec
 
-from .. import limits
 from ..errors import UsageError
 from . import _windows as w
 from ._flow import Node
