@@ -369,7 +369,8 @@ class Stream:
 def _one_join(stream: Stream) -> None:
     if any(n.kind in ("join", "wjoin") for n in stream.flow.nodes):
         raise UsageError("a flow joins one other topic (several: not yet)")
-    if stream.node.segment != 0:
+    node = stream.node
+    if node.segment != 0 or (node.kind == "key_by" and node.args["repartition"]):
         raise UsageError("a join comes before any repartitioning key_by (after: not yet)")
 
 

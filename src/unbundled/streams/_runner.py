@@ -161,25 +161,34 @@ class Runner:
         """One poll of each segment and what it brings; commits an epoch
         when one is due. Returns the records processed."""
         taken, polled = 0, 0
-        for g, consumer in self.consumers.items():
-            wait = timeout_s if g == 0 and len(self.consumers) == 1 else timeout_s / 4
-            records: list[Record] = consumer.poll(wait, records_max=self.poll_records)
-            polled += len(records)
-            by_part: dict[int, list[Record]] = {}
-            for rec in records:
-                by_part.setdefault(rec.partition, []).append(rec)
-            self.sync_assignment(g, by_part)
-            if g == 0 and self.table is not None:
-                for (sg, p), task in self.tasks.items():
-                    if sg == 0:
-                        taken += task.feed_table(self._table_records(p, task))
-            for p, recs in by_part.items():
-                got = self.tasks.get((g, p))
-                if got is not None:
-                    taken += got.feed(recs)
+        # Without waiting first: a segment with nothing yet must not hold up the others.
+        for wait in (0.0, timeout_s / len(self.consumers)):
+            for g, consumer in self.consumers.items():
+                records: list[Record] = consumer.poll(wait, records_max=self.poll_records)
+                polled += len(records)
+                taken += self._take(g, records)
+            if polled or taken:
+                break
         self.pending += taken
         if self.epoch_due(idle=not polled):
             self.commit()
+        return taken
+
+    def _take(self, g: int, records: list[Record]) -> int:
+        """Feed segment ``g``'s polled records (and the joined table's) to its tasks."""
+        taken = 0
+        by_part: dict[int, list[Record]] = {}
+        for rec in records:
+            by_part.setdefault(rec.partition, []).append(rec)
+        self.sync_assignment(g, by_part)
+        if g == 0 and self.table is not None:
+            for (sg, p), task in self.tasks.items():
+                if sg == 0:
+                    taken += task.feed_table(self._table_records(p, task))
+        for p, recs in by_part.items():
+            got = self.tasks.get((g, p))
+            if got is not None:
+                taken += got.feed(recs)
         return taken
 
     def _table_records(self, p: int, task: Task) -> list[Record]:

@@ -1,0 +1,184 @@
+"""Joins: stream-table by event time and stream-stream within a window.
+
+Each is checked against a plain computation over the same events, and for
+determinism: the same two logs fed in different interleavings, with
+restarts in between, give the same outputs in the same order.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import unbundled
+from unbundled import streams
+from unbundled.errors import UsageError
+
+Event = tuple[str, Any, int]  # (key, value, ts)
+
+
+def _interleave(a: list[Any], b: list[Any], rnd: random.Random) -> list[Any]:
+    out, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        if j >= len(b) or (i < len(a) and rnd.random() < 0.5):
+            out.append(a[i])
+            i += 1
+        else:
+            out.append(b[j])
+            j += 1
+    return out
+
+
+def _drive(flow: streams.Flow, order: list[tuple[str, Event]], restarts: set[int]) -> Any:
+    d = streams.TestDriver(flow)
+    for n, (side, (key, value, ts)) in enumerate(order):
+        if n in restarts:
+            d.restart()
+        if side == "s":
+            d.send(value, key=key, ts=ts)
+        else:
+            d.send_table(value, key=key, ts=ts)
+    d.advance(10**9)
+    d.advance_table(10**9)
+    return d.output("out"), d.late
+
+
+def _events(rnd: random.Random, n: int, keys: int, disorder: int, base: int) -> list[Event]:
+    return [
+        (f"k{rnd.randrange(keys)}", base + i, 1000 + i * 10 - rnd.randint(0, disorder))
+        for i in range(n)
+    ]
+
+
+def _table_oracle(stream: list[Event], table: list[Event]) -> list[tuple[str, Any, Any]]:
+    """Each stream event with the row of its key at its time (inner join)."""
+    out = []
+    for key, value, ts in stream:
+        rows = [(t, v) for k, v, t in table if k == key and t <= ts]
+        if rows:
+            out.append((key, value, max(rows, key=lambda r: r[0])[1]))
+    return sorted(out, key=lambda r: (r[0], r[1]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6))
+def test_stream_table_join_meets_the_row_as_of_each_event(seed: int) -> None:
+    rnd = random.Random(seed)
+    table = [(k, v, ts) for k, v, ts in _events(rnd, 40, 5, 0, 10_000)]
+    table.sort(key=lambda e: e[2])  # a table in time order: no row is late
+    stream = _events(rnd, 120, 6, 30, 0)
+    flow = streams.Flow("tj", out_of_orderness_ms=30)
+    flow.source("orders").join_table("users").to_topic("out")
+    runs = [
+        _drive(
+            flow,
+            _interleave([("s", e) for e in stream], [("t", e) for e in table], rnd),
+            set(rnd.sample(range(160), 3)),
+        )
+        for _ in range(3)
+    ]
+    assert runs[0] == runs[1] == runs[2]  # whatever the read order and restarts
+    out, late = runs[0]
+    assert late == []
+    got = sorted(((o.key, o.value[0], o.value[1]) for o in out), key=lambda r: (r[0], r[1]))
+    assert got == _table_oracle(stream, table)
+    assert [o.ts for o in out] == sorted(o.ts for o in out)  # released in event-time order
+
+
+def test_left_join_passes_none_and_a_deleted_row_stops_matching() -> None:
+    flow = streams.Flow("lj")
+    flow.source("orders").join_table("users", lambda o, u: [o, u], how="left").to_topic("out")
+    d = streams.TestDriver(flow)
+    d.send_table({"name": "ann"}, key="u1", ts=10)
+    d.send_table(None, key="u1", ts=30)  # deleted from 30 on
+    for ts in (5, 20, 40):
+        d.send(ts, key="u1", ts=ts)
+    d.advance(1000)
+    d.advance_table(1000)
+    assert [o.value for o in d.output("out")] == [[5, None], [20, {"name": "ann"}], [40, None]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), within=st.integers(0, 60))
+def test_window_join_emits_each_pair_once(seed: int, within: int) -> None:
+    rnd = random.Random(seed)
+    left = _events(rnd, 80, 4, 40, 0)
+    right = _events(rnd, 80, 4, 40, 1000)
+    flow = streams.Flow("wj", out_of_orderness_ms=40)
+    flow.source("clicks").join_window("views", within, out_of_orderness_ms=40).to_topic("out")
+    runs = [
+        _drive(
+            flow,
+            _interleave([("s", e) for e in left], [("t", e) for e in right], rnd),
+            set(rnd.sample(range(160), 2)),
+        )
+        for _ in range(3)
+    ]
+    assert runs[0] == runs[1] == runs[2]
+    out, late = runs[0]
+    assert late == []
+    expected = sorted(
+        (k, a, b) for k, a, ta in left for k2, b, tb in right if k == k2 and abs(ta - tb) <= within
+    )
+    assert sorted((o.key, o.value[0], o.value[1]) for o in out) == expected
+
+
+def test_a_side_later_than_its_watermark_goes_to_late() -> None:
+    flow = streams.Flow("wl")
+    flow.source("a").join_window("b", 10).to_topic("out")
+    d = streams.TestDriver(flow)
+    d.send(1, key="k", ts=100)
+    d.send(2, key="k", ts=50)  # behind the source's watermark (100)
+    d.send_table(3, key="k", ts=95)
+    d.advance(1000)
+    d.advance_table(1000)
+    assert [o.value for o in d.late] == [2]
+    assert [o.value for o in d.output("out")] == [[1, 3]]
+
+
+def test_join_arguments_are_checked() -> None:
+    flow = streams.Flow("bad")
+    src = flow.source("a")
+    with pytest.raises(UsageError, match="how"):
+        src.join_table("t", how="outer")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="within_ms"):
+        src.join_window("t", -1)
+    src.join_table("t")
+    with pytest.raises(UsageError, match="one other topic"):
+        src.join_window("u", 5)
+    after = streams.Flow("late-join").source("a").key_by(lambda v: v["k"])
+    with pytest.raises(UsageError, match="before any repartitioning"):
+        after.join_table("t")
+
+
+def test_table_join_runs_over_a_compacted_topic(tmp_path: Path) -> None:
+    with unbundled.open(tmp_path / "j.db") as db:
+        db.log.create_topic("orders", 2)
+        db.log.create_topic("users", 2, cleanup_policy="compact")
+        db.log.create_topic("short", 3)
+        enc = msgspec.json.encode
+        for i in range(10):
+            db.log.append("users", enc({"n": i}), key=f"u{i}".encode(), timestamp=1000)
+        for i in range(60):
+            db.log.append("orders", enc(i), key=f"u{i % 12}".encode(), timestamp=2000 + i)
+        streams.heartbeat(db.log, "orders", now_ms=9000)
+        streams.heartbeat(db.log, "users", now_ms=9000)
+        flow = streams.Flow("enrich")
+        flow.source("orders").join_table("users").to_topic("out")
+        report = streams.run(db, flow, until_end=True)
+        rows = [
+            msgspec.json.decode(r.value or b"") for p in range(2) for r in db.log.scan("out", p)
+        ]
+        assert sorted(r[0] for r in rows) == [i for i in range(60) if i % 12 < 10]
+        assert all(r[1] == {"n": r[0] % 12} for r in rows)
+        assert report.records_out == len(rows)
+        bad = streams.Flow("bad-parts")
+        bad.source("short").join_table("users").to_topic("out2")
+        with pytest.raises(UsageError, match="co-partitioned"):
+            streams.run(db, bad, until_end=True)
