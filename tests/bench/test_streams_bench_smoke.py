@@ -4,6 +4,7 @@ must compute the same windows as a brute-force count; no speed is asserted."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import tomllib
 from collections import Counter
@@ -14,9 +15,9 @@ import pytest
 # TEMPORARY: unbundled.streams is being written on main; remove this skip once merged.
 pytest.importorskip("unbundled.streams", reason="unbundled.streams is not on this branch yet")
 
-from bench import bench_venv, run  # noqa: E402
-from bench import streams_bench as sb  # noqa: E402
-from bench import streams_report as sr  # noqa: E402
+from bench import bench_venv, run
+from bench import streams_bench as sb
+from bench import streams_report as sr
 
 EVENTS = 5_000
 
@@ -40,7 +41,7 @@ def brute_sessions(work: sb.Workload) -> sb.Windows:
     for k, ts in times.items():
         ts.sort()
         first, n = ts[0], 1
-        for before, t in zip(ts, ts[1:], strict=False):
+        for before, t in itertools.pairwise(ts):
             if t - before > sb.SESSION_GAP_MS:
                 out.add((k, first, n))
                 first, n = t, 0
