@@ -373,13 +373,13 @@ def bench_case(
             count = rival.tumbling_counts if case.kind == "tumbling" else rival.session_counts
             scratch = Path(tempfile.mkdtemp(prefix="streamsbench-bytewax-", dir=parent))
             try:
-                seconds, windows = count(
+                result: tuple[float, Windows] = count(
                     inputs, case.size_ms, OUT_OF_ORDERNESS_MS, scratch if recovery else None
                 )
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-            rates.setdefault(f"bytewax{recovery}", []).append(n / seconds)
-            return windows
+            rates.setdefault(f"bytewax{recovery}", []).append(n / result[0])
+            return result[1]
 
         return side
 
