@@ -92,6 +92,15 @@ cdc_tables_max = 1000  # tables one connector captures.
 cdc_read_changes_max = 100_000  # change rows one changes() call returns.
 cdc_busy_timeout_s_max = 600.0  # how long a SQLite source waits for the write lock.
 
+# Stream processing (issue 12).
+stream_window_ms_max = 366 * 86_400_000  # a window's size, slide, gap, offset; lateness bounds.
+stream_windows_per_event_max = 1000  # hopping windows one event falls in (size / slide).
+stream_count_window_max = 1_000_000  # events in one count window.
+stream_epoch_records_max = 10_000_000  # input records between two epoch commits.
+stream_state_buckets = 64  # each task's state is stored in this many KV entries (dirty ones rewritten).
+stream_nodes_max = 256  # operators in one flow.
+stream_name_chars_max = 64  # a flow's name (it names its consumer group and state keys).
+
 assert record_bytes_default <= record_bytes_max
 assert key_bytes_max < record_bytes_max
 assert batch_records_max <= commit_records_max

@@ -1,0 +1,187 @@
+"""The operators at run time, sans I/O: one set per task (source partition).
+
+An operator takes ``push(key, value, ts)`` and ``advance(watermark)``.
+Advancing first fires the operator's due timers -- in (fire time, key,
+window) order, so the same log always gives the same output order -- and
+then advances its children: a window's results reach the next operator
+before that operator's watermark moves past them, as in Flink.
+
+State lives in ``stream_state_buckets`` dicts per stateful operator, split by
+a hash of the key, so an epoch rewrites only the buckets it touched.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from .. import limits
+from ..errors import UsageError
+from . import _windows as w
+from ._flow import Node
+
+NO_TIME = -(2**62)  # the watermark before any event
+LATE_SINK = -1  # the sink id of late events no one routed: the topic <flow name>.late
+BUCKETS = limits.stream_state_buckets
+_enc = msgspec.msgpack.Encoder()
+
+
+class OperatorFailed(UsageError):
+    """A function of the flow raised; the epoch does not commit, so a restart
+    meets the same record again (fix the function, or route the record)."""
+
+    code = "operator_failed"
+
+
+def key_sort(key: Any) -> tuple[int, Any]:
+    """A total order over keys of mixed types (None < int < str < bytes)."""
+    if key is None:
+        return (0, 0)
+    if isinstance(key, int):
+        return (1, key)
+    if isinstance(key, str):
+        return (2, key)
+    return (3, key)
+
+
+def bucket_of(key: Any) -> int:
+    return zlib.crc32(_enc.encode(key)) % BUCKETS
+
+
+def check_key(key: object, where: str) -> Any:
+    if (
+        key is None
+        or isinstance(key, str | bytes)
+        or (isinstance(key, int) and not isinstance(key, bool))
+    ):
+        return key
+    raise UsageError(f"{where} returned key {key!r}: a key is str, int, bytes or None", value=key)
+
+
+class Ctx:
+    """What a task's operators share: the outputs of the epoch and the dirty buckets."""
+
+    __slots__ = ("dirty", "late_count", "outputs")
+
+    def __init__(self) -> None:
+        self.outputs: list[tuple[int, Any, Any, int]] = []  # (sink node id, key, value, ts)
+        self.dirty: set[tuple[int, int]] = set()  # (node id, bucket)
+        self.late_count = 0
+
+
+class Op:
+    """An operator; stateless ones pass items on."""
+
+    stateful = False
+
+    def __init__(self, node: Node, ctx: Ctx) -> None:
+        self.node = node
+        self.ctx = ctx
+        self.children: list[Op] = []
+        self.late: list[Op] = []
+
+    def emit(self, key: Any, value: Any, ts: int) -> None:
+        for child in self.children:
+            child.push(key, value, ts)
+
+    def push(self, key: Any, value: Any, ts: int) -> None:
+        self.emit(key, value, ts)
+
+    def advance(self, wm: int) -> None:
+        for child in self.children:
+            child.advance(wm)
+        for child in self.late:
+            child.advance(wm)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            raise OperatorFailed(
+                f"{self.node.label} raised {type(exc).__name__}: {exc}", node=self.node.label
+            ) from exc
+
+
+class MapOp(Op):
+    def push(self, key: Any, value: Any, ts: int) -> None:
+        self.emit(key, self.call(self.node.args["fn"], value), ts)
+
+
+class FilterOp(Op):
+    def push(self, key: Any, value: Any, ts: int) -> None:
+        if self.call(self.node.args["fn"], value):
+            self.emit(key, value, ts)
+
+
+class FlatMapOp(Op):
+    def push(self, key: Any, value: Any, ts: int) -> None:
+        for out in self.call(lambda v: list(self.node.args["fn"](v)), value):
+            self.emit(key, out, ts)
+
+
+class KeyByOp(Op):
+    def push(self, key: Any, value: Any, ts: int) -> None:
+        self.emit(check_key(self.call(self.node.args["fn"], value), self.node.label), value, ts)
+
+
+class SinkOp(Op):
+    def push(self, key: Any, value: Any, ts: int) -> None:
+        self.ctx.outputs.append((self.node.id, key, value, ts))
+
+
+class StatefulOp(Op):
+    """An operator with per-key state kept in buckets."""
+
+    stateful = True
+
+    def __init__(self, node: Node, ctx: Ctx) -> None:
+        super().__init__(node, ctx)
+        self.buckets: list[dict[Any, Any]] = [{} for _ in range(BUCKETS)]
+
+    def touch(self, key: Any) -> dict[Any, Any]:
+        b = bucket_of(key)
+        self.ctx.dirty.add((self.node.id, b))
+        return self.buckets[b]
+
+    def dump(self, bucket: int) -> list[list[Any]]:
+        return [[k, v] for k, v in self.buckets[bucket].items()]
+
+    def load(self, bucket: int, entries: list[list[Any]]) -> None:
+        self.buckets[bucket] = {k: v for k, v in entries}
+
+    def size(self) -> int:
+        return sum(len(b) for b in self.buckets)
+
+    def restored(self, wm: int) -> None:
+        """Rebuild what is derived from the state (timers) after a load."""
+
+
+class StateOp(StatefulOp):
+    def push(self, key: Any, value: Any, ts: int) -> None:
+        bucket = self.touch(key)
+        state = bucket[key] if key in bucket else self.call(self.node.args["init"])
+        result = self.call(self.node.args["fn"], state, value)
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise OperatorFailed(
+                f"{self.node.label}: map_with_state's function must return (state, output), "
+                f"got {result!r}",
+                node=self.node.label,
+            )
+        state, out = result
+        if state is None:
+            bucket.pop(key, None)
+        else:
+            bucket[key] = state
+        if out is not None:
+            self.emit(key, out, ts)
+
+
+class LateOp(Op):
+    """The side output of a window: late events, unchanged."""
+
+
+def result(key: Any, start: int, end: int, value: Any, timing: str) -> w.WindowResult:
+    return w.WindowResult(key, start, end, value, timing)

@@ -1,0 +1,241 @@
+"""One task: the whole flow over one source partition, sans I/O.
+
+The task reads its partition's records in offset order. A record's event
+time moves the partition's watermark to (newest event time seen) -
+``out_of_orderness_ms``; a heartbeat record (header ``unbundled.time``)
+moves it as an event of that time would, without being an event. Nothing
+else moves it -- no clock -- so the task's outputs, state and late events
+are a function of the records alone.
+
+Its state is stored as a manifest (offset, watermark, counters, which
+buckets hold state) and one entry per non-empty (operator, bucket); an
+epoch rewrites the buckets it touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from .. import limits
+from ..errors import CorruptionError, LimitExceeded
+from ..log._protocol import Headers, Record
+from ._build import build
+from ._flow import Flow
+from ._ops import NO_TIME, Ctx, OperatorFailed, StatefulOp
+
+#: The header of a heartbeat record: the event time (ASCII digits, ms) it stands for.
+TIME_HEADER = "unbundled.time"
+DEAD_SINK = -2  # records that cannot be decoded or timed: the topic <flow name>.dead
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder()
+_json = msgspec.json.Decoder()
+
+
+class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A task's stored progress: everything but the operators' buckets."""
+
+    flow: str  # the flow's fingerprint: a changed flow cannot resume old state
+    offset: int  # the next source offset to read
+    max_ts: int
+    wm: int
+    records: int
+    late: int
+    dead: int
+    stored: list[tuple[int, int]]  # (operator node id, bucket) with state
+
+
+def fingerprint(flow: Flow) -> str:
+    """What identifies a flow's state layout: its operators and their settings."""
+    return hashlib.sha256("\n".join(flow.describe()).encode()).hexdigest()[:16]
+
+
+def record_key(key: bytes | None) -> Any:
+    if key is None:
+        return None
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return key
+
+
+class Task:
+    """The flow's operators for source partition ``partition``."""
+
+    def __init__(self, flow: Flow, partition: int) -> None:
+        self.flow = flow
+        self.partition = partition
+        self.ctx = Ctx()
+        self.source, self.stateful = build(flow, self.ctx)
+        self.by_id: dict[int, StatefulOp] = {op.node.id: op for op in self.stateful}
+        src = next(n for n in flow.nodes if n.kind == "source")
+        self.decode = src.args["decode"]
+        self.ts_fn = src.args["ts"]
+        self.ooo = flow.out_of_orderness_ms
+        self.fingerprint = fingerprint(flow)
+        self.offset = 0
+        self.max_ts = NO_TIME
+        self.wm = NO_TIME
+        self.records = 0
+        self.dead = 0
+        self.stored: set[tuple[int, int]] = set()
+
+    # --- processing ------------------------------------------------------------
+
+    def feed(self, records: Iterable[Record]) -> int:
+        """Process ``records`` of this partition (those before the task's
+        offset are skipped: already in the state). Returns how many it took."""
+        taken = 0
+        for rec in records:
+            if rec.offset < self.offset:
+                continue
+            self.offset = rec.offset + 1
+            taken += 1
+            self.records += 1
+            try:
+                time = _heartbeat(rec.headers)
+                if time is not None:
+                    self.observe(time)
+                    continue
+                value = self._decode(rec.value)
+                ts = rec.timestamp if self.ts_fn is None else _check_ts(self.ts_fn(value))
+            except Exception as exc:  # a poison record: kept, with why, never dropped
+                self._dead(rec, f"{type(exc).__name__}: {exc}")
+                continue
+            self.process(record_key(rec.key), value, ts)
+        return taken
+
+    def _decode(self, raw: bytes | None) -> Any:
+        if self.decode == "json":
+            return None if raw is None else _json.decode(raw)
+        if self.decode == "raw":
+            return raw
+        return self.decode(raw)
+
+    def _dead(self, rec: Record, why: str) -> None:
+        self.dead += 1
+        headers: Headers = (
+            *rec.headers,
+            ("unbundled.error", why.encode()[:1000]),
+            ("unbundled.source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
+        )
+        self.ctx.outputs.append((DEAD_SINK, rec.key, (rec.value, headers), rec.timestamp))
+
+    def process(self, key: Any, value: Any, ts: int) -> None:
+        """One event: through the operators, then the watermark moves."""
+        self.source.push(key, value, ts)
+        self.observe(ts)
+
+    def observe(self, ts: int) -> None:
+        """Event time ``ts`` was seen: the watermark follows it."""
+        if ts > self.max_ts:
+            self.max_ts = ts
+            wm = ts - self.ooo
+            if wm > self.wm:
+                self.wm = wm
+                self.source.advance(wm)
+
+    # --- state -----------------------------------------------------------------
+
+    def dump(self) -> tuple[bytes, dict[tuple[int, int], bytes | None]]:
+        """The manifest and the touched buckets (``None``: now empty), encoded
+        and checked against the KV store's bounds; clears the dirty set."""
+        changed: dict[tuple[int, int], bytes | None] = {}
+        for node_id, bucket in sorted(self.ctx.dirty):
+            op = self.by_id[node_id]
+            entries = op.dump(bucket)
+            if not entries:
+                changed[(node_id, bucket)] = None
+                self.stored.discard((node_id, bucket))
+                continue
+            try:
+                blob = _enc.encode(entries)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise OperatorFailed(
+                    f"{op.node.label}: its state cannot be stored ({exc}); "
+                    "state and accumulators must be msgpack-encodable",
+                    node=op.node.label,
+                ) from exc
+            if len(blob) > limits.kv_value_bytes_max:
+                raise LimitExceeded(
+                    f"{op.node.label}: one state bucket holds {len(blob)} bytes, more than "
+                    f"{limits.kv_value_bytes_max}; the keys' state is too large",
+                    node=op.node.label,
+                    bytes=len(blob),
+                )
+            changed[(node_id, bucket)] = blob
+            self.stored.add((node_id, bucket))
+        self.ctx.dirty.clear()
+        manifest = Manifest(
+            self.fingerprint,
+            self.offset,
+            self.max_ts,
+            self.wm,
+            self.records,
+            self.ctx.late_count,
+            self.dead,
+            sorted(self.stored),
+        )
+        return _enc.encode(manifest), changed
+
+    @staticmethod
+    def read_manifest(blob: bytes, where: str) -> Manifest:
+        try:
+            return msgspec.msgpack.decode(blob, type=Manifest)
+        except msgspec.DecodeError as exc:
+            raise CorruptionError(f"stream state manifest {where} cannot be read: {exc}") from exc
+
+    def load(self, manifest: Manifest, buckets: dict[tuple[int, int], bytes], where: str) -> None:
+        """Restore the state :meth:`dump` stored (into a fresh task)."""
+        if manifest.flow != self.fingerprint:
+            from ..errors import UsageError
+
+            raise UsageError(
+                f"the stored state of flow {self.flow.name!r} was written by a different "
+                "flow (operators or settings changed); reset it (`unbundled streams reset`)",
+                flow=self.flow.name,
+            )
+        for (node_id, bucket), blob in buckets.items():
+            op = self.by_id.get(node_id)
+            if op is None:
+                raise CorruptionError(f"stream state {where}: no operator #{node_id}")
+            try:
+                op.load(bucket, _dec.decode(blob))
+            except (msgspec.DecodeError, TypeError, ValueError) as exc:
+                raise CorruptionError(
+                    f"stream state {where} operator #{node_id} bucket {bucket}: {exc}"
+                ) from exc
+        self.offset = manifest.offset
+        self.max_ts = manifest.max_ts
+        self.wm = manifest.wm
+        self.records = manifest.records
+        self.ctx.late_count = manifest.late
+        self.dead = manifest.dead
+        self.stored = set(map(tuple, manifest.stored))  # type: ignore[arg-type]
+        for op in self.stateful:
+            op.restored(self.wm)
+
+    def state_size(self) -> int:
+        """Keys with state, over every stateful operator."""
+        return sum(op.size() for op in self.stateful)
+
+    def timer_count(self) -> int:
+        return sum(len(getattr(op, "timers", ())) for op in self.stateful)
+
+
+def _heartbeat(headers: Headers) -> int | None:
+    for name, value in headers:
+        if name == TIME_HEADER:
+            return _check_ts(int(value))
+    return None
+
+
+def _check_ts(ts: object) -> int:
+    if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= limits.timestamp_ms_max:
+        raise ValueError(
+            f"event time must be an int of ms in 0..{limits.timestamp_ms_max}, got {ts!r}"
+        )
+    return ts
