@@ -12,9 +12,6 @@ from pathlib import Path
 
 import pytest
 
-# TEMPORARY: unbundled.streams is being written on main; remove this skip once merged.
-pytest.importorskip("unbundled.streams", reason="unbundled.streams is not on this branch yet")
-
 from bench import bench_venv, run
 from bench import streams_bench as sb
 from bench import streams_report as sr
