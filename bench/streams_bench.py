@@ -472,7 +472,13 @@ def main(argv: list[str] | None = None) -> int:
             "work on the machine slows every side alike",
         )
     )
-    notes = [JOIN_PENDING]
+    notes = [
+        JOIN_PENDING,
+        "Epochs: unbundled decides whether an epoch is due once per poll (`streams.run`'s "
+        "`poll_records`), so with 10 ms of event time per event an epoch ends at every poll, "
+        "not every 1 s of event time (the notes column gives its epochs per run); Bytewax's "
+        "recovery epochs are 1 s of system time, the only kind it has.",
+    ]
     if rival is None:
         notes.append("Bytewax is not installed here: no Bytewax lines")
     if args.quick:
