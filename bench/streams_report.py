@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from bench.streams_bench import Line
 
 JOIN_PENDING = (
-    "TODO: the stream-table join line is pending: `events.join_table(...)` is not in "
-    "unbundled.streams yet, so there is no number for it (none is made up)"
+    "TODO: the stream-table join line is pending: this benchmark has no join case yet "
+    "(`Stream.join_table` reached main only after this benchmark was written), so there "
+    "is no number for it (none is made up)"
 )
 
 
