@@ -8,13 +8,15 @@
     .venv/bin/python bench/run.py --only consistency  # the linearizability checker
     .venv/bin/python bench/run.py --only fuzz         # the corruption fuzzer's full sweep
     .venv/bin/python bench/run.py --only cdc          # CDC from PostgreSQL, vs pg_recvlogical
+    .venv/bin/python bench/run.py --only streams      # windowed counts, vs Bytewax and a dict loop
     .venv/bin/python bench/run.py --quick             # a smoke run in seconds, writes nothing
     .venv/bin/python bench/run.py --kills 50          # fewer kills in the crash test
 
-The event-store, idempotency and unit-of-work benchmarks run in their own venv, bench/.venv
-(created here on first use), because their competitors are installed only
-there; see ``bench/eventstore_bench.py``, ``bench/idempotency_bench.py`` and
-``bench/unit_of_work_bench.py``.
+The event-store, idempotency, unit-of-work and stream-processing benchmarks run in
+their own venv, bench/.venv (created here on first use), because their competitors
+are installed only there; see ``bench/eventstore_bench.py``,
+``bench/idempotency_bench.py``, ``bench/unit_of_work_bench.py`` and
+``bench/streams_bench.py``.
 The linearizability checker's benchmark runs here, in this venv: its reference
 is a plain search of ours (``bench/consistency_bench.py``).
 
@@ -251,6 +253,11 @@ def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
 
         return cdc_bench.main(flags)
 
+    def streams() -> int:
+        from bench import streams_bench
+
+        return streams_bench.run_in_venv(quick=quick)
+
     return {
         "eventstore": eventstore,
         "idempotency": idempotency,
@@ -258,6 +265,7 @@ def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
         "consistency": consistency,
         "fuzz": fuzz,
         "cdc": cdc,
+        "streams": streams,
     }
 
 
@@ -268,7 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="crash-test seed (default random)")
     parser.add_argument(
         "--only",
-        choices=["log", "eventstore", "idempotency", "unit", "consistency", "fuzz", "cdc"],
+        choices=[
+            "log",
+            "eventstore",
+            "idempotency",
+            "unit",
+            "consistency",
+            "fuzz",
+            "cdc",
+            "streams",
+        ],
         default=None,
         help="run one benchmark suite",
     )
