@@ -348,7 +348,7 @@ class Stream:
         self._then("sink", to="topic", topic=topic, encode=encode)
         return self
 
-    def to_callback(self, fn: Callable[[Any, Any, int], None]) -> Stream:
+    def to_callback(self, fn: Callable[[Any, Any, int], object]) -> Stream:
         """Call ``fn(key, value, event_time)`` for each item once its epoch
         has committed: at least once (a crash between the commit and the
         calls repeats none; a crash during the calls repeats the epoch's)."""
