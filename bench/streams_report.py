@@ -15,12 +15,6 @@ from bench.common import git_commit, markdown_table
 if TYPE_CHECKING:
     from bench.streams_bench import Line
 
-JOIN_PENDING = (
-    "TODO: the stream-table join line is pending: this benchmark has no join case yet "
-    "(`Stream.join_table` reached main only after this benchmark was written), so there "
-    "is no number for it (none is made up)"
-)
-
 
 class Sizes(Protocol):
     """What the page says of a run's sizes (``streams_bench.Sizes`` is one)."""
@@ -64,10 +58,6 @@ def cells(line: Line) -> list[str]:
         line.verdict,
         "; ".join(p for p in [*spreads, line.note] if p),
     ]
-
-
-def pending_cells() -> list[str]:
-    return ["3", "stream-table join", "Bytewax, dict loop", "", "", "", "", "pending", JOIN_PENDING]
 
 
 def machine_facts(sizes: Sizes, bytewax: str | None, workload: str) -> list[tuple[str, str]]:

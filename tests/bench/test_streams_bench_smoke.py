@@ -29,6 +29,15 @@ def brute_tumbling(work: sb.Workload) -> sb.Windows:
     return {(k, start, n) for (k, start), n in counts.items()}
 
 
+def brute_join(work: sb.Workload) -> sb.Windows:
+    """Each click with its user's plan (user i has plan i % PLANS), counted per window."""
+    counts = Counter(
+        (f"{k}/p{int(k[1:]) % sb.PLANS}", t - t % sb.WINDOW_MS)
+        for k, t in zip(work.keys, work.ts_ms, strict=True)
+    )
+    return {(k, start, n) for (k, start), n in counts.items()}
+
+
 def brute_sessions(work: sb.Workload) -> sb.Windows:
     """Per key, the sorted times split wherever two neighbours are more than a gap apart."""
     times: dict[str, list[int]] = {}
@@ -74,7 +83,9 @@ def test_unbundled_computes_the_same_windows(
     tmp_path: Path, work: sb.Workload, case: sb.Case
 ) -> None:
     run_ = sb.unbundled_run(tmp_path, work.messages(), case)
-    expected = brute_tumbling(work) if case is sb.TUMBLING else brute_sessions(work)
+    expected = {sb.TUMBLING: brute_tumbling, sb.SESSIONS: brute_sessions, sb.JOIN: brute_join}[
+        case
+    ](work)
     assert run_.windows == expected
     assert run_.seconds > 0 and run_.epochs >= 1
     assert list(tmp_path.iterdir()) == []  # the scratch file is gone
@@ -106,10 +117,9 @@ def test_report_rows_and_markdown() -> None:
     slow = sb.Line(sb.TUMBLING, "dict loop", (100.0,), (1_000.0,), 0.3, "epochs")
     assert fast.ratio == pytest.approx(5.5) and fast.verdict == "PASS"
     assert slow.verdict == "BELOW FLOOR"
-    rows = [sr.cells(fast), sr.cells(slow), sr.pending_cells()]
+    rows = [sr.cells(fast), sr.cells(slow)]
     assert all(len(r) == len(sr.HEADERS) for r in rows)
     assert rows[0][3:8] == ["550 events/s", "100 events/s", "5.50x", ">= 5x", "PASS"]
-    assert rows[2][7] == "pending" and "TODO" in rows[2][8]
     facts = sr.machine_facts(sb.QUICK, None, "tiny")
     assert ("Bytewax", "not installed") in facts
     text = sr.markdown(facts, rows, ["a note"])
