@@ -342,7 +342,7 @@ def load_users(db: Any, keys: int, last: int) -> None:
     db.log.append_batch(
         "users",
         [
-            Message(json.dumps(r).encode(), k.encode(), timestamp=BASE_MS - 1)
+            Message(json.dumps(r).encode(), k.encode(), timestamp=BASE_MS - JITTER_MS - 1)
             for k, r in rows.items()
         ],
     )
