@@ -12,6 +12,7 @@ a hash of the key, so an epoch rewrites only the buckets it touched.
 
 from __future__ import annotations
 
+import copy
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,16 @@ def key_sort(key: Any) -> tuple[int, Any]:
 
 def bucket_of(key: Any) -> int:
     return zlib.crc32(_enc.encode(key)) % BUCKETS
+
+
+def detached(value: Any) -> Any:
+    """``value`` as an output, sharing no memory with the state it came from:
+    an accumulator or state changed in place later (``collect`` appends) must
+    not change what was already emitted -- nor may a restart, which loads
+    fresh copies, change it."""
+    if value is None or isinstance(value, int | float | str | bytes):
+        return value
+    return copy.deepcopy(value)
 
 
 def check_key(key: object, where: str) -> Any:
@@ -176,7 +187,7 @@ class StateOp(StatefulOp):
         else:
             bucket[key] = state
         if out is not None:
-            self.emit(key, out, ts)
+            self.emit(key, detached(out), ts)
 
 
 class LateOp(Op):
