@@ -111,16 +111,20 @@ def drive(
     final: bool = True,
 ) -> TestDriver:
     """Send ``events`` (heartbeats as ``advance``), restarting the driver
-    before the events whose index is in ``restarts``; then, with ``final``,
+    before the events whose index is in ``restarts`` (``len(events)``: after
+    the last); then, with ``final``,
     a heartbeat at the end of time on every partition."""
     driver = TestDriver(flow, partitions=partitions)
-    for i, e in enumerate(events):
+    list_events = list(events)
+    for i, e in enumerate(list_events):
         if i in restarts:
             driver.restart()
         if e.key is None:
             driver.advance(e.ts, partition=e.partition)
         else:
             driver.send(e.value, key=e.key, ts=e.ts, partition=e.partition)
+    if len(list_events) in restarts:
+        driver.restart()
     if final:
         driver.advance(END_OF_TIME)
     return driver
