@@ -97,13 +97,16 @@ class Task:
             self.records += 1
             try:
                 time = _heartbeat(rec.headers)
-                if time is not None:
-                    self.observe(time)
-                    continue
-                value = self._decode(rec.value)
-                ts = rec.timestamp if self.ts_fn is None else _check_ts(self.ts_fn(value))
+                if time is None:
+                    value = self._decode(rec.value)
+                    ts = rec.timestamp if self.ts_fn is None else _check_ts(self.ts_fn(value))
             except Exception as exc:  # a poison record: kept, with why, never dropped
                 self._dead(rec, f"{type(exc).__name__}: {exc}")
+                continue
+            # Outside the try: an operator failing while a heartbeat fires its
+            # timers is OperatorFailed (the epoch fails), not a dead heartbeat.
+            if time is not None:
+                self.observe(time)
                 continue
             self.process(record_key(rec.key), value, ts)
         return taken
