@@ -20,7 +20,7 @@ from . import _windows as w
 
 Decode = Literal["json", "raw"] | Callable[[bytes], Any]
 Encode = Literal["json", "raw"] | Callable[[Any], bytes]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: "$" would let a final "\n" in
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Flow:
     """
 
     def __init__(self, name: str, *, out_of_orderness_ms: int = 0) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise UsageError(
                 f"a flow name is letters, digits, '.', '_', '-' (not first), got {name!r}",
                 value=name,
@@ -247,7 +247,7 @@ class Stream:
         """Upsert each item into SQL table ``table`` (``key``, ``value`` JSON,
         ``ts``; window results by ``key``, ``start``, ``end``) in the epoch's
         transaction (SQLite, PostgreSQL): exactly once."""
-        if not isinstance(table, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", table):
+        if not isinstance(table, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", table):
             raise UsageError(f"to_table needs a plain SQL table name, got {table!r}", value=table)
         self._then("sink", to="table", table=table)
         return self
