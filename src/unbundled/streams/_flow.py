@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from .. import limits
 from ..errors import UsageError
@@ -223,7 +223,7 @@ class Stream:
 
     # --- sinks -----------------------------------------------------------------
 
-    def to_topic(self, topic: str, *, encode: Encode = "json") -> Stream:
+    def to_topic(self, topic: str, *, encode: Encode = "json") -> Self:
         """Append each item to ``topic`` (created with the source's partition
         count if missing), in the epoch's transaction: exactly once. The
         record's key is the item's key, its timestamp the item's event time;
@@ -235,7 +235,7 @@ class Stream:
         self._then("sink", to="topic", topic=topic, encode=encode)
         return self
 
-    def to_callback(self, fn: Callable[[Any, Any, int], None]) -> Stream:
+    def to_callback(self, fn: Callable[[Any, Any, int], None]) -> Self:
         """Call ``fn(key, value, event_time)`` for each item once its epoch
         has committed: at least once (a crash between the commit and the
         calls repeats none; a crash during the calls repeats the epoch's)."""
@@ -243,7 +243,7 @@ class Stream:
         self._then("sink", to="callback", fn=fn)
         return self
 
-    def to_table(self, table: str) -> Stream:
+    def to_table(self, table: str) -> Self:
         """Upsert each item into SQL table ``table`` (``key``, ``value`` JSON,
         ``ts``; window results by ``key``, ``start``, ``end``) in the epoch's
         transaction (SQLite, PostgreSQL): exactly once."""
