@@ -158,6 +158,7 @@ def test_sources_and_sinks() -> None:
 
 def test_driver_arguments() -> None:
     driver = TestDriver(window_flow(Tumbling(10), "count"), partitions=2)
+    bad: Any
     for bad in (2, -1, True, "0"):
         _usage(lambda: driver.send(1, key="a", partition=bad), bad)  # noqa: B023
         _usage(lambda: driver.advance(5, partition=bad), bad)  # noqa: B023
@@ -204,7 +205,7 @@ def test_map_with_state_must_return_a_pair() -> None:
 
 def test_key_by_must_return_a_key() -> None:
     flow = Flow("f")
-    flow.source("in").key_by(lambda v: 1.5).to_topic("out")
+    flow.source("in").key_by(lambda v: 1.5).to_topic("out")  # type: ignore[arg-type,return-value]
     _usage(lambda: TestDriver(flow).send(1, key="a"), 1.5)
 
 

@@ -22,7 +22,7 @@ from tests import matrix
 from unbundled import limits, streams
 from unbundled.database import Database
 from unbundled.errors import NotSupported, UsageError
-from unbundled.log._protocol import Message
+from unbundled.log._protocol import Message, Record
 from unbundled.streams import TIME_HEADER, Count, Flow, Hopping, OperatorFailed, Session, Tumbling
 
 from ._flows import AGGREGATE, END_OF_TIME, window_flow
@@ -69,7 +69,7 @@ def read_topic(db: Database, topic: str) -> dict[int, list[Row]]:
         return {}
     out: dict[int, list[Row]] = {}
     for p, end in sorted(db.log.end_offsets(topic).items()):
-        records = []
+        records: list[Record] = []
         while len(records) < end:
             records += db.log.read(topic, p, len(records))
         out[p] = [(r.key, r.value, tuple(r.headers), r.timestamp) for r in records]
@@ -105,7 +105,7 @@ def test_run_writes_the_batch_answer(db: Database, spec: Any) -> None:
     assert sorted(got) == list(range(PARTITIONS))  # as many partitions as the source
     for p, rows in got.items():
         expected = batch_results(events[p], spec, agg)
-        assert [(k, msgspec.json.decode(v), ts) for k, v, _h, ts in rows] == [
+        assert [(k, msgspec.json.decode(v or b""), ts) for k, v, _h, ts in rows] == [
             (r.key.encode(), msgspec.to_builtins(r), r.end - 1) for r in expected
         ]
     dead = [row for rows in read_topic(db, "f.dead").values() for row in rows]
@@ -237,7 +237,7 @@ def test_a_raising_function_commits_nothing_of_its_epoch(db: Database) -> None:
     for _ in range(2):  # a restart meets the same record again
         with pytest.raises(OperatorFailed, match="ZeroDivisionError"):
             streams.run(db, flow, until_end=True, epoch_records=1, poll_records=1)
-        values = [msgspec.json.decode(v) for _k, v, _h, _t in read_topic(db, "out")[0]]
+        values = [msgspec.json.decode(v or b"") for _k, v, _h, _t in read_topic(db, "out")[0]]
         assert values == [100 // (v - 13) for v in [1, 2, 3]]
 
 
@@ -252,6 +252,7 @@ def test_a_changed_flow_cannot_resume_old_state(db: Database) -> None:
 def test_run_arguments(db: Database) -> None:
     produce(db, seed=7, n=5)
     flow = window_flow(Tumbling(10), "count")
+    bad: Any
     for name, bad in [
         ("epoch_records", 0),
         ("epoch_records", True),
