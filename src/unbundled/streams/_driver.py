@@ -41,7 +41,11 @@ class TestDriver:
     __test__ = False  # not a pytest class, whatever its name
 
     def __init__(self, flow: Flow, *, partitions: int = 1) -> None:
-        if not isinstance(partitions, int) or not 1 <= partitions <= 1024:
+        if (
+            not isinstance(partitions, int)
+            or isinstance(partitions, bool)
+            or not 1 <= partitions <= 1024
+        ):
             raise UsageError(f"partitions must be 1..1024, got {partitions!r}", value=partitions)
         flow.source_topic  # noqa: B018 (raises UsageError for a flow without a source)
         self.flow = flow
@@ -133,7 +137,11 @@ class TestDriver:
         self._collect(task)
 
     def _task(self, partition: int) -> Task:
-        if not isinstance(partition, int) or not 0 <= partition < len(self.tasks):
+        if (
+            not isinstance(partition, int)
+            or isinstance(partition, bool)  # True is 1 to Python, not a partition
+            or not 0 <= partition < len(self.tasks)
+        ):
             raise UsageError(f"partition must be 0..{len(self.tasks) - 1}, got {partition!r}")
         return self.tasks[partition]
 

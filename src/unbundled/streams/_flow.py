@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from .. import limits
 from ..errors import UsageError
@@ -20,7 +20,7 @@ from . import _windows as w
 
 Decode = Literal["json", "raw"] | Callable[[bytes], Any]
 Encode = Literal["json", "raw"] | Callable[[Any], bytes]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: "$" would let a final "\n" in
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Flow:
     def __init__(
         self, name: str, *, out_of_orderness_ms: int = 0, watermark_every_ms: int = 1000
     ) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise UsageError(
                 f"a flow name is letters, digits, '.', '_', '-' (not first), got {name!r}",
                 value=name,
@@ -336,7 +336,7 @@ class Stream:
 
     # --- sinks -----------------------------------------------------------------
 
-    def to_topic(self, topic: str, *, encode: Encode = "json") -> Stream:
+    def to_topic(self, topic: str, *, encode: Encode = "json") -> Self:
         """Append each item to ``topic`` (created with the source's partition
         count if missing), in the epoch's transaction: exactly once. The
         record's key is the item's key, its timestamp the item's event time;
@@ -348,7 +348,7 @@ class Stream:
         self._then("sink", to="topic", topic=topic, encode=encode)
         return self
 
-    def to_callback(self, fn: Callable[[Any, Any, int], object]) -> Stream:
+    def to_callback(self, fn: Callable[[Any, Any, int], object]) -> Self:
         """Call ``fn(key, value, event_time)`` for each item once its epoch
         has committed: at least once (a crash between the commit and the
         calls repeats none; a crash during the calls repeats the epoch's)."""
@@ -356,11 +356,11 @@ class Stream:
         self._then("sink", to="callback", fn=fn)
         return self
 
-    def to_table(self, table: str) -> Stream:
+    def to_table(self, table: str) -> Self:
         """Upsert each item into SQL table ``table`` (``key``, ``value`` JSON,
         ``ts``; window results by ``key``, ``start``, ``end``) in the epoch's
         transaction (SQLite, PostgreSQL): exactly once."""
-        if not isinstance(table, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", table):
+        if not isinstance(table, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", table):
             raise UsageError(f"to_table needs a plain SQL table name, got {table!r}", value=table)
         self._then("sink", to="table", table=table)
         return self

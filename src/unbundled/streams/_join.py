@@ -22,7 +22,7 @@ import heapq
 from typing import Any
 
 from ._flow import Node
-from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, key_sort
+from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, detached, key_sort
 
 
 class JoinOp(StatefulOp):
@@ -112,7 +112,7 @@ class JoinOp(StatefulOp):
                 self.touch(key).pop(key, None)
             if row is None and self.inner:
                 continue
-            self.emit(key, self.call(self.fn, value, row), ts)
+            self.emit(key, detached(self.call(self.fn, value, row)), ts)
         self.out_wm = out_wm
         for child in self.wm_children:
             child.advance(out_wm)
@@ -219,7 +219,7 @@ class WindowJoinOp(StatefulOp):
             for other in kept:
                 if other[1] != side and other[0] >= horizon:
                     left, right = (item[3], other[3]) if side == 0 else (other[3], item[3])
-                    self.emit(key, self.call(self.fn, left, right), ts)
+                    self.emit(key, detached(self.call(self.fn, left, right)), ts)
             kept.append(item)
         self.out_wm = out_wm
         for child in self.wm_children:

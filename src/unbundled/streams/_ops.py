@@ -13,6 +13,7 @@ a hash of the key, so an epoch rewrites only the buckets it touched.
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import threading
 import zlib
@@ -73,6 +74,16 @@ def encode_key(key: Any) -> bytes | None:
     if key is None or isinstance(key, bytes):
         return key
     return str(key).encode()
+
+
+def detached(value: Any) -> Any:
+    """``value`` as an output, sharing no memory with the state it came from:
+    an accumulator or state changed in place later (``collect`` appends) must
+    not change what was already emitted -- nor may a restart, which loads
+    fresh copies, change it."""
+    if value is None or isinstance(value, int | float | str | bytes):
+        return value
+    return copy.deepcopy(value)
 
 
 def check_key(key: object, where: str) -> Any:
@@ -210,7 +221,7 @@ class StateOp(StatefulOp):
         else:
             bucket[key] = state
         if out is not None:
-            self.emit(key, out, ts)
+            self.emit(key, detached(out), ts)
 
 
 class LateOp(Op):

@@ -388,25 +388,25 @@ def run(
 def _check_run(
     epoch_records: int, epoch_event_ms: int | None, epoch_interval_s: float, poll_records: int
 ) -> None:
-    if (
-        not isinstance(epoch_records, int)
-        or not 1 <= epoch_records <= limits.stream_epoch_records_max
-    ):
-        raise UsageError(
-            f"epoch_records must be 1..{limits.stream_epoch_records_max}, got {epoch_records!r}",
-            value=epoch_records,
-        )
-    if epoch_event_ms is not None and (
-        not isinstance(epoch_event_ms, int)
-        or not 1 <= epoch_event_ms <= limits.stream_window_ms_max
-    ):
-        raise UsageError(f"epoch_event_ms must be 1..{limits.stream_window_ms_max} or None")
+    # bool is an int to Python; True is no count of records (as in Flow's checks).
+    settings = {
+        "epoch_records": (epoch_records, 1, limits.stream_epoch_records_max),
+        "epoch_event_ms": (epoch_event_ms, 1, limits.stream_window_ms_max),
+        "poll_records": (poll_records, 1, limits.poll_records_max),
+    }
+    for name, (value, low, high) in settings.items():
+        if name == "epoch_event_ms" and value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise UsageError(f"{name} must be an int in {low}..{high}, got {value!r}", value=value)
     if (
         not isinstance(epoch_interval_s, int | float)
+        or isinstance(epoch_interval_s, bool)
         or not 0.001 <= epoch_interval_s <= limits.wait_s_max
     ):
         raise UsageError(
-            f"epoch_interval_s must be 0.001..{limits.wait_s_max}, got {epoch_interval_s!r}"
+            f"epoch_interval_s must be 0.001..{limits.wait_s_max}, got {epoch_interval_s!r}",
+            value=epoch_interval_s,
         )
     if not isinstance(poll_records, int) or not 1 <= poll_records <= limits.poll_records_max:
         raise UsageError(f"poll_records must be 1..{limits.poll_records_max}, got {poll_records!r}")

@@ -110,17 +110,21 @@ class Task:
                 continue
             self.offset = rec.offset + 1
             taken += 1
+            time = None
             try:
                 if rec.headers:
                     time = _heartbeat(rec.headers)
-                    if time is not None:
-                        self.observe(time)
-                        continue
-                raw = rec.value
-                value = None if raw is None else decode(raw)
-                ts = rec.timestamp if ts_fn is None else _check_ts(ts_fn(value))
+                if time is None:
+                    raw = rec.value
+                    value = None if raw is None else decode(raw)
+                    ts = rec.timestamp if ts_fn is None else _check_ts(ts_fn(value))
             except Exception as exc:  # a poison record: kept, with why, never dropped
                 self._dead(rec, f"{type(exc).__name__}: {exc}")
+                continue
+            # Outside the try: an operator failing while a heartbeat fires its
+            # timers is OperatorFailed (the epoch fails), not a dead heartbeat.
+            if time is not None:
+                self.observe(time)
                 continue
             key = rec.key
             if key is not None:
@@ -182,15 +186,17 @@ class Task:
                 continue
             self.table_offset = rec.offset + 1
             taken += 1
+            time = None
             try:
                 if rec.headers:
                     time = _heartbeat(rec.headers)
-                    if time is not None:
-                        join.table_time(time)
-                        continue
-                row = None if rec.value is None else decode(rec.value)
+                if time is None:
+                    row = None if rec.value is None else decode(rec.value)
             except Exception as exc:
                 self._dead(rec, f"{type(exc).__name__}: {exc}")
+                continue
+            if time is not None:  # outside the try, as in feed()
+                join.table_time(time)
                 continue
             join.table(record_key(rec.key), row, rec.timestamp)
         return taken

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import _windows as w
 from ._flow import Node
-from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, bucket_of, key_sort, result
+from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, bucket_of, detached, key_sort, result
 
 # Timer kinds, in the order they fire at one instant.
 _EARLY, _ON_TIME, _PURGE = 0, 1, 2
@@ -36,7 +36,7 @@ class WindowOp(StatefulOp):
             child.push(key, value, ts)
 
     def fire(self, key: Any, start: int, end: int, acc: Any, timing: str) -> None:
-        value = self.call(self.agg.result, acc)
+        value = detached(self.call(self.agg.result, acc))
         self.emit(key, result(key, start, end, value, timing), end - 1)
 
     def timer(self, fire: int, kind: int, key: Any, start: int) -> None:
