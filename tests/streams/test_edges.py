@@ -277,3 +277,27 @@ def test_an_emitted_result_never_changes() -> None:
     assert [o.value for o in driver.late] == [11]
     for emitted, at_the_time in seen:
         assert emitted.value == at_the_time, emitted
+
+
+@pytest.mark.parametrize(
+    "window", [Tumbling(100), Hopping(100, 50), Session(gap_ms=50)], ids=lambda w: type(w).__name__
+)
+def test_a_window_first_met_within_the_lateness_fires_at_once(window: Any) -> None:
+    flow = Flow("lateness")
+    flow.source("x").window(window, allowed_lateness_ms=1000).count().to_topic("o")
+    d = TestDriver(flow)
+    d.send(1, key="a", ts=500)
+    d.send(1, key="b", ts=10)  # its windows ended before the watermark (500): no later move needed
+    got = d.output("o")
+    assert got and all(
+        o.key == "b" and o.value.timing == "late" and o.value.value == 1 for o in got
+    )
+
+
+def test_state_that_would_come_back_changed_fails_the_epoch() -> None:
+    flow = Flow("tuples")
+    flow.source("x").map_with_state(lambda state, v: ((v, v), v)).to_topic("o")
+    d = TestDriver(flow)
+    d.send(1, key="a")
+    with pytest.raises(OperatorFailed, match="come back changed"):
+        d.restart()

@@ -402,12 +402,14 @@ class Windowed:
         return self._agg(w.sum_agg(fn))
 
     def reduce(self, fn: Callable[[Any, Any], Any]) -> WindowStream:
-        """``fn(fn(v1, v2), v3)...`` over the window's values in arrival order."""
+        """``fn(fn(v1, v2), v3)...`` over the window's values in arrival order
+        (sessions that an event bridges merge in their start order)."""
         _check_fn("reduce", fn)
         return self._agg(w.reduce_agg(fn))
 
     def collect(self) -> WindowStream:
-        """The window's values, as a list in arrival order."""
+        """The window's values, as a list in arrival order (sessions that an
+        event bridges are concatenated in their start order)."""
         return self._agg(w.collect_agg())
 
     def aggregate(

@@ -248,6 +248,13 @@ class Task:
                     "state and accumulators must be msgpack-encodable",
                     node=op.node.label,
                 ) from exc
+            if not survives(entries, _dec.decode(blob)):
+                raise OperatorFailed(
+                    f"{op.node.label}: its state would come back changed after a restart "
+                    "(a tuple or set comes back a list, a Struct a dict): keep state and "
+                    "accumulators to None, bool, int, float, str, bytes, lists and dicts",
+                    node=op.node.label,
+                )
             if len(blob) > limits.kv_value_bytes_max:
                 raise LimitExceeded(
                     f"{op.node.label}: one state bucket holds {len(blob)} bytes, more than "
@@ -321,6 +328,20 @@ class Task:
 
     def timer_count(self) -> int:
         return sum(len(getattr(op, "timers", ())) for op in self.stateful)
+
+
+def survives(a: Any, b: Any) -> bool:
+    """Whether ``b`` (``a`` through msgpack and back) is ``a``, types included:
+    what a restart loads must be what the uninterrupted run holds."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(survives(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(survives(v, b[k]) for k, v in a.items())
+    if isinstance(a, float):
+        return a == b or (a != a and b != b)  # NaN is NaN
+    return bool(a == b)
 
 
 def _all_ops(root: Any) -> list[Any]:

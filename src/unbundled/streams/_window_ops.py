@@ -76,9 +76,7 @@ class TimeWindowOp(WindowOp):
                     windows = bucket[key] = {}
                 slot = windows.get(start)
                 if slot is None:
-                    windows[start] = [1, False]
-                    self.schedule(key, start, wm)
-                    return
+                    slot = windows[start] = [0, self.open_slot(key, start, wm)]
                 slot[0] += 1
                 if slot[1]:
                     self.fire(key, start, start + size, slot[0], "late")
@@ -97,11 +95,22 @@ class TimeWindowOp(WindowOp):
         for start in starts:
             slot = windows.get(start)
             if slot is None:
-                slot = windows[start] = [self.call(agg.init), False]
-                self.schedule(key, start, wm)
+                slot = windows[start] = [self.call(agg.init), self.open_slot(key, start, wm)]
             slot[0] = self.call(agg.add, slot[0], value)
             if slot[1]:  # fired already, within the allowed lateness: a corrected result
                 self.fire(key, start, start + size, slot[0], "late")
+
+    def open_slot(self, key: Any, start: int, wm: int) -> bool:
+        """A new window's timers; whether it counts as fired already: a window
+        first met after the watermark passed its end (within the allowed
+        lateness) gives its result at once, as a late one, not at some later
+        watermark move that may never come."""
+        end = start + self.length
+        if end <= wm:
+            self.timer(end + self.lateness, _PURGE, key, start)
+            return True
+        self.schedule(key, start, wm)
+        return False
 
     def schedule(self, key: Any, start: int, wm: int) -> None:
         end = start + self.length
@@ -169,7 +178,9 @@ class SessionOp(WindowOp):
         else:
             acc = self.call(agg.init)
         acc = self.call(agg.add, acc, value)
-        fired = any(s[3] for s in touching)
+        # Fired already, or first met after the watermark passed its end (within
+        # the allowed lateness): its result goes out now, as a late one.
+        fired = any(s[3] for s in touching) or last + gap <= self.wm
         merged = [start, last, acc, fired]
         kept = [s for s in sessions if all(s is not t for t in touching)]
         kept.append(merged)
