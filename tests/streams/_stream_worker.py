@@ -173,7 +173,9 @@ def arm(db: Any, die: str) -> None:
             result = commit()
             durations.append(time.monotonic() - started)
             if commits == target and moment in ("after", "during"):
-                die_now()  # ("during": the timer came too late -- right after, then)
+                if moment == "during":  # the timer came too late: right after, then
+                    say("missed")
+                die_now()
             return result
 
         tx.commit = commit_or_die

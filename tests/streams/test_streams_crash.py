@@ -30,7 +30,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +227,7 @@ def test_sigkill_anywhere_changes_no_byte(tmp_path: Path) -> None:
     plans = [PLANS[i % len(PLANS)] for i in range(KILLS)]
     rng.shuffle(plans)
     moments = dict.fromkeys(PLANS, 0)
-    moments["die plan not reached"] = 0
+    moments["die plan not reached"] = moments["during (timer too late: after)"] = 0
     chunk = -(-len(messages) // KILLS)
     started = time.monotonic()
     with fresh(tmp_path / "crash.db", [], end=False) as db:
@@ -271,6 +271,8 @@ def kill_once(path: Path, rng: random.Random, plan: str, what: str) -> str:
                 status = child.wait(3.0 + (2.0 if other else 0.0))
                 if status is None:
                     plan = "die plan not reached"
+                elif plan == "during" and "missed" in child.drain(5.0):
+                    plan = "during (timer too late: after)"
             exited = child.proc.poll()
             child.kill()
             assert child.proc.returncode == -signal.SIGKILL, (
@@ -286,3 +288,103 @@ def kill_once(path: Path, rng: random.Random, plan: str, what: str) -> str:
         if other is not None:
             other.close()
     return plan
+
+
+@pytest.mark.slow
+def test_three_worker_processes_write_the_bytes_of_one(tmp_path: Path) -> None:
+    """Three dynamic workers with different epoch and poll sizes, started a
+    little apart (so partitions move while they run), each until the end of
+    its partitions: the same bytes as one in-process worker."""
+    messages = w.workload(SEED, EVENTS)
+    expected = reference(tmp_path / "ref.db", messages)
+    path = tmp_path / "three.db"
+    with fresh(path, messages) as db:
+        children = []
+        took: list[int] = []  # input records each worker processed
+        try:
+            for i, (epoch_records, poll_records) in enumerate([(1, 1), (2, 1), (5, 3)]):
+                child = spawn(
+                    path, "-", epoch_records=epoch_records, poll_records=poll_records, mode="end"
+                )
+                children.append(child)
+                wait_ready(child, f"worker {i}")
+                if i == 0:
+                    wait_epoch(child, "worker 0")  # it runs when the others join
+            for i, child in enumerate(children):
+                line = child.wait_for(lambda s: s.startswith("done"), FINISH_TIMEOUT_S)
+                assert line is not None, f"seed={SEED}: worker {i}: {child.stderr_text()}"
+                took.append(int(line.split()[1]))
+                assert child.wait(30.0) == 0, f"seed={SEED}: worker {i}: {child.stderr_text()}"
+        finally:
+            for child in children:
+                child.close()
+        assert done(db), f"seed={SEED}: not done: {progress(db)}"
+        check_same(w.dump(db.log), expected, "three workers")
+    print(f"input records processed by each worker: {took}")
+    assert sum(1 for n in took if n) >= 2, f"seed={SEED}: one worker did it all: {took}"
+
+
+@pytest.mark.slow
+def test_workers_added_and_removed_mid_run_change_no_byte(tmp_path: Path) -> None:
+    """While the input keeps coming: one static worker, then two more (one
+    static, one dynamic), then the static newcomer SIGKILLed (its partitions
+    move when its lease runs out) and the dynamic one stopped cleanly (it
+    leaves the group); the first finishes alone."""
+    messages = w.workload(SEED, EVENTS)
+    expected = reference(tmp_path / "ref.db", messages)
+    path = tmp_path / "rescale.db"
+    chunks = 12
+    size = -(-len(messages) // chunks)
+    owned: dict[str, set[str]] = {"a": set(), "b": set(), "c": set()}
+    last = {"a": "", "b": "", "c": ""}  # the latest assignment each reported
+    with fresh(path, [], end=False) as db:
+        a = spawn(path, "a", epoch_records=3, poll_records=2)
+        b = c = None
+        try:
+            wait_ready(a, "worker a")
+            for i in range(chunks):
+                w.populate(db.log, messages[i * size : (i + 1) * size], end=i == chunks - 1)
+                if i == 2:
+                    b = spawn(path, "b", epoch_records=1, poll_records=1)
+                    c = spawn(path, "-", epoch_records=10, poll_records=4)
+                    wait_ready(b, "worker b")
+                    wait_ready(c, "worker c")
+                if i == 7:
+                    assert b is not None and c is not None
+                    b.kill()  # SIGKILL: its partitions move when its lease runs out
+                    c.signal(signal.SIGTERM)  # a clean stop: it leaves the group
+                    line = c.wait_for(lambda s: s.startswith("done"), 30.0, seen=[])
+                    assert line is not None, f"seed={SEED}: worker c: {c.stderr_text()}"
+                    assert c.wait(30.0) == 0, f"seed={SEED}: worker c: {c.stderr_text()}"
+                for name, child in (("a", a), ("b", b), ("c", c)):
+                    if child is not None:
+                        seen = assignments(child.read_lines)
+                        owned[name] |= set(seen)
+                        last[name] = seen[-1] if seen else last[name]
+                time.sleep(0.4)
+            deadline = time.monotonic() + FINISH_TIMEOUT_S
+            while not done(db):
+                assert a.proc.poll() is None, f"seed={SEED}: worker a: {a.stderr_text()}"
+                assert time.monotonic() < deadline, f"seed={SEED}: not done: {progress(db)}"
+                time.sleep(0.1)
+            a.signal(signal.SIGTERM)
+            assert a.wait(30.0) == 0, f"seed={SEED}: worker a: {a.stderr_text()}"
+            last["a"] = (assignments(lambda _: a.drain()) or [last["a"]])[-1]
+        finally:
+            for child in (a, b, c):
+                if child is not None:
+                    child.close()
+        check_same(w.dump(db.log), expected, "after the rescaling")
+    print(f"assignments seen: {owned}")
+    # The rescaling happened: the newcomers worked, and a ended with every partition.
+    assert owned["b"] and owned["c"] and len(owned["a"]) >= 2, f"seed={SEED}: {owned}"
+    assert last["a"] == "0,1,2,3", f"seed={SEED}: a ended with {last['a']}"
+
+
+def assignments(read: Callable[[float], list[str]]) -> list[str]:
+    """The assignments (``p,p,..``) of the epochs a child reported, in order,
+    from the lines ``read(0.0)`` returns until it returns none."""
+    out = []
+    while lines := read(0.0):
+        out += [line.split()[2] for line in lines if line.startswith("epoch")]
+    return out
