@@ -153,6 +153,19 @@ def arm(db: Any, die: str) -> None:
     def die_now(*_: Any) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
+    # The killer of "during" is started now and waits, so that at the commit
+    # only the delay separates it from the kill (starting a thread takes longer).
+    go = threading.Event()
+    delay: list[float] = []
+
+    def killer() -> None:
+        go.wait()
+        time.sleep(delay[0])
+        die_now()
+
+    if moment == "during":
+        threading.Thread(target=killer, daemon=True).start()
+
     def transaction() -> Any:
         tx = new_transaction()
         commit = tx.commit
@@ -166,9 +179,9 @@ def arm(db: Any, die: str) -> None:
                 elif moment == "inside":
                     tx.sql(die_now)
                 elif moment == "during":
-                    typical = sorted(durations)[len(durations) // 2] if durations else 0.002
-                    delay = random.uniform(0.0, 1.5 * typical)
-                    threading.Timer(delay, die_now).start()
+                    typical = sorted(durations)[len(durations) // 2] if durations else 0.001
+                    delay.append(random.uniform(0.0, typical))
+                    go.set()
             started = time.monotonic()
             result = commit()
             durations.append(time.monotonic() - started)

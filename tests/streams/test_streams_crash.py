@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("UNBUNDLED_CRASH_SEED", random.SystemRandom().randrange(2**32)))
 KILLS = int(os.environ.get("UNBUNDLED_STREAM_KILLS", "32"))
 EVENTS = 3000
+CRASH_EVENTS = max(EVENTS, 100 * KILLS)  # about 100 new events for each worker to work on
 LEASE_MS = 1000  # rebalances (a dead static member's partitions move) within a second or so
 START_TIMEOUT_S = 60.0
 FINISH_TIMEOUT_S = 120.0
@@ -221,7 +222,7 @@ def test_sigkill_anywhere_changes_no_byte(tmp_path: Path) -> None:
     prefix of the reference; at the end they are equal."""
     print(f"stream crash test: UNBUNDLED_CRASH_SEED={SEED} kills={KILLS}")
     rng = random.Random(SEED)
-    messages = w.workload(SEED, EVENTS)
+    messages = w.workload(SEED, CRASH_EVENTS)
     expected = reference(tmp_path / "ref.db", messages)
     check_oracle(expected, messages)
     plans = [PLANS[i % len(PLANS)] for i in range(KILLS)]
