@@ -138,13 +138,13 @@ def dump(log: Any) -> Dump:
 # --- the worker process ------------------------------------------------------------------
 
 
-def arm(db: Any, die: str) -> None:
+def arm(db: Any, die: str, lease_s: float) -> None:
     """Wrap ``db.transaction`` so the ``n``-th epoch commit kills the process
     at the moment ``die`` names (see the module docstring)."""
     if die == "none":
         return
     moment, _, nth = die.partition(":")
-    assert moment in ("before", "inside", "during", "after"), die
+    assert moment in ("before", "inside", "during", "after", "stall"), die
     target = int(nth)
     commits = 0
     durations: list[float] = []
@@ -176,6 +176,9 @@ def arm(db: Any, die: str) -> None:
             if commits == target:
                 if moment == "before":
                     die_now()
+                elif moment == "stall":  # a zombie: paused past its lease, then goes on
+                    say("stalling")
+                    time.sleep(3 * lease_s)
                 elif moment == "inside":
                     tx.sql(die_now)
                 elif moment == "during":
@@ -211,7 +214,7 @@ def main(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     db = unbundled.open(path, sync="normal")
-    arm(db, die)
+    arm(db, die, lease_ms / 1000)
     epochs = 0
 
     def on_epoch(report: streams.RunReport, tasks: Any) -> None:

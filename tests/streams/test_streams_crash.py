@@ -389,3 +389,34 @@ def assignments(read: Callable[[float], list[str]]) -> list[str]:
     while lines := read(0.0):
         out += [line.split()[2] for line in lines if line.startswith("epoch")]
     return out
+
+
+@pytest.mark.slow
+def test_a_worker_paused_past_its_lease_inside_the_commit_is_fenced_and_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A zombie: worker b stalls inside an epoch commit for three leases (a
+    pause, a slow disk), so its partitions move to a; its commit is then
+    rejected, it drops the epoch's work, rejoins and goes on working; no
+    byte changes."""
+    messages = w.workload(SEED, EVENTS)
+    expected = reference(tmp_path / "ref.db", messages)
+    path = tmp_path / "zombie.db"
+    with fresh(path, messages) as db:
+        with (
+            spawn(path, "a", epoch_records=1, poll_records=1) as a,
+            spawn(path, "b", epoch_records=1, poll_records=1, die="stall:30") as b,
+        ):
+            wait_ready(a, "worker a")
+            wait_ready(b, "worker b")
+            stalled = b.wait_for(lambda s: s == "stalling", 30.0)
+            assert stalled is not None, f"seed={SEED}: worker b: {b.stderr_text()}"
+            wait_epoch(b, "worker b after its fenced commit")  # it went on
+            deadline = time.monotonic() + FINISH_TIMEOUT_S
+            while not done(db):
+                assert time.monotonic() < deadline, f"seed={SEED}: not done: {progress(db)}"
+                time.sleep(0.1)
+            for name, child in (("a", a), ("b", b)):
+                child.signal(signal.SIGTERM)
+                assert child.wait(30.0) == 0, f"seed={SEED}: worker {name}: {child.stderr_text()}"
+        check_same(w.dump(db.log), expected, "after the zombie")
