@@ -3,7 +3,8 @@
 Guarantee (issue 12; src/unbundled/streams/_runner.py): the output topics
 and side outputs of a flow are a function of its input log alone. Whatever
 the epoch and poll sizes, the number of worker processes, the workers added
-and removed mid-run, and wherever a SIGKILL lands -- at start-up, while
+and removed mid-run, a worker paused past its lease inside an epoch commit
+(fenced, it goes on), and wherever a SIGKILL lands -- at start-up, while
 processing, just before the epoch commit, inside it (after the epoch's
 records, offsets and state were written and before COMMIT), during it, just
 after it -- every output partition ends byte-identical (offset, key, value,
