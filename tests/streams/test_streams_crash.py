@@ -41,7 +41,7 @@ import pytest
 import unbundled
 from unbundled import streams
 from unbundled.log._protocol import Message
-from unbundled.streams._runner import read_manifest
+from unbundled.streams._store import read_manifest
 from unbundled.testing.crash import ChildProcess
 
 from . import _stream_worker as w
