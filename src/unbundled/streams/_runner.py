@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from .. import limits
-from ..errors import OffsetOutOfRange, TopicExists, UsageError
+from ..errors import OffsetOutOfRange, StaleGeneration, TopicExists, UsageError
 from ..log._protocol import Headers, Message, Record, TopicPartition
 from ._flow import Flow, Node
 from ._merge import repartition_messages
@@ -236,7 +236,16 @@ class Runner:
                 tx.commit_offsets(consumer, offsets=offsets[g])
         if self.before_commit is not None:
             self.before_commit()
-        tx.commit()
+        try:
+            tx.commit()
+        except StaleGeneration:
+            # Fenced: a partition moved while this worker was busy (its lease
+            # ran out: a pause, a slow disk), and nothing of the epoch was
+            # written. Drop the uncommitted work: the next poll rejoins, and
+            # every task then restarts from its last committed epoch.
+            self.tasks = {}
+            self.pending = 0
+            return
         for fn, key, value, ts in callbacks:
             out = fn(key, value, ts)
             if inspect.iscoroutine(out):
@@ -350,8 +359,10 @@ def run(
     a static member: its restart takes its partitions back at once.
 
     Raises ``OperatorFailed`` when a function of the flow raises (nothing of
-    that epoch commits), ``StaleGeneration``/``InstanceFenced`` when another
-    worker took this one's place, and the backend's errors.
+    that epoch commits), ``InstanceFenced`` when another worker took this
+    one's instance id, and the backend's errors. A fenced epoch commit (a
+    partition moved meanwhile) is no error: its work is dropped and redone
+    from the last epoch by whoever owns the partition.
     """
     _check_run(epoch_records, epoch_event_ms, epoch_interval_s, poll_records)
     flow.source_topic  # noqa: B018 (UsageError for a flow without a source)
