@@ -15,6 +15,7 @@ epoch rewrites the buckets it touched.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -340,7 +341,7 @@ def survives(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(survives(v, b[k]) for k, v in a.items())
     if isinstance(a, float):
-        return a == b or (a != a and b != b)  # NaN is NaN
+        return a == b or (math.isnan(a) and math.isnan(b))
     return bool(a == b)
 
 
