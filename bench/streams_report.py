@@ -8,12 +8,9 @@ import os
 import platform
 import sqlite3
 import statistics
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from bench.common import git_commit, markdown_table
-
-if TYPE_CHECKING:
-    from bench.streams_bench import Line
 
 
 class Sizes(Protocol):
@@ -44,7 +41,8 @@ def _spread(name: str, samples: tuple[float, ...]) -> str:
     return f"{name} {min(samples):,.0f} to {max(samples):,.0f}" if samples else ""
 
 
-def cells(line: Line) -> list[str]:
+def cells(line: Any) -> list[str]:
+    """One row of the table for a ``streams_bench.Line`` (not imported: it imports us)."""
     ratio = line.ratio
     spreads = [_spread("unbundled", line.ours), _spread("competitor", line.theirs)]
     return [
