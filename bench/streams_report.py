@@ -89,11 +89,15 @@ WHAT = [
     "`RecoveryConfig` on one SQLite partition and `epoch_interval=1 s` (system time: Bytewax "
     "has no epoch by records or event time). Dict loop: `counts[(key, ts - ts % 10_000)] += 1` "
     "over already-decoded events.",
-    "Sessions: the same, with `streams.Session(gap_ms=30_001)` and Bytewax's "
-    "`SessionWindower(gap=30.001 s)`; the dict loop keeps each key's open sessions, merges "
+    "Sessions: the same, with `streams.Session(gap_ms=3_001)` and Bytewax's "
+    "`SessionWindower(gap=3.001 s)`; the dict loop keeps each key's open sessions, merges "
     "those within a gap of an event and closes them with the same watermark. No floor: "
     "context.",
-    "Stream-table join: pending (see the TODO line).",
+    "Stream-table join: each click joined with its user's row (a compacted, co-partitioned "
+    "topic of 1,000 rows older than every click) as of the click's time, "
+    '`source.join_table("users", fn).key_by(..., repartition=False)`, then the tumbling '
+    "count per (user/plan, window). Dict loop: the row from a dict, then the count. "
+    "Bytewax's `join` has no event time (not the same computation): not run.",
 ]
 
 
