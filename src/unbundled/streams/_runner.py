@@ -47,7 +47,9 @@ _json = msgspec.json.Encoder()
 
 
 class RunReport(msgspec.Struct):
-    """What one :func:`run` did."""
+    """What one :func:`run` did: records read from the source (and a joined
+    topic) and written (to every topic and table, repartition topics
+    included), epochs committed, late and dead records so far."""
 
     records_in: int = 0
     records_out: int = 0
@@ -114,7 +116,8 @@ class Runner:
         self.tasks: dict[Key, Task] = {}
         self.sinks: dict[int, Node] = {n.id: n for n in flow.sinks()}
         self.report = RunReport()
-        self.pending = 0  # input records since the last commit
+        self.pending = 0  # records taken since the last commit, every segment's
+        self.pending_in = 0  # of them, the source's and the joined topic's
         self.last_commit = time.monotonic()
         self.wm_at_commit: dict[Key, int] = {}
         self.on_epoch: Callable[[RunReport, dict[Key, Task]], None] | None = None
@@ -154,7 +157,6 @@ class Runner:
             self.wm_at_commit[(g, p)] = task.wm
         for p in [p for p in polled if p not in assigned]:
             polled.pop(p)
-        self.pending = 0
         self.report.partitions = sorted(p for (sg, p) in self.tasks if sg == 0)
 
     def step(self, timeout_s: float) -> int:
@@ -166,7 +168,10 @@ class Runner:
             for g, consumer in self.consumers.items():
                 records: list[Record] = consumer.poll(wait, records_max=self.poll_records)
                 polled += len(records)
-                taken += self._take(g, records)
+                got = self._take(g, records)
+                taken += got
+                if g == 0:
+                    self.pending_in += got
             if polled or taken:
                 break
         self.pending += taken
@@ -200,8 +205,12 @@ class Runner:
             task.table_offset = self.db.log.describe_topic(self.table).partitions[p].start_offset
             return read(self.table, p, task.table_offset, records_max=self.poll_records)  # type: ignore[no-any-return]
 
+    def has_work(self) -> bool:
+        """Whether anything is processed but not committed yet."""
+        return bool(self.pending) or any(t.ctx.dirty or t.ctx.outputs for t in self.tasks.values())
+
     def epoch_due(self, *, idle: bool) -> bool:
-        if not self.pending and not any(t.ctx.dirty or t.ctx.outputs for t in self.tasks.values()):
+        if not self.has_work():
             return False
         if idle or self.pending >= self.epoch_records:
             return True
@@ -244,7 +253,7 @@ class Runner:
             # written. Drop the uncommitted work: the next poll rejoins, and
             # every task then restarts from its last committed epoch.
             self.tasks = {}
-            self.pending = 0
+            self.pending = self.pending_in = 0
             return
         for fn, key, value, ts in callbacks:
             out = fn(key, value, ts)
@@ -252,11 +261,11 @@ class Runner:
                 event_loop().run_until_complete(out)
         tasks = self.tasks.values()
         self.report.epochs += 1
-        self.report.records_in += self.pending
+        self.report.records_in += self.pending_in
         self.report.records_out += written
         self.report.late = sum(t.ctx.late_count for t in tasks)
         self.report.dead = sum(t.dead for t in tasks)
-        self.pending = 0
+        self.pending = self.pending_in = 0
         self.last_commit = time.monotonic()
         self.wm_at_commit = {key: t.wm for key, t in self.tasks.items()}
         if self.on_epoch is not None:
@@ -384,12 +393,13 @@ def run(
         while stop is None or not stop.is_set():
             runner.step(0.2)
             if until_end and runner.done(ends):
-                if runner.pending or any(
-                    t.ctx.outputs or t.ctx.dirty for t in runner.tasks.values()
-                ):
+                if runner.has_work():
                     runner.commit()
                 if runner.done(ends):  # nothing new downstream still to read
                     break
+        else:  # stopped: what is done so far is kept, not redone by the next run
+            if runner.has_work():
+                runner.commit()
     finally:
         runner.report.seconds = time.monotonic() - started
         runner.close()
