@@ -41,15 +41,12 @@ from ..streams import Flow, heartbeat
 from ..streams import run as run_flow
 from ..streams._ops import NO_TIME
 from ..streams._runner import Key, RunReport
-from ..streams._store import bucket_key, read_manifest
+from ..streams._store import read_manifest
 from ..streams._store import reset as reset_flow
-from ..streams._task import Manifest
 from ._bounds import Seconds
 from ._common import App, echo_json, err_console, out_console, pass_app
 from ._progress import show_progress
 from ._signals import signum_of
-
-_msgpack = msgspec.msgpack.Decoder()
 
 
 def _group(name: str) -> str:
@@ -358,15 +355,6 @@ def _flow_partitions(db: Database, name: str) -> dict[int, tuple[int | None, int
     return {tp.partition: got for tp, got in lag.items()}
 
 
-def _state_keys(db: Database, name: str, p: int, manifest: Manifest) -> int:
-    keys = 0
-    for node_id, bucket in manifest.stored:
-        got = db.kv.read(bucket_key(name, p, node_id, bucket))
-        if got is not None:
-            keys += len(_msgpack.decode(got.value))
-    return keys
-
-
 def _status_rows(db: Database, name: str) -> list[dict[str, Any]]:
     rows = []
     for p, (committed, end, lag) in sorted(_flow_partitions(db, name).items()):
@@ -374,7 +362,7 @@ def _status_rows(db: Database, name: str) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"partition": p, "committed": committed, "end": end, "lag": lag}
         if manifest is None:
             row.update(state=False, offset=None, watermark=None, records=0, late=0, dead=0)
-            row.update(buckets=0, keys=0)
+            row.update(buckets=0, keys=0, timers=0)
         else:
             row.update(
                 state=True,
@@ -384,7 +372,8 @@ def _status_rows(db: Database, name: str) -> list[dict[str, Any]]:
                 late=manifest.late,
                 dead=manifest.dead,
                 buckets=len(manifest.stored),
-                keys=_state_keys(db, name, p, manifest),
+                keys=manifest.keys,
+                timers=manifest.timers,
             )
         rows.append(row)
     return rows
@@ -431,11 +420,11 @@ def status(app: App, name: str, db_url: str | None, as_json: bool) -> None:
     )
     # Simple box, no outer padding: the table fits 80 columns.
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for header in ("part", "offset", "lag", "records", "late", "dead", "keys", "buckets"):
+    for header in ("part", "offset", "lag", "records", "late", "dead", "keys", "timers"):
         table.add_column(header, justify="right", min_width=len(header))
     table.add_column("watermark (UTC)", no_wrap=True)
     for r in rows:
-        numbers = [r["lag"], r["records"], r["late"], r["dead"], r["keys"], r["buckets"]]
+        numbers = [r["lag"], r["records"], r["late"], r["dead"], r["keys"], r["timers"]]
         table.add_row(
             str(r["partition"]),
             "-" if r["committed"] is None else f"{r['committed']:,}",

@@ -49,6 +49,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stored: list[tuple[int, int]]  # (operator node id, bucket) with state
     table_offset: int = 0  # the next offset of the joined table's partition
     table_times: tuple[int, int, int] = (NO_TIME, NO_TIME, NO_TIME)  # max, wm, out wm
+    keys: int = 0  # keys with state, over every stateful operator (for status)
+    timers: int = 0  # timers pending (derived from the state; for status)
 
 
 def fingerprint(flow: Flow) -> str:
@@ -106,10 +108,13 @@ class Task:
         keys = self._keys
         kids = self.source.children
         push = kids[0].push if len(kids) == 1 else self.source.push
+        ooo = self.ooo
+        offset = self.offset  # kept in locals in the loop, written back as it goes on
         for rec in records:
-            if rec.offset < self.offset:
+            at = rec.offset
+            if at < offset:
                 continue
-            self.offset = rec.offset + 1
+            offset = self.offset = at + 1
             taken += 1
             time = None
             try:
@@ -136,8 +141,11 @@ class Task:
                     got = keys[key] = record_key(key)
                 key = got
             push(key, value, ts)
-            if ts > self.max_ts:
-                self.observe(ts)
+            if ts > self.max_ts:  # observe(ts), inlined: the hot path
+                self.max_ts = ts
+                if ts - ooo > self.wm:
+                    self.wm = ts - ooo
+                    self.source.advance(ts - ooo)
         self.records += taken
         return taken
 
@@ -277,6 +285,8 @@ class Task:
             sorted(self.stored),
             self.table_offset,
             self.join.times() if self.join is not None else (NO_TIME, NO_TIME, NO_TIME),
+            self.state_size(),
+            self.timer_count(),
         )
         return _enc.encode(manifest), changed
 

@@ -48,7 +48,8 @@ class WindowOp(StatefulOp):
             fire, kind, _ks, start, key = heapq.heappop(timers)
             self.on_timer(fire, kind, key, start)
         self.wm = wm
-        super().advance(wm)
+        for child in self.wm_children:
+            child.advance(wm)
 
     def on_timer(self, fire: int, kind: int, key: Any, start: int) -> None:
         raise NotImplementedError
@@ -70,7 +71,12 @@ class TimeWindowOp(WindowOp):
         if self.fast:
             start = ts - (ts - self.offset) % size
             if start + size + lateness > wm:
-                bucket = self.touch(key)
+                b = self._bucket_of.get(key)  # touch(key), inlined: the hot path
+                if b is None:
+                    bucket = self.touch(key)
+                else:
+                    self.ctx.dirty.add(self._marks[b])
+                    bucket = self.buckets[b]
                 windows = bucket.get(key)
                 if windows is None:
                     windows = bucket[key] = {}
