@@ -27,7 +27,7 @@ from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, detached, key_sort
 
 class JoinOp(StatefulOp):
     """State per key: ``[versions, pending]``; versions ``[[from, row], ...]``
-    sorted by time, pending events ``[[ts, seq, value], ...]``."""
+    sorted by time, pending events ``{seq: [ts, value]}``."""
 
     def __init__(self, node: Node, ctx: Ctx) -> None:
         super().__init__(node, ctx)
@@ -45,7 +45,7 @@ class JoinOp(StatefulOp):
         bucket = self.touch(key)
         slot = bucket.get(key)
         if slot is None:
-            slot = bucket[key] = [[], []]
+            slot = bucket[key] = [[], {}]
         return slot
 
     # --- the stream side -------------------------------------------------------
@@ -59,7 +59,7 @@ class JoinOp(StatefulOp):
                 child.push(key, value, ts)
             return
         slot = self._slot(key)
-        slot[1].append([ts, self.seq, value])
+        slot[1][self.seq] = [ts, value]
         heapq.heappush(self.heap, (ts, self.seq, key_sort(key), key))
         self.seq += 1
 
@@ -104,9 +104,7 @@ class JoinOp(StatefulOp):
         while heap and heap[0][0] < out_wm:
             ts, seq, _ks, key = heapq.heappop(heap)
             slot = self._slot(key)
-            pending = slot[1]
-            i = next(i for i, p in enumerate(pending) if p[1] == seq)
-            value = pending.pop(i)[2]
+            value = slot[1].pop(seq)[1]
             row = _row_at(slot[0], ts)
             if not slot[1] and not slot[0]:
                 self.touch(key).pop(key, None)
@@ -121,7 +119,7 @@ class JoinOp(StatefulOp):
         self.wm = wm
         for bucket in self.buckets:
             for key, (_versions, pending) in bucket.items():
-                for ts, seq, _value in pending:
+                for seq, (ts, _value) in pending.items():
                     heapq.heappush(self.heap, (ts, seq, key_sort(key), key))
                     self.seq = max(self.seq, seq + 1)
 
@@ -149,7 +147,8 @@ class WindowJoinOp(StatefulOp):
     (event time, side, arrival) order; each item meets the other side's
     items taken before it, so every pair is emitted once, by the later of
     the two, at its event time -- a function of the two logs only. State
-    per key: ``[kept, pending]``, each ``[[ts, side, seq, value], ...]``;
+    per key: ``[kept, pending]``, kept ``[[ts, side, seq, value], ...]``,
+    pending ``{seq: [ts, side, seq, value]}``;
     kept items older than (output watermark - ``within_ms``) are dropped.
     """
 
@@ -169,7 +168,7 @@ class WindowJoinOp(StatefulOp):
         bucket = self.touch(key)
         slot = bucket.get(key)
         if slot is None:
-            slot = bucket[key] = [[], []]
+            slot = bucket[key] = [[], {}]
         return slot
 
     def _arrive(self, side: int, key: Any, value: Any, ts: int, wm: int) -> None:
@@ -180,7 +179,7 @@ class WindowJoinOp(StatefulOp):
             for child in self.late:
                 child.push(key, value, ts)
             return
-        self._slot(key)[1].append([ts, side, self.seq, value])
+        self._slot(key)[1][self.seq] = [ts, side, self.seq, value]
         heapq.heappush(self.heap, (ts, side, self.seq, key_sort(key), key))
         self.seq += 1
 
@@ -211,8 +210,7 @@ class WindowJoinOp(StatefulOp):
         while heap and heap[0][0] < out_wm:
             ts, side, seq, _ks, key = heapq.heappop(heap)
             kept, pending = self._slot(key)
-            i = next(i for i, p in enumerate(pending) if p[2] == seq)
-            item = pending.pop(i)
+            item = pending.pop(seq)
             horizon = ts - within
             while kept and kept[0][0] < min(horizon, out_wm - within):
                 kept.pop(0)
@@ -229,7 +227,7 @@ class WindowJoinOp(StatefulOp):
         self.wm = wm
         for bucket in self.buckets:
             for key, (_kept, pending) in bucket.items():
-                for ts, side, seq, _value in pending:
+                for ts, side, seq, _value in pending.values():
                     heapq.heappush(self.heap, (ts, side, seq, key_sort(key), key))
                     self.seq = max(self.seq, seq + 1)
 

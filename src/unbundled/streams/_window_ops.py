@@ -160,8 +160,11 @@ class TimeWindowOp(WindowOp):
 
 
 class SessionOp(WindowOp):
-    """Session windows. State per key: sorted [[start, last, acc, fired], ...];
-    a session's window is [start, last + gap)."""
+    """Session windows. State per key: sorted ``[[start, last, acc, fired,
+    timer], ...]``; a session's window is ``[start, last + gap)`` and
+    ``timer`` the fire time of its one live timer. A session that grows
+    keeps its timer: when the timer comes due and the session's end moved,
+    it is set again at the end (instead of one heap entry per event)."""
 
     def __init__(self, node: Node, ctx: Ctx) -> None:
         super().__init__(node, ctx)
@@ -187,20 +190,24 @@ class SessionOp(WindowOp):
         # Fired already, or first met after the watermark passed its end (within
         # the allowed lateness): its result goes out now, as a late one.
         fired = any(s[3] for s in touching) or last + gap <= self.wm
-        merged = [start, last, acc, fired]
-        kept = [s for s in sessions if all(s is not t for t in touching)]
-        kept.append(merged)
-        kept.sort(key=lambda s: s[0])
-        self.touch(key)[key] = kept
-        if len(touching) == 1 and touching[0][0] == start and touching[0][1] == last:
-            if fired:
-                self.fire(key, start, last + gap, acc, "late")
-            return  # same window as before: its timer stands
+        # The session with the merged start keeps its live timer; the others'
+        # timers find no session of their start when due, and lapse.
+        same = next((s for s in touching if s[0] == start), None)
+        merged = [start, last, acc, fired, None if same is None else same[4]]
+        if len(touching) == 1 and same is not None:
+            same[1:4] = merged[1:4]
+            self.touch(key)
+        else:
+            kept = [s for s in sessions if all(s is not t for t in touching)]
+            kept.append(merged)
+            kept.sort(key=lambda s: s[0])
+            self.touch(key)[key] = kept
         if fired:
             self.fire(key, start, last + gap, acc, "late")
-            self.timer(last + gap + self.lateness, _PURGE, key, start)
-        else:
-            self.timer(last + gap, _ON_TIME, key, start)
+        if merged[4] is None:
+            at = last + gap + (self.lateness if fired else 0)
+            merged[4] = at
+            self.timer(at, _PURGE if fired else _ON_TIME, key, start)
 
     def _find(self, key: Any, start: int) -> tuple[list[list[Any]], list[Any]] | None:
         sessions = self.buckets[bucket_of(key)].get(key)
@@ -212,22 +219,25 @@ class SessionOp(WindowOp):
 
     def on_timer(self, fire: int, kind: int, key: Any, start: int) -> None:
         found = self._find(key, start)
-        if found is None:
-            return  # merged into another session since: its own timer stands
+        if found is None or found[1][4] != fire:
+            return  # its session merged into an earlier one: that one's timer stands
         sessions, s = found
+        self.touch(key)
         end = s[1] + self.gap
-        if kind == _ON_TIME:
-            if s[3] or fire != end:
-                return  # stale: the session grew, a later timer stands
-            self.touch(key)
+        if not s[3]:
+            if fire < end:  # the session grew since: due at its new end
+                s[4] = end
+                self.timer(end, _ON_TIME, key, start)
+                return
             self.fire(key, s[0], end, s[2], "on_time")
             if self.lateness:
-                s[3] = True
-                self.timer(end + self.lateness, _PURGE, key, start)
+                s[3], s[4] = True, end + self.lateness
+                self.timer(s[4], _PURGE, key, start)
                 return
-        elif fire != end + self.lateness:
+        elif fire < end + self.lateness:
+            s[4] = end + self.lateness
+            self.timer(s[4], _PURGE, key, start)
             return
-        self.touch(key)
         sessions.remove(s)
         if not sessions:
             del self.buckets[bucket_of(key)][key]
@@ -236,12 +246,8 @@ class SessionOp(WindowOp):
         self.wm = wm
         for bucket in self.buckets:
             for key, sessions in bucket.items():
-                for start, last, _acc, fired in sessions:
-                    end = last + self.gap
-                    if fired:
-                        self.timer(end + self.lateness, _PURGE, key, start)
-                    else:
-                        self.timer(end, _ON_TIME, key, start)
+                for start, _last, _acc, fired, at in sessions:
+                    self.timer(at, _PURGE if fired else _ON_TIME, key, start)
 
 
 class CountOp(WindowOp):
