@@ -27,6 +27,7 @@ class WindowOp(StatefulOp):
         self.early: int | None = node.args["early"]
         self.wm = NO_TIME
         self.timers: list[tuple[Any, ...]] = []
+        self.counting = self.agg.name == "count"
 
     def emit_late(self, key: Any, value: Any, ts: int) -> None:
         self.ctx.late_count += 1
@@ -36,8 +37,11 @@ class WindowOp(StatefulOp):
             child.push(key, value, ts)
 
     def fire(self, key: Any, start: int, end: int, acc: Any, timing: str) -> None:
-        value = detached(self.call(self.agg.result, acc))
-        self.emit(key, result(key, start, end, value, timing), end - 1)
+        # A count is an int: nothing to call, nothing to copy.
+        value = acc if self.counting else detached(self.call(self.agg.result, acc))
+        out = w.WindowResult(key, start, end, value, timing)
+        for child in self.children:
+            child.push(key, out, end - 1)
 
     def timer(self, fire: int, kind: int, key: Any, start: int) -> None:
         heapq.heappush(self.timers, (fire, kind, key_sort(key), start, key))
