@@ -98,6 +98,7 @@ stream_windows_per_event_max = 1000  # hopping windows one event falls in (size 
 stream_count_window_max = 1_000_000  # events in one count window.
 stream_epoch_records_max = 10_000_000  # input records between two epoch commits.
 stream_nodes_max = 256  # operators in one flow.
+stream_merge_items_max = 1_000_000  # items a repartition merge holds for a silent partition.
 stream_name_chars_max = 64  # a flow's name (it names its consumer group and state keys).
 
 assert record_bytes_default <= record_bytes_max

@@ -255,6 +255,15 @@ def _summary(name: str, report: RunReport, stopped: str | None) -> str:
     help="Seconds the group waits for a silent worker before giving its partitions away.",
 )
 @click.option(
+    "--heartbeat",
+    "heartbeat_s",
+    type=Seconds(0.01),
+    default=None,
+    help="Every this many seconds, write the clock's time into this worker's source "
+    "partitions, so windows of idle partitions close (only where event time follows "
+    "the clock).",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Show the live status line on stderr [default: when stderr is a terminal].",
@@ -272,6 +281,7 @@ def run_command(
     epoch_event_ms: int | None,
     poll_records: int,
     lease_s: float,
+    heartbeat_s: float | None,
     progress: bool | None,
     as_json: bool,
 ) -> None:
@@ -298,6 +308,7 @@ def run_command(
                 epoch_records=epoch_records,
                 epoch_event_ms=epoch_event_ms,
                 epoch_interval_s=epoch_interval_s,
+                heartbeat_s=heartbeat_s,
                 poll_records=poll_records,
                 lease_ms=round(lease_s * 1000),
                 stop=stop,

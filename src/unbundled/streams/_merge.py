@@ -24,6 +24,8 @@ from typing import Any
 
 import msgspec
 
+from .. import limits
+from ..errors import LimitExceeded
 from ..log._protocol import Message
 from ._flow import Node
 from ._ops import (
@@ -83,6 +85,15 @@ class MergeOp(StatefulOp):
 
     def arrive(self, s: int, key: Any, value: Any, ts: int, watermark: bool) -> None:
         slot = self._src(s)
+        if len(slot[2]) >= limits.stream_merge_items_max:
+            held = min(range(self.sources), key=lambda t: (self._src(t)[0], t))
+            raise LimitExceeded(
+                f"{self.node.label}: {len(slot[2]):,} items from upstream partition {s} wait "
+                f"for upstream partition {held}'s watermark; a partition that receives "
+                "nothing holds everything back: heartbeat it (streams.heartbeat, or "
+                "run(..., heartbeat_s=...))",
+                partition=held,
+            )
         slot[2].append([slot[0], watermark, key, value, ts])
         if watermark and ts > slot[0]:
             slot[0] = ts

@@ -36,6 +36,7 @@ from ._store import (
     dead_topic,
     encode,
     group_name,
+    heartbeat,
     late_topic,
     manifest_key,
     restore,
@@ -115,6 +116,9 @@ class Runner:
                 )
         self.tasks: dict[Key, Task] = {}
         self.sinks: dict[int, Node] = {n.id: n for n in flow.sinks()}
+        for node in self.sinks.values():  # there from the start, for their readers
+            if node.args["to"] == "topic":
+                self._topic_partitions(node.args["topic"])
         self.report = RunReport()
         self.pending = 0  # records taken since the last commit, every segment's
         self.pending_in = 0  # of them, the source's and the joined topic's
@@ -338,6 +342,17 @@ class Runner:
                 return False
         return True
 
+    def heartbeat(self) -> None:
+        """A heartbeat of the wall clock into this worker's source partitions
+        (and the joined topic's)."""
+        mine = sorted(p for g, p in self.tasks if g == 0)
+        if not mine:
+            return
+        now = int(time.time() * 1000)
+        heartbeat(self.db.log, self.flow.source_topic, now, partitions=mine)
+        if self.table is not None:
+            heartbeat(self.db.log, self.table, now, partitions=mine)
+
     def close(self) -> None:
         for consumer in self.consumers.values():
             consumer.close()
@@ -359,6 +374,7 @@ def run(
     lease_ms: int = 10_000,
     stop: threading.Event | None = None,
     on_epoch: Callable[[RunReport, dict[Key, Task]], None] | None = None,
+    heartbeat_s: float | None = None,
 ) -> RunReport:
     """Run ``flow`` on database ``db`` (``unbundled.open(...)``) as one worker
     of its consumer group, until ``stop`` is set -- or, with ``until_end``,
@@ -367,6 +383,12 @@ def run(
     transaction (see the module docstring). ``instance_id`` makes the worker
     a static member: its restart takes its partitions back at once.
 
+    ``heartbeat_s``: every that many seconds, append a heartbeat of the wall
+    clock's time to this worker's source partitions (and the joined topic's),
+    so windows of idle partitions close. The heartbeat is a record in the
+    log, so a replay sees it where it was: the output stays a function of
+    the log. Use it only where event time follows the wall clock.
+
     Raises ``OperatorFailed`` when a function of the flow raises (nothing of
     that epoch commits), ``InstanceFenced`` when another worker took this
     one's instance id, and the backend's errors. A fenced epoch commit (a
@@ -374,6 +396,15 @@ def run(
     from the last epoch by whoever owns the partition.
     """
     _check_run(epoch_records, epoch_event_ms, epoch_interval_s, poll_records)
+    if heartbeat_s is not None and (
+        not isinstance(heartbeat_s, int | float)
+        or isinstance(heartbeat_s, bool)
+        or not 0.01 <= heartbeat_s <= limits.wait_s_max
+    ):
+        raise UsageError(
+            f"heartbeat_s must be 0.01..{limits.wait_s_max} or None, got {heartbeat_s!r}",
+            value=heartbeat_s,
+        )
     flow.source_topic  # noqa: B018 (UsageError for a flow without a source)
     runner = Runner(
         db,
@@ -390,8 +421,12 @@ def run(
     source_ends = db.log.end_offsets(flow.source_topic) if until_end else {}
     ends = {(0, p): end for p, end in source_ends.items()}
     try:
+        beat = time.monotonic()
         while stop is None or not stop.is_set():
-            runner.step(0.2)
+            if heartbeat_s is not None and time.monotonic() - beat >= heartbeat_s:
+                runner.heartbeat()
+                beat = time.monotonic()
+            runner.step(0.2 if heartbeat_s is None else min(0.2, heartbeat_s))
             if until_end and runner.done(ends):
                 if runner.has_work():
                     runner.commit()

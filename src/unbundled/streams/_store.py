@@ -8,6 +8,7 @@ a downstream segment's are under ``streams/<flow>/by-<n>/<partition>/...``.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -89,20 +90,26 @@ def read_manifest(db: Any, flow_name: str, partition: int, segment: int = 0) -> 
     return None if got is None else Task.read_manifest(got.value, where)
 
 
-def heartbeat(log: Any, topic: str, now_ms: int | None = None) -> None:
+def heartbeat(
+    log: Any, topic: str, now_ms: int | None = None, *, partitions: Iterable[int] | None = None
+) -> None:
     """Write a heartbeat record of event time ``now_ms`` (default: the
-    wall clock) into every partition of ``topic``: each partition's
-    watermark moves as if an event of that time had arrived, so windows of
-    idle partitions close. Being in the log, it replays identically."""
+    wall clock) into every partition of ``topic`` (or ``partitions``): each
+    partition's watermark moves as if an event of that time had arrived, so
+    windows of idle partitions close. Being in the log, it replays identically."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     try:
         _check_ts(ms)
     except ValueError as exc:
         raise UsageError(str(exc), value=now_ms) from None
     n = len(log.describe_topic(topic).partitions)
+    targets = range(n) if partitions is None else sorted(set(partitions))
+    for p in targets:
+        if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < n:
+            raise UsageError(f"topic {topic!r} has partitions 0..{n - 1}, not {p!r}", value=p)
     header: Headers = ((TIME_HEADER, str(ms).encode()),)
     # Keyed, so compacted topics (tables) take it; compaction keeps the newest.
-    log.append_batch(topic, [Message(b"", TIME_KEY, header, ms, p) for p in range(n)])
+    log.append_batch(topic, [Message(b"", TIME_KEY, header, ms, p) for p in targets])
 
 
 def segments(db: Any, flow_name: str) -> list[int]:
