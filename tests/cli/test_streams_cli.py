@@ -109,6 +109,26 @@ def test_a_flow_factory_in_the_current_directory(
     assert len(topic_records(clicks_db, "lengths")) == len(windowed_count.CLICKS)
 
 
+def test_status_shows_the_segment_after_a_repartitioning_key_by(
+    clicks_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "by_page.py").write_text(
+        "from unbundled.streams import Flow, Tumbling\n"
+        "flow = Flow('by-page', out_of_orderness_ms=1000)\n"
+        "flow.source('clicks').key_by(lambda v: v['page'])"
+        ".window(Tumbling(10_000)).count().to_topic('pages')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    streams(clicks_db, "run", "by_page:flow", "--until-end", "--heartbeat", "0.05")
+    shown = json.loads(streams(clicks_db, "status", "by-page", "--json").stdout)
+    (segment,) = shown["segments"]
+    assert segment["topic"] == "by-page.by-1" and segment["lag"] == 0
+    assert segment["records"] > 0
+    assert "after key_by #1 (by-page.by-1)" in streams(clicks_db, "status", "by-page").stdout
+    streams(clicks_db, "run", "by_page:flow", "--heartbeat", "0", code=2)
+
+
 # --- bad input ------------------------------------------------------------------
 
 

@@ -41,7 +41,7 @@ from ..streams import Flow, heartbeat
 from ..streams import run as run_flow
 from ..streams._ops import NO_TIME
 from ..streams._runner import Key, RunReport
-from ..streams._store import read_manifest
+from ..streams._store import group_name, read_manifest, segments
 from ..streams._store import reset as reset_flow
 from ._bounds import Seconds
 from ._common import App, echo_json, err_console, out_console, pass_app
@@ -390,6 +390,33 @@ def _status_rows(db: Database, name: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _segments(db: Database, name: str) -> list[dict[str, Any]]:
+    """The downstream segments (after a repartitioning key_by): their topic,
+    lag, and state summed over partitions."""
+    out = []
+    for g in segments(db, name)[1:]:
+        try:
+            lag = db.log.lag(group_name(name, g))
+        except NotFound:
+            continue
+        manifests = [read_manifest(db, name, tp.partition, g) for tp in lag]
+        stored = [m for m in manifests if m is not None]
+        wms = [m.wm for m in stored if m.wm != NO_TIME]
+        out.append(
+            {
+                "segment": g,
+                "topic": next(iter(lag)).topic,
+                "lag": sum(got[2] for got in lag.values()),
+                "records": sum(m.records for m in stored),
+                "late": sum(m.late for m in stored),
+                "keys": sum(m.keys for m in stored),
+                "timers": sum(m.timers for m in stored),
+                "watermark": min(wms) if len(wms) == len(manifests) and wms else None,
+            }
+        )
+    return out
+
+
 def _workers(db: Database, name: str) -> list[dict[str, Any]]:
     now_ms = int(time.time() * 1000)
     info = db.log.describe_group(_group(name))
@@ -420,8 +447,17 @@ def status(app: App, name: str, db_url: str | None, as_json: bool) -> None:
     db = _database(app, db_url, "no flow has run there yet")
     rows = _status_rows(db, name)
     workers = _workers(db, name)
+    downstream = _segments(db, name)
     if as_json:
-        echo_json({"flow": name, "group": _group(name), "workers": workers, "partitions": rows})
+        echo_json(
+            {
+                "flow": name,
+                "group": _group(name),
+                "workers": workers,
+                "partitions": rows,
+                "segments": downstream,
+            }
+        )
         return
     console = out_console()
     total = sum(r["lag"] for r in rows)
@@ -443,6 +479,13 @@ def status(app: App, name: str, db_url: str | None, as_json: bool) -> None:
             "-" if r["watermark"] is None else _wm_text(r["watermark"]),
         )
     console.print(table)
+    for d in downstream:  # after a repartitioning key_by: one line each
+        wm = "-" if d["watermark"] is None else _wm_text(d["watermark"])
+        console.print(
+            f"after key_by #{d['segment']} ({escape(d['topic'])}): lag {d['lag']:,}, "
+            f"records {d['records']:,}, late {d['late']:,}, keys {d['keys']:,}, "
+            f"timers {d['timers']:,}, watermark {wm}"
+        )
 
 
 # --- reset -----------------------------------------------------------------------
