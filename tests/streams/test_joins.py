@@ -182,3 +182,17 @@ def test_table_join_runs_over_a_compacted_topic(tmp_path: Path) -> None:
         bad.source("short").join_table("users").to_topic("out2")
         with pytest.raises(UsageError, match="co-partitioned"):
             streams.run(db, bad, until_end=True)
+
+
+def test_a_window_join_forgets_keys_that_went_quiet() -> None:
+    flow = streams.Flow("quiet")
+    flow.source("a").join_window("b", 10).to_topic("out")
+    d = streams.TestDriver(flow)
+    for i in range(200):  # every key seen once, 100 ms apart
+        d.send(i, key=f"k{i}", ts=i * 100)
+        d.send_table(-i, key=f"k{i}", ts=i * 100 + 5)
+    d.advance(10**6)
+    d.advance_table(10**6)
+    assert len(d.output("out")) == 200
+    kept = d.state()["wjoin#1"]
+    assert len(kept) <= 20  # the keys of the last second or so, not all 200

@@ -156,6 +156,9 @@ class WindowJoinOp(StatefulOp):
         super().__init__(node, ctx)
         self.fn = node.args["fn"]
         self.within: int = node.args["within_ms"]
+        # Every this much event time, the kept items of every key are swept.
+        self.sweep_ms = max(self.within, 1000)
+        self.swept: int | None = None
         self.table_ooo: int = node.args["out_of_orderness_ms"]
         self.wm = NO_TIME
         self.table_max = NO_TIME
@@ -209,6 +212,9 @@ class WindowJoinOp(StatefulOp):
         heap, within = self.heap, self.within
         while heap and heap[0][0] < out_wm:
             ts, side, seq, _ks, key = heapq.heappop(heap)
+            if ts // self.sweep_ms != self.swept:
+                self.swept = ts // self.sweep_ms
+                self._sweep(self.swept * self.sweep_ms - within)
             kept, pending = self._slot(key)
             item = pending.pop(seq)
             horizon = ts - within
@@ -222,6 +228,27 @@ class WindowJoinOp(StatefulOp):
         self.out_wm = out_wm
         for child in self.wm_children:
             child.advance(out_wm)
+
+    def _sweep(self, before: int) -> None:
+        """Drop every key's kept items older than ``before`` (none can pair
+        again), and keys left with nothing: a key that goes quiet does not
+        keep its items forever. The thresholds are multiples of the sweep
+        interval, met in the release order, so the state stays a function
+        of the input (a sweep repeated after a restart removes nothing new)."""
+        for b, bucket in enumerate(self.buckets):
+            empty = []
+            for key, (kept, pending) in bucket.items():
+                n = 0
+                while n < len(kept) and kept[n][0] < before:
+                    n += 1
+                if n:
+                    del kept[:n]
+                    self.ctx.dirty.add(self._marks[b])
+                if not kept and not pending:
+                    empty.append(key)
+            for key in empty:
+                del bucket[key]
+                self.ctx.dirty.add(self._marks[b])
 
     def restored(self, wm: int) -> None:
         self.wm = wm
