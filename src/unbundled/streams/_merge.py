@@ -20,6 +20,7 @@ upstream sequences alone (Flink's watermark alignment made exact).
 from __future__ import annotations
 
 import zlib
+from collections import deque
 from typing import Any
 
 import msgspec
@@ -80,7 +81,7 @@ class MergeOp(StatefulOp):
         bucket = self.touch(s)
         slot = bucket.get(s)
         if slot is None:
-            slot = bucket[s] = [NO_TIME, NO_TIME, []]
+            slot = bucket[s] = [NO_TIME, NO_TIME, deque()]
         return slot
 
     def arrive(self, s: int, key: Any, value: Any, ts: int, watermark: bool) -> None:
@@ -112,7 +113,7 @@ class MergeOp(StatefulOp):
                     return  # partition s may still send an earlier item
             s = best[1]
             slot = slots[s]
-            _stamp, watermark, key, value, ts = slot[2].pop(0)
+            _stamp, watermark, key, value, ts = slot[2].popleft()
             if not watermark:
                 self.emit(key, value, ts)
                 continue
@@ -122,6 +123,13 @@ class MergeOp(StatefulOp):
                 self.wm = wm
                 for child in self.wm_children:
                     child.advance(wm)
+
+    def dump(self, bucket: int) -> list[list[Any]]:
+        # The queues are deques while running, lists when stored.
+        return [[s, [slot[0], slot[1], list(slot[2])]] for s, slot in self.buckets[bucket].items()]
+
+    def load(self, bucket: int, entries: list[list[Any]]) -> None:
+        self.buckets[bucket] = {s: [a, b, deque(q)] for s, (a, b, q) in entries}
 
     def restored(self, wm: int) -> None:
         self.wm = wm
