@@ -170,7 +170,9 @@ def demo(ctx: click.Context) -> None:
     process, checking that every transaction is whole or absent. The CDC
     demo keeps a price cache by dual writes and a view by change data
     capture while SIGKILLing every process: the cache drifts, the view
-    equals the database. The consistency demo records concurrent clients of the
+    equals the database. The streams demo counts clicks per user and second
+    while its worker is SIGKILLed and restarted: the output equals an
+    uninterrupted run's byte for byte. The consistency demo records concurrent clients of the
     linearizable key-value store and proves the history linearizable, runs
     the isolation tests on SQLite and the causal store in a simulated
     network. Exits 0 if every check passed, 1 otherwise.
@@ -182,6 +184,7 @@ def demo(ctx: click.Context) -> None:
         consistency_demo = importlib.import_module("unbundled.demo_consistency")
         unit_demo = importlib.import_module("unbundled.demo_unit")
         cdc_demo = importlib.import_module("unbundled.demo_cdc")
+        streams_demo = importlib.import_module("unbundled.demo_streams")
     except ModuleNotFoundError as exc:
         if exc.name not in (
             "unbundled.demo",
@@ -189,6 +192,7 @@ def demo(ctx: click.Context) -> None:
             "unbundled.demo_consistency",
             "unbundled.demo_unit",
             "unbundled.demo_cdc",
+            "unbundled.demo_streams",
         ):
             raise
         raise NotSupported("the demo is not part of this installation") from None
@@ -200,6 +204,8 @@ def demo(ctx: click.Context) -> None:
         unit_ok = unit_demo.run_unit_demo(console, Path(tmp))
     with tempfile.TemporaryDirectory(prefix="unbundled-demo-cdc-") as tmp:
         cdc_ok = cdc_demo.run_cdc_demo(console, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="unbundled-demo-streams-") as tmp:
+        streams_ok = streams_demo.run_streams_demo(console, Path(tmp))
     with tempfile.TemporaryDirectory(prefix="unbundled-demo-consistency-") as tmp:
         consistency_ok = consistency_demo.run_consistency_demo(console, Path(tmp))
     parts = (
@@ -207,12 +213,14 @@ def demo(ctx: click.Context) -> None:
         ("event store", events_ok),
         ("one transaction across the parts", unit_ok),
         ("change data capture", cdc_ok),
+        ("stream processing", streams_ok),
         ("consistency", consistency_ok),
     )
     if all(ok for _, ok in parts):
         console.print(
             "[bold green]demo: all checks passed (log, event store, "
-            "one transaction across the parts, change data capture, consistency)"
+            "one transaction across the parts, change data capture, stream processing, "
+            "consistency)"
         )
     else:
         failed = [name for name, ok in parts if not ok]
