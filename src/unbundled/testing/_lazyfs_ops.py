@@ -155,9 +155,8 @@ class LazyOperations:
 
     def statfs(self, path: str) -> dict[str, int]:
         st = self._locked(lambda: os.statvfs(self.backing))
-        keys = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail")
-        keys += ("f_files", "f_ffree", "f_favail", "f_flag", "f_namemax")
-        return {key: getattr(st, key) for key in keys}
+        keys = "f_bsize f_frsize f_blocks f_bfree f_bavail f_files f_ffree f_favail f_namemax"
+        return {key: getattr(st, key) for key in keys.split()}
 
     def chmod(self, path: str, mode: int) -> int:
         self._locked(lambda: os.chmod(self._real(path), mode))
@@ -168,7 +167,10 @@ class LazyOperations:
         return 0
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        self._locked(lambda: os.utime(self._real(path), ns=times))
+        if times is None:
+            self._locked(lambda: os.utime(self._real(path)))
+        else:
+            self._locked(lambda: os.utime(self._real(path), ns=times))
         return 0
 
     def mkdir(self, path: str, mode: int) -> int:
