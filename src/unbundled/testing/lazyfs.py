@@ -27,6 +27,8 @@ Known limits of this version:
   after the cut every operation on the mount fails with ``EIO``, and a
   process still holding files open keeps the lazy unmount from finishing.
 * A file with unsynced data is held whole in memory; keep test files small.
+* "A write" is one write the filesystem receives: the kernel may split one
+  ``write(2)`` into several (at page boundaries), and ``tear`` cuts the last.
 
 The filesystem runs in its own process (``python -m unbundled.testing.lazyfs
 serve BACKING MOUNT --control SOCKET``) and is driven over a Unix socket. It
