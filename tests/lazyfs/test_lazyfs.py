@@ -136,7 +136,9 @@ def test_after_a_power_cut_the_handle_refuses_until_remounted(lazyfs: LazyFS) ->
         lazyfs.start()
 
 
-def torn(make_lazyfs: MakeLazyFS, name: str, seed: int) -> tuple[bytes, tuple[object, ...]]:
+def torn(
+    make_lazyfs: MakeLazyFS, name: str, seed: int
+) -> tuple[bytes, tuple[tuple[str, str, int, int], ...]]:
     """Synced ``o`` bytes, an unsynced write of ``n`` bytes at an unaligned
     offset, a torn power cut: the bytes on disk and what the cut applied."""
     fs = make_lazyfs(name, seed=seed)
