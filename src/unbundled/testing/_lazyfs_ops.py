@@ -372,11 +372,15 @@ def _control_loop(ops: LazyOperations, server: socket.socket) -> None:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
 
 
-def _watch_parent(parent: int, mount: str) -> None:
-    """If the process that started us dies, unmount and exit: no orphan mount."""
+def _watch_parent(parent: int, mount: str, control: str) -> None:
+    """If the process that started us dies, unmount, remove the control
+    socket and exit: no orphan mount."""
     while os.getppid() == parent:
         time.sleep(0.5)
     subprocess.run(["fusermount3", "-u", "-z", mount], check=False, capture_output=True)
+    with contextlib.suppress(OSError):
+        os.unlink(control)
+        os.rmdir(os.path.dirname(control))
     os._exit(1)
 
 
@@ -394,6 +398,6 @@ def serve(backing: str, mount: str, control: str, parent: int) -> int:
     server.bind(control)
     server.listen(8)
     threading.Thread(target=_control_loop, args=(ops, server), daemon=True).start()
-    threading.Thread(target=_watch_parent, args=(parent, mount), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(parent, mount, control), daemon=True).start()
     mfusepy.FUSE(ops, mount, foreground=True, fsname="lazyfs")
     return 0

@@ -115,8 +115,8 @@ class LazyFS:
         self.mount = Path(mount).absolute()
         self.seed = seed
         self.timeout_s = timeout_s
-        self._dir = tempfile.mkdtemp(prefix="lazyfs-")  # short: a socket path has <108 bytes
-        self.control = os.path.join(self._dir, "control.sock")
+        self._dir = ""  # the control socket's, made per mount: a socket path has <108 bytes
+        self.control = ""
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
 
@@ -139,6 +139,8 @@ class LazyFS:
             _unmount(self.mount)
         self.mount.mkdir(parents=True, exist_ok=True)
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _reap()
+        self._dir = tempfile.mkdtemp(prefix="lazyfs-")  # removed in _reap()
+        self.control = os.path.join(self._dir, "control.sock")
         src = str(Path(__file__).resolve().parents[2])
         env = {
             **os.environ,
@@ -194,7 +196,6 @@ class LazyFS:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     # -- control --------------------------------------------------------------
 
@@ -264,6 +265,9 @@ class LazyFS:
             text = self._stderr.read().decode(errors="replace")
             self._stderr.close()
             self._stderr = None
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = ""
         return text
 
 
