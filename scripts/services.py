@@ -119,6 +119,37 @@ def _logical_wal(service: Service, state: str) -> str:
     return f"{state}, restarted with wal_level=logical (for CDC)"
 
 
+FUSE_INSTALL = "apt-get install -y fuse3"
+
+
+def _fuse(start: bool) -> str | None:
+    """The lazyfs tests (tests/lazyfs) need /dev/fuse and fusermount3 (Debian's
+    fuse3): install fuse3 when it is missing. Returns what is still missing."""
+    if shutil.which("fusermount3") is None:
+        if not start:
+            state = "fusermount3 missing (check only)"
+        elif os.geteuid() != 0 or shutil.which("apt-get") is None:
+            state = "fusermount3 missing (not root, or no apt-get)"
+        else:
+            subprocess.run(
+                FUSE_INSTALL,
+                shell=True,
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+            state = "installed fuse3" if shutil.which("fusermount3") else "fuse3 install failed"
+    else:
+        state = "up"
+    if state in ("up", "installed fuse3"):
+        state = state if os.path.exists("/dev/fuse") else "/dev/fuse missing"
+    print(f"  {'fuse':9s} {'/dev/fuse':15s} {state}")
+    if state in ("up", "installed fuse3"):
+        return None
+    return state
+
+
 def ensure(start: bool) -> int:
     ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
     missing = []
@@ -144,9 +175,12 @@ def ensure(start: bool) -> int:
             if state.startswith("failed"):
                 missing.append(service)
         print(f"  {service.name:9s} {service.host}:{service.port:<5d} {state}")
-    if missing:
+    fuse = _fuse(start)
+    if missing or fuse is not None:
         for service in missing:
             print(f"  to enable the {service.name} tests, start it (as root): {service.start}")
+        if fuse is not None:
+            print(f"  to enable the lazyfs tests (as root, with /dev/fuse): {FUSE_INSTALL}")
         if ci:
             print("CI=true: a server the tests need is missing; failing.", file=sys.stderr)
             return 1
