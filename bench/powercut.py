@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import unbundled
 from unbundled import NotFound, TopicPartition
@@ -49,6 +49,7 @@ WRITES_MAX = 10_000  # per writer; far more than a cut lets it make
 LIFETIME_S = 120.0  # a writer the parent forgot exits on its own
 ACK_TIMEOUT_S = 30.0
 
+Sync = Literal["full", "normal"]
 Op = dict[str, Any]
 State = Any
 
@@ -204,8 +205,16 @@ WRITERS: dict[str, Callable[[Database, random.Random, int], None]] = {
 }
 
 
+def level(sync: str) -> Sync:
+    if sync == "full":
+        return "full"
+    if sync == "normal":
+        return "normal"
+    raise ValueError(f"sync must be 'full' or 'normal', got {sync!r}")
+
+
 def write(part: str, path: str, sync: str, seed: int, r: int) -> None:
-    with unbundled.open(path, sync=sync) as db:
+    with unbundled.open(path, sync=level(sync)) as db:
         WRITERS[part](db, random.Random(seed), r)
     os.write(1, b"done\n")
     time.sleep(LIFETIME_S)
@@ -404,7 +413,9 @@ def parse(lines: list[str]) -> tuple[list[Op], Op | None]:
     return acked, pending
 
 
-def run_writer(part: str, path: Path, sync: str, seed: int, r: int, acks: int, delay_s: float):
+def run_writer(
+    part: str, path: Path, sync: str, seed: int, r: int, acks: int, delay_s: float
+) -> list[str]:
     """Start a writer, read until it acknowledged ``acks`` writes, wait
     ``delay_s`` more, SIGKILL it and return every line it wrote."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
@@ -426,6 +437,11 @@ def run_writer(part: str, path: Path, sync: str, seed: int, r: int, acks: int, d
     return lines
 
 
+def short(state: State, chars: int = 1500) -> str:
+    text = repr(state)
+    return text if len(text) <= chars else text[:chars] + f"... ({len(text)} chars)"
+
+
 class Checker:
     """One case's knowledge: the writes a previous check found on the file."""
 
@@ -440,7 +456,7 @@ class Checker:
         base = self.survivors
         candidates = base + acked + ([pending] if pending is not None else [])
         observe, model = MODELS[self.part]
-        with unbundled.open(path, sync=self.sync) as db:  # CorruptionError fails the case
+        with unbundled.open(path, sync=level(self.sync)) as db:  # CorruptionError fails the case
             found = observe(db)
         low = len(base) + (len(acked) if self.sync == "full" else 0)
         for k in range(len(candidates), low - 1, -1):
@@ -450,8 +466,8 @@ class Checker:
         raise PowerCutFailure(
             f"{self.part} sync={self.sync}: the file shows no allowed prefix of the "
             f"{len(base)} known + {len(acked)} acknowledged writes (+ {int(pending is not None)} "
-            f"in flight), at least {low}; found {found!r}, "
-            f"wanted {model(candidates[:low])!r}"
+            f"in flight), at least {low}; found {short(found)}, "
+            f"wanted {short(model(candidates[:low]))}"
         )
 
 
