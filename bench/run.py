@@ -9,6 +9,7 @@
     .venv/bin/python bench/run.py --only fuzz         # the corruption fuzzer's full sweep
     .venv/bin/python bench/run.py --only cdc          # CDC from PostgreSQL, vs pg_recvlogical
     .venv/bin/python bench/run.py --only streams      # windowed counts, vs Bytewax and a dict loop
+    .venv/bin/python bench/run.py --only powercut     # 1,000 LazyFS power cuts of every part
     .venv/bin/python bench/run.py --quick             # a smoke run in seconds, writes nothing
     .venv/bin/python bench/run.py --kills 50          # fewer kills in the crash test
 
@@ -258,6 +259,11 @@ def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
 
         return streams_bench.run_in_venv(quick=quick)
 
+    def powercut() -> int:
+        from bench import powercut_bench
+
+        return powercut_bench.main(flags)
+
     return {
         "eventstore": eventstore,
         "idempotency": idempotency,
@@ -266,6 +272,7 @@ def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
         "fuzz": fuzz,
         "cdc": cdc,
         "streams": streams,
+        "powercut": powercut,
     }
 
 
@@ -285,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             "fuzz",
             "cdc",
             "streams",
+            "powercut",
         ],
         default=None,
         help="run one benchmark suite",
