@@ -29,7 +29,9 @@ class SqliteBackend(
 
     * ``"full"`` (default): each commit is fsynced before callers return;
       survives power loss.
-    * ``"normal"``: no fsync at commit; survives a process crash, not power loss.
+    * ``"normal"``: no fsync at commit; survives a process crash; a power loss
+      may lose the newest commits (a suffix, never one in the middle) and
+      leaves the file intact (``tests/lazyfs/test_power_cut_parts.py``).
     * ``"off"``: no fsync at all; for tests and scratch data.
     """
 
