@@ -78,13 +78,17 @@ def fuse_unavailable() -> str | None:
 
 @dataclass(frozen=True)
 class CutReport:
-    """What a power cut did: the seed it used, how many unsynced operations it
-    dropped, and those it applied first (``(path, "w" or "t", offset or
-    length, bytes written)``, in the order applied)."""
+    """What a power cut did: the seed it used, how many unsynced data
+    operations it dropped, and those it applied first (``(path, "w" or "t",
+    offset or length, bytes written)``, in the order applied); how many
+    pending namespace changes it dropped, and those it applied first
+    (``(kind, path, ...)``, in order: a prefix of the pending ones)."""
 
     seed: int
     dropped: int
     applied: tuple[tuple[str, str, int, int], ...]
+    namespace_dropped: int = 0
+    namespace_applied: tuple[tuple[str, ...], ...] = ()
 
 
 def _unmount(mount: Path) -> None:
@@ -204,6 +208,14 @@ class LazyFS:
         reply = self._request({"op": "ping"})
         return {str(k): int(v) for k, v in reply["unsynced"].items()}
 
+    def unsynced_namespace(self) -> list[tuple[str, ...]]:
+        """Pending namespace changes in order, as ``(kind, path, ...)``:
+        ``("create", "/a")``, ``("rename", "/a", "/b")``, ``("mkdir", ...)``,
+        ``("unlink", ...)``, ``("rmdir", ...)``. A change is durable once its
+        directory is fsynced (see the module docstring)."""
+        reply = self._request({"op": "ping"})
+        return [tuple(str(part) for part in change) for change in reply["namespace"]]
+
     def power_cut(
         self, *, tear: bool = False, reorder: bool = False, seed: int | None = None
     ) -> CutReport:
@@ -218,6 +230,10 @@ class LazyFS:
             seed=int(reply["seed"]),
             dropped=int(reply["dropped"]),
             applied=tuple((str(p), str(k), int(w), int(n)) for p, k, w, n in reply["applied"]),
+            namespace_dropped=int(reply["namespace_dropped"]),
+            namespace_applied=tuple(
+                tuple(str(part) for part in change) for change in reply["namespace_applied"]
+            ),
         )
 
     def _request(self, request: dict[str, Any]) -> dict[str, Any]:
