@@ -9,6 +9,21 @@ tearing the last unsynced write of a seed-chosen file at a 512-byte sector
 boundary (``tear=True``) or applying a seed-chosen subset of the unsynced
 writes in a seed-chosen order (``reorder=True``); the same seed over the same
 unsynced writes gives the same bytes, so a failure replays.
+
+Namespace changes (create, unlink, rename, mkdir, rmdir) are held too, in
+one ordered journal, and served to ``stat``, ``readdir`` and ``open`` at
+once. The rule: ``fsyncdir`` of a directory (``fsync`` of a descriptor
+opened on it) makes durable every pending change up to the last one in that
+directory, in order, as a journaling filesystem's commit does; a rename
+belongs to both its directories, so fsyncing either makes it durable. An
+``fsync`` of a file makes its data durable, not its name: a new file whose
+directory was not fsynced after its creation is gone after a power cut,
+data and all (its synced data is held in memory until the entry is
+durable). A power cut drops the pending changes; ``reorder=True`` applies a
+seed-chosen prefix of them first (never a later change without an earlier
+one). :meth:`LazyFS.unsynced_namespace` lists them. Attributes (chmod,
+chown, times) of an entry already on disk are applied to it at once.
+
 :meth:`LazyFS.remount` serves the backing directory again, as a reboot would::
 
     with LazyFS(tmp / "disk", tmp / "mnt", seed=7) as fs:
@@ -19,14 +34,14 @@ unsynced writes gives the same bytes, so a failure replays.
 
 Known limits of this version:
 
-* Metadata (create, unlink, rename, mkdir, rmdir, chmod, times) is applied to
-  the backing directory at once: it survives a power cut without an fsync of
-  the directory (LazyFS does the same). A created file whose data was never
-  synced survives empty.
+* Hard links, symbolic links and special files are not supported (special
+  files and symlinks already in the backing directory are not shown).
+* Every name of the backing directory is loaded at mount, and a file with
+  unsynced data (or synced data but no durable name) is held whole in
+  memory; keep test trees and files small.
 * Every writer using the mount must be dead (SIGKILL) before a power cut:
   after the cut every operation on the mount fails with ``EIO``, and a
   process still holding files open keeps the lazy unmount from finishing.
-* A file with unsynced data is held whole in memory; keep test files small.
 * "A write" is one write the filesystem receives: the kernel may split one
   ``write(2)`` into several (at page boundaries), and ``tear`` cuts the last.
 
