@@ -29,6 +29,15 @@ def put(path: Path, data: bytes, offset: int = 0, *, sync: str | None = None) ->
         os.close(fd)
 
 
+def sync_dir(path: Path) -> None:
+    """fsync the directory ``path`` (FUSE's ``fsyncdir``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def reboot(fs: LazyFS, **cut: bool) -> None:
     fs.power_cut(**cut)
     assert not os.path.ismount(fs.mount)
@@ -39,6 +48,9 @@ def reboot(fs: LazyFS, **cut: bool) -> None:
 def test_synced_data_survives_a_power_cut(lazyfs: LazyFS, sync: str) -> None:
     put(lazyfs.mount / "a", b"durable" * 100, sync=sync)
     assert lazyfs.unsynced() == {}
+    assert lazyfs.unsynced_namespace() == [("create", "/a")]
+    sync_dir(lazyfs.mount)
+    assert lazyfs.unsynced_namespace() == []
     reboot(lazyfs)
     assert (lazyfs.mount / "a").read_bytes() == b"durable" * 100
     assert (lazyfs.backing / "a").read_bytes() == b"durable" * 100
@@ -46,6 +58,7 @@ def test_synced_data_survives_a_power_cut(lazyfs: LazyFS, sync: str) -> None:
 
 def test_unsynced_data_is_gone(lazyfs: LazyFS) -> None:
     put(lazyfs.mount / "old", b"before", sync="fsync")
+    sync_dir(lazyfs.mount)
     put(lazyfs.mount / "old", b"AFTER!")
     put(lazyfs.mount / "new", b"never synced")
     # The writer sees its writes; the disk does not have them yet.
@@ -55,16 +68,17 @@ def test_unsynced_data_is_gone(lazyfs: LazyFS) -> None:
     assert lazyfs.unsynced() == {"/new": 1, "/old": 1}
     report = lazyfs.power_cut()
     assert (report.dropped, report.applied) == (2, ())
+    assert (report.namespace_dropped, report.namespace_applied) == (1, ())
     lazyfs.remount()
     assert (lazyfs.mount / "old").read_bytes() == b"before"
-    # Known limit: a create is metadata, applied at once; its data is not.
-    assert (lazyfs.mount / "new").read_bytes() == b""
+    assert not (lazyfs.mount / "new").exists()
 
 
 def test_close_does_not_sync(lazyfs: LazyFS) -> None:
     with open(lazyfs.mount / "f", "wb") as f:
         f.write(b"closed, flushed, not synced")
         f.flush()
+    sync_dir(lazyfs.mount)
     reboot(lazyfs)
     assert (lazyfs.mount / "f").read_bytes() == b""
 
@@ -72,6 +86,7 @@ def test_close_does_not_sync(lazyfs: LazyFS) -> None:
 def test_a_partially_synced_file_keeps_exactly_the_synced_part(lazyfs: LazyFS) -> None:
     path = lazyfs.mount / "log"
     put(path, b"A" * 1000, sync="fsync")
+    sync_dir(lazyfs.mount)
     put(path, b"B" * 1000, 1000, sync="fdatasync")
     put(path, b"C" * 1000, 2000)
     put(path, b"x", 10)  # an unsynced overwrite inside the synced part
@@ -83,6 +98,7 @@ def test_a_partially_synced_file_keeps_exactly_the_synced_part(lazyfs: LazyFS) -
 def test_an_unsynced_truncate_is_undone(lazyfs: LazyFS) -> None:
     path = lazyfs.mount / "t"
     put(path, b"keep" * 1024, sync="fsync")
+    sync_dir(lazyfs.mount)
     os.truncate(path, 10)
     assert path.stat().st_size == 10
     with open(path, "r+b") as f:
@@ -95,23 +111,12 @@ def test_an_unsynced_truncate_is_undone(lazyfs: LazyFS) -> None:
 def test_a_synced_truncate_stays(lazyfs: LazyFS) -> None:
     path = lazyfs.mount / "t"
     put(path, b"keep" * 1024, sync="fsync")
+    sync_dir(lazyfs.mount)
     with open(path, "r+b") as f:
         f.truncate(10)
         os.fsync(f.fileno())
     reboot(lazyfs)
     assert path.read_bytes() == b"keep" * 2 + b"ke"
-
-
-def test_metadata_is_applied_at_once(lazyfs: LazyFS) -> None:
-    """The documented limit: renames, deletes and directories need no fsync."""
-    put(lazyfs.mount / "a", b"synced", sync="fsync")
-    (lazyfs.mount / "d").mkdir()
-    os.rename(lazyfs.mount / "a", lazyfs.mount / "d" / "b")
-    put(lazyfs.mount / "gone", b"", sync="fsync")
-    os.unlink(lazyfs.mount / "gone")
-    reboot(lazyfs)
-    assert sorted(os.listdir(lazyfs.mount)) == ["d"]
-    assert (lazyfs.mount / "d" / "b").read_bytes() == b"synced"
 
 
 def test_a_renamed_file_keeps_its_unsynced_writes_until_synced(lazyfs: LazyFS) -> None:
@@ -121,6 +126,7 @@ def test_a_renamed_file_keeps_its_unsynced_writes_until_synced(lazyfs: LazyFS) -
     fd = os.open(lazyfs.mount / "final", os.O_RDONLY)
     os.fsync(fd)
     os.close(fd)
+    sync_dir(lazyfs.mount)
     reboot(lazyfs)
     assert (lazyfs.mount / "final").read_bytes() == b"payload"
 
@@ -143,6 +149,7 @@ def torn(
     offset, a torn power cut: the bytes on disk and what the cut applied."""
     fs = make_lazyfs(name, seed=seed)
     put(fs.mount / "f", b"o" * 8192, sync="fsync")
+    sync_dir(fs.mount)
     put(fs.mount / "f", b"n" * 7000, 100)
     report = fs.power_cut(tear=True)
     return (fs.backing / "f").read_bytes(), report.applied
@@ -169,6 +176,7 @@ def test_tear_replays_with_the_same_seed(make_lazyfs: MakeLazyFS) -> None:
 
 def test_tear_without_a_sector_boundary_writes_nothing(lazyfs: LazyFS) -> None:
     put(lazyfs.mount / "f", b"o" * 1024, sync="fsync")
+    sync_dir(lazyfs.mount)
     put(lazyfs.mount / "f", b"n" * 300, 600)  # 600..900 crosses no multiple of 512
     report = lazyfs.power_cut(tear=True)
     assert report.applied == ()
@@ -183,6 +191,7 @@ def reordered(make_lazyfs: MakeLazyFS, name: str, seed: int) -> tuple[bytes, byt
         put(fs.mount / file, b"." * (8 * SECTOR), sync="fsync")
         for i in range(8):
             put(fs.mount / file, bytes([65 + i]) * SECTOR, i * SECTOR)
+    sync_dir(fs.mount)
     report = fs.power_cut(reorder=True)
     assert report.dropped == 16
     return (fs.backing / "a").read_bytes(), (fs.backing / "b").read_bytes(), len(report.applied)

@@ -9,6 +9,21 @@ tearing the last unsynced write of a seed-chosen file at a 512-byte sector
 boundary (``tear=True``) or applying a seed-chosen subset of the unsynced
 writes in a seed-chosen order (``reorder=True``); the same seed over the same
 unsynced writes gives the same bytes, so a failure replays.
+
+Namespace changes (create, unlink, rename, mkdir, rmdir) are held too, in
+one ordered journal, and served to ``stat``, ``readdir`` and ``open`` at
+once. The rule: ``fsyncdir`` of a directory (``fsync`` of a descriptor
+opened on it) makes durable every pending change up to the last one in that
+directory, in order, as a journaling filesystem's commit does; a rename
+belongs to both its directories, so fsyncing either makes it durable. An
+``fsync`` of a file makes its data durable, not its name: a new file whose
+directory was not fsynced after its creation is gone after a power cut,
+data and all (its synced data is held in memory until the entry is
+durable). A power cut drops the pending changes; ``reorder=True`` applies a
+seed-chosen prefix of them first (never a later change without an earlier
+one). :meth:`LazyFS.unsynced_namespace` lists them. Attributes (chmod,
+chown, times) of an entry already on disk are applied to it at once.
+
 :meth:`LazyFS.remount` serves the backing directory again, as a reboot would::
 
     with LazyFS(tmp / "disk", tmp / "mnt", seed=7) as fs:
@@ -19,14 +34,14 @@ unsynced writes gives the same bytes, so a failure replays.
 
 Known limits of this version:
 
-* Metadata (create, unlink, rename, mkdir, rmdir, chmod, times) is applied to
-  the backing directory at once: it survives a power cut without an fsync of
-  the directory (LazyFS does the same). A created file whose data was never
-  synced survives empty.
+* Hard links, symbolic links and special files are not supported (special
+  files and symlinks already in the backing directory are not shown).
+* Every name of the backing directory is loaded at mount, and a file with
+  unsynced data (or synced data but no durable name) is held whole in
+  memory; keep test trees and files small.
 * Every writer using the mount must be dead (SIGKILL) before a power cut:
   after the cut every operation on the mount fails with ``EIO``, and a
   process still holding files open keeps the lazy unmount from finishing.
-* A file with unsynced data is held whole in memory; keep test files small.
 * "A write" is one write the filesystem receives: the kernel may split one
   ``write(2)`` into several (at page boundaries), and ``tear`` cuts the last.
 
@@ -78,13 +93,17 @@ def fuse_unavailable() -> str | None:
 
 @dataclass(frozen=True)
 class CutReport:
-    """What a power cut did: the seed it used, how many unsynced operations it
-    dropped, and those it applied first (``(path, "w" or "t", offset or
-    length, bytes written)``, in the order applied)."""
+    """What a power cut did: the seed it used, how many unsynced data
+    operations it dropped, and those it applied first (``(path, "w" or "t",
+    offset or length, bytes written)``, in the order applied); how many
+    pending namespace changes it dropped, and those it applied first
+    (``(kind, path, ...)``, in order: a prefix of the pending ones)."""
 
     seed: int
     dropped: int
     applied: tuple[tuple[str, str, int, int], ...]
+    namespace_dropped: int = 0
+    namespace_applied: tuple[tuple[str, ...], ...] = ()
 
 
 def _unmount(mount: Path) -> None:
@@ -204,6 +223,14 @@ class LazyFS:
         reply = self._request({"op": "ping"})
         return {str(k): int(v) for k, v in reply["unsynced"].items()}
 
+    def unsynced_namespace(self) -> list[tuple[str, ...]]:
+        """Pending namespace changes in order, as ``(kind, path, ...)``:
+        ``("create", "/a")``, ``("rename", "/a", "/b")``, ``("mkdir", ...)``,
+        ``("unlink", ...)``, ``("rmdir", ...)``. A change is durable once its
+        directory is fsynced (see the module docstring)."""
+        reply = self._request({"op": "ping"})
+        return [tuple(str(part) for part in change) for change in reply["namespace"]]
+
     def power_cut(
         self, *, tear: bool = False, reorder: bool = False, seed: int | None = None
     ) -> CutReport:
@@ -218,6 +245,10 @@ class LazyFS:
             seed=int(reply["seed"]),
             dropped=int(reply["dropped"]),
             applied=tuple((str(p), str(k), int(w), int(n)) for p, k, w, n in reply["applied"]),
+            namespace_dropped=int(reply["namespace_dropped"]),
+            namespace_applied=tuple(
+                tuple(str(part) for part in change) for change in reply["namespace_applied"]
+            ),
         )
 
     def _request(self, request: dict[str, Any]) -> dict[str, Any]:
