@@ -23,7 +23,6 @@ from typing import Any
 import msgspec
 
 from ..errors import UsageError
-from . import _windows as w
 from ._flow import Node
 
 NO_TIME = -(2**62)  # the watermark before any event
@@ -110,8 +109,6 @@ class Ctx:
 class Op:
     """An operator; stateless ones pass items on."""
 
-    stateful = False
-
     def __init__(self, node: Node, ctx: Ctx) -> None:
         self.node = node
         self.ctx = ctx
@@ -172,8 +169,6 @@ class SinkOp(Op):
 class StatefulOp(Op):
     """An operator with per-key state kept in buckets."""
 
-    stateful = True
-
     def __init__(self, node: Node, ctx: Ctx) -> None:
         super().__init__(node, ctx)
         self.buckets: list[dict[Any, Any]] = [{} for _ in range(BUCKETS)]
@@ -226,7 +221,3 @@ class StateOp(StatefulOp):
 
 class LateOp(Op):
     """The side output of a window: late events, unchanged."""
-
-
-def result(key: Any, start: int, end: int, value: Any, timing: str) -> w.WindowResult:
-    return w.WindowResult(key, start, end, value, timing)

@@ -44,8 +44,6 @@ from ._store import (
 from ._table import upsert
 from ._task import DEAD_SINK, Task
 
-_json = msgspec.json.Encoder()
-
 
 class RunReport(msgspec.Struct):
     """What one :func:`run` did: records read from the source (and a joined
@@ -336,9 +334,15 @@ class Runner:
         (the source's ends when the run began; the repartition topics' now)."""
         if not any(g == 0 for g, _p in self.tasks):
             return False
+        now: dict[int, dict[int, int]] = {}  # a repartition topic's ends, read once per call
         for (g, p), task in self.tasks.items():
-            end = ends.get((g, p)) if g == 0 else self.db.log.end_offsets(self.topics[g])[p]
-            if task.offset < (end or 0):
+            if g == 0:
+                end = ends.get((g, p), 0)
+            else:
+                if g not in now:
+                    now[g] = self.db.log.end_offsets(self.topics[g])
+                end = now[g][p]
+            if task.offset < end:
                 return False
         return True
 

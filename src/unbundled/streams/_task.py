@@ -103,7 +103,7 @@ class Task:
         if self.merge is not None:
             return self._feed_merge(self.merge, records)
         taken = 0
-        decode = self._decoder()
+        decode = _decoder(self.decode)
         ts_fn = self.ts_fn
         keys = self._keys
         kids = self.source.children
@@ -210,9 +210,6 @@ class Task:
             join.table(record_key(rec.key), row, rec.timestamp)
         return taken
 
-    def _decoder(self) -> Any:
-        return _decoder(self.decode)
-
     def _dead(self, rec: Record, why: str) -> None:
         self.dead += 1
         headers: Headers = (
@@ -221,11 +218,6 @@ class Task:
             ("unbundled.source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
         )
         self.ctx.outputs.append((DEAD_SINK, rec.key, (rec.value, headers), rec.timestamp))
-
-    def process(self, key: Any, value: Any, ts: int) -> None:
-        """One event: through the operators, then the watermark moves."""
-        self.source.push(key, value, ts)
-        self.observe(ts)
 
     def observe(self, ts: int) -> None:
         """Event time ``ts`` was seen: the watermark follows it."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import _windows as w
 from ._flow import Node
-from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, bucket_of, detached, key_sort, result
+from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, bucket_of, detached, key_sort
 
 # Timer kinds, in the order they fire at one instant.
 _EARLY, _ON_TIME, _PURGE = 0, 1, 2
@@ -269,7 +269,7 @@ class CountOp(WindowOp):
         if slot[1] >= self.node.args["window"].size:
             del bucket[key]
             value = self.call(self.agg.result, slot[0])
-            self.emit(key, result(key, slot[2], slot[3] + 1, value, "on_time"), slot[3])
+            self.emit(key, w.WindowResult(key, slot[2], slot[3] + 1, value, "on_time"), slot[3])
 
 
 def window_op(node: Node, ctx: Ctx) -> WindowOp:
