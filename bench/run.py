@@ -10,6 +10,7 @@
     .venv/bin/python bench/run.py --only cdc          # CDC from PostgreSQL, vs pg_recvlogical
     .venv/bin/python bench/run.py --only streams      # windowed counts, vs Bytewax and a dict loop
     .venv/bin/python bench/run.py --only powercut     # 1,000 LazyFS power cuts of every part
+    .venv/bin/python bench/run.py --only scaleout     # the log on SQLite, PostgreSQL, NATS
     .venv/bin/python bench/run.py --quick             # a smoke run in seconds, writes nothing
     .venv/bin/python bench/run.py --kills 50          # fewer kills in the crash test
 
@@ -264,6 +265,11 @@ def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
 
         return powercut_bench.main(flags)
 
+    def scaleout() -> int:
+        from bench import scaleout_bench
+
+        return scaleout_bench.run_in_venv(quick=quick)
+
     return {
         "eventstore": eventstore,
         "idempotency": idempotency,
@@ -273,6 +279,7 @@ def _other_suites(quick: bool) -> dict[str, Callable[[], int]]:
         "cdc": cdc,
         "streams": streams,
         "powercut": powercut,
+        "scaleout": scaleout,
     }
 
 
@@ -293,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             "cdc",
             "streams",
             "powercut",
+            "scaleout",
         ],
         default=None,
         help="run one benchmark suite",
