@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 ## make test: check (and start) the servers, then lint, type-check and run every test.
 test: $(STAMP) services lint typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 services: $(STAMP)
 	$(PY) scripts/services.py ensure
@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 unit: $(STAMP)
-	$(PY) -m pytest -q -m 'not slow'
+	$(PY) -m pytest -q -n 2 -m 'not slow'
 
 ## make bench: the benchmarks, side by side with their baselines (writes bench/results/).
 bench: $(STAMP)
