@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from unbundled import Idempotency, Log, NotFound, NotSupported, UsageError, backends
+from unbundled import EventStore, Idempotency, Log, NotFound, NotSupported, UsageError, backends
 from unbundled.backends import SERVES, MemoryBackend, SqliteBackend
 from unbundled.backends.nats import NatsBackend
 from unbundled.backends.postgres import PostgresBackend
@@ -110,7 +110,6 @@ def test_a_directory_or_a_missing_directory_is_named(tmp_path: Path) -> None:
             backends.EVENTS,
             "memory://",
         ),
-        ("nats://127.0.0.1:4222", "idempotency list", (), backends.IDEMPOTENCY, "redis://"),
         ("redis://127.0.0.1:6379", "kv get", ("k",), backends.KV, "nats://"),
         ("postgresql://u@127.0.0.1/test", "topics list", (), backends.LOG, "memory://"),
         ("rediss://127.0.0.1:6379", "produce", ("t",), backends.LOG, "a SQLite file"),
@@ -130,10 +129,11 @@ def test_a_store_that_does_not_serve_the_command_is_named_with_those_that_do(
 
 
 def test_the_library_names_what_nats_serves_whatever_opens_it() -> None:
-    for opener in (Log.open, Idempotency.open):
-        with pytest.raises(NotSupported, match="nats:// serves only the key-value store") as info:
-            opener("nats://127.0.0.1:4222")
-        assert "does not serve the log" not in info.value.message
+    with pytest.raises(
+        NotSupported, match="nats:// serves idempotency keys and the key-value"
+    ) as info:
+        EventStore.open("nats://127.0.0.1:4222")
+    assert "not the log or the event store" in info.value.message
 
 
 def test_db_help_says_which_commands_take_each_url() -> None:
@@ -142,7 +142,7 @@ def test_db_help_says_which_commands_take_each_url() -> None:
     assert "?mode=ro" in text and "memory://" in text
     assert "postgresql://user@host/db?schema=name for events, projections, idempotency, kv" in text
     assert "redis://host:port/db?prefix=name for idempotency;" in text
-    assert "nats://host:port?bucket=name for kv" in text
+    assert "nats://host:port?bucket=name for idempotency, kv" in text
 
 
 BACKENDS = {

@@ -27,6 +27,7 @@ _MODES = {
     "sqlite": ("sim", "real"),
     "postgres": ("sim", "real"),
     "redis": ("real",),
+    "nats": ("sim", "real"),
 }
 Effect = Literal["events", "sql"]
 _EFFECTS: dict[str, frozenset[Effect]] = {
@@ -34,6 +35,7 @@ _EFFECTS: dict[str, frozenset[Effect]] = {
     "sqlite": frozenset({"events", "sql"}),
     "postgres": frozenset({"events", "sql"}),
     "redis": frozenset(),
+    "nats": frozenset(),
 }
 CASES = [
     pytest.param(

@@ -16,10 +16,9 @@ goes through; :func:`open_backend` and :func:`open_kv_backend` are its aliases.
   :class:`~unbundled.backends.redis.RedisBackend`, idempotency keys only
   (needs ``pip install 'unbundled[redis]'``); the log and the event store refuse it.
 * ``nats://host:port?bucket=name`` — :class:`~unbundled.backends.nats.NatsBackend`,
-  the key-value store only (needs ``pip install 'unbundled[nats]'``), opened
-  by :func:`open_kv_backend`; :func:`open_backend` refuses it with
-  ``NotSupported`` (the log, the event store and idempotency keys do not run
-  on NATS yet), never a silent fallback.
+  the key-value store and idempotency keys (needs ``pip install
+  'unbundled[nats]'``); the parts it does not serve refuse it with
+  ``NotSupported``, never a silent fallback.
 
 :data:`SERVES` says the same as a table, which the CLI's ``--db`` help and
 its errors are made from.
@@ -86,8 +85,7 @@ def open_backend(
     **options: Any,
 ) -> LogBackend:
     """Open the backend a URL names, for the log, the event store or
-    idempotency keys (a plain path means SQLite); ``nats://``, which serves
-    only the key-value store, is refused. An alias of
+    idempotency keys (a plain path means SQLite). An alias of
     :func:`unbundled._registry.open`, the one open every part uses.
 
     A PostgreSQL URL gives a backend that serves the event store only (its
@@ -149,21 +147,19 @@ def _open_redis(url: str, *, sync: SyncLevel, clock: Callable[[], int], **option
 
 
 def _open_nats(url: str, *, sync: SyncLevel, clock: Callable[[], int], **options: Any) -> Any:
-    if clock is not now_ms:
-        raise NotSupported(
-            "the nats backend keeps no time of its own (the server orders the writes); "
-            "it takes no clock=",
-            url=url,
-        )
     nats = _backend_class("nats", "NatsBackend", "nats-py", url)
-    return nats(url, sync=sync, **options)
+    return nats(url, sync=sync, clock=clock, **options)
+
+
+_NATS_SERVES = (IDEMPOTENCY, KV)
 
 
 def _refuse_nats(url: str) -> NotSupported:
-    """Said before connecting: a NATS URL serves the key-value store only."""
+    """Said before connecting: what a NATS URL does not serve."""
     return NotSupported(
-        f"{url!r}: nats:// serves only the key-value store (KV.open, `unbundled kv`), "
-        f"not {listed(tuple(w for w in _EVERYTHING if w != KV), 'or')}",
+        f"{url!r}: nats:// serves {listed(_NATS_SERVES, 'and')} "
+        f"(KV.open, Idempotency.open), "
+        f"not {listed(tuple(w for w in _EVERYTHING if w not in _NATS_SERVES), 'or')}",
         url=url,
     )
 
@@ -192,7 +188,11 @@ _registry.register(
     aliases=("rediss",),
 )
 _registry.register(
-    "nats", _open_nats, (KV,), form="nats://host:port?bucket=name", refuse_early=_refuse_nats
+    "nats",
+    _open_nats,
+    _NATS_SERVES,
+    form="nats://host:port?bucket=name",
+    refuse_early=_refuse_nats,
 )
 
 

@@ -20,8 +20,9 @@ from nats.js import errors as js_errors
 from nats.js.api import KeyValueConfig, StorageType
 
 from ..._bounds import check_seconds
-from ..._ground import SyncLevel
+from ..._ground import SyncLevel, now_ms
 from ...errors import BackendError, Closed, Error, Timeout, Unavailable, UsageError
+from ._idempotency import NatsIdempotency
 from ._kv import NatsKV
 
 BUCKET_DEFAULT = "unbundled"
@@ -83,20 +84,23 @@ def parse_url(url: str) -> tuple[str, str, str]:
     return urlunsplit(parts._replace(query="", fragment="")), bucket, shown
 
 
-class NatsBackend(NatsKV):
-    """The key-value store in one bucket of a NATS JetStream server (2.9+).
+class NatsBackend(NatsKV, NatsIdempotency):
+    """The key-value store and idempotency keys in one bucket of a NATS
+    JetStream server (2.9+).
 
     ``timeout_s`` bounds connecting and every request; raises ``Unavailable``
     if the server cannot be reached, ``UsageError`` for a bad URL or bucket.
+    ``clock`` (ms since the epoch) times idempotency leases and expiry.
     """
 
-    serves = "the key-value store"
+    serves = "the key-value store and idempotency keys"
 
     def __init__(
         self,
         url: str = "nats://127.0.0.1:4222",
         *,
         sync: SyncLevel = "full",
+        clock: Callable[[], int] = now_ms,
         timeout_s: float = TIMEOUT_S_DEFAULT,
     ) -> None:
         if sync not in ("full", "normal", "off"):
@@ -104,6 +108,7 @@ class NatsBackend(NatsKV):
         check_seconds("timeout_s", timeout_s, positive=True)
         server, self.bucket, self.url = parse_url(url)
         self.sync = sync
+        self.clock = clock
         self.timeout_s = float(timeout_s)
         self._stream = f"KV_{self.bucket}"
         self._closed = False

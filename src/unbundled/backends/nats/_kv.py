@@ -147,18 +147,25 @@ class NatsKV:
     async def _latest(self, key: str) -> tuple[_core.Slot | None, int]:
         """The key's slot and the stream sequence of its message (``None, 0``
         for a key never written), read from the stream leader."""
+        msg = await self._last_message(self._subject(key))
+        if msg is None:
+            return None, 0
+        return self._decode(key, msg), int(msg.seq)
+
+    async def _last_message(self, subject: str) -> Any | None:
+        """The subject's last message in the bucket (None if it has none),
+        read from the stream leader; ``Unavailable`` if the bucket is gone."""
         try:
-            msg = await self._js.get_msg(self._stream, subject=self._subject(key), direct=False)
+            return await self._js.get_msg(self._stream, subject=subject, direct=False)
         except js_errors.NotFoundError as exc:
             if exc.err_code == NO_MESSAGE_CODE:
-                return None, 0
+                return None
             raise Unavailable(
                 f"NATS bucket {self.bucket!r} at {self.url} is gone ({exc.description}); "
                 "was it deleted?",
                 url=self.url,
                 bucket=self.bucket,
             ) from exc
-        return self._decode(key, msg), int(msg.seq)
 
     async def _publish(self, key: str, slot: _core.Slot, last: int) -> bool:
         """Store ``slot`` as the key's message if the key's latest message is
