@@ -224,7 +224,7 @@ def _pg_fresh() -> str:
 
 def _nats_fresh(server: str) -> Callable[[], str]:
     def fresh() -> str:
-        return f"{server}?prefix=scale{uuid.uuid4().hex[:8]}"
+        return f"{server}?bucket=scale{uuid.uuid4().hex[:8]}"
 
     return fresh
 
