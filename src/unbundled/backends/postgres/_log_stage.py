@@ -102,6 +102,22 @@ class LogStatements:
             "WHERE u.producer_id = w.producer_id ORDER BY u.sequence DESC LIMIT 1 OFFSET %s)"
         )
         self.notify = f"SELECT pg_notify(%s, '{LOG_PAYLOAD}')"
+        self._schema = schema
+        self._unlocked: LogStatements | None = None
+
+    def unlocked(self) -> LogStatements:
+        """These statements with reads that lock nothing."""
+        if self._unlocked is not None:
+            return self._unlocked
+        sql = self._unlocked = LogStatements(self._schema)
+        for name in ("producers", "partitions"):
+            setattr(
+                sql,
+                name,
+                getattr(sql, name).replace(" FOR UPDATE OF p", "").replace(" FOR UPDATE", ""),
+            )
+        sql.groups.share = sql.groups.share.replace(" FOR SHARE", "")
+        return sql
 
 
 class _Producer:
@@ -157,9 +173,11 @@ class LogStage:
 
     # --- step 1 ---------------------------------------------------------------
 
-    def open(self, conn: Conn, batches: Sequence[WriteBatch]) -> None:
-        """Queue the reads for ``batches`` (inside a pipeline and a transaction)."""
-        sql = self._sql
+    def open(self, conn: Conn, batches: Sequence[WriteBatch], lock: bool = True) -> None:
+        """Queue the reads for ``batches`` (inside a pipeline and a transaction);
+        without ``lock``, the same reads take no lock (a unit of work's early
+        check: its locks are taken right before its COMMIT)."""
+        sql = self._sql if lock else self._sql.unlocked()
         reads = self._reads
         groups = sorted({c.group for b in batches for c in b.commits})
         producers = sorted({b.producer.producer_id for b in batches if b.producer is not None})
