@@ -96,11 +96,15 @@ class LogStatements:
             f"INSERT INTO {s}.log_producer_window "
             "SELECT * FROM unnest(%s::text[], %s::int8[], %s::text[])"
         )
-        self.forget = (
-            f"DELETE FROM {s}.log_producer_window AS w WHERE w.producer_id = ANY(%s::text[]) "
-            f"AND w.sequence <= (SELECT u.sequence FROM {s}.log_producer_window AS u "
-            "WHERE u.producer_id = w.producer_id ORDER BY u.sequence DESC LIMIT 1 OFFSET %s)"
-        )
+        # The window keeps each producer's last N sequences: one scan of
+        # its rows (a correlated "OFFSET N" per row cost N rows per row).
+        self.forget = f"""
+DELETE FROM {s}.log_producer_window AS w USING (
+    SELECT producer_id, sequence,
+           row_number() OVER (PARTITION BY producer_id ORDER BY sequence DESC) AS newer
+    FROM {s}.log_producer_window WHERE producer_id = ANY(%s::text[])
+) AS v
+WHERE w.producer_id = v.producer_id AND w.sequence = v.sequence AND v.newer > %s"""
         self.notify = f"SELECT pg_notify(%s, '{LOG_PAYLOAD}')"
         self._schema = schema
         self._unlocked: LogStatements | None = None
