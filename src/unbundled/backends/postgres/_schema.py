@@ -307,21 +307,38 @@ def connect(conninfo: str, sync: str, where: str, schema: str) -> Conn:
         return conn
 
 
+# Every table and index the DDL makes, by name.
+_RELATIONS = tuple(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (?:\{s\}\.)?(\w+)", DDL))
+_FOUND = (
+    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = %s AND c.relname = ANY(%s::text[])"
+)
+
+
 def create_schema(conn: Conn, schema: str, where: str) -> None:
     """Create the schema and tables if missing; refuse a newer format."""
-    with translated(where), conn.transaction():
-        # Several processes may open a new store at once; CREATE ... IF NOT
-        # EXISTS still races on the catalogs, so take a lock first.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"unbundled:{schema}",))
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        conn.execute(DDL.format(s=f'"{schema}"').encode())
-        conn.execute(
-            f'INSERT INTO "{schema}".meta VALUES (%s, %s) ON CONFLICT DO NOTHING',
-            ("format_version", str(FORMAT_VERSION)),
-        )
-        row = conn.execute(
-            f"SELECT value FROM \"{schema}\".meta WHERE key = 'format_version'"
-        ).fetchone()
+    with translated(where):
+        # The DDL runs only if something is missing: its CREATE INDEX IF NOT
+        # EXISTS takes a SHARE lock on its table even when the index exists:
+        # a process opening the store deadlocked with another's transaction
+        # that had written that table and went on to one the DDL had locked.
+        found = conn.execute(_FOUND, (schema, list(_RELATIONS))).fetchone()
+        read_version = f"SELECT value FROM \"{schema}\".meta WHERE key = 'format_version'"
+        row = None
+        if found is not None and found[0] == len(_RELATIONS):
+            row = conn.execute(read_version).fetchone()
+        if row is None:
+            with conn.transaction():
+                # Several processes may open a new store at once; CREATE ... IF
+                # NOT EXISTS still races on the catalogs, so take a lock first.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"unbundled:{schema}",))
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                conn.execute(DDL.format(s=f'"{schema}"').encode())
+                conn.execute(
+                    f'INSERT INTO "{schema}".meta VALUES (%s, %s) ON CONFLICT DO NOTHING',
+                    ("format_version", str(FORMAT_VERSION)),
+                )
+                row = conn.execute(read_version).fetchone()
     assert row is not None
     version = int(str(row[0]))
     if version > FORMAT_VERSION:
