@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,28 @@ def test_a_windowed_flow_on_postgres(tmp_path: Path) -> None:
         assert read_topic(db, "out") == expected and any(expected.values())
         again = streams.run(db, flow, until_end=True)  # resumes at the committed offsets
         assert (again.records_in, again.records_out) == (0, 0)
+
+
+@pytest.mark.postgres
+def test_table_sink_on_postgres(tmp_path: Path) -> None:
+    """The table sink's SQL runs in the epoch's PostgreSQL transaction (in
+    the connection's default schema, as any ``tx.sql``)."""
+    import psycopg
+
+    table = f"sums_{uuid.uuid4().hex[:12]}"
+    with matrix.isolated("postgres", tmp_path) as url, unbundled.open(url, sync="off") as db:
+        produce(db, seed=4, n=100)
+        flow = Flow("t", out_of_orderness_ms=20)
+        flow.source("in").window(Tumbling(50), early_every_ms=9).sum().to_table(table)
+        streams.run(db, flow, until_end=True, epoch_records=40, poll_records=40)
+        events = [e for es in input_events(db).values() for e in es]
+        with psycopg.connect(url.partition("?")[0], autocommit=True) as conn:
+            try:
+                rows = conn.execute(f'SELECT key, start, "end", value, ts FROM {table}').fetchall()
+            finally:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+    expected = {
+        (r.key, r.start, r.end): (r.value, r.end - 1)
+        for r in batch_results(events, Tumbling(50), "sum")
+    }
+    assert {(k, s, e): (msgspec.json.decode(v), ts) for k, s, e, v, ts in rows} == expected

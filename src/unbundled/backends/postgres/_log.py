@@ -357,7 +357,11 @@ def _records(
     compact: bool,
 ) -> list[Record]:
     """Verify each row (offset order, density outside compaction, CRC) and
-    build the records, at most ``bytes_max`` of keys and values (at least one)."""
+    build the records, at most ``bytes_max`` of keys and values (at least one).
+
+    Damage after the first record ends the read there, as on SQLite (and
+    Kafka's consumer): the records before it are returned, and the next
+    read, which starts at the damage, raises ``CorruptionError``."""
     out: list[Record] = []
     expected = offset
     size = 0
@@ -365,12 +369,17 @@ def _records(
         off, key, value, blob, ts, crc = row[6:12]
         if off is None:  # no record: the LEFT JOIN's one row
             break
+        damage = None
         if off < expected or (off != expected and not compact):
-            raise _damaged(where, topic, partition, expected, f"is missing (found {off})")
-        if (key is None and compact) or (value is None and not compact):
-            raise _damaged(where, topic, partition, off, "has a NULL it cannot have")
-        if _core.checksum(off, ts, key, value, blob) != crc:
-            raise _damaged(where, topic, partition, off, "failed its checksum")
+            damage = _damaged(where, topic, partition, expected, f"is missing (found {off})")
+        elif (key is None and compact) or (value is None and not compact):
+            damage = _damaged(where, topic, partition, off, "has a NULL it cannot have")
+        elif _core.checksum(off, ts, key, value, blob) != crc:
+            damage = _damaged(where, topic, partition, off, "failed its checksum")
+        if damage is not None:
+            if out:
+                return out
+            raise damage
         size += _core.payload_size(key, value)
         if out and size > bytes_max:
             break
