@@ -123,8 +123,9 @@ class PostgresLog:
     _connect_new: Callable[[], Conn]
     _run: Callable[[Callable[[Conn], Any]], Any]
 
-    _log_writer_lock = threading.Lock()  # only guards starting the writer
+    _log_writer_lock = threading.Lock()  # only guards starting and stopping the writer
     _log_writer_started: LogWriter | None = None
+    _log_closing = False
     _log_sql_cached: LogSql | None = None
 
     @property
@@ -142,7 +143,7 @@ class PostgresLog:
             with self._log_writer_lock:
                 writer = self._log_writer_started
                 if writer is None:
-                    if self._closed:
+                    if self._closed or self._log_closing:
                         raise Closed(f"the log at {self._where} is closed")
                     writer = LogWriter(
                         self._connect_new,
@@ -157,21 +158,28 @@ class PostgresLog:
 
     def _close_log(self) -> None:
         with self._log_writer_lock:
+            self._log_closing = True  # no writer starts after this one stopped
             writer = self._log_writer_started
         if writer is not None:
             writer.close()
 
-    def _log_call(self, fn: Callable[[Conn], Any]) -> Any:
-        """``fn(conn)`` in one transaction that tells waiters when it commits."""
+    def _log_call(self, fn: Callable[[Conn], Any], notify: bool = True) -> Any:
+        """``fn(conn)`` in one transaction that tells waiters when it commits
+        (``notify``: a bool, or a function of the result saying whether to)."""
+        told = False
 
         def call(conn: Conn) -> Any:
+            nonlocal told
             with conn.transaction():
                 result = fn(conn)
-                conn.execute(self._log_sql.notify, (self.channel,))
+                told = notify(result) if callable(notify) else notify
+                if told:
+                    conn.execute(self._log_sql.notify, (self.channel,))
             return result
 
         result = self._run(call)
-        self._notifier.bump_log()
+        if told:
+            self._notifier.bump_log()
         return result
 
     # --- topics ---------------------------------------------------------------

@@ -42,7 +42,7 @@ class PostgresLogGroups:
     schema: str
     clock: Callable[[], int]
     _run: Callable[[Callable[[Conn], Any]], Any]
-    _log_call: Callable[[Callable[[Conn], Any]], Any]
+    _log_call: Callable[..., Any]
     _group_sql_cached: _Sql | None = None
 
     @property
@@ -68,13 +68,17 @@ class PostgresLogGroups:
     ) -> Any:
         sql = self._group_sql.groups
 
-        def run(conn: Conn) -> Any:
+        def run(conn: Conn) -> tuple[Any, bool]:
             state = lock_group(conn, sql, group, create)
+            before = (state.generation, state.version)
             result = change(conn, state)
             save_group(conn, sql, state)
-            return result
+            return result, (state.generation, state.version) != before
 
-        return self._log_call(run)
+        # Waiters are told of a rebalance or a release (the group's version
+        # moved), not of every heartbeat that only renews a lease.
+        result, _ = self._log_call(run, notify=lambda done: done[1])
+        return result
 
     def group_join(
         self,

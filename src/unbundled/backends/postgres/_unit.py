@@ -3,8 +3,11 @@
 A unit that holds only events, idempotency results or phases and key-value
 changes goes to the event writer's queue and is group-committed with the
 other units and appends queued meanwhile (``_batch``, ``_unit_stage``).
-A unit with SQL or idempotency effects runs in one transaction of its own
-on a pooled connection, as described next.
+A unit with log records or offset commits, SQL or idempotency effects runs
+in one transaction of its own on a pooled connection, as described next
+(records are not group-committed with the event writer's batches: that
+writer's transactions would then hold partition locks, and the log's own
+writer, ``_log_writer``, group-commits plain appends).
 
 The parts go in the order every backend follows. Events are staged with the
 event store's own steps (stream rows locked, expected versions and ids
