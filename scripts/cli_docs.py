@@ -32,10 +32,10 @@ and calls one public function. `--json` output is JSON only, on stdout;
 messages and progress go to stderr.
 
 **Stores.** Every command takes a SQLite file (a path or `sqlite:///path.db`)
-or `memory://`. Server URLs serve some commands only: `postgresql://` the
-event store (`events`, `projections`), idempotency keys (`idempotency`) and
-the key-value store (`kv`); `redis://` idempotency keys; `nats://` the
-key-value store. Any other pairing fails at once with status 8, naming the
+or `memory://`, and so does `postgresql://` (the log, the event store,
+idempotency keys and the key-value store; `cdc` and `streams` too). The
+other server URLs serve some commands only: `redis://` idempotency keys;
+`nats://` the key-value store. Any other pairing fails at once with status 8, naming the
 command and the URLs it takes. Commands that only read (`topics list` and
 `describe`, `groups list` and `describe`, `consume` without `--group`,
 `events read`, `streams` and `subscribe`, `projections status`,

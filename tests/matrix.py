@@ -67,13 +67,10 @@ def isolated(backend: str, tmp_path: Path, name: str = "store") -> Iterator[str]
     elif backend == "sqlite":
         yield str(tmp_path / f"{name}.db")
     elif backend == "postgres":
-        from tests.backends.postgres.conftest import drop_schema, server_url
+        from tests.backends.postgres.conftest import fresh_schema, server_url
 
-        schema = f"test_{uuid.uuid4().hex[:16]}"
-        try:
+        with fresh_schema() as schema:
             yield f"{server_url()}?schema={schema}"
-        finally:
-            drop_schema(schema)
     elif backend == "redis":
         from tests.backends.redis.conftest import delete_prefix
         from tests.backends.redis.conftest import server_url as redis_server

@@ -174,7 +174,7 @@ def test_an_operator_that_raises_exits_2_and_commits_nothing(
 
 
 def test_a_store_that_does_not_serve_the_log_is_refused(tmp_path: Path) -> None:
-    result = streams("postgresql://127.0.0.1/nowhere", "status", "x", code=8)
+    result = streams("redis://127.0.0.1:6379", "status", "x", code=8)
     assert "works on the log" in result.stderr
 
 

@@ -25,27 +25,36 @@ def test_the_embedded_backends_have_every_capability(tmp_path: Path) -> None:
         sqlite_backend.close()
 
 
-def test_a_part_the_backend_lacks_names_the_missing_protocol() -> None:
+def test_postgres_has_every_capability() -> None:
     from tests.backends.postgres.conftest import drop_schema, server_url
 
     schema = f"test_{uuid.uuid4().hex[:16]}"
     try:
         with unbundled.open(f"{server_url()}?schema={schema}", sync="off") as db:
-            with pytest.raises(NotSupported) as refused:
-                db.log  # noqa: B018 - the property is the call under test
-            assert refused.value.details["capability"] == "RecordStorage"
-            assert refused.value.details["part"] == capabilities.LOG
-            assert "RecordStorage" in str(refused.value)
-            shared: object = db.events.backend
-            assert shared is db.kv.backend  # what it serves, it shares
-            missing = capabilities.missing(db.backend, capabilities.LOG)
-            assert [p.__name__ for p in missing] == [
-                "RecordStorage",
-                "ProducerState",
-                "GroupCoordination",
-            ]
+            for part in capabilities.CAPABILITIES:
+                assert capabilities.missing(db.backend, part) == [], part
+            backends: list[object] = [db.log.backend, db.events.backend, db.kv.backend]
+            assert all(b is db.backend for b in backends)  # one backend for every part
     finally:
         drop_schema(schema)
+
+
+@pytest.mark.redis
+def test_a_part_the_backend_lacks_names_the_missing_protocol(tmp_path: Path) -> None:
+    from tests import matrix
+
+    with matrix.isolated("redis", tmp_path) as url, unbundled.open(url) as db:
+        with pytest.raises(NotSupported) as refused:
+            db.log  # noqa: B018 - the property is the call under test
+        assert refused.value.details["capability"] == "RecordStorage"
+        assert refused.value.details["part"] == capabilities.LOG
+        assert "RecordStorage" in str(refused.value)
+        missing = capabilities.missing(db.backend, capabilities.LOG)
+        assert [p.__name__ for p in missing] == [
+            "RecordStorage",
+            "ProducerState",
+            "GroupCoordination",
+        ]
 
 
 @pytest.mark.nats

@@ -27,7 +27,7 @@ _OPTIONS: dict[str, dict[str, object]] = {
 _PARTS = {
     "memory": frozenset(_unit.PARTS) - {_unit.SQL},
     "sqlite": frozenset(_unit.PARTS),
-    "postgres": frozenset({_unit.EVENTS, _unit.IDEMPOTENCY, _unit.KV, _unit.SQL}),
+    "postgres": frozenset(_unit.PARTS),
 }
 
 

@@ -28,6 +28,8 @@ def _target(backend: str, url: str) -> LogTarget:
         # reopening still sees every commit.
         if backend == "sqlite":
             return Log.open(url, sync="off", clock=clock, maintenance_interval_s=None)
+        if backend == "postgres":  # commits without waiting for the server's WAL flush
+            return Log.open(url, sync="normal", clock=clock)
         return Log.open(url, clock=clock)
 
     return LogTarget(backend, open_log, durable=backend != "memory")

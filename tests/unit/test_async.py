@@ -7,12 +7,13 @@ the suite does not depend on an asyncio pytest plugin.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import matrix
 from unbundled import (
     AsyncConsumer,
     AsyncLog,
@@ -33,16 +34,17 @@ from unbundled.testing import SimClock
 Scenario = Callable[[AsyncLog, SimClock], Awaitable[None]]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else str(tmp_path / "async.db")
+@pytest.fixture(params=matrix.params(matrix.LOG))
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with matrix.isolated(request.param, tmp_path, "async") as opened:
+        yield opened
 
 
 def run(url: str, scenario: Scenario) -> None:
     async def main() -> None:
         clock = SimClock()
         options: dict[str, Any] = {"clock": clock}
-        if url != "memory://":
+        if "://" not in url:  # SQLite: no maintenance in the background
             options["maintenance_interval_s"] = None
         log = await AsyncLog.open(url, sync="off", **options)
         async with log:

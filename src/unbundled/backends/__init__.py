@@ -9,9 +9,9 @@ goes through; :func:`open_backend` and :func:`open_kv_backend` are its aliases.
   default; ``sqlite:///path.db?mode=ro`` opens it read-only (nothing is
   created, migrated or written: it works on a read-only file system).
 * ``postgresql://user@host/db?schema=name`` (or ``postgres://``) —
-  :class:`~unbundled.backends.postgres.PostgresBackend`: the event store,
-  idempotency keys and the key-value store (needs ``pip install
-  'unbundled[postgres]'``); the log refuses it.
+  :class:`~unbundled.backends.postgres.PostgresBackend`: the log, the event
+  store, idempotency keys and the key-value store (needs ``pip install
+  'unbundled[postgres]'``).
 * ``redis://host:port/db?prefix=...`` (or ``rediss://``) —
   :class:`~unbundled.backends.redis.RedisBackend`, idempotency keys only
   (needs ``pip install 'unbundled[redis]'``); the log and the event store refuse it.
@@ -87,9 +87,6 @@ def open_backend(
     """Open the backend a URL names, for the log, the event store or
     idempotency keys (a plain path means SQLite). An alias of
     :func:`unbundled._registry.open`, the one open every part uses.
-
-    A PostgreSQL URL gives a backend that serves the event store only (its
-    it lacks the log's capabilities): ``Log.open`` refuses it with ``NotSupported``.
     """
     backend: LogBackend = _registry.open(
         url, serving=(LOG, EVENTS, IDEMPOTENCY), sync=sync, clock=clock, **options
@@ -176,7 +173,7 @@ _registry.register("memory", _open_memory, _EVERYTHING, form="memory://")
 _registry.register(
     "postgresql",
     _open_postgres,
-    (EVENTS, IDEMPOTENCY, KV),
+    _EVERYTHING,
     form="postgresql://user@host/db?schema=name",
     aliases=("postgres",),
 )

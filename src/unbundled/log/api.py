@@ -60,9 +60,9 @@ class Log(LogBase):
         **options: Any,
     ) -> Log:
         """Open the log at ``url``: a SQLite file (a path or ``sqlite:///path.db``;
-        ``?mode=ro`` opens it read-only) or ``memory://``. The server URLs
-        (``postgresql://``, ``redis://``, ``nats://``) do not serve the log:
-        ``NotSupported``."""
+        ``?mode=ro`` opens it read-only), ``memory://`` or
+        ``postgresql://user@host/db?schema=name``. ``redis://`` and
+        ``nats://`` do not serve the log: ``NotSupported``."""
         return cls(_registry.open(url, serving=LOG, sync=sync, **options))
 
     def __enter__(self) -> Log:

@@ -23,7 +23,6 @@ from unbundled.errors import (
     Closed,
     DuplicateEventId,
     Error,
-    NotSupported,
     ProjectionConflict,
     StreamDeleted,
     StreamNotFound,
@@ -483,7 +482,7 @@ def test_the_writer_reconnects_after_losing_its_connection(backend: PostgresBack
     assert append(backend, "s-1", [event()], 0).positions == (2,)
 
 
-def test_urls_open_backend_and_the_log_refuses(pg_url: str) -> None:
+def test_urls_open_backend_for_every_part(pg_url: str) -> None:
     backend = open_backend(pg_url, sync="normal")
     try:
         assert isinstance(backend, PostgresBackend)
@@ -492,8 +491,10 @@ def test_urls_open_backend_and_the_log_refuses(pg_url: str) -> None:
     with EventStore.open(pg_url.replace("postgresql://", "postgres://"), sync="normal") as store:
         assert store.append("s-1", [event()]).positions == (1,)
         assert [e.stream for e in store.read_all()] == ["s-1"]
-    with pytest.raises(NotSupported, match="not the log"):
-        Log.open(pg_url)
+    with Log.open(pg_url.replace("postgresql://", "postgres://"), sync="normal") as log:
+        log.create_topic("t")
+        assert log.append("t", b"x").offset == 0
+        assert [r.value for r in log.read("t", 0, 0)] == [b"x"]
     with pytest.raises(UsageError):
         PostgresBackend(server_url() + "?schema=Bad-Name")
     with pytest.raises(UsageError):

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.backends.postgres.conftest import drop_schema, server_url
-from unbundled import NotFound, UsageError
+from unbundled import Log, NotFound, UsageError
 from unbundled.backends import destroy
 from unbundled.idempotency import Idempotency
 
@@ -35,6 +35,9 @@ def tables(schema: str) -> list[str]:
 def filled(pg_url: str) -> str:
     with Idempotency.open(pg_url) as idem:
         idem.call("pay-1", {"amount": 5}, lambda attempt: {"paid": 5})
+    with Log.open(pg_url) as log:
+        log.create_topic("payments")
+        log.append("payments", b"paid 5")
     return pg_url
 
 
@@ -98,4 +101,5 @@ def test_the_command_line_destroys_a_schema(filled: str) -> None:
     assert "Traceback" not in answer.stderr
     assert f"Type {schema_of(filled)} to destroy it" in answer.stderr
     assert "dropped the PostgreSQL schema" in answer.stdout
+    assert "log_records" in answer.stdout  # the log's tables go too
     assert tables(schema_of(filled)) == []

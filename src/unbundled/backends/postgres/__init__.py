@@ -18,9 +18,14 @@ processes on many hosts through one database.
 * The linearizable key-value store (``_kv``): one statement per operation,
   compare-and-set as a conditional UPDATE; linearizable on one primary.
 
-The log is not served on PostgreSQL yet: the backend has none of its
-capabilities (``unbundled.transaction.capabilities``) and
-``Log.open`` refuses such a URL with ``NotSupported``.
+* The log (``_log``, ``_log_groups``): records group-committed by a writer
+  thread of its own (``_log_writer``), offsets per partition dense and in
+  commit order under the partition row's lock (``_log_stage``), idempotent
+  producers, consumer groups with leases and generations, committed offsets
+  fenced in the same transaction as the records, retention and compaction
+  (``_log_maintain``), LISTEN/NOTIFY to wake tailing readers. Units of work
+  with records or offsets commit them with their other parts in one
+  transaction (``_unit``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from ._destroy import destroy
 from ._events import PostgresEvents
 from ._idempotency import PostgresIdempotency
 from ._kv import PostgresKV
+from ._log import PostgresLog
+from ._log_groups import PostgresLogGroups
 from ._notify import Notifier
 from ._projections import PostgresProjections
 from ._schema import (
@@ -52,9 +59,16 @@ POOL_SIZE_DEFAULT = 4
 
 
 class PostgresBackend(
-    PostgresEvents, PostgresProjections, PostgresIdempotency, PostgresKV, PostgresUnit
+    PostgresLog,
+    PostgresLogGroups,
+    PostgresEvents,
+    PostgresProjections,
+    PostgresIdempotency,
+    PostgresKV,
+    PostgresUnit,
 ):
-    """The event store, idempotency keys and the key-value store in one PostgreSQL schema.
+    """The log, the event store, idempotency keys and the key-value store in
+    one PostgreSQL schema.
 
     ``url`` is ``postgresql://user@host:port/db?schema=name`` (any libpq
     parameters may follow; ``schema`` defaults to ``unbundled`` and is
@@ -66,7 +80,8 @@ class PostgresBackend(
       may lose the last fraction of a second of appends (never corrupt them).
 
     ``pool_size`` bounds the connections used for reads and other writes;
-    the writer and the listener have one each.
+    the event writer, the log writer (from the first append) and the
+    listener have one each.
     """
 
     def __init__(
@@ -98,6 +113,7 @@ class PostgresBackend(
         except BaseException:
             conn.close()
             raise
+        self._connect_new = connect_new
         self._pool = Pool(connect_new, self._where, pool_size)
         self._notifier = Notifier(connect_new, self.channel, self.safe_position)
         self._writer = Writer(
@@ -119,6 +135,7 @@ class PostgresBackend(
         if self._closed:
             return
         self._writer.close()
+        self._close_log()
         self._close_units()  # the asyncio callers' transactions running now finish first
         self._closed = True
         self._notifier.close()

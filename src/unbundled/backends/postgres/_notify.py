@@ -8,8 +8,9 @@ listening connection is down, waiters fall back to polling the counter row
 every ``POLL_S`` while the thread reconnects.
 
 A second token follows idempotency keys (a notification whose payload is
-``KEYS_PAYLOAD``, sent when a key completes or is released), so waiters for
-a key and subscribers to events do not wake each other.
+``KEYS_PAYLOAD``, sent when a key completes or is released), and a third
+the log (``LOG_PAYLOAD``: records, offsets, groups, topics), so waiters for
+a key, subscribers to events and tailing log readers do not wake each other.
 
 If the listener thread fails for a reason it does not expect (not a lost
 connection, which it survives by reconnecting), it stops, and every waiting
@@ -35,6 +36,8 @@ POLL_S = 0.2
 # The payload of an idempotency key's notification: it moves the keys token,
 # not the events token, so event subscribers do not wake for it.
 KEYS_PAYLOAD = "keys"
+# The payload of the log's notification: it moves the log token only.
+LOG_PAYLOAD = "log"
 _BACKOFF_MAX_S = 2.0
 
 
@@ -48,6 +51,7 @@ class Notifier:
         self._changed = threading.Condition()
         self._token = 0
         self._keys = 0  # moved by idempotency keys settling (KEYS_PAYLOAD)
+        self._log = 0  # moved by the log's commits (LOG_PAYLOAD)
         self._listening = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -65,6 +69,39 @@ class Notifier:
         with self._changed:
             self._keys += 1
             self._changed.notify_all()
+
+    def bump_log(self) -> None:
+        with self._changed:
+            self._log += 1
+            self._changed.notify_all()
+
+    def log_token(self) -> int:
+        """Like :meth:`token`, for the log."""
+        self._start()
+        with self._changed:
+            return self._log
+
+    def wait_log(self, token: int, timeout_s: float) -> int:
+        """Wait until the log token differs from ``token`` or ``timeout_s``
+        passes; return it. With nobody listening (the connection is down)
+        each wait ends after at most ``POLL_S`` with the token moved, so
+        the caller reads again: polling, until the listener is back."""
+        self._start()
+        with self._changed:
+            if not self._listening:
+                self._changed.wait_for(
+                    lambda: self._log != token or self._closed or self._failure,
+                    min(timeout_s, POLL_S),
+                )
+                self._failure.check()
+                if self._log == token and not self._closed:
+                    self._log += 1
+                return self._log
+            self._changed.wait_for(
+                lambda: self._log != token or self._closed or self._failure, timeout_s
+            )
+            self._failure.check()
+            return self._log
 
     def keys_token(self) -> int:
         """Like :meth:`token`, for idempotency keys settling."""
@@ -167,6 +204,7 @@ class Notifier:
         with self._changed:
             self._listening = listening
             self._keys += 1
+            self._log += 1
             # Either way waiters must look again: commits may have gone
             # unannounced while nobody listened, and pollers must start or stop.
             self._token += 1
@@ -204,16 +242,20 @@ class Notifier:
                 if self._wake_r in ready:
                     break
                 conn.pgconn.consume_input()
-                got = keys = False
+                got = keys = log = False
                 while (note := conn.pgconn.notifies()) is not None:
                     if note.extra == KEYS_PAYLOAD.encode():
                         keys = True
+                    elif note.extra == LOG_PAYLOAD.encode():
+                        log = True
                     else:
                         got = True
                 if got:
                     self.bump()
                 if keys:
                     self.bump_keys()
+                if log:
+                    self.bump_log()
             except (psycopg.Error, OSError):
                 self._set_listening(False)
                 conn.close()

@@ -61,6 +61,14 @@ Conn = psycopg.Connection[TupleRow]
 # The key-value store (consistency.kv): a NULL value is a tombstone, so a
 # deleted key keeps its version and versions never repeat. Existing schemas
 # gain the table when next opened (CREATE ... IF NOT EXISTS).
+# The log (``_log``): one table of records for every topic and partition,
+# keyed by (topic id, partition, offset), each record with its CRC-32. Topic
+# ids come from a counter in ``meta`` (no SEQUENCE: ``destroy`` refuses a
+# schema holding relations it does not know), never reused, so a topic
+# deleted and made again is a new topic. ``log_partitions`` holds each
+# partition's counters; its row lock orders the partition's writers.
+# Committed offsets are keyed by topic name (as on SQLite): deleting a
+# topic deletes them.
 DDL = """
 CREATE TABLE IF NOT EXISTS {s}.meta (
     key text COLLATE "C" PRIMARY KEY,
@@ -133,6 +141,78 @@ CREATE TABLE IF NOT EXISTS {s}.kv (
     key text COLLATE "C" PRIMARY KEY,
     value bytea,
     version bigint NOT NULL
+);
+INSERT INTO {s}.meta VALUES ('topic_ids', '0') ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS {s}.log_topics (
+    id bigint PRIMARY KEY,
+    name text COLLATE "C" NOT NULL UNIQUE,
+    partitions int NOT NULL,
+    config text NOT NULL,
+    created_ms bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.log_partitions (
+    topic_id bigint NOT NULL,
+    partition int NOT NULL,
+    start_offset bigint NOT NULL,
+    end_offset bigint NOT NULL,
+    records bigint NOT NULL,
+    bytes bigint NOT NULL,
+    PRIMARY KEY (topic_id, partition)
+);
+CREATE TABLE IF NOT EXISTS {s}.log_records (
+    topic_id bigint NOT NULL,
+    partition int NOT NULL,
+    "offset" bigint NOT NULL,
+    key bytea,
+    value bytea,
+    headers bytea,
+    ts bigint NOT NULL,
+    crc bigint NOT NULL,
+    PRIMARY KEY (topic_id, partition, "offset")
+);
+CREATE TABLE IF NOT EXISTS {s}.log_producers (
+    producer_id text COLLATE "C" PRIMARY KEY,
+    epoch bigint NOT NULL,
+    last_sequence bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.log_producer_window (
+    producer_id text COLLATE "C" NOT NULL,
+    sequence bigint NOT NULL,
+    positions text NOT NULL,
+    PRIMARY KEY (producer_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS {s}.log_groups (
+    name text COLLATE "C" PRIMARY KEY,
+    generation bigint NOT NULL,
+    version bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.log_group_members (
+    grp text COLLATE "C" NOT NULL,
+    member_id text COLLATE "C" NOT NULL,
+    topics text NOT NULL,
+    lease_ms bigint NOT NULL,
+    lease_until_ms bigint NOT NULL,
+    acked_generation bigint NOT NULL,
+    instance_id text,
+    PRIMARY KEY (grp, member_id)
+);
+CREATE TABLE IF NOT EXISTS {s}.log_group_assignments (
+    grp text COLLATE "C" NOT NULL,
+    topic text COLLATE "C" NOT NULL,
+    partition int NOT NULL,
+    owner text NOT NULL,
+    generation bigint NOT NULL,
+    prev_owner text,
+    prev_generation bigint,
+    PRIMARY KEY (grp, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS {s}.log_offsets (
+    grp text COLLATE "C" NOT NULL,
+    topic text COLLATE "C" NOT NULL,
+    partition int NOT NULL,
+    next_offset bigint NOT NULL,
+    committed_ms bigint NOT NULL,
+    PRIMARY KEY (grp, topic, partition)
 );
 """
 
@@ -227,21 +307,38 @@ def connect(conninfo: str, sync: str, where: str, schema: str) -> Conn:
         return conn
 
 
+# Every table and index the DDL makes, by name.
+_RELATIONS = tuple(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (?:\{s\}\.)?(\w+)", DDL))
+_FOUND = (
+    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = %s AND c.relname = ANY(%s::text[])"
+)
+
+
 def create_schema(conn: Conn, schema: str, where: str) -> None:
     """Create the schema and tables if missing; refuse a newer format."""
-    with translated(where), conn.transaction():
-        # Several processes may open a new store at once; CREATE ... IF NOT
-        # EXISTS still races on the catalogs, so take a lock first.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"unbundled:{schema}",))
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        conn.execute(DDL.format(s=f'"{schema}"').encode())
-        conn.execute(
-            f'INSERT INTO "{schema}".meta VALUES (%s, %s) ON CONFLICT DO NOTHING',
-            ("format_version", str(FORMAT_VERSION)),
-        )
-        row = conn.execute(
-            f"SELECT value FROM \"{schema}\".meta WHERE key = 'format_version'"
-        ).fetchone()
+    with translated(where):
+        # The DDL runs only if something is missing: its CREATE INDEX IF NOT
+        # EXISTS takes a SHARE lock on its table even when the index exists:
+        # a process opening the store deadlocked with another's transaction
+        # that had written that table and went on to one the DDL had locked.
+        found = conn.execute(_FOUND, (schema, list(_RELATIONS))).fetchone()
+        read_version = f"SELECT value FROM \"{schema}\".meta WHERE key = 'format_version'"
+        row = None
+        if found is not None and found[0] == len(_RELATIONS):
+            row = conn.execute(read_version).fetchone()
+        if row is None:
+            with conn.transaction():
+                # Several processes may open a new store at once; CREATE ... IF
+                # NOT EXISTS still races on the catalogs, so take a lock first.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"unbundled:{schema}",))
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                conn.execute(DDL.format(s=f'"{schema}"').encode())
+                conn.execute(
+                    f'INSERT INTO "{schema}".meta VALUES (%s, %s) ON CONFLICT DO NOTHING',
+                    ("format_version", str(FORMAT_VERSION)),
+                )
+                row = conn.execute(read_version).fetchone()
     assert row is not None
     version = int(str(row[0]))
     if version > FORMAT_VERSION:

@@ -3,17 +3,25 @@
 A unit that holds only events, idempotency results or phases and key-value
 changes goes to the event writer's queue and is group-committed with the
 other units and appends queued meanwhile (``_batch``, ``_unit_stage``).
-A unit with SQL or idempotency effects runs in one transaction of its own
-on a pooled connection, as described next.
+A unit with log records or offset commits, SQL or idempotency effects runs
+in one transaction of its own on a pooled connection, as described next
+(records are not group-committed with the event writer's batches: that
+writer's transactions would then hold partition locks, and the log's own
+writer, ``_log_writer``, group-commits plain appends).
 
 The parts go in the order every backend follows. Events are staged with the
 event store's own steps (stream rows locked, expected versions and ids
 checked at once); idempotency results and phases are the fenced statements
 ``complete`` uses; key-value changes are the KV store's statements, whose
 row locks hold to COMMIT; then the caller's SQL; and last, right before
-COMMIT, the event counter's lock (so positions stay dense and in commit
-order). The log does not run on PostgreSQL yet: records and offsets raise
-``NotSupported`` when they are added.
+COMMIT, the log's locks (consumer groups, partitions: ``_log_stage``) and
+the event counter's lock (so offsets and positions stay dense and in commit
+order, and those locks are held for one round trip).
+
+Records and offset commits are decided first, as every backend decides
+them, with the log's rules on rows read without locks (so a unit that the
+log refuses is refused before its other parts are looked at); they are
+decided again, for good, on the rows locked right before COMMIT.
 
 A unit runs on the caller's thread; an asyncio caller's runs on a worker
 thread of the backend's, so the event loop never blocks on the server.
@@ -34,11 +42,13 @@ from ..._ground.waiters import AsyncWaiter
 from ...errors import Closed, CompareFailed, Unavailable, UsageError
 from ...idempotency import _core as _idem_core
 from ...idempotency._protocol import IdempotencyRecord
+from ...log._protocol import Position, WriteBatch
 from ...transaction import _unit
 from ._idempotency import _record
 from ._kv import _KvSql
+from ._log_stage import LogStage, LogStatements
 from ._schema import Conn, translated
-from ._stage import Staging, Statements
+from ._stage import Retry, Staging, Statements
 from ._unit_stage import staged
 from ._writer import Writer
 
@@ -58,7 +68,7 @@ class _Passed(BaseException):
 class PostgresUnit:
     """:meth:`submit_unit` of :class:`unbundled.backends.postgres.PostgresBackend`."""
 
-    unit_parts = frozenset((_unit.EVENTS, _unit.IDEMPOTENCY, _unit.KV, _unit.SQL))
+    unit_parts = frozenset(_unit.PARTS)
 
     channel: str
     clock: Callable[[], int]
@@ -83,6 +93,8 @@ class PostgresUnit:
         def _kvsql(self) -> _KvSql: ...
 
     _unit_pool: ThreadPoolExecutor | None = None
+    _unit_log_sql_cached: LogStatements | None = None
+    schema: str
     _unit_lock = threading.Lock()  # only guards creating the pool, rarely taken
 
     def submit_unit(self, unit: _unit.Unit, done: Waiter) -> None:
@@ -137,6 +149,8 @@ class PostgresUnit:
                 if not conn.broken and conn.info.transaction_status != _IDLE:
                     conn.execute("ROLLBACK")
                 raise
+        if unit.appends or unit.commits:
+            self._notifier.bump_log()
         if written is not None:
             base = written.fetchone()
             assert base is not None
@@ -163,6 +177,9 @@ class PostgresUnit:
             stored = [self._idempotency_op(conn, op) for op in unit.idempotency]
             views = _passing(lambda: _unit.run_effects(unit, conn, self._where))
             _check_status(conn)
+        batch = unit.batch()
+        if batch is not None:  # decided first, as every backend does (nothing locked yet)
+            self._log_stage(conn, batch, lock=False).check(batch)
         staging = Staging(conn, self._events_sql)
         appended = staging.append(unit.events) if unit.events else []
         if not unit.effects:
@@ -172,8 +189,14 @@ class PostgresUnit:
         for call in unit.sql:
             results.append(_passing(lambda call=call: call(conn)))  # type: ignore[misc]
             _check_status(conn)
+        positions = []
+        if batch is not None:  # the log's locks, then the event counter's, then COMMIT
+            log = self._log_stage(conn, batch, lock=True)
+            positions = _log_decide(log, batch, self._where)
         try:
             with conn.pipeline():
+                if batch is not None:
+                    log.write(conn, self.channel)
                 written = staging.write(self.clock(), self.channel)
                 commit = conn.execute("COMMIT")
         except pg_errors.UniqueViolation as exc:
@@ -182,8 +205,24 @@ class PostgresUnit:
             raise Unavailable(f"{self._where}: an event id was stored meanwhile; retry") from exc
         if commit.statusmessage != "COMMIT":
             raise Unavailable(f"{self._where}: the transaction did not commit")
-        committed = _unit.Committed([], appended, stored, changes, results)
+        committed = _unit.Committed(positions, appended, stored, changes, results)
         return committed, staging, written, views
+
+    def _log_stage(self, conn: Conn, batch: WriteBatch, lock: bool) -> LogStage:
+        """The log's reads for ``batch`` (one round trip); ``lock``: taking
+        the rows' locks, as the writer does, to hold them until COMMIT."""
+        stage = LogStage(self._unit_log_sql, self.clock, self._where)
+        with conn.pipeline():
+            stage.open(conn, [batch], lock=lock)
+        stage.load()
+        return stage
+
+    @property
+    def _unit_log_sql(self) -> LogStatements:
+        sql = self._unit_log_sql_cached
+        if sql is None:
+            sql = self._unit_log_sql_cached = LogStatements(self.schema)
+        return sql
 
     def _idempotency_op(self, conn: Conn, op: _unit.IdemOp) -> IdempotencyRecord:
         now = self._idem_now()
@@ -242,6 +281,13 @@ class PostgresUnit:
         slot = None if found is None else (_bytes(found[0]), int(found[1]))
         _unit.apply_kv(slot, op)  # raises CompareFailed with the memory model's details
         raise CompareFailed(f"compare-and-set on key {op.key!r} did not match", key=op.key)
+
+
+def _log_decide(stage: LogStage, batch: WriteBatch, where: str) -> list[Position]:
+    try:
+        return stage.decide(batch)
+    except Retry as exc:
+        raise Unavailable(f"{where}: a topic was deleted and made again meanwhile; retry") from exc
 
 
 def _passing(call: Callable[[], T]) -> T:
