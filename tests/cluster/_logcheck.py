@@ -131,18 +131,27 @@ def _append_until_acked(run: LogRun, producer_id: str, stop: threading.Event) ->
         n += 1
 
 
-def consume_until(run: LogRun, done: Callable[[], bool], group: str = "nodeloss") -> None:
+def consume_until(
+    run: LogRun,
+    done: Callable[[], bool],
+    *,
+    group: str = "nodeloss",
+    records_max: int = 500,
+    pause_s: float = 0.0,
+) -> None:
     """A group consumer counting what it reads until ``done()`` and it has
-    caught up with everything acknowledged (or ``CATCH_UP_S`` passed)."""
+    caught up with everything acknowledged (or ``CATCH_UP_S`` passed);
+    ``records_max`` per poll, ``pause_s`` after each."""
     deadline: float | None = None
     consumer = None
     while True:
         try:
             if consumer is None:
                 consumer = run.log.consumer(TOPIC, group=group)
-            for record in consumer.poll(0.5):
+            for record in consumer.poll(0.5, records_max=records_max):
                 with run.lock:
                     run.consumed[record.value or b""] += 1
+            time.sleep(pause_s)
         except BackendError as exc:
             run.consumer_errors[type(exc).__name__] += 1
             time.sleep(RETRY_S)

@@ -65,6 +65,7 @@ from ._procs import die_with_parent
 __all__ = [
     "NatsCluster",
     "Node",
+    "StreamView",
     "free_ports",
     "nats_server_binary",
     "nats_server_unavailable",
@@ -143,6 +144,16 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """A stream as the monitoring endpoint shows it."""
+
+    name: str
+    leader: str | None  # the leading node's name; None during an election
+    replicas: int
+    messages: int
 
 
 @dataclass
@@ -382,6 +393,30 @@ class NatsCluster:
                         leader = self.node(name)
                         return leader if leader.alive else None
         return None
+
+    def streams(self) -> dict[str, StreamView]:
+        """Every stream of the cluster, as the first live node that answers sees it."""
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            try:
+                data = self.jsz(node.index, accounts="true", streams="true", config="true")
+            except Unavailable:
+                continue
+            found: dict[str, StreamView] = {}
+            for account in data.get("account_details") or ():
+                for detail in account.get("stream_detail") or ():
+                    cluster = detail.get("cluster") or {}
+                    config = detail.get("config") or {}
+                    found[detail["name"]] = StreamView(
+                        detail["name"],
+                        cluster.get("leader")
+                        or (self.nodes[0].name if len(self.nodes) == 1 else None),
+                        int(config.get("num_replicas") or 1),
+                        int((detail.get("state") or {}).get("messages") or 0),
+                    )
+            return found
+        raise Unavailable(f"no live node of {self!r} answered")
 
     def kv_leader(self, bucket: str) -> Node | None:
         """The leader of KV bucket ``bucket`` (its stream is ``KV_<bucket>``)."""
