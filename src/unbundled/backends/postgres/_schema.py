@@ -43,6 +43,20 @@ CONNECT_TIMEOUT_S = 10
 # transaction idle this long, and probes a silent TCP peer every KEEPALIVE_S.
 IDLE_IN_TRANSACTION_MS = 60_000
 KEEPALIVE_S = 10
+# The client's side of the same: a client cut off from the server (a network
+# partition, the server's host gone) would wait for an answer until the
+# kernel gives up retransmitting, about 15 minutes. libpq's keepalives end a
+# connection whose server is silent for KEEPALIVE_S * 4 s, and
+# tcp_user_timeout one whose sent data stays unacknowledged that long: the
+# call raises Unavailable. A live server answers probes however long a
+# statement runs, so neither ends a slow query. The URL's values win.
+CLIENT_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": str(KEEPALIVE_S),
+    "keepalives_interval": str(KEEPALIVE_S),
+    "keepalives_count": "3",
+    "tcp_user_timeout": str(KEEPALIVE_S * 4 * 1000),
+}
 SYNCHRONOUS_COMMIT = {"full": "on", "normal": "off", "off": "off"}
 
 Conn = psycopg.Connection[TupleRow]
@@ -202,11 +216,12 @@ def application_name(schema: str) -> str:
 def connect(conninfo: str, sync: str, where: str, schema: str) -> Conn:
     """An autocommit connection (we issue BEGIN ourselves) with our settings."""
     with translated(where):
-        # The URL's own connect_timeout and application_name win over ours.
+        # The URL's own connect_timeout, application_name and keepalives win over ours.
         given = conninfo_to_dict(conninfo)
         ours = {
             "connect_timeout": str(CONNECT_TIMEOUT_S),
             "application_name": application_name(schema),
+            **CLIENT_KEEPALIVES,
         }
         conn = psycopg.connect(
             make_conninfo(conninfo, **{k: v for k, v in ours.items() if k not in given}),
