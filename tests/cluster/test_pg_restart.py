@@ -30,6 +30,7 @@ import pytest
 
 from tests.cluster._logcheck import log_or_skip, run_producers_through
 from unbundled import Event, EventStore
+from unbundled.consistency import KV
 from unbundled.errors import BackendError
 from unbundled.testing.pginstance import PostgresInstance
 
@@ -155,3 +156,27 @@ def test_log_idempotent_producer_across_restarts(pg_instance: PostgresInstance) 
     print(run.summary())
     assert run.errors, f"no producer saw the restarts: {run.summary()}"
     assert set(run.errors) <= {"Unavailable", "Timeout"}, run.summary()
+
+
+def test_after_a_restart_pooled_reads_do_not_fail(pg_instance: PostgresInstance) -> None:
+    """Idle pooled connections the server closed are replaced when borrowed:
+    a restart between two calls costs no caller an error (it cost one
+    ``Unavailable`` per pooled connection before)."""
+    url = f"{pg_instance.url}?schema=pooled"
+    with EventStore.open(url, events=[Deposited]) as store, KV.open(url) as kv:
+        store.append("account-1", [Deposited(amount=1)])
+        kv.write("x", b"1")
+        warm = [
+            threading.Thread(target=lambda: [store.read("account-1") for _ in range(30)])
+            for _ in range(4)
+        ]
+        for thread in warm:  # several pooled connections, idle afterwards
+            thread.start()
+        for thread in warm:
+            thread.join()
+        for mode in ("fast", "immediate"):
+            pg_instance.restart(mode)
+            for _ in range(8):
+                assert [e.event.amount for e in store.read("account-1")] == [1]
+                got = kv.read("x")
+                assert got is not None and got.value == b"1"

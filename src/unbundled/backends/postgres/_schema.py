@@ -9,6 +9,7 @@ database and a test can drop everything it made with one ``DROP SCHEMA``.
 from __future__ import annotations
 
 import re
+import select
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -268,12 +269,30 @@ def create_schema(conn: Conn, schema: str, where: str) -> None:
         )
 
 
+def _stale(conn: Conn) -> bool:
+    """Whether an idle pooled connection is dead or dying: closed, broken, or
+    with something to read. A pooled connection is autocommit, LISTENs to
+    nothing and is idle between borrows, so the server sends it nothing
+    unless it ends the session (a restart, ``pg_terminate_backend``: an error
+    message, then EOF), which psycopg would only read at the next statement,
+    failing it. One ``select`` with no wait per borrow."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class Pool:
     """A few autocommit connections for reads and short transactions.
 
     A thread borrows one for a call and gives it back; at most ``size`` are
     open (plus one per nested borrow), and a thread finding none free waits.
-    A connection that failed is closed and replaced on the next borrow.
+    A connection that failed is closed and replaced on the next borrow, and
+    so is an idle one the server closed meanwhile (:func:`_stale`), so a
+    server restart costs no caller an ``Unavailable`` on a pooled read.
     """
 
     def __init__(self, connect: Callable[[], Conn], where: str, size: int) -> None:
@@ -306,6 +325,9 @@ class Pool:
                     raise Closed(f"the event store at {self._where} is closed")
                 if self._idle:
                     conn = self._idle.pop()
+                    if _stale(conn):
+                        conn.close()
+                        conn = None  # its slot stays counted: connect anew below
                     break
                 if self._open < self._size or nested:
                     self._open += 1
