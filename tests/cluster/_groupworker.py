@@ -1,7 +1,8 @@
 """A consumer-group member for the tests across namespaces: consumes topic
 ``in`` in group ``across`` and, per poll, appends each record's value to
 topic ``out`` and commits its offsets in one transaction (exactly-once where
-the backend commits both together). Reports JSON lines: ``{"done": n}``
+the backend commits both together). Reports JSON lines: ``{"assigned": k}``
+when its partitions change, ``{"done": n}``
 records processed, ``{"fenced": "StaleGeneration"}`` when a commit is
 rejected (it then rejoins with a new consumer), ``{"error": "Unavailable"}``.
 
@@ -30,6 +31,7 @@ def main() -> None:
     url, lease_ms = sys.argv[1], int(sys.argv[2])
     log: Log | None = None
     consumer = None
+    assigned: set[object] = set()
     while True:
         try:
             if log is None:
@@ -37,6 +39,9 @@ def main() -> None:
             if consumer is None:
                 consumer = log.consumer(SOURCE, group=GROUP, lease_ms=lease_ms, auto_commit=False)
             records = consumer.poll(0.5, records_max=10)
+            if consumer.assignment() != assigned:
+                assigned = set(consumer.assignment())
+                report(assigned=len(assigned))
             if not records:
                 continue
             with log.transaction() as tx:
