@@ -46,7 +46,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ..errors import Timeout, Unavailable, UsageError
-from ._procs import die_with_parent
+from ._procs import die_with_parent, free_ports
 
 __all__ = [
     "NatsCluster",
@@ -129,21 +128,6 @@ def nats_server_unavailable(version_min: tuple[int, int, int] = VERSION_MIN) -> 
         wanted = ".".join(map(str, version_min))
         return f"{binary} is nats-server {shown}; these tests need {wanted}+; {ENABLE_HINT}"
     return None
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct TCP ports free on ``host`` now (the kernel's choice;
-    another process could take one before it is used, which is rare)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass(frozen=True)

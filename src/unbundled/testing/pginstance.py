@@ -35,7 +35,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -44,7 +43,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ..errors import Timeout, Unavailable, UsageError
-from ._procs import die_with_parent
+from ._procs import die_with_parent, free_ports
 
 __all__ = ["PostgresInstance", "StopMode", "postgres_bin_dir", "postgres_unavailable"]
 
@@ -88,12 +87,6 @@ def postgres_unavailable(user: str = "postgres") -> str | None:
     return None
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class PostgresInstance:
     """A PostgreSQL server of the test's own, in a temporary directory.
 
@@ -125,7 +118,7 @@ class PostgresInstance:
         self.bin_dir = found
         self.listen = tuple(listen)
         self.host = self.listen[0]
-        self.port = port or _free_port(self.host)
+        self.port = port or free_ports(1, self.host)[0]
         self.settings = dict(settings or {})
         self.as_root = os.geteuid() == 0
         self.user = user if self.as_root else pwd.getpwuid(os.geteuid()).pw_name
