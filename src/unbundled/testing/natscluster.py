@@ -199,8 +199,6 @@ class NatsCluster:
             raise UsageError(f"a cluster needs at least one node, got {nodes}", nodes=nodes)
         if nodes == 2:
             raise UsageError("two nodes cannot elect a leader after one is lost; use 1 or 3+")
-        self._own_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="natscluster-") if root is None else root)
         self.binary = binary or nats_server_binary()
         if self.binary is None:
             raise Unavailable(f"no nats-server found; {ENABLE_HINT}")
@@ -210,11 +208,13 @@ class NatsCluster:
                 f"sync_interval=None for its default); {ENABLE_HINT}",
                 binary=self.binary,
             )
+        ports = free_ports(3 * nodes)
+        self._own_root = root is None  # made here, so removed by close()
+        self.root = Path(tempfile.mkdtemp(prefix="natscluster-") if root is None else root)
         self.sync_interval = sync_interval
         self.cluster_name = name
         self.start_timeout_s = start_timeout_s
         self.extra_jetstream = dict(extra_jetstream or {})
-        ports = free_ports(3 * nodes)
         self.nodes = [
             Node(
                 i,

@@ -130,10 +130,14 @@ class PostgresInstance:
         self.log_path = self.root / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
-        if self.as_root:
-            entry = pwd.getpwnam(self.user)
-            os.chown(self.root, entry.pw_uid, entry.pw_gid)
-        self._initdb()
+        try:
+            if self.as_root:
+                entry = pwd.getpwnam(self.user)
+                os.chown(self.root, entry.pw_uid, entry.pw_gid)
+            self._initdb()
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     @property
     def url(self) -> str:
@@ -155,7 +159,11 @@ class PostgresInstance:
     # --- life cycle -------------------------------------------------------------
 
     def __enter__(self) -> PostgresInstance:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(
@@ -237,7 +245,11 @@ class PostgresInstance:
         if template is None or not template.is_dir():
             made = tempfile.mkdtemp(prefix="pginstance-template-", dir=self.parent)
             template = Path(made) / "data"
-            self._run_initdb(template)
+            try:
+                self._run_initdb(template)
+            except BaseException:
+                shutil.rmtree(made, ignore_errors=True)
+                raise
             _TEMPLATES[key] = template
             atexit.register(shutil.rmtree, template.parent, True)
         # cp as the server's user: the copy is theirs with no chown walk.
@@ -274,7 +286,6 @@ class PostgresInstance:
             **self._as_user(),
         )
         if done.returncode != 0:
-            shutil.rmtree(self.root, ignore_errors=True)
             raise Unavailable(f"initdb failed ({done.returncode}): {done.stderr.strip()[-800:]}")
 
     def _configure(self) -> None:
