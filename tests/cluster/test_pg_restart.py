@@ -20,6 +20,8 @@ log on PostgreSQL: it skips while ``Log.open`` refuses ``postgresql://``.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import uuid
@@ -180,3 +182,25 @@ def test_after_a_restart_pooled_reads_do_not_fail(pg_instance: PostgresInstance)
                 assert [e.event.amount for e in store.read("account-1")] == [1]
                 got = kv.read("x")
                 assert got is not None and got.value == b"1"
+
+
+def test_connections_detect_a_silent_server(pg_instance: PostgresInstance) -> None:
+    """Every connection of the backend has TCP keepalives and a user timeout
+    on its socket (40 s by default; the URL's values win), so a call cut off
+    from the server fails within that instead of the kernel's ~15 minutes."""
+    from unbundled.backends.postgres._schema import connect
+
+    def options(url: str) -> tuple[int, int, int]:
+        conn = connect(url, "full", "test", "public")
+        try:
+            with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                return (
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                )
+        finally:
+            conn.close()
+
+    assert options(pg_instance.url) == (1, 10, 40_000)
+    assert options(f"{pg_instance.url}?tcp_user_timeout=2000&keepalives_idle=1") == (1, 1, 2000)
