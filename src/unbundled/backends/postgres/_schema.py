@@ -9,6 +9,7 @@ database and a test can drop everything it made with one ``DROP SCHEMA``.
 from __future__ import annotations
 
 import re
+import select
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,20 @@ CONNECT_TIMEOUT_S = 10
 # transaction idle this long, and probes a silent TCP peer every KEEPALIVE_S.
 IDLE_IN_TRANSACTION_MS = 60_000
 KEEPALIVE_S = 10
+# The client's side of the same: a client cut off from the server (a network
+# partition, the server's host gone) would wait for an answer until the
+# kernel gives up retransmitting, about 15 minutes. libpq's keepalives end a
+# connection whose server is silent for KEEPALIVE_S * 4 s, and
+# tcp_user_timeout one whose sent data stays unacknowledged that long: the
+# call raises Unavailable. A live server answers probes however long a
+# statement runs, so neither ends a slow query. The URL's values win.
+CLIENT_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": str(KEEPALIVE_S),
+    "keepalives_interval": str(KEEPALIVE_S),
+    "keepalives_count": "3",
+    "tcp_user_timeout": str(KEEPALIVE_S * 4 * 1000),
+}
 SYNCHRONOUS_COMMIT = {"full": "on", "normal": "off", "off": "off"}
 
 Conn = psycopg.Connection[TupleRow]
@@ -282,11 +297,12 @@ def application_name(schema: str) -> str:
 def connect(conninfo: str, sync: str, where: str, schema: str) -> Conn:
     """An autocommit connection (we issue BEGIN ourselves) with our settings."""
     with translated(where):
-        # The URL's own connect_timeout and application_name win over ours.
+        # The URL's own connect_timeout, application_name and keepalives win over ours.
         given = conninfo_to_dict(conninfo)
         ours = {
             "connect_timeout": str(CONNECT_TIMEOUT_S),
             "application_name": application_name(schema),
+            **CLIENT_KEEPALIVES,
         }
         conn = psycopg.connect(
             make_conninfo(conninfo, **{k: v for k, v in ours.items() if k not in given}),
@@ -350,12 +366,30 @@ def create_schema(conn: Conn, schema: str, where: str) -> None:
         )
 
 
+def _stale(conn: Conn) -> bool:
+    """Whether an idle pooled connection is dead or dying: closed, broken, or
+    with something to read. A pooled connection is autocommit, LISTENs to
+    nothing and is idle between borrows, so the server sends it nothing
+    unless it ends the session (a restart, ``pg_terminate_backend``: an error
+    message, then EOF), which psycopg would only read at the next statement,
+    failing it. One ``select`` with no wait per borrow."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class Pool:
     """A few autocommit connections for reads and short transactions.
 
     A thread borrows one for a call and gives it back; at most ``size`` are
     open (plus one per nested borrow), and a thread finding none free waits.
-    A connection that failed is closed and replaced on the next borrow.
+    A connection that failed is closed and replaced on the next borrow, and
+    so is an idle one the server closed meanwhile (:func:`_stale`), so a
+    server restart costs no caller an ``Unavailable`` on a pooled read.
     """
 
     def __init__(self, connect: Callable[[], Conn], where: str, size: int) -> None:
@@ -388,6 +422,9 @@ class Pool:
                     raise Closed(f"the event store at {self._where} is closed")
                 if self._idle:
                     conn = self._idle.pop()
+                    if _stale(conn):
+                        conn.close()
+                        conn = None  # its slot stays counted: connect anew below
                     break
                 if self._open < self._size or nested:
                     self._open += 1
