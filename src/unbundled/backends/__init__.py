@@ -149,21 +149,15 @@ def _open_redis(url: str, *, sync: SyncLevel, clock: Callable[[], int], **option
 
 
 def _open_nats(url: str, *, sync: SyncLevel, clock: Callable[[], int], **options: Any) -> Any:
-    if clock is not now_ms:
-        raise NotSupported(
-            "the nats backend keeps no time of its own (the server orders the writes); "
-            "it takes no clock=",
-            url=url,
-        )
     nats = _backend_class("nats", "NatsBackend", "nats-py", url)
-    return nats(url, sync=sync, **options)
+    return nats(url, sync=sync, clock=clock, **options)
 
 
 def _refuse_nats(url: str) -> NotSupported:
-    """Said before connecting: a NATS URL serves the key-value store only."""
+    """Said before connecting: a NATS URL serves the log and the key-value store."""
     return NotSupported(
-        f"{url!r}: nats:// serves only the key-value store (KV.open, `unbundled kv`), "
-        f"not {listed(tuple(w for w in _EVERYTHING if w != KV), 'or')}",
+        f"{url!r}: nats:// serves the log and the key-value store (Log.open, KV.open), "
+        f"not {listed(tuple(w for w in _EVERYTHING if w not in (LOG, KV)), 'or')}",
         url=url,
     )
 
@@ -192,7 +186,11 @@ _registry.register(
     aliases=("rediss",),
 )
 _registry.register(
-    "nats", _open_nats, (KV,), form="nats://host:port?bucket=name", refuse_early=_refuse_nats
+    "nats",
+    _open_nats,
+    (LOG, KV),
+    form="nats://host:port?bucket=name",
+    refuse_early=_refuse_nats,
 )
 
 

@@ -20,9 +20,12 @@ from nats.js import errors as js_errors
 from nats.js.api import KeyValueConfig, StorageType
 
 from ..._bounds import check_seconds
-from ..._ground import SyncLevel
+from ..._ground import SyncLevel, now_ms
 from ...errors import BackendError, Closed, Error, Timeout, Unavailable, UsageError
 from ._kv import NatsKV
+from ._log import DEDUPE_WINDOW_S_DEFAULT
+from ._log_groups import NatsLogGroups
+from ._log_meta import Documents
 
 BUCKET_DEFAULT = "unbundled"
 # Bucket names are stream-name safe ([A-Za-z0-9_-]); the bound keeps the
@@ -83,14 +86,19 @@ def parse_url(url: str) -> tuple[str, str, str]:
     return urlunsplit(parts._replace(query="", fragment="")), bucket, shown
 
 
-class NatsBackend(NatsKV):
-    """The key-value store in one bucket of a NATS JetStream server (2.9+).
+class NatsBackend(NatsKV, NatsLogGroups):
+    """The key-value store and the log in one bucket of a NATS JetStream
+    server (2.9+); the log's records in streams named after the bucket
+    (``_log_meta`` says how).
 
     ``timeout_s`` bounds connecting and every request; raises ``Unavailable``
     if the server cannot be reached, ``UsageError`` for a bad URL or bucket.
+    ``clock`` decides group leases and retention (as on the other backends).
+    ``dedupe_window_s`` is the duplicate window of the record streams this
+    backend creates (NATS's default, two minutes).
     """
 
-    serves = "the key-value store"
+    serves = "the key-value store and the log"
 
     def __init__(
         self,
@@ -98,10 +106,16 @@ class NatsBackend(NatsKV):
         *,
         sync: SyncLevel = "full",
         timeout_s: float = TIMEOUT_S_DEFAULT,
+        clock: Callable[[], int] = now_ms,
+        dedupe_window_s: float = DEDUPE_WINDOW_S_DEFAULT,
     ) -> None:
         if sync not in ("full", "normal", "off"):
             raise UsageError(f"sync must be 'full', 'normal' or 'off', got {sync!r}", sync=sync)
         check_seconds("timeout_s", timeout_s, positive=True)
+        check_seconds("dedupe_window_s", dedupe_window_s, positive=True)
+        self.clock = clock
+        self.dedupe_window_s = float(dedupe_window_s)
+        self._init_records()
         server, self.bucket, self.url = parse_url(url)
         self.sync = sync
         self.timeout_s = float(timeout_s)
@@ -120,6 +134,8 @@ class NatsBackend(NatsKV):
             self._run(lambda: self._connect(server), "connecting")
             self._js = self._nc.jetstream(timeout=self.timeout_s)
             self._run(self._ensure_bucket, f"opening bucket {self.bucket!r}")
+            self._docs = Documents(self._js, self._stream, self.url)
+            self._run(self._subscribe_changes, "subscribing to changes")
         except BaseException:
             self.close()
             raise
@@ -225,28 +241,43 @@ class NatsBackend(NatsKV):
             return future.result(timeout=self.timeout_s * 3 + 5)
         except Error:
             raise
-        except (concurrent.futures.TimeoutError, *_UNREACHABLE) as exc:
+        except concurrent.futures.TimeoutError as exc:
             future.cancel()
+            raise self._error(exc, what) from exc
+        except BaseException as exc:
+            raise self._error(exc, what) from exc
+
+    def _error(self, exc: BaseException, what: str) -> Error:
+        """Our error for what ``what`` raised (chain it: ``raise ... from exc``).
+        A request nats-py gave up on had an unknown outcome: ``Unavailable``
+        or ``Timeout`` say so."""
+        if isinstance(exc, Error):
+            return exc
+        if isinstance(exc, (concurrent.futures.TimeoutError, *_UNREACHABLE)):
             last = f"; last connection error: {self._last_error!r}" if self._last_error else ""
             # No answer in time: Timeout (as the Redis backend says it); a
             # connection that failed: Unavailable. Either way the outcome is unknown.
             timed_out = isinstance(exc, (concurrent.futures.TimeoutError, asyncio.TimeoutError))
-            raise (Timeout if timed_out else Unavailable)(
+            error: Error = (Timeout if timed_out else Unavailable)(
                 f"NATS at {self.url} did not complete {what} (bucket {self.bucket!r}): "
                 f"{exc!r}; its outcome is unknown{last}",
                 url=self.url,
                 bucket=self.bucket,
-            ) from exc
-        except concurrent.futures.CancelledError as exc:
-            raise Closed(
+            )
+        elif isinstance(exc, (concurrent.futures.CancelledError, RuntimeError)):
+            error = Closed(
                 f"the NATS backend at {self.url} was closed during {what}; its outcome is unknown"
-            ) from exc
-        except nats.errors.Error as exc:
-            raise BackendError(
+            )
+        elif isinstance(exc, (nats.errors.Error, js_errors.Error)):
+            error = BackendError(
                 f"NATS at {self.url} failed {what} (bucket {self.bucket!r}): {exc!r}",
                 url=self.url,
                 bucket=self.bucket,
-            ) from exc
+            )
+        else:
+            raise exc
+        error.__cause__ = exc
+        return error
 
     async def _disconnect(self) -> None:
         """Drain if the server still answers (a ping first: nats-py's drain
