@@ -213,6 +213,10 @@ class NatsLogRecords:
         info = await self._js.stream_info(stream_name(self.bucket, entry.incarnation, partition))
         state = info.state
         end = int(state.last_seq)
+        if entry.config.cleanup_policy == "compact":
+            # Compaction leaves gaps but never moves the start (as in Kafka);
+            # deleting a stream's first messages moves JetStream's first_seq.
+            return 0, end, int(state.messages)
         start = end if not state.messages else int(state.first_seq) - 1
         return start, end, int(state.messages)
 
