@@ -23,8 +23,7 @@ from nats.js.api import KeyValueConfig
 
 from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
 from tests.consistency.kv._workload import KEYS, run_threads
-from unbundled import EventStore, Idempotency, Log, limits
-from unbundled.backends import open_backend
+from unbundled import EventStore, Idempotency, limits
 from unbundled.backends.nats import decode_key, encode_key
 from unbundled.consistency import KV, Versioned
 from unbundled.consistency.checker import check
@@ -272,12 +271,13 @@ def test_bad_urls_are_usage_errors_without_the_password() -> None:
         KV.open("nats://127.0.0.1:4222", timeout_s=0)
 
 
-def test_only_the_key_value_store_runs_on_nats() -> None:
-    """Whatever opens it, the message says what nats:// serves (not "the log"
-    to the event store)."""
-    for opener in (Log.open, open_backend, EventStore.open, Idempotency.open):
-        with pytest.raises(NotSupported, match="nats:// serves only the key-value store"):
+def test_the_event_store_and_idempotency_do_not_run_on_nats() -> None:
+    """Whatever opens them, the message says what nats:// serves, before
+    connecting (the log and the key-value store run on it)."""
+    for opener in (EventStore.open, Idempotency.open):
+        with pytest.raises(NotSupported, match="nats:// serves the log and the key-value store"):
             opener("nats://127.0.0.1:4222")
+    assert not nats_threads()
 
 
 # --- failures ---------------------------------------------------------------------------
