@@ -35,8 +35,9 @@ messages and progress go to stderr.
 or `memory://`. Server URLs serve some commands only: `postgresql://` the
 event store (`events`, `projections`), idempotency keys (`idempotency`) and
 the key-value store (`kv`); `redis://` idempotency keys; `nats://` the
-key-value store. Any other pairing fails at once with status 8, naming the
-command and the URLs it takes. Commands that only read (`topics list` and
+log (`topics`, `produce`, `consume`, `groups`...) and the key-value store.
+Any other pairing fails at once with status 8, naming the command and the
+URLs it takes. Commands that only read (`topics list` and
 `describe`, `groups list` and `describe`, `consume` without `--group`,
 `events read`, `streams` and `subscribe`, `projections status`,
 `idempotency show` and `list`, `kv get`) open a SQLite file read-only

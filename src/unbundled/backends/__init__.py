@@ -16,10 +16,9 @@ goes through; :func:`open_backend` and :func:`open_kv_backend` are its aliases.
   :class:`~unbundled.backends.redis.RedisBackend`, idempotency keys only
   (needs ``pip install 'unbundled[redis]'``); the log and the event store refuse it.
 * ``nats://host:port?bucket=name`` — :class:`~unbundled.backends.nats.NatsBackend`,
-  the key-value store only (needs ``pip install 'unbundled[nats]'``), opened
-  by :func:`open_kv_backend`; :func:`open_backend` refuses it with
-  ``NotSupported`` (the log, the event store and idempotency keys do not run
-  on NATS yet), never a silent fallback.
+  the log and the key-value store (needs ``pip install 'unbundled[nats]'``);
+  the event store and idempotency keys refuse it with ``NotSupported``
+  (they do not run on NATS yet), never a silent fallback.
 
 :data:`SERVES` says the same as a table, which the CLI's ``--db`` help and
 its errors are made from.
@@ -86,8 +85,7 @@ def open_backend(
     **options: Any,
 ) -> LogBackend:
     """Open the backend a URL names, for the log, the event store or
-    idempotency keys (a plain path means SQLite); ``nats://``, which serves
-    only the key-value store, is refused. An alias of
+    idempotency keys (a plain path means SQLite). An alias of
     :func:`unbundled._registry.open`, the one open every part uses.
 
     A PostgreSQL URL gives a backend that serves the event store only (its
@@ -102,8 +100,7 @@ def open_backend(
 def open_kv_backend(
     url: str | os.PathLike[str], *, sync: SyncLevel = "full", **options: Any
 ) -> Any:
-    """Open the backend a URL names, for any part (``nats://`` too, which
-    serves the key-value store only). An alias of :func:`unbundled._registry.open`."""
+    """Open the backend a URL names, for any part. An alias of :func:`unbundled._registry.open`."""
     return _registry.open(url, sync=sync, **options)
 
 

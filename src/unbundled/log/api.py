@@ -60,9 +60,10 @@ class Log(LogBase):
         **options: Any,
     ) -> Log:
         """Open the log at ``url``: a SQLite file (a path or ``sqlite:///path.db``;
-        ``?mode=ro`` opens it read-only) or ``memory://``. The server URLs
-        (``postgresql://``, ``redis://``, ``nats://``) do not serve the log:
-        ``NotSupported``."""
+        ``?mode=ro`` opens it read-only), ``memory://`` or
+        ``nats://host:port?bucket=name`` (NATS JetStream: see
+        docs/explanation/log.md, "On NATS JetStream", for what differs).
+        ``postgresql://`` and ``redis://`` do not serve the log: ``NotSupported``."""
         return cls(_registry.open(url, serving=LOG, sync=sync, **options))
 
     def __enter__(self) -> Log:
