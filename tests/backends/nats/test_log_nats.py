@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
-from unbundled import CorruptionError, Log, StaleGeneration, TopicPartition
+from unbundled import CorruptionError, Log, RecordTooLarge, StaleGeneration, TopicPartition
 from unbundled.backends import destroy
 from unbundled.backends.nats import NatsBackend
 from unbundled.backends.nats._log_meta import (
@@ -262,3 +262,18 @@ def test_topics_and_groups_are_shared_by_connections(url: str) -> None:
         two.delete_topic("t")
         two.create_topic("t", 2)
         assert one.describe_group("g").committed == {}, "offsets of the old topic are gone"
+
+
+def test_a_record_over_the_servers_message_limit_is_refused_before_sending(url: str) -> None:
+    """The topic allows 1 MiB records (the default), the server's max_payload
+    (1 MiB by default) holds less beside the encoding and headers."""
+    with Log.open(url) as log:
+        log.create_topic("t")
+        backend = nats(log)
+        assert backend.server_version >= (2, 9)
+        big = b"x" * (backend._payload_bytes_max() - 100)
+        with pytest.raises(RecordTooLarge) as info:
+            log.append("t", big)
+        assert info.value.details["backend"] == "nats"
+        assert log.read("t") == []
+        assert log.append("t", b"small").offset == 0, "the connection is still fine"

@@ -140,6 +140,12 @@ class NatsBackend(NatsKV, NatsLogGroups):
             self.close()
             raise
 
+    @property
+    def server_version(self) -> tuple[int, ...]:
+        """The version of the NATS server this connection reached, e.g. ``(2, 9, 10)``."""
+        text = str(self._nc._server_info.get("version", "0"))
+        return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
     def __repr__(self) -> str:
         return f"NatsBackend({self.url!r}, bucket={self.bucket!r})"
 

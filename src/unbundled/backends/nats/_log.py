@@ -27,9 +27,11 @@ Writing a batch (``_write``), in this order:
    (``_log_groups``): fenced, duplicate (answered from the window), or new.
 3. Per partition, in batch order, the records are published pipelined
    under a per-partition lock of this process, so one process's batches
-   never interleave in a partition (other processes' may: there is no
-   atomic batch publish before NATS 2.12). Publishing is retried, with
-   the same message ids, on a lost connection.
+   never interleave in a partition (other processes' may). Publishing is
+   retried, with the same message ids, on a lost connection. NATS 2.12's
+   atomic batches are not used: they cover one stream (a partition, here),
+   and a batch holding a message id the stream has seen is refused whole
+   (error 10201), so a retry would get an error instead of its positions.
 4. The producer's document takes the new sequence and positions.
 5. ``ublog.<bucket>.changed`` is announced.
 """
@@ -400,6 +402,7 @@ class NatsLogRecords:
                 except (nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError):
                     if attempt == PUBLISH_TRIES_MAX - 1:
                         raise
+                    await asyncio.sleep(0.1 * (attempt + 1))  # let nats-py reconnect
         raise AssertionError("unreachable")
 
     async def _announce(self) -> None:
