@@ -309,15 +309,17 @@ class NatsLogRecords:
                 backend="nats",
                 part="records and offset commits in one transaction",
             )
-        if batch.commits:
-            await self._commit_offsets(batch.commits)
-            await self._announce()
-            return []
         stamp = batch.producer
         if stamp is not None:
             seen = await self._producer_check(stamp)
             if seen is not None:
                 return seen
+        if batch.commits:
+            await self._commit_offsets(batch.commits)
+            if stamp is not None:
+                await self._producer_record(stamp, [])
+            await self._announce()
+            return []
         plan = []  # (topic, entry, items)
         for name, items in appends.items():
             entry = await self._entry(name)

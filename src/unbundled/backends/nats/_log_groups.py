@@ -271,9 +271,11 @@ class NatsLogGroups(NatsLogRecords):
         return GroupInfo(group, state.generation, members, offsets)
 
     async def _commit_offsets(self, commits: tuple[OffsetCommit, ...]) -> None:
-        """Each group's commit in one conditional change of its document."""
+        """Each group's commit in one conditional change of its document:
+        fenced first, then its partitions checked (the memory model's order)."""
         catalog: Catalog = await self._load_catalog()
-        for commit in commits:
+
+        def check_partitions(commit: OffsetCommit) -> None:
             for tp in commit.offsets:
                 entry = catalog.topics.get(tp.topic)
                 if entry is None:
@@ -284,16 +286,14 @@ class NatsLogGroups(NatsLogRecords):
 
             def decide(body: bytes | None, commit: OffsetCommit = commit) -> tuple[bytes, None]:
                 doc = _GROUP.decode(body) if body else GroupDoc()
-                state = _state(commit.group, doc)
-                _groups.check_commit(state, commit)
+                _groups.check_commit(_state(commit.group, doc), commit)
+                check_partitions(commit)
                 kept = {(t, i, p): o for t, i, p, o in doc.committed}
                 for tp, offset in commit.offsets.items():
                     incarnation = catalog.topics[tp.topic].incarnation
                     # Drop the offsets of the topic's earlier incarnations.
                     kept = {
-                        k: o
-                        for k, o in kept.items()
-                        if not (k[0] == tp.topic and k[1] != incarnation)
+                        k: o for k, o in kept.items() if k[0] != tp.topic or k[1] == incarnation
                     }
                     kept[(tp.topic, incarnation, tp.partition)] = offset
                 doc.committed = [(t, i, p, o) for (t, i, p), o in sorted(kept.items())]
