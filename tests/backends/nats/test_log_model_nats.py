@@ -129,7 +129,7 @@ NO_SHRINKING = [Phase.explicit, Phase.reuse, Phase.generate]
 
 TestNatsLogModel = NatsLogComparison.TestCase
 TestNatsLogModel.settings = settings(
-    max_examples=10,
+    max_examples=6,
     stateful_step_count=25,
     deadline=None,
     phases=NO_SHRINKING,
@@ -138,7 +138,7 @@ TestNatsLogModel.settings = settings(
 
 TestNatsRetentionModel = NatsRetentionComparison.TestCase
 TestNatsRetentionModel.settings = settings(
-    max_examples=20,
+    max_examples=10,
     stateful_step_count=25,
     deadline=None,
     phases=NO_SHRINKING,

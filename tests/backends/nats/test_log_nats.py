@@ -277,3 +277,30 @@ def test_a_record_over_the_servers_message_limit_is_refused_before_sending(url: 
         assert info.value.details["backend"] == "nats"
         assert log.read("t") == []
         assert log.append("t", b"small").offset == 0, "the connection is still fine"
+
+
+def test_single_appends_never_split_a_batch_of_the_same_process(url: str) -> None:
+    """Single appends share a partition without its lock; a batch holds it:
+    each batch's offsets stay contiguous among concurrent single appends."""
+    with Log.open(url) as log:
+        log.create_topic("t")
+        batches: list[list[int]] = []
+
+        def singles() -> None:
+            for i in range(60):
+                log.append("t", b"s%d" % i)
+
+        def batcher() -> None:
+            for i in range(6):
+                positions = log.append_batch("t", [b"b%d-%d" % (i, j) for j in range(15)])
+                batches.append([p.offset for p in positions])
+
+        threads = [threading.Thread(target=singles) for _ in range(3)]
+        threads.append(threading.Thread(target=batcher))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for offsets in batches:
+            assert offsets == list(range(offsets[0], offsets[0] + 15)), offsets
+        assert log.end_offsets("t") == {0: 270}

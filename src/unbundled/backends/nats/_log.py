@@ -113,6 +113,7 @@ class NatsLogRecords:
     dedupe_window_s: float
     _js: Any
     _nc: Any
+    _stream: str  # the KV bucket's stream, which holds the documents
     _loop: asyncio.AbstractEventLoop
     _docs: Documents
     _run: Callable[..., Any]
@@ -392,19 +393,33 @@ class NatsLogRecords:
         """Stream sequences of ``messages``, published in order (pipelined)."""
         subject = record_subject(self.bucket, entry.incarnation, partition)
         lock = self._partition_locks.setdefault(subject, asyncio.Lock())
+        if len(messages) == 1 and not lock.locked():
+            # One record cannot be split, and nats-py writes it before this
+            # task first yields: nothing can come between the check and the
+            # write. So single appends share the partition concurrently and
+            # only wait for a batch being published.
+            return await self._publish_tries(subject, messages)
         async with lock:
-            for attempt in range(PUBLISH_TRIES_MAX):
-                try:
-                    # nats-py writes each request in the order the tasks
-                    # start; one connection keeps that order to the server.
-                    acks = await asyncio.gather(
-                        *(self._js.publish(subject, b, headers=h) for b, h in messages)
-                    )
-                    return [int(ack.seq) for ack in acks]
-                except (nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError):
-                    if attempt == PUBLISH_TRIES_MAX - 1:
-                        raise
-                    await asyncio.sleep(0.1 * (attempt + 1))  # let nats-py reconnect
+            return await self._publish_tries(subject, messages)
+
+    async def _publish_tries(
+        self, subject: str, messages: list[tuple[bytes, dict[str, str]]]
+    ) -> list[int]:
+        for attempt in range(PUBLISH_TRIES_MAX):
+            try:
+                if len(messages) == 1:  # in this task: written before it yields
+                    body, headers = messages[0]
+                    return [int((await self._js.publish(subject, body, headers=headers)).seq)]
+                # nats-py writes each request in the order the tasks start;
+                # one connection keeps that order to the server.
+                acks = await asyncio.gather(
+                    *(self._js.publish(subject, b, headers=h) for b, h in messages)
+                )
+                return [int(ack.seq) for ack in acks]
+            except (nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError):
+                if attempt == PUBLISH_TRIES_MAX - 1:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))  # let nats-py reconnect
         raise AssertionError("unreachable")
 
     async def _announce(self) -> None:

@@ -238,9 +238,7 @@ class NatsLogGroups(NatsLogRecords):
     def list_groups(self) -> list[str]:
         async def names() -> list[str]:
             prefix = group_subject(self.bucket, "")
-            info = await self._docs._js.stream_info(
-                self._docs._stream, subjects_filter=f"{prefix}>"
-            )
+            info = await self._js.stream_info(self._stream, subjects_filter=f"{prefix}>")
             found = []
             for subject in info.state.subjects or {}:
                 name = decode_key(subject[len(prefix) :])
