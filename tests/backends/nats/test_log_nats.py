@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
-from unbundled import CorruptionError, Log, RecordTooLarge, StaleGeneration, TopicPartition
+from unbundled import CorruptionError, Log, Message, RecordTooLarge, StaleGeneration, TopicPartition
 from unbundled.backends import destroy
 from unbundled.backends.nats import NatsBackend
 from unbundled.backends.nats._log_meta import (
@@ -304,3 +304,24 @@ def test_single_appends_never_split_a_batch_of_the_same_process(url: str) -> Non
         for offsets in batches:
             assert offsets == list(range(offsets[0], offsets[0] + 15)), offsets
         assert log.end_offsets("t") == {0: 270}
+
+
+def test_two_connections_maintaining_at_once_both_succeed(url: str) -> None:
+    """Compaction deletes messages one by one: one already deleted by the
+    other connection's pass is not an error."""
+    clock = SimClock()
+    with Log.open(url, clock=clock) as one, Log.open(url, clock=clock) as two:
+        one.create_topic("c", cleanup_policy="compact")
+        one.append_batch("c", [Message(b"%d" % i, key=b"k") for i in range(30)])
+        reports: list[dict[str, int]] = []
+        threads = [
+            threading.Thread(target=lambda log=log: reports.append(log.maintain().removed))
+            for log in (one, two)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(reports) == 2
+        assert sum(r.get("c", 0) for r in reports) == 29, "each removal counted once"
+        assert [(r.offset, r.value) for r in one.read("c")] == [(29, b"29")]

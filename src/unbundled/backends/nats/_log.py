@@ -92,7 +92,7 @@ from ._log_meta import (
 CRC_HEADER = "Ub-Crc"
 MSG_ID_HEADER = "Nats-Msg-Id"
 NO_MESSAGE_CODE = 10037
-STREAM_NOT_FOUND_CODE = 10059
+DELETED_ALREADY_CODE = 10057  # deleting a message that is not there
 # Publishing a batch again after a lost connection; each try republishes
 # with the same ids, so the stream keeps one copy of each record.
 PUBLISH_TRIES_MAX = 3
@@ -572,9 +572,16 @@ class NatsLogRecords:
         if config.cleanup_policy == "compact":
             entries = [(r.offset, r.key, r.value is None, r.timestamp) for r in records]
             victims = _core.compaction_victims(entries, config, now)
+            removed = 0
             for offset in victims:
-                await self._js.delete_msg(stream, offset + 1)
-            return len(victims)
+                try:
+                    await self._js.delete_msg(stream, offset + 1)
+                    removed += 1
+                except js_errors.APIError as exc:
+                    # Another process's maintenance removed it first.
+                    if exc.err_code != DELETED_ALREADY_CODE:
+                        raise
+            return removed
         sizes = [(r.offset, r.timestamp, _core.payload_size(r.key, r.value)) for r in records]
         new_start = _core.retention_start(sizes, end, config, now, sum(s for *_, s in sizes))
         gone = sum(1 for r in records if r.offset < new_start)
