@@ -21,7 +21,15 @@ import msgspec
 import pytest
 
 from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
-from unbundled import CorruptionError, Log, Message, RecordTooLarge, StaleGeneration, TopicPartition
+from unbundled import (
+    AsyncLog,
+    CorruptionError,
+    Log,
+    Message,
+    RecordTooLarge,
+    StaleGeneration,
+    TopicPartition,
+)
 from unbundled.backends import destroy
 from unbundled.backends.nats import NatsBackend
 from unbundled.backends.nats._log_meta import (
@@ -325,3 +333,19 @@ def test_two_connections_maintaining_at_once_both_succeed(url: str) -> None:
         assert len(reports) == 2
         assert sum(r.get("c", 0) for r in reports) == 29, "each removal counted once"
         assert [(r.offset, r.value) for r in one.read("c")] == [(29, b"29")]
+
+
+def test_the_async_log_runs_on_nats(url: str) -> None:
+    """AsyncLog's appends are awaited on the caller's loop while the backend
+    answers from its own loop thread."""
+
+    async def main() -> list[int]:
+        log = await AsyncLog.open(url)
+        try:
+            await log.create_topic("t")
+            positions = await asyncio.gather(*(log.append("t", b"%d" % i) for i in range(50)))
+            return sorted(p.offset for p in positions)
+        finally:
+            await log.close()
+
+    assert asyncio.run(main()) == list(range(50))
