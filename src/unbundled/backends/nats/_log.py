@@ -124,6 +124,7 @@ class NatsLogRecords:
     def _init_records(self) -> None:
         self._catalog: Catalog | None = None  # cached; refreshed when a stream is missing
         self._partition_locks: dict[str, asyncio.Lock] = {}
+        self._direct: dict[str, bool] = {}  # per stream: reads by direct get
         self._token = 0
         self._changed = threading.Condition()
 
@@ -157,6 +158,7 @@ class NatsLogRecords:
                         storage=StorageType.FILE,
                         num_replicas=1,
                         duplicate_window=self.dedupe_window_s,
+                        allow_direct=True,
                     )
                 )
 
@@ -214,6 +216,12 @@ class NatsLogRecords:
     async def _bounds(self, entry: TopicEntry, partition: int) -> tuple[int, int, int]:
         """``(start, end, records)`` of a partition, from its stream's state."""
         info = await self._js.stream_info(stream_name(self.bucket, entry.incarnation, partition))
+        # Direct gets skip the API's JSON and base64; on an R1 stream its one
+        # server answers them, so they are as fresh as the leader's. On a
+        # replicated stream a follower might answer stale: not used there.
+        self._direct[info.config.name] = bool(info.config.allow_direct) and (
+            (info.config.num_replicas or 1) == 1
+        )
         state = info.state
         end = int(state.last_seq)
         if entry.config.cleanup_policy == "compact":
@@ -491,10 +499,14 @@ class NatsLogRecords:
         return out
 
     async def _get_next(self, stream: str, subject: str, seq: int) -> Any:
+        direct = self._direct.get(stream, False)
         try:
-            return await self._js.get_msg(stream, seq=seq, subject=subject, next=True)
+            return await self._js.get_msg(
+                stream, seq=seq, subject=subject, next=True, direct=direct
+            )
         except js_errors.NotFoundError as exc:
-            if exc.err_code == NO_MESSAGE_CODE:
+            # A direct get says "none" with status 404 (no error code).
+            if exc.err_code == NO_MESSAGE_CODE or (direct and exc.err_code is None):
                 return None
             raise
 
