@@ -23,12 +23,14 @@ import pytest
 from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
 from unbundled import (
     AsyncLog,
+    BackendError,
     CorruptionError,
     Log,
     Message,
     RecordTooLarge,
     StaleGeneration,
     TopicPartition,
+    UsageError,
 )
 from unbundled.backends import destroy
 from unbundled.backends.nats import NatsBackend
@@ -37,6 +39,7 @@ from unbundled.backends.nats._log_meta import (
     ProducerDoc,
     producer_subject,
     record_subject,
+    stream_name,
     stream_pattern,
 )
 from unbundled.log._protocol import AppendItem
@@ -349,3 +352,22 @@ def test_the_async_log_runs_on_nats(url: str) -> None:
             await log.close()
 
     assert asyncio.run(main()) == list(range(50))
+
+
+def test_replicas_are_checked_and_given_to_the_record_streams(url: str) -> None:
+    for bad in (0, 6, 1.0, "3"):
+        with pytest.raises(UsageError, match="replicas"):
+            Log.open(url, replicas=bad)
+    with Log.open(url, replicas=1) as log:
+        log.create_topic("t")
+        backend = nats(log)
+        entry = backend._run(lambda: backend._entry("t"), "reading the catalog")
+        name = stream_name(backend.bucket, entry.incarnation, 0)
+
+        async def replicas(js: Any) -> int:
+            return int((await js.stream_info(name)).config.num_replicas)
+
+        assert admin(replicas) == 1
+        # A single server refuses R3 streams: the error names the server's answer.
+    with Log.open(url, replicas=3) as log, pytest.raises(BackendError, match="replica"):
+        log.create_topic("r3")

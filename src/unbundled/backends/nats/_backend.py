@@ -33,6 +33,7 @@ BUCKET_DEFAULT = "unbundled"
 # 4096-byte protocol line.
 BUCKET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TIMEOUT_S_DEFAULT = 5.0
+REPLICAS_MAX = 5  # JetStream's own limit
 STREAM_IN_USE_CODE = 10058  # JSStreamNameExistErr: created by someone else meanwhile
 _UNREACHABLE = (
     OSError,  # ConnectionRefusedError, socket errors
@@ -95,7 +96,9 @@ class NatsBackend(NatsKV, NatsLogGroups):
     if the server cannot be reached, ``UsageError`` for a bad URL or bucket.
     ``clock`` decides group leases and retention (as on the other backends).
     ``dedupe_window_s`` is the duplicate window of the record streams this
-    backend creates (NATS's default, two minutes).
+    backend creates (NATS's default, two minutes), ``replicas`` their
+    replication factor (R1 by default; R3 on a cluster survives losing a
+    node). The bucket is created R1: create it yourself for more.
     """
 
     serves = "the key-value store and the log"
@@ -108,11 +111,18 @@ class NatsBackend(NatsKV, NatsLogGroups):
         timeout_s: float = TIMEOUT_S_DEFAULT,
         clock: Callable[[], int] = now_ms,
         dedupe_window_s: float = DEDUPE_WINDOW_S_DEFAULT,
+        replicas: int = 1,
     ) -> None:
         if sync not in ("full", "normal", "off"):
             raise UsageError(f"sync must be 'full', 'normal' or 'off', got {sync!r}", sync=sync)
         check_seconds("timeout_s", timeout_s, positive=True)
         check_seconds("dedupe_window_s", dedupe_window_s, positive=True)
+        if type(replicas) is not int or not 1 <= replicas <= REPLICAS_MAX:
+            raise UsageError(
+                f"replicas must be an int from 1 to {REPLICAS_MAX}, got {replicas!r}",
+                replicas=replicas,
+            )
+        self.replicas = replicas
         self.clock = clock
         self.dedupe_window_s = float(dedupe_window_s)
         self._init_records()
@@ -275,8 +285,9 @@ class NatsBackend(NatsKV, NatsLogGroups):
                 f"the NATS backend at {self.url} was closed during {what}; its outcome is unknown"
             )
         elif isinstance(exc, (nats.errors.Error, js_errors.Error)):
+            # str(): nats-py's repr of a server error leaves out its description.
             error = BackendError(
-                f"NATS at {self.url} failed {what} (bucket {self.bucket!r}): {exc!r}",
+                f"NATS at {self.url} failed {what} (bucket {self.bucket!r}): {exc}",
                 url=self.url,
                 bucket=self.bucket,
             )

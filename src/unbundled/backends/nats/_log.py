@@ -111,6 +111,7 @@ class NatsLogRecords:
     url: str
     clock: Callable[[], int]
     dedupe_window_s: float
+    replicas: int
     _js: Any
     _nc: Any
     _stream: str  # the KV bucket's stream, which holds the documents
@@ -156,7 +157,7 @@ class NatsLogRecords:
                         name=stream_name(self.bucket, incarnation, p),
                         subjects=[record_subject(self.bucket, incarnation, p)],
                         storage=StorageType.FILE,
-                        num_replicas=1,
+                        num_replicas=self.replicas,
                         duplicate_window=self.dedupe_window_s,
                         allow_direct=True,
                     )
