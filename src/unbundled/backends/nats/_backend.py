@@ -25,6 +25,7 @@ from ...errors import BackendError, Closed, Error, Timeout, Unavailable, UsageEr
 from ._kv import NatsKV
 from ._log import DEDUPE_WINDOW_S_DEFAULT
 from ._log_groups import NatsLogGroups
+from ._log_maintain import NatsLogMaintenance
 from ._log_meta import Documents
 
 BUCKET_DEFAULT = "unbundled"
@@ -87,7 +88,7 @@ def parse_url(url: str) -> tuple[str, str, str]:
     return urlunsplit(parts._replace(query="", fragment="")), bucket, shown
 
 
-class NatsBackend(NatsKV, NatsLogGroups):
+class NatsBackend(NatsKV, NatsLogGroups, NatsLogMaintenance):
     """The key-value store and the log in one bucket of a NATS JetStream
     server (2.9+); the log's records in streams named after the bucket
     (``_log_meta`` says how).

@@ -5,8 +5,8 @@ and in the order the stream leader stores them, so offset = stream sequence
 - 1 is dense and monotone with nothing of our own to keep in step. (One
 stream per topic would number all partitions together; dense per-partition
 offsets would need a counter kept beside it, which is what JetStream
-already does for a stream.) Retention and compaction delete messages
-(``purge`` below a sequence, ``delete`` of one message), which leaves gaps
+already does for a stream.) Retention and compaction (``_log_maintain``)
+delete messages (``purge`` below a sequence, ``delete`` of one), which leaves gaps
 below or among the offsets, as Kafka's do; a read skips them
 (``next_by_subj``).
 
@@ -67,7 +67,6 @@ from ...errors import (
 from ...log import _core
 from ...log._protocol import (
     AppendItem,
-    MaintenanceReport,
     OffsetCommit,
     PartitionInfo,
     Position,
@@ -92,7 +91,6 @@ from ._log_meta import (
 CRC_HEADER = "Ub-Crc"
 MSG_ID_HEADER = "Nats-Msg-Id"
 NO_MESSAGE_CODE = 10037
-DELETED_ALREADY_CODE = 10057  # deleting a message that is not there
 # Publishing a batch again after a lost connection; each try republishes
 # with the same ids, so the stream keeps one copy of each record.
 PUBLISH_TRIES_MAX = 3
@@ -549,56 +547,3 @@ class NatsLogRecords:
         with self._changed:
             self._changed.wait_for(lambda: self._token != token or self._closed, timeout_s)
             return self._token
-
-    # --- maintenance ----------------------------------------------------------
-
-    def maintain(self) -> MaintenanceReport:
-        """Retention and compaction by the records' timestamps and this
-        backend's clock (as on the other backends), not by JetStream's
-        ``max_age`` (the server's clock and arrival times): ``purge`` below
-        the new start, ``delete`` of each compacted record."""
-
-        async def maintain() -> MaintenanceReport:
-            catalog = await self._load_catalog()
-            now = self.clock()
-            removed: dict[str, int] = {}
-            for name, entry in catalog.topics.items():
-                count = 0
-                for p in range(entry.config.partitions):
-                    count += await self._maintain_partition(name, entry, p, now)
-                if count:
-                    removed[name] = count
-            if removed:
-                await self._announce()
-            return MaintenanceReport(removed)
-
-        result: MaintenanceReport = self._run(maintain, "maintenance")
-        return result
-
-    async def _maintain_partition(
-        self, name: str, entry: TopicEntry, partition: int, now: int
-    ) -> int:
-        config = entry.config
-        start, end, _ = await self._bounds(entry, partition)
-        records = await self._scan(name, entry, partition, start, end, None, None)
-        stream = stream_name(self.bucket, entry.incarnation, partition)
-        if config.cleanup_policy == "compact":
-            entries = [(r.offset, r.key, r.value is None, r.timestamp) for r in records]
-            victims = _core.compaction_victims(entries, config, now)
-            removed = 0
-            for offset in victims:
-                try:
-                    await self._js.delete_msg(stream, offset + 1)
-                    removed += 1
-                except js_errors.APIError as exc:
-                    # Another process's maintenance removed it first.
-                    if exc.err_code != DELETED_ALREADY_CODE:
-                        raise
-            return removed
-        sizes = [(r.offset, r.timestamp, _core.payload_size(r.key, r.value)) for r in records]
-        new_start = _core.retention_start(sizes, end, config, now, sum(s for *_, s in sizes))
-        gone = sum(1 for r in records if r.offset < new_start)
-        if gone:
-            # purge keeps sequences at and above seq: offsets are never reused.
-            await self._js.purge_stream(stream, seq=new_start + 1)
-        return gone
