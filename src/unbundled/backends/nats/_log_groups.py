@@ -123,9 +123,10 @@ class NatsLogGroups(NatsLogRecords):
     async def _producer_record(self, stamp: ProducerStamp, positions: list[Position]) -> None:
         def decide(body: bytes | None) -> tuple[bytes, None]:
             doc = _PRODUCER.decode(body) if body else ProducerDoc()
-            # Not re-checked against the epoch: the records are in, and the
-            # sequence must count as used even if a new incarnation came
-            # meanwhile (its next sequence must not be answered with these).
+            # Not re-checked against the epoch: the records are in, so the
+            # sequence is used even if a new incarnation registered meanwhile
+            # (their message ids would answer that sequence anyway, within
+            # the duplicate window; docs/explanation/log.md, N4).
             doc.last_sequence = max(doc.last_sequence, stamp.sequence)
             doc.window.append(
                 (stamp.sequence, [(p.topic, p.partition, p.offset) for p in positions])
