@@ -27,6 +27,7 @@ from unbundled import (
     CorruptionError,
     Log,
     Message,
+    NotSupported,
     RecordTooLarge,
     StaleGeneration,
     TopicPartition,
@@ -371,3 +372,17 @@ def test_replicas_are_checked_and_given_to_the_record_streams(url: str) -> None:
         # A single server refuses R3 streams: the error names the server's answer.
     with Log.open(url, replicas=3) as log, pytest.raises(BackendError, match="replica"):
         log.create_topic("r3")
+
+
+def test_a_transaction_across_the_parts_refuses_log_records(url: str) -> None:
+    """``db.transaction()`` on nats:// has no records + offsets + KV unit:
+    adding a record is refused at once, and nothing is written."""
+    import unbundled
+
+    with unbundled.open(url) as db:
+        db.log.create_topic("t")
+        tx = db.transaction()
+        with pytest.raises(NotSupported) as refused:
+            tx.append("t", b"x")
+        assert "nats://" in str(refused.value)
+        assert db.log.read("t") == []
