@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 
+import unbundled
 from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
 from unbundled import (
     AsyncLog,
@@ -377,8 +378,6 @@ def test_replicas_are_checked_and_given_to_the_record_streams(url: str) -> None:
 def test_a_transaction_across_the_parts_refuses_log_records(url: str) -> None:
     """``db.transaction()`` on nats:// has no records + offsets + KV unit:
     adding a record is refused at once, and nothing is written."""
-    import unbundled
-
     with unbundled.open(url) as db:
         db.log.create_topic("t")
         tx = db.transaction()
