@@ -21,7 +21,7 @@ from .._ground.waiters import SyncWaiter
 from .._registry import LOG
 from ..errors import PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
-from ._base import LogBase, _consumer_core, group_lag
+from ._base import LogBase, _consumer_core, group_lag, partition_bounds
 from ._consumer import ConsumerCore, OffsetReset, run_sync
 from ._producer import ProducerCore
 from ._protocol import (
@@ -268,8 +268,9 @@ class Log(LogBase):
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         """The next offset to be written, per partition."""
-        info = self.describe_topic(topic)
-        return {p.partition: p.end_offset for p in info.partitions}
+        self._check_open()
+        bounds = partition_bounds(self.backend, _core.check_topic_name(topic))
+        return {partition: end for partition, (_, end) in bounds.items()}
 
     # --- consumers ------------------------------------------------------------
 
