@@ -35,8 +35,9 @@ messages and progress go to stderr.
 or `memory://`, and so does `postgresql://` (the log, the event store,
 idempotency keys and the key-value store; `cdc` and `streams` too). The
 other server URLs serve some commands only: `redis://` idempotency keys;
-`nats://` the key-value store. Any other pairing fails at once with status 8, naming the
-command and the URLs it takes. Commands that only read (`topics list` and
+`nats://` the log (`topics`, `produce`, `consume`, `groups`...), idempotency
+keys and the key-value store. Any other pairing fails at once with status 8,
+naming the command and the URLs it takes. Commands that only read (`topics list` and
 `describe`, `groups list` and `describe`, `consume` without `--group`,
 `events read`, `streams` and `subscribe`, `projections status`,
 `idempotency show` and `list`, `kv get`) open a SQLite file read-only

@@ -32,7 +32,9 @@ def _target(backend: str, url: str) -> LogTarget:
             return Log.open(url, sync="normal", clock=clock)
         return Log.open(url, clock=clock)
 
-    return LogTarget(backend, open_log, durable=backend != "memory")
+    # Records and offset commits share a transaction where the parts do.
+    together = matrix.serves(backend, matrix.TRANSACTIONS)
+    return LogTarget(backend, open_log, durable=backend != "memory", records_with_offsets=together)
 
 
 @contextlib.contextmanager
@@ -50,7 +52,10 @@ CASES = [
         marks=param.marks,
     )
     for param in BACKENDS
-    for check in all_checks(durable=param.values[0] != "memory")
+    for check in all_checks(
+        durable=param.values[0] != "memory",
+        records_with_offsets=matrix.serves(param.values[0], matrix.TRANSACTIONS),
+    )
 ]
 
 
@@ -65,6 +70,18 @@ def test_memory_skips_only_durable_checks() -> None:
     volatile = all_checks(durable=False)
     assert set(volatile) < set(every)
     assert all(getattr(c, "durable_only", False) for c in set(every) - set(volatile))
+
+
+def test_weaker_backends_swap_only_the_transaction_checks() -> None:
+    """Without records and offsets in one transaction (NATS), exactly the
+    checks that need it are replaced, each by a check of what is promised
+    instead; nothing else is skipped."""
+    together = set(all_checks())
+    apart = set(all_checks(records_with_offsets=False))
+    assert together & apart
+    assert all(getattr(c, "records_with_offsets", None) is True for c in together - apart)
+    assert all(getattr(c, "records_with_offsets", None) is False for c in apart - together)
+    assert len(together - apart) == 4 and len(apart - together) == 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

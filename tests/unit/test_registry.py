@@ -86,8 +86,8 @@ def test_every_part_opens_through_one_open_and_the_old_names_still_work() -> Non
     assert isinstance(_registry.open("memory://", serving=backends.LOG), MemoryBackend)
     assert isinstance(backends.open_backend("memory://"), MemoryBackend)
     assert isinstance(backends.open_kv_backend("memory://"), MemoryBackend)
-    with pytest.raises(NotSupported, match="nats:// serves only the key-value store"):
-        backends.open_backend("nats://127.0.0.1:4222")
+    with pytest.raises(NotSupported, match="nats:// serves the log and the key-value store"):
+        _registry.open("nats://127.0.0.1:4222", serving=backends.EVENTS)
     with pytest.raises(UsageError, match="unknown backend URL scheme 'toy'"):
         _registry.open("toy://x")
     with pytest.raises(UsageError, match="a backend URL or path is required"):

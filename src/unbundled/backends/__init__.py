@@ -16,9 +16,9 @@ goes through; :func:`open_backend` and :func:`open_kv_backend` are its aliases.
   :class:`~unbundled.backends.redis.RedisBackend`, idempotency keys only
   (needs ``pip install 'unbundled[redis]'``); the log and the event store refuse it.
 * ``nats://host:port?bucket=name`` — :class:`~unbundled.backends.nats.NatsBackend`,
-  the key-value store and idempotency keys (needs ``pip install
-  'unbundled[nats]'``); the parts it does not serve refuse it with
-  ``NotSupported``, never a silent fallback.
+  the log, idempotency keys and the key-value store (needs ``pip install
+  'unbundled[nats]'``); the event store refuses it with ``NotSupported``
+  (it does not run on NATS yet), never a silent fallback.
 
 :data:`SERVES` says the same as a table, which the CLI's ``--db`` help and
 its errors are made from.
@@ -97,8 +97,7 @@ def open_backend(
 def open_kv_backend(
     url: str | os.PathLike[str], *, sync: SyncLevel = "full", **options: Any
 ) -> Any:
-    """Open the backend a URL names, for any part (``nats://`` too, which
-    serves the key-value store only). An alias of :func:`unbundled._registry.open`."""
+    """Open the backend a URL names, for any part. An alias of :func:`unbundled._registry.open`."""
     return _registry.open(url, sync=sync, **options)
 
 
@@ -148,14 +147,14 @@ def _open_nats(url: str, *, sync: SyncLevel, clock: Callable[[], int], **options
     return nats(url, sync=sync, clock=clock, **options)
 
 
-_NATS_SERVES = (IDEMPOTENCY, KV)
+_NATS_SERVES = (LOG, IDEMPOTENCY, KV)
 
 
 def _refuse_nats(url: str) -> NotSupported:
     """Said before connecting: what a NATS URL does not serve."""
     return NotSupported(
         f"{url!r}: nats:// serves {listed(_NATS_SERVES, 'and')} "
-        f"(KV.open, Idempotency.open), "
+        f"(Log.open, Idempotency.open, KV.open), "
         f"not {listed(tuple(w for w in _EVERYTHING if w not in _NATS_SERVES), 'or')}",
         url=url,
     )

@@ -11,8 +11,10 @@ What a URL names, and what goes:
 * ``redis://...?prefix=p``: the idempotency records under the prefix. Only
   if every key under it is one of our records (a hash with the record's
   fields); never ``FLUSHDB``.
-* ``nats://...?bucket=b``: the key-value bucket (its stream ``KV_b``), if it
-  is a KV bucket whose messages carry unbundled's version header.
+* ``nats://...?bucket=b``: the log's record streams (``UBLOG_b_...``) and
+  the key-value bucket (its stream ``KV_b``, which also holds the log's
+  catalog, producers and groups), if it is a KV bucket whose first and
+  last messages carry unbundled's version header.
 * a SQLite path: the file with its ``-wal``, ``-shm`` and ``-journal``
   files, if the file is unbundled's (its application id) and holds only
   unbundled's tables.

@@ -27,7 +27,7 @@ from rich.progress import (
 from .. import limits
 from ..errors import Error, PartitionNotFound, RecordTooLarge, UsageError
 from ..log import Log, Message, Producer, TopicConfig
-from ..log._core import check_record, record_size
+from ..log._core import check_record, check_topic_name, record_size
 from ._bounds import PARTITION
 from ._common import App, err_console, pass_app, stdin_is_terminal, stdout_bytes
 from ._lines import LineSplitter
@@ -394,7 +394,9 @@ def produce(
     headers = tuple(_parse_header(text) for text in header_texts)
     log = app.open()
     # Fail on an unknown topic or partition before reading any input.
-    config = log.describe_topic(topic).config
+    # The backend's topic_config: describe_topic may read the whole topic
+    # (NATS counts its bytes that way).
+    config = log.backend.topic_config(check_topic_name(topic))
     partitions = config.partitions
     if partition is not None and partition >= partitions:
         raise PartitionNotFound(

@@ -146,15 +146,24 @@ def group_lag(backend: LogBackend, group: str) -> dict[TopicPartition, tuple[int
     out: dict[TopicPartition, tuple[int | None, int, int]] = {}
     for topic in sorted(topics):
         try:
-            described = backend.describe_topic(topic)
-        except TopicNotFound:
+            bounds = partition_bounds(backend, topic)
+        except (TopicNotFound, PartitionNotFound):  # deleted (or re-created) meanwhile
             continue
-        for p in described.partitions:
-            tp = TopicPartition(topic, p.partition)
+        for partition, (start, end) in bounds.items():
+            tp = TopicPartition(topic, partition)
             committed = info.committed.get(tp)
-            base = committed if committed is not None else p.start_offset
-            out[tp] = (committed, p.end_offset, max(0, p.end_offset - base))
+            base = committed if committed is not None else start
+            out[tp] = (committed, end, max(0, end - base))
     return out
+
+
+def partition_bounds(backend: LogBackend, topic: str) -> dict[int, tuple[int, int]]:
+    """``(start_offset, end_offset)`` per partition of ``topic`` (blocking).
+    Not ``describe_topic``: a backend may have to read a partition to count
+    its bytes (NATS), while bounds are what every backend knows cheaply."""
+    partitions = backend.topic_config(topic).partitions
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    return {tp.partition: bounds for tp, bounds in backend.offset_bounds(tps).items()}
 
 
 def _consumer_core(

@@ -23,7 +23,7 @@ from .._ground.waiters import AsyncWaiter
 from .._registry import LOG
 from ..errors import Error, PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
-from ._base import LogBase, _consumer_core, group_lag
+from ._base import LogBase, _consumer_core, group_lag, partition_bounds
 from ._consumer import ConsumerCore, OffsetReset, Steps
 from ._producer import ProducerCore
 from ._protocol import (
@@ -257,8 +257,9 @@ class AsyncLog(LogBase):
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         """The next offset to be written, per partition."""
-        info = await self.describe_topic(topic)
-        return {p.partition: p.end_offset for p in info.partitions}
+        name = _core.check_topic_name(topic)
+        bounds = await self._run(partition_bounds, self.backend, name)
+        return {partition: end for partition, (_, end) in bounds.items()}
 
     async def lag(self, group: str) -> dict[TopicPartition, tuple[int | None, int, int]]:
         """Per partition of the group's topics: ``(committed, end, lag)``."""

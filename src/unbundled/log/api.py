@@ -21,7 +21,7 @@ from .._ground.waiters import SyncWaiter
 from .._registry import LOG
 from ..errors import PartitionNotFound, TopicExists, TopicNotFound, UsageError
 from . import _core
-from ._base import LogBase, _consumer_core, group_lag
+from ._base import LogBase, _consumer_core, group_lag, partition_bounds
 from ._consumer import ConsumerCore, OffsetReset, run_sync
 from ._producer import ProducerCore
 from ._protocol import (
@@ -61,8 +61,9 @@ class Log(LogBase):
     ) -> Log:
         """Open the log at ``url``: a SQLite file (a path or ``sqlite:///path.db``;
         ``?mode=ro`` opens it read-only), ``memory://`` or
-        ``postgresql://user@host/db?schema=name``. ``redis://`` and
-        ``nats://`` do not serve the log: ``NotSupported``."""
+        ``postgresql://user@host/db?schema=name`` or ``nats://host:port?bucket=name``
+        (NATS JetStream: see docs/explanation/log.md, "On NATS JetStream", for
+        what differs). ``redis://`` does not serve the log: ``NotSupported``."""
         return cls(_registry.open(url, serving=LOG, sync=sync, **options))
 
     def __enter__(self) -> Log:
@@ -267,8 +268,9 @@ class Log(LogBase):
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         """The next offset to be written, per partition."""
-        info = self.describe_topic(topic)
-        return {p.partition: p.end_offset for p in info.partitions}
+        self._check_open()
+        bounds = partition_bounds(self.backend, _core.check_topic_name(topic))
+        return {partition: end for partition, (_, end) in bounds.items()}
 
     # --- consumers ------------------------------------------------------------
 

@@ -27,16 +27,38 @@ class LogTarget:
     target, opening again (after closing) reaches the same store and sees
     everything committed; checks that need that run only on durable targets.
     Every check gets a fresh, empty store.
+
+    ``records_with_offsets`` says whether one transaction may append records
+    and commit a consumer's offsets together (SQLite, PostgreSQL, memory).
+    Where it cannot (NATS), the checks that need it are replaced by checks
+    of the documented weaker behaviour: such a transaction is refused with
+    ``NotSupported``, a fenced commit alone is refused, and outputs written
+    through an idempotent producer land once when the work is redone
+    (effectively-once).
     """
 
     name: str
     open: Callable[[Clock], Log]
     durable: bool
+    records_with_offsets: bool = True
 
 
 def durable_only(check: Check) -> Check:
     """Mark a check that needs a store that survives closing the log."""
     check.durable_only = True  # type: ignore[attr-defined]
+    return check
+
+
+def records_with_offsets(check: Check) -> Check:
+    """Mark a check that needs records and offset commits in one transaction."""
+    check.records_with_offsets = True  # type: ignore[attr-defined]
+    return check
+
+
+def without_records_with_offsets(check: Check) -> Check:
+    """Mark a check of the weaker behaviour, run only where records and
+    offset commits cannot share a transaction."""
+    check.records_with_offsets = False  # type: ignore[attr-defined]
     return check
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from .. import limits
 from ..errors import (
     Closed,
+    NotSupported,
     OffsetOutOfRange,
     OutOfOrderSequence,
     PartitionNotFound,
@@ -49,6 +50,7 @@ from ._log_kit import (
     run_threads,
 )
 from .clock import SimClock
+from .contract_effectively_once import CHECKS as EFFECTIVELY_ONCE_CHECKS
 from .contract_groups import CHECKS as GROUP_CHECKS
 
 __all__ = [
@@ -63,11 +65,18 @@ __all__ = [
 ]
 
 
-def all_checks(*, durable: bool = True) -> list[Check]:
+def all_checks(*, durable: bool = True, records_with_offsets: bool = True) -> list[Check]:
     """Every contract check; without ``durable``, only those a non-durable
-    store (like memory) can pass."""
-    checks = [*CHECKS, *GROUP_CHECKS]
-    return [c for c in checks if durable or not getattr(c, "durable_only", False)]
+    store (like memory) can pass; ``records_with_offsets`` chooses between
+    the checks of one transaction holding records and offset commits and
+    those of the weaker behaviour (see :class:`LogTarget`)."""
+    checks = [*CHECKS, *GROUP_CHECKS, *EFFECTIVELY_ONCE_CHECKS]
+    return [
+        c
+        for c in checks
+        if (durable or not getattr(c, "durable_only", False))
+        and getattr(c, "records_with_offsets", records_with_offsets) == records_with_offsets
+    ]
 
 
 # --- topics -------------------------------------------------------------------
@@ -169,6 +178,7 @@ def check_concurrent_mixed_writes(target: LogTarget) -> None:
         written: list[tuple[Position, bytes]] = []
         failed: list[bytes] = []
         lock = threading.Lock()
+        refused = StaleGeneration if target.records_with_offsets else NotSupported
 
         def worker(n: int) -> None:
             producer = log.producer(f"p{n}")
@@ -186,7 +196,7 @@ def check_concurrent_mixed_writes(target: LogTarget) -> None:
                             if n % 2:
                                 tx.commit_offsets(group="busy", offsets={TopicPartition("t", 0): 1})
                         positions = tx.positions
-                except StaleGeneration:
+                except refused:  # fenced; or, without records_with_offsets, refused
                     with lock:
                         failed.append(value)
                     continue

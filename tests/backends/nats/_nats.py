@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import nats
 
 from tests.conftest import require_server
+from unbundled.backends.nats._log_meta import stream_pattern
 
 
 def server() -> str:
@@ -41,9 +43,16 @@ def admin(work: Callable[[Any], Awaitable[Any]]) -> Any:
 
 
 def delete_bucket(bucket: str) -> None:
+    """Delete the bucket and the log's record streams named after it."""
+    pattern = re.compile(stream_pattern(bucket))
+
     async def delete(js: Any) -> None:
         # NotFound: never created (the test failed before opening it).
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_key_value(bucket)
+        for name in await js.streams_info():
+            if pattern.fullmatch(name.config.name):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_stream(name.config.name)
 
     admin(delete)

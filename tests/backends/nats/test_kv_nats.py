@@ -23,7 +23,7 @@ from nats.js.api import KeyValueConfig
 
 from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
 from tests.consistency.kv._workload import KEYS, run_threads
-from unbundled import EventStore, Log, limits
+from unbundled import EventStore, limits
 from unbundled.backends.nats import decode_key, encode_key
 from unbundled.consistency import KV, Versioned
 from unbundled.consistency.checker import check
@@ -271,12 +271,12 @@ def test_bad_urls_are_usage_errors_without_the_password() -> None:
         KV.open("nats://127.0.0.1:4222", timeout_s=0)
 
 
-def test_what_nats_does_not_serve_is_refused_before_connecting() -> None:
-    """Whatever opens it, the message says what nats:// serves (not "the log"
-    to the event store)."""
-    for opener in (Log.open, EventStore.open):
-        with pytest.raises(NotSupported, match="nats:// serves idempotency keys and the key-"):
-            opener("nats://127.0.0.1:1")  # no server there: refused before connecting
+def test_the_event_store_does_not_run_on_nats() -> None:
+    """Whatever opens it, the message says what nats:// serves, before
+    connecting (the log, idempotency keys and the key-value store run on it)."""
+    with pytest.raises(NotSupported, match="nats:// serves the log, idempotency keys and the"):
+        EventStore.open("nats://127.0.0.1:1")  # no server there: refused before connecting
+    assert not nats_threads()
 
 
 # --- failures ---------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The NATS backend (nats-py): the linearizable key-value store on a JetStream KV bucket.
+"""The NATS backend (nats-py): the linearizable key-value store on a JetStream
+KV bucket, and the log on JetStream streams (``_log``, ``_log_groups``,
+``_log_meta``; its guarantees are in docs/explanation/log.md, "On NATS
+JetStream").
 
 * ``nats://[user:password@]host:port?bucket=name`` (default bucket
   ``unbundled``): the bucket is created if missing (history 1, file storage,
@@ -23,8 +26,15 @@
   it is on a majority). ``sync`` is accepted for the same signature as the
   other backends and changes nothing.
 
-The log, the event store and idempotency keys are not served on NATS yet:
-``open_backend`` refuses ``nats://``; only ``KV.open`` opens this backend.
+* The log: a stream per partition, named after the bucket; the catalog,
+  producers and groups are documents in the bucket. Batches are published in
+  order with message ids (no atomic batch before NATS 2.12); records and
+  offset commits never share a transaction (``NotSupported``). ``clock``
+  decides leases and retention; ``dedupe_window_s`` is the duplicate window
+  of the streams it creates.
+
+The event store and idempotency keys are not served on NATS yet: their
+``open`` refuses ``nats://`` with ``NotSupported``.
 """
 
 from __future__ import annotations

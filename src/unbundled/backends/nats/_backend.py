@@ -24,6 +24,10 @@ from ..._ground import SyncLevel, now_ms
 from ...errors import BackendError, Closed, Error, Timeout, Unavailable, UsageError
 from ._idempotency import NatsIdempotency
 from ._kv import NatsKV
+from ._log import DEDUPE_WINDOW_S_DEFAULT
+from ._log_groups import NatsLogGroups
+from ._log_maintain import NatsLogMaintenance
+from ._log_meta import Documents
 
 BUCKET_DEFAULT = "unbundled"
 # Bucket names are stream-name safe ([A-Za-z0-9_-]); the bound keeps the
@@ -31,6 +35,7 @@ BUCKET_DEFAULT = "unbundled"
 # 4096-byte protocol line.
 BUCKET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TIMEOUT_S_DEFAULT = 5.0
+REPLICAS_MAX = 5  # JetStream's own limit
 STREAM_IN_USE_CODE = 10058  # JSStreamNameExistErr: created by someone else meanwhile
 _UNREACHABLE = (
     OSError,  # ConnectionRefusedError, socket errors
@@ -66,12 +71,12 @@ def parse_url(url: str) -> tuple[str, str, str]:
     if parts.scheme != "nats" or not parts.hostname:
         raise UsageError(f"bad NATS URL {shown!r}: write nats://host:port?bucket=name", url=shown)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    unknown = sorted({name for name, _ in query} - {"bucket"})
+    unknown = sorted({name for name, _ in query} - {"bucket", "replicas"})
     buckets = [value for name, value in query if name == "bucket"]
-    if unknown or len(buckets) > 1:
+    if unknown or len(buckets) > 1 or len([n for n, _ in query if n == "replicas"]) > 1:
         raise UsageError(
-            f"bad NATS URL {shown!r}: the only query parameter is one bucket=name"
-            + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
+            f"bad NATS URL {shown!r}: the query parameters are one bucket=name and "
+            "one replicas=N" + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
             url=shown,
         )
     bucket = buckets[0] if buckets else BUCKET_DEFAULT
@@ -84,31 +89,70 @@ def parse_url(url: str) -> tuple[str, str, str]:
     return urlunsplit(parts._replace(query="", fragment="")), bucket, shown
 
 
-class NatsBackend(NatsKV, NatsIdempotency):
-    """The key-value store and idempotency keys in one bucket of a NATS
-    JetStream server (2.9+).
+def url_replicas(url: str) -> int | None:
+    """The ``replicas=N`` of a NATS URL (1 to ``REPLICAS_MAX``), or None."""
+    given = [
+        v for n, v in parse_qsl(urlsplit(url).query, keep_blank_values=True) if n == "replicas"
+    ]
+    if not given:
+        return None
+    if not (given[0].isascii() and given[0].isdigit() and 1 <= int(given[0]) <= REPLICAS_MAX):
+        raise UsageError(
+            f"bad replicas={given[0]!r} in a NATS URL: a number from 1 to {REPLICAS_MAX}",
+            replicas=given[0],
+        )
+    return int(given[0])
+
+
+class NatsBackend(NatsKV, NatsIdempotency, NatsLogGroups, NatsLogMaintenance):
+    """The key-value store, idempotency keys and the log in one bucket of a
+    NATS JetStream server (2.9+); the log's records in streams named after
+    the bucket (``_log_meta`` says how).
 
     ``timeout_s`` bounds connecting and every request; raises ``Unavailable``
     if the server cannot be reached, ``UsageError`` for a bad URL or bucket.
-    ``clock`` (ms since the epoch) times idempotency leases and expiry.
+    ``clock`` decides group leases, retention and idempotency leases and
+    expiry (as on the other backends). ``dedupe_window_s`` is the duplicate
+    window of the record streams this backend creates (NATS's default, two
+    minutes). ``replicas`` (or ``replicas=N`` in the URL) is the replication
+    factor of the bucket and the record streams it creates (R1 by default;
+    R3 on a cluster survives losing a node); an existing bucket is used as it is.
     """
 
-    serves = "the key-value store and idempotency keys"
+    serves = "the key-value store, idempotency keys and the log"
 
     def __init__(
         self,
         url: str = "nats://127.0.0.1:4222",
         *,
         sync: SyncLevel = "full",
-        clock: Callable[[], int] = now_ms,
         timeout_s: float = TIMEOUT_S_DEFAULT,
+        clock: Callable[[], int] = now_ms,
+        dedupe_window_s: float = DEDUPE_WINDOW_S_DEFAULT,
+        replicas: int | None = None,
     ) -> None:
         if sync not in ("full", "normal", "off"):
             raise UsageError(f"sync must be 'full', 'normal' or 'off', got {sync!r}", sync=sync)
         check_seconds("timeout_s", timeout_s, positive=True)
+        check_seconds("dedupe_window_s", dedupe_window_s, positive=True)
+        in_url = url_replicas(url)
+        if replicas is not None and in_url is not None and replicas != in_url:
+            raise UsageError(
+                f"replicas={replicas!r} contradicts replicas={in_url} in the URL",
+                replicas=replicas,
+            )
+        replicas = replicas if replicas is not None else (in_url or 1)
+        if type(replicas) is not int or not 1 <= replicas <= REPLICAS_MAX:
+            raise UsageError(
+                f"replicas must be an int from 1 to {REPLICAS_MAX}, got {replicas!r}",
+                replicas=replicas,
+            )
+        self.replicas = replicas
+        self.clock = clock
+        self.dedupe_window_s = float(dedupe_window_s)
+        self._init_records()
         server, self.bucket, self.url = parse_url(url)
         self.sync = sync
-        self.clock = clock
         self.timeout_s = float(timeout_s)
         self._stream = f"KV_{self.bucket}"
         self._closed = False
@@ -125,9 +169,17 @@ class NatsBackend(NatsKV, NatsIdempotency):
             self._run(lambda: self._connect(server), "connecting")
             self._js = self._nc.jetstream(timeout=self.timeout_s)
             self._run(self._ensure_bucket, f"opening bucket {self.bucket!r}")
+            self._docs = Documents(self._js, self._stream, self.url)
+            self._run(self._subscribe_changes, "subscribing to changes")
         except BaseException:
             self.close()
             raise
+
+    @property
+    def server_version(self) -> tuple[int, ...]:
+        """The version of the NATS server this connection reached, e.g. ``(2, 9, 10)``."""
+        text = str(self._nc._server_info.get("version", "0"))
+        return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
     def __repr__(self) -> str:
         return f"NatsBackend({self.url!r}, bucket={self.bucket!r})"
@@ -183,7 +235,9 @@ class NatsBackend(NatsKV, NatsIdempotency):
         try:
             info = await self._js.stream_info(self._stream)
         except js_errors.NotFoundError:
-            config = KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE)
+            config = KeyValueConfig(
+                bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=self.replicas
+            )
             try:
                 await self._js.create_key_value(config)
             except js_errors.APIError as exc:
@@ -230,28 +284,44 @@ class NatsBackend(NatsKV, NatsIdempotency):
             return future.result(timeout=self.timeout_s * 3 + 5)
         except Error:
             raise
-        except (concurrent.futures.TimeoutError, *_UNREACHABLE) as exc:
+        except concurrent.futures.TimeoutError as exc:
             future.cancel()
+            raise self._error(exc, what) from exc
+        except BaseException as exc:
+            raise self._error(exc, what) from exc
+
+    def _error(self, exc: BaseException, what: str) -> Error:
+        """Our error for what ``what`` raised (chain it: ``raise ... from exc``).
+        A request nats-py gave up on had an unknown outcome: ``Unavailable``
+        or ``Timeout`` say so."""
+        if isinstance(exc, Error):
+            return exc
+        if isinstance(exc, (concurrent.futures.TimeoutError, *_UNREACHABLE)):
             last = f"; last connection error: {self._last_error!r}" if self._last_error else ""
             # No answer in time: Timeout (as the Redis backend says it); a
             # connection that failed: Unavailable. Either way the outcome is unknown.
             timed_out = isinstance(exc, (concurrent.futures.TimeoutError, asyncio.TimeoutError))
-            raise (Timeout if timed_out else Unavailable)(
+            error: Error = (Timeout if timed_out else Unavailable)(
                 f"NATS at {self.url} did not complete {what} (bucket {self.bucket!r}): "
                 f"{exc!r}; its outcome is unknown{last}",
                 url=self.url,
                 bucket=self.bucket,
-            ) from exc
-        except concurrent.futures.CancelledError as exc:
-            raise Closed(
+            )
+        elif isinstance(exc, (concurrent.futures.CancelledError, RuntimeError)):
+            error = Closed(
                 f"the NATS backend at {self.url} was closed during {what}; its outcome is unknown"
-            ) from exc
-        except nats.errors.Error as exc:
-            raise BackendError(
-                f"NATS at {self.url} failed {what} (bucket {self.bucket!r}): {exc!r}",
+            )
+        elif isinstance(exc, (nats.errors.Error, js_errors.Error)):
+            # str(): nats-py's repr of a server error leaves out its description.
+            error = BackendError(
+                f"NATS at {self.url} failed {what} (bucket {self.bucket!r}): {exc}",
                 url=self.url,
                 bucket=self.bucket,
-            ) from exc
+            )
+        else:
+            raise exc
+        error.__cause__ = exc
+        return error
 
     async def _disconnect(self) -> None:
         """Drain if the server still answers (a ping first: nats-py's drain
