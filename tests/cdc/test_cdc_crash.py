@@ -29,6 +29,8 @@ from unbundled.cdc.views import FtsView, follow
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 32
+BULK_ROWS = 2_000
+BULK_MAX = 50
 
 
 def worker(case: PgCase, path: Path, die_at: int) -> subprocess.Popen[bytes]:
@@ -65,7 +67,8 @@ def write(case: PgCase, stop: threading.Event, seed: int) -> None:
     rng = random.Random(seed)
     table = case.table("acc")
     with psycopg.connect(PG_URL, autocommit=True) as conn:
-        n = 0
+        n = bulk = 0
+        next_bulk = 0.0
         while not stop.is_set():
             n += 1
             with conn.transaction():
@@ -82,11 +85,16 @@ def write(case: PgCase, stop: threading.Event, seed: int) -> None:
                         conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (key,))
                     else:
                         conn.execute(f"DELETE FROM {table} WHERE id = %s", (key,))
-            if n % 40 == 0:  # now and then a large transaction: 3,000 rows, one commit
-                base = 10_000 + (n // 40) * 3000
+            # Now and then a large transaction: 2,000 rows, one commit; at most one a
+            # second and 50 in all, so the data (and the check's replay of it) stays
+            # bounded however long a loaded machine takes over the kills.
+            if n % 40 == 0 and bulk < BULK_MAX and time.monotonic() >= next_bulk:
+                bulk += 1
+                next_bulk = time.monotonic() + 1.0
+                base = 10_000 + bulk * BULK_ROWS
                 conn.execute(
                     f"INSERT INTO {table} SELECT g, 0 FROM generate_series(%s::int, %s::int) g",
-                    (base, base + 2999),
+                    (base, base + BULK_ROWS - 1),
                 )
             time.sleep(0.002)
 
