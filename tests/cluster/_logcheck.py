@@ -23,10 +23,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pytest
-
 from unbundled import Log
-from unbundled.errors import BackendError, NotSupported
+from unbundled.errors import BackendError
 
 TOPIC = "nodeloss"
 PARTITIONS = 3
@@ -37,19 +35,9 @@ CALL_S_MAX = 60.0
 
 
 def log_or_skip(url: str) -> Log:
-    """``Log.open(url)``, or skip while that backend does not serve the log.
-
-    Un-skipping: nothing to do here once ``Log.open`` accepts the scheme;
-    the skip turns into a run by itself. (Under CI=true too: a backend that
-    is not built yet is not a missing server.)"""
-    try:
-        return Log.open(url)
-    except NotSupported as exc:
-        scheme = url.partition("://")[0]
-        pytest.skip(
-            f"waiting for the log on {scheme}:// (issue 14): Log.open raises NotSupported "
-            f"({exc}); this test runs once it does not"
-        )
+    """``Log.open(url)``. It skipped while the log did not run on PostgreSQL
+    and NATS; both serve it now (issue 14), so a refusal fails the test."""
+    return Log.open(url)
 
 
 @dataclass

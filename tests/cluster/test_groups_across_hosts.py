@@ -9,10 +9,9 @@ after its lease); another is cut off from the database longer than its
 lease and let back: a commit it makes for partitions it lost meanwhile is
 rejected (``StaleGeneration``: fenced, not applied), so it duplicates nothing.
 
-Waits for the log on PostgreSQL (issue 14): skipped while ``Log.open``
-refuses ``postgresql://`` (``_logcheck.log_or_skip``). For NATS the same
-test applies with at-least-once plus dedupe by id (JetStream cannot commit
-records and offsets together): compare distinct values there, not counts.
+For NATS the same test would apply with at-least-once plus dedupe by id
+(JetStream cannot commit records and offsets together): compare distinct
+values there, not counts. It is not written yet.
 """
 
 from __future__ import annotations

@@ -16,12 +16,9 @@ position its append returned; producers and the consumer went on after the
 new leaders were elected; the consumer saw every acknowledged record (at
 least once: a failover may redeliver what was read but not committed).
 
-These tests wait for the NATS log (issue 14): while ``Log.open("nats://…")``
-raises ``NotSupported`` they skip (``_logcheck.log_or_skip``). The streams
-must be R3: :func:`log_url` asks for three replicas with the query
-parameter the NATS log takes for it (``replicas=3`` here; change it there
-if the log names it otherwise), and :func:`assert_replicated` fails a test
-whose streams are not.
+The streams must be R3: :func:`log_url` asks for three replicas with the
+URL's ``replicas=3`` (the bucket and every record stream), and
+:func:`assert_replicated` fails a test whose streams are not.
 """
 
 from __future__ import annotations
