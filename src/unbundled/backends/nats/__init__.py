@@ -1,11 +1,11 @@
-"""The NATS backend (nats-py): the linearizable key-value store on a JetStream
-KV bucket, and the log on JetStream streams (``_log``, ``_log_groups``,
-``_log_meta``; its guarantees are in docs/explanation/log.md, "On NATS
-JetStream").
+"""The NATS backend (nats-py): the linearizable key-value store and
+idempotency keys (``_idempotency``) on a JetStream KV bucket, and the log on
+JetStream streams (``_log``, ``_log_groups``, ``_log_meta``; its guarantees
+are in docs/explanation/log.md, "On NATS JetStream").
 
-* ``nats://[user:password@]host:port?bucket=name`` (default bucket
-  ``unbundled``): the bucket is created if missing (history 1, file storage,
-  one replica; create it yourself first for more replicas). A bucket with a
+* ``nats://[user:password@]host:port?bucket=name&replicas=N`` (default bucket
+  ``unbundled``, one replica): the bucket is created if missing (history 1,
+  file storage, ``replicas`` replicas, as are the log's streams). A bucket with a
   TTL is refused: expiring messages would take tombstones, and with them
   versions, away.
 * nats-py is asyncio-only: each backend runs one event loop in a daemon
@@ -33,8 +33,8 @@ JetStream").
   decides leases and retention; ``dedupe_window_s`` is the duplicate window
   of the streams it creates.
 
-The event store and idempotency keys are not served on NATS yet: their
-``open`` refuses ``nats://`` with ``NotSupported``.
+The event store is not served on NATS yet: ``EventStore.open`` refuses
+``nats://`` with ``NotSupported``.
 """
 
 from __future__ import annotations
