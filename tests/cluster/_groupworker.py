@@ -4,13 +4,16 @@ topic ``out`` and commits its offsets in one transaction (exactly-once where
 the backend commits both together). Reports JSON lines: ``{"assigned": k}``
 when its partitions change, ``{"done": n}``
 records processed, ``{"fenced": "StaleGeneration"}`` when a commit is
-rejected (it then rejoins with a new consumer), ``{"error": "Unavailable"}``.
+rejected (it then rejoins with a new consumer), ``{"error": "Unavailable"}``
+when the database cannot be reached (it then rejoins too, from the committed
+offsets: the failed poll's records may not have been committed).
 
 ``python -m tests.cluster._groupworker URL LEASE_MS``
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -54,6 +57,13 @@ def main() -> None:
             consumer = None  # rejoin: the records come again, to whoever owns them now
         except BackendError as exc:
             report(error=type(exc).__name__, retryable=exc.retryable)
+            # The poll moved the consumer past the records it gave; the
+            # transaction that failed may not have committed them. Start again
+            # from the committed offsets (a new member; the old one's lease runs out).
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    consumer.close(leave=False)
+            consumer = None
             time.sleep(0.2)
 
 
