@@ -348,6 +348,10 @@ class ConsumerCore:
             self.next_heartbeat = 0.0  # a topic was deleted: rebalance at once
             return []
         out: list[Record] = []
+        # Positions move only when the records read are handed out: a read of
+        # a later partition that fails (a timeout mid-poll) must not skip the
+        # records already read from the earlier ones.
+        moved: dict[TopicPartition, int] = {}
         count = len(tps)
         self.turn = (self.turn + 1) % count
         for i in range(count):
@@ -369,10 +373,11 @@ class ConsumerCore:
                 )
                 continue
             # An empty read below the end means compaction removed the rest.
-            self.positions[tp] = records[-1].offset + 1 if records else end
+            moved[tp] = records[-1].offset + 1 if records else end
             out.extend(records)
             if len(out) >= records_max:
                 break
+        self.positions.update(moved)
         return out
 
 
