@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import InstanceFenced, StaleGeneration, UsageError
-from ._protocol import MemberView, OffsetCommit, TopicPartition
+from ._protocol import GroupInfo, GroupMemberInfo, MemberView, OffsetCommit, TopicPartition
 
 
 @dataclass
@@ -286,6 +286,21 @@ def view(state: GroupState, member_id: str) -> MemberView:
     return MemberView(
         state.name, member_id, state.generation, state.version, assigned, ready, member.lease_ms
     )
+
+
+def describe(state: GroupState, committed: dict[TopicPartition, int]) -> GroupInfo:
+    """The group as ``describe_group`` shows it: members by id, each with its partitions."""
+    members = tuple(
+        GroupMemberInfo(
+            m.member_id,
+            m.topics,
+            m.lease_until_ms,
+            tuple(sorted(tp for tp, a in state.assignments.items() if a.owner == m.member_id)),
+            m.instance_id,
+        )
+        for m in sorted(state.members.values(), key=lambda m: m.member_id)
+    )
+    return GroupInfo(state.name, state.generation, members, committed)
 
 
 def check_commit(state: GroupState, commit: OffsetCommit) -> None:

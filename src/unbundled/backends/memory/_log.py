@@ -27,7 +27,6 @@ from ...errors import (
 from ...log import _core, _groups
 from ...log._protocol import (
     GroupInfo,
-    GroupMemberInfo,
     MaintenanceReport,
     MemberView,
     PartitionInfo,
@@ -347,19 +346,7 @@ class MemoryLog:
             if state is None and not offsets:
                 raise NotFound(f"group {group!r} does not exist", group=group)
             state = state or _groups.GroupState(group)
-            members = tuple(
-                GroupMemberInfo(
-                    m.member_id,
-                    m.topics,
-                    m.lease_until_ms,
-                    tuple(
-                        sorted(tp for tp, a in state.assignments.items() if a.owner == m.member_id)
-                    ),
-                    m.instance_id,
-                )
-                for m in sorted(state.members.values(), key=lambda m: m.member_id)
-            )
-            return GroupInfo(group, state.generation, members, dict(sorted(offsets.items())))
+            return _groups.describe(state, dict(sorted(offsets.items())))
 
     # --- maintenance ----------------------------------------------------------
 

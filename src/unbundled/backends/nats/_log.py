@@ -43,7 +43,7 @@ import concurrent.futures
 import contextlib
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -119,6 +119,10 @@ class NatsLogRecords:
     _error: Callable[[BaseException, str], Error]
     _closed: bool
     _payload_bytes_max: Callable[[], int]
+    # Producers and offset commits: _log_groups.NatsLogGroups, which extends this class.
+    _commit_offsets: Callable[[tuple[OffsetCommit, ...]], Awaitable[None]]
+    _producer_check: Callable[[ProducerStamp], Awaitable[list[Position] | None]]
+    _producer_record: Callable[[ProducerStamp, list[Position]], Awaitable[None]]
 
     def _init_records(self) -> None:
         self._catalog: Catalog | None = None  # cached; refreshed when a stream is missing
@@ -271,17 +275,6 @@ class NatsLogRecords:
         return result
 
     # --- writing --------------------------------------------------------------
-
-    # Producers and offset commits live in _log_groups.NatsLogGroups, which
-    # extends this class and overrides these three.
-    async def _commit_offsets(self, commits: tuple[OffsetCommit, ...]) -> None:
-        raise NotImplementedError
-
-    async def _producer_check(self, stamp: ProducerStamp) -> list[Position] | None:
-        raise NotImplementedError
-
-    async def _producer_record(self, stamp: ProducerStamp, positions: list[Position]) -> None:
-        raise NotImplementedError
 
     def submit(self, batch: WriteBatch, done: Waiter) -> None:
         what = "an append"

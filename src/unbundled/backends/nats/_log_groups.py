@@ -35,7 +35,6 @@ from ...errors import NotFound, TopicNotFound
 from ...log import _core, _groups
 from ...log._protocol import (
     GroupInfo,
-    GroupMemberInfo,
     MemberView,
     OffsetCommit,
     Position,
@@ -257,17 +256,7 @@ class NatsLogGroups(NatsLogRecords):
         if doc is None and not offsets:
             raise NotFound(f"group {group!r} does not exist", group=group)
         state = _state(group, doc or GroupDoc())
-        members = tuple(
-            GroupMemberInfo(
-                m.member_id,
-                m.topics,
-                m.lease_until_ms,
-                tuple(sorted(tp for tp, a in state.assignments.items() if a.owner == m.member_id)),
-                m.instance_id,
-            )
-            for m in sorted(state.members.values(), key=lambda m: m.member_id)
-        )
-        return GroupInfo(group, state.generation, members, offsets)
+        return _groups.describe(state, offsets)
 
     async def _commit_offsets(self, commits: tuple[OffsetCommit, ...]) -> None:
         """Each group's commit in one conditional change of its document:

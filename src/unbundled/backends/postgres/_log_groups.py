@@ -15,7 +15,7 @@ from typing import Any
 
 from ...errors import NotFound, TopicNotFound
 from ...log import _groups
-from ...log._protocol import GroupInfo, GroupMemberInfo, MemberView, TopicPartition
+from ...log._protocol import GroupInfo, MemberView, TopicPartition
 from ._log_rows import GroupStatements, load_groups, lock_group, save_group
 from ._schema import Conn
 
@@ -147,14 +147,4 @@ class PostgresLogGroups:
         committed = {TopicPartition(t, p): int(o) for t, p, o in rows}
         if not state.members and not committed and state.generation == 0:
             raise NotFound(f"group {group!r} does not exist", group=group)
-        members = tuple(
-            GroupMemberInfo(
-                m.member_id,
-                m.topics,
-                m.lease_until_ms,
-                tuple(sorted(tp for tp, a in state.assignments.items() if a.owner == m.member_id)),
-                m.instance_id,
-            )
-            for m in sorted(state.members.values(), key=lambda m: m.member_id)
-        )
-        return GroupInfo(group, state.generation, members, committed)
+        return _groups.describe(state, committed)

@@ -34,7 +34,6 @@ from ...errors import (
 from ...log import _core, _groups
 from ...log._protocol import (
     GroupInfo,
-    GroupMemberInfo,
     MaintenanceReport,
     MemberView,
     Position,
@@ -545,17 +544,7 @@ class SqliteLog:
                 conn.execute("COMMIT")
         if not state.members and not committed and state.generation == 0:
             raise NotFound(f"group {group!r} does not exist", group=group)
-        members = tuple(
-            GroupMemberInfo(
-                m.member_id,
-                m.topics,
-                m.lease_until_ms,
-                tuple(sorted(tp for tp, a in state.assignments.items() if a.owner == m.member_id)),
-                m.instance_id,
-            )
-            for m in state.members.values()
-        )
-        return GroupInfo(group, state.generation, members, committed)
+        return _groups.describe(state, committed)
 
     # --- maintenance and lifecycle --------------------------------------------
 
