@@ -300,7 +300,7 @@ def targets(parent: Path, notes: list[str]) -> Iterator[list[Target]]:
 # --- the run --------------------------------------------------------------------------
 
 
-def run(sizes: Sizes, console: Any, notes: list[str]) -> list[Line]:
+def run(sizes: Sizes, console: Any, notes: list[str], only: str | None = None) -> list[Line]:
     lines: dict[tuple[str, str, int], Line] = {}
 
     def add(target: str, what: str, processes: int, rate: float) -> None:
@@ -309,6 +309,8 @@ def run(sizes: Sizes, console: Any, notes: list[str]) -> list[Line]:
 
     with targets(scratch_parent(), notes) as found:
         for target in found:
+            if only is not None and only.lower() not in target.name.lower():
+                continue
             for processes in sizes.processes:
                 for rep in range(sizes.repeats):
                     label = f"{target.name}, {processes} processes, repeat {rep + 1}"
@@ -441,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run; writes nothing")
     parser.add_argument("--records", type=int, default=None, help="records per case (32,000)")
     parser.add_argument("--output", type=Path, default=None, help="where to write the table")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="only targets whose name holds this text (e.g. NATS); writes nothing unless --output",
+    )
     args = parser.parse_args(argv)
     from rich.console import Console
 
@@ -449,11 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         if not 64 <= args.records <= 10_000_000:
             parser.error("--records must be 64 to 10,000,000")
         sizes = Sizes(sizes.repeats, args.records, sizes.processes)
-    output = args.output if args.output is not None else (None if args.quick else RESULTS)
+    default = None if args.quick or args.only is not None else RESULTS
+    output = args.output if args.output is not None else default
     console = Console() if sys.stdout.isatty() else Console(width=200)
     notes: list[str] = []
     started = time.perf_counter()
-    lines = run(sizes, console, notes)
+    lines = run(sizes, console, notes, args.only)
     table = rows(lines)
     notes.append(f"total time of the run: {time.perf_counter() - started:,.0f} s")
     facts = machine_facts(sizes)

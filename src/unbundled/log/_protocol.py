@@ -338,3 +338,26 @@ class GroupCoordination(Protocol):
 @runtime_checkable
 class LogBackend(RecordStorage, ProducerState, GroupCoordination, Protocol):
     """Everything the log needs: records, idempotent producers, consumer groups."""
+
+
+@runtime_checkable
+class LoopWriter(Protocol):
+    """Appends written from one event loop with a client of that loop's own
+    (see :class:`OpensLoopWriter`)."""
+
+    async def write(self, batch: WriteBatch) -> list[Position]:
+        """What ``submit`` would answer for ``batch``, raised or returned here."""
+
+    async def aclose(self) -> None:
+        """Release the loop's client. Idempotent."""
+
+
+@runtime_checkable
+class OpensLoopWriter(Protocol):
+    """A backend whose driver is asyncio-native (nats-py) can write from the
+    caller's event loop: ``AsyncLog`` then appends without a hop to the
+    backend's own loop thread and back, two thread switches per append that
+    cost more than the publish itself."""
+
+    async def open_loop_writer(self) -> LoopWriter:
+        """A writer bound to the running event loop."""

@@ -3,8 +3,10 @@
 
 Appends never hop through a thread: the task enqueues its batch for the
 group-commit writer and awaits a future that the writer resolves, batched per
-event loop. Other calls (reads, topic admin, group membership) run the
-backend's blocking call in a worker thread. The decisions are shared with the
+event loop; on a backend with an asyncio driver (NATS, ``OpensLoopWriter``)
+the append is published from the caller's loop on a connection of its own.
+Other calls (reads, topic admin, group membership) run the backend's
+blocking call in a worker thread. The decisions are shared with the
 sync API: validation in ``_core``, consumer logic in ``_consumer``.
 """
 
@@ -16,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .. import _registry, limits
 from .._ground.waiters import AsyncWaiter
@@ -32,9 +34,11 @@ from ._protocol import (
     GroupInfo,
     Headers,
     LogBackend,
+    LoopWriter,
     MaintenanceReport,
     Message,
     OffsetCommit,
+    OpensLoopWriter,
     Position,
     ProducerStamp,
     Record,
@@ -72,6 +76,40 @@ class AsyncLog(LogBase):
         self._check_open()
         return await asyncio.to_thread(fn, *args)
 
+    # The backend's writer for one event loop (``OpensLoopWriter``: NATS).
+    _native: bool | None = None  # decided on the first append
+    _writer: asyncio.Future[LoopWriter] | None = None
+    _writer_loop: asyncio.AbstractEventLoop | None = None
+
+    async def _loop_writer(self) -> LoopWriter | None:
+        """The backend's writer for the running loop, if it offers one, opened
+        on first use. Only the first loop that appends gets one; appends from
+        another loop take ``submit``."""
+        if self._native is None:
+            self._native = isinstance(self.backend, OpensLoopWriter)
+        if not self._native:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._writer is None:
+            backend = cast(OpensLoopWriter, self.backend)
+            self._writer = asyncio.ensure_future(backend.open_loop_writer())
+            self._writer_loop = loop
+        elif self._writer_loop is not loop:
+            return None
+        opening = self._writer
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            return opening.result()
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            if not opening.cancelled():
+                raise  # this caller was cancelled; the opening goes on
+        except BaseException:
+            pass
+        if self._writer is opening:
+            self._writer = None  # failed: the next append tries again
+        return await opening  # raises its error
+
     async def __aenter__(self) -> AsyncLog:
         return self
 
@@ -83,9 +121,25 @@ class AsyncLog(LogBase):
         releases the backend (in a worker thread). Idempotent."""
         if not self._closed:
             self._closed = True
+            await self._close_loop_writer()
             if self._shared:  # a Database's part: closing the database closes it
                 return
             await asyncio.to_thread(self.backend.close)
+
+    async def _close_loop_writer(self) -> None:
+        opening, self._writer = self._writer, None
+        if opening is None:
+            return
+        if not opening.done():
+            opening.cancel()
+            return
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        writer, loop = opening.result(), self._writer_loop
+        if loop is asyncio.get_running_loop():
+            await writer.aclose()
+        elif loop is not None and not loop.is_closed():  # closed from another loop
+            asyncio.run_coroutine_threadsafe(writer.aclose(), loop)
 
     # --- topics ---------------------------------------------------------------
 
@@ -143,9 +197,12 @@ class AsyncLog(LogBase):
 
     async def _submit(self, batch: WriteBatch) -> list[Position]:
         self._check_open()
-        waiter = AsyncWaiter()
-        self.backend.submit(batch, waiter)
         try:
+            writer = await self._loop_writer()
+            if writer is not None:
+                return await writer.write(batch)
+            waiter = AsyncWaiter()
+            self.backend.submit(batch, waiter)
             positions: list[Position] = await waiter.future
         except (TopicNotFound, PartitionNotFound) as exc:
             self._forget(exc)
@@ -167,17 +224,8 @@ class AsyncLog(LogBase):
         its durability without blocking the loop."""
         config = self._configs.get(topic) or await self._config(topic)
         items = self._prepare_one(topic, config, value, key, headers, timestamp, partition)
-        self._check_open()
-        waiter = AsyncWaiter()
-        self.backend.submit(
-            WriteBatch({topic: items}, partitions={topic: config.partitions}), waiter
-        )
-        try:
-            position: Position = (await waiter.future)[0]
-        except (TopicNotFound, PartitionNotFound) as exc:
-            self._forget(exc)
-            raise
-        return position
+        batch = WriteBatch({topic: items}, partitions={topic: config.partitions})
+        return (await self._submit(batch))[0]
 
     async def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> list[Position]:
         """Async twin of :meth:`unbundled.Log.append_batch`."""

@@ -26,8 +26,10 @@ from ._idempotency import NatsIdempotency
 from ._kv import NatsKV
 from ._log import DEDUPE_WINDOW_S_DEFAULT
 from ._log_groups import NatsLogGroups
+from ._log_loop import NatsLoopWriter
 from ._log_maintain import NatsLogMaintenance
 from ._log_meta import Documents
+from ._publish import Acks
 
 BUCKET_DEFAULT = "unbundled"
 # Bucket names are stream-name safe ([A-Za-z0-9_-]); the bound keeps the
@@ -152,6 +154,7 @@ class NatsBackend(NatsKV, NatsIdempotency, NatsLogGroups, NatsLogMaintenance):
         self.dedupe_window_s = float(dedupe_window_s)
         self._init_records()
         server, self.bucket, self.url = parse_url(url)
+        self._server = server  # with its password, for the loop writers' connections
         self.sync = sync
         self.timeout_s = float(timeout_s)
         self._stream = f"KV_{self.bucket}"
@@ -168,12 +171,25 @@ class NatsBackend(NatsKV, NatsIdempotency, NatsLogGroups, NatsLogMaintenance):
         try:
             self._run(lambda: self._connect(server), "connecting")
             self._js = self._nc.jetstream(timeout=self.timeout_s)
+            self._acks = Acks(self._nc, self.timeout_s)
+            self._run(self._acks.subscribe, "subscribing to acknowledgements")
             self._run(self._ensure_bucket, f"opening bucket {self.bucket!r}")
             self._docs = Documents(self._js, self._stream, self.url)
-            self._run(self._subscribe_changes, "subscribing to changes")
         except BaseException:
             self.close()
             raise
+
+    async def open_loop_writer(self) -> NatsLoopWriter:
+        """Appends from the running event loop on a connection of its own
+        (``AsyncLog`` uses it; ``_log_loop`` says why)."""
+        if self._closed:
+            raise Closed(f"the NATS backend at {self.url} is closed")
+        try:
+            return await NatsLoopWriter.open(self, self._server)
+        except Error:
+            raise
+        except Exception as exc:
+            raise self._error(exc, "connecting an event loop's writer") from exc
 
     @property
     def server_version(self) -> tuple[int, ...]:

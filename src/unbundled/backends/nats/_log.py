@@ -14,7 +14,7 @@ A record is one message: the body is msgpack ``[key, value, headers,
 timestamp]`` (``value`` nil for a tombstone) and the ``Ub-Crc`` header its
 CRC-32, checked on every read (``CorruptionError``). Every message carries
 ``Nats-Msg-Id``: ``<producer id>:<sequence>:<index>`` for an idempotent
-producer's batch, else ``<random batch id>:<index>``; the stream drops a
+producer's batch, else ``<process's random id>.<batch number>:<index>``; the stream drops a
 message whose id it saw within its duplicate window and answers with the
 first one's sequence, so a batch published again (our retry after a lost
 connection, or the caller's retry through its producer) lands once.
@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -87,6 +88,7 @@ from ._log_meta import (
     record_subject,
     stream_name,
 )
+from ._publish import Acks
 
 CRC_HEADER = "Ub-Crc"
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -94,6 +96,9 @@ NO_MESSAGE_CODE = 10037
 # Publishing a batch again after a lost connection; each try republishes
 # with the same ids, so the stream keeps one copy of each record.
 PUBLISH_TRIES_MAX = 3
+# Announcements of writes (``ublog.<bucket>.changed``) at most this often
+# per connection; a reader in another process wakes up to this much later.
+ANNOUNCE_INTERVAL_S = 0.005
 READ_PIPELINE_MAX = 64  # message gets in flight at once during a read
 # NATS's own default; a store may ask for another (``dedupe_window_s=``).
 DEDUPE_WINDOW_S_DEFAULT = 120.0
@@ -112,6 +117,7 @@ class NatsLogRecords:
     replicas: int
     _js: Any
     _nc: Any
+    _acks: Acks  # record publishes (``_publish``)
     _stream: str  # the KV bucket's stream, which holds the documents
     _loop: asyncio.AbstractEventLoop
     _docs: Documents
@@ -130,6 +136,14 @@ class NatsLogRecords:
         self._direct: dict[str, bool] = {}  # per stream: reads by direct get
         self._token = 0
         self._changed = threading.Condition()
+        self._announcer: asyncio.Future[None] | None = None
+        self._unannounced = False
+        self._listening = False  # subscribed to announcements (by the first wait)
+        self._listen_lock = threading.Lock()
+        # Message ids of batches without a producer: this process's random
+        # prefix and a counter (one uuid4 per batch cost a system call).
+        self._batch_prefix = uuid.uuid4().hex
+        self._batch_numbers = itertools.count()
 
     # --- the catalog ----------------------------------------------------------
 
@@ -300,8 +314,16 @@ class NatsLogRecords:
         future.add_done_callback(finished)
 
     async def _write(self, batch: WriteBatch) -> list[Position]:
-        appends = {t: items for t, items in batch.appends.items() if items}
-        if appends and batch.commits:
+        appends = batch.appends
+        if batch.producer is None and not batch.commits and len(appends) == 1:
+            ((name, items),) = appends.items()
+            if len(items) == 1:
+                return await self._append_one(batch, name, items[0])
+        return await self._write_batch(batch)
+
+    async def _write_batch(self, batch: WriteBatch) -> list[Position]:
+        appends = batch.appends
+        if batch.commits and any(len(items) for items in appends.values()):
             raise NotSupported(
                 "NATS JetStream cannot make records and offset commits visible together: "
                 "a transaction on nats:// may append or commit offsets, not both (commit "
@@ -323,12 +345,17 @@ class NatsLogRecords:
             return []
         plan = []  # (topic, entry, items)
         for name, items in appends.items():
+            if not len(items):
+                continue
             entry = await self._entry(name)
             _core.check_partition_count(name, batch.partitions, entry.config.partitions)
             for item in items:
                 _core.check_partition(name, item.partition, entry.config.partitions)
             plan.append((name, entry, items))
-        prefix = f"{stamp.producer_id}:{stamp.sequence}" if stamp is not None else uuid.uuid4().hex
+        if stamp is not None:
+            prefix = f"{stamp.producer_id}:{stamp.sequence}"
+        else:
+            prefix = f"{self._batch_prefix}.{next(self._batch_numbers)}"
         positions: list[Position] = []
         index = 0
         for name, entry, items in plan:
@@ -338,6 +365,25 @@ class NatsLogRecords:
             await self._producer_record(stamp, positions)
         await self._announce()
         return positions
+
+    async def _append_one(self, batch: WriteBatch, name: str, item: AppendItem) -> list[Position]:
+        """``_write`` of one record without a producer (``Log.append``), with
+        less bookkeeping: with 64 tasks appending, the client's CPU per
+        record is what limits throughput."""
+        entry = await self._entry(name)
+        _core.check_partition_count(name, batch.partitions, entry.config.partitions)
+        _core.check_partition(name, item.partition, entry.config.partitions)
+        msg_id = f"{self._batch_prefix}.{next(self._batch_numbers)}:0"
+        try:
+            (seq,) = await self._publish_partition(
+                entry, item.partition, [self._message(name, item, msg_id)]
+            )
+        except nats.errors.NoRespondersError:
+            # No stream: nothing was stored. The general path finds the
+            # topic's new incarnation, or says it is gone.
+            return await self._write_batch(batch)
+        await self._announce()
+        return [Position(name, item.partition, seq - 1)]
 
     async def _publish_topic(
         self,
@@ -409,13 +455,12 @@ class NatsLogRecords:
             try:
                 if len(messages) == 1:  # in this task: written before it yields
                     body, headers = messages[0]
-                    return [int((await self._js.publish(subject, body, headers=headers)).seq)]
-                # nats-py writes each request in the order the tasks start;
+                    return [await self._acks.publish(subject, body, headers)]
+                # nats-py writes each message in the order the tasks start;
                 # one connection keeps that order to the server.
-                acks = await asyncio.gather(
-                    *(self._js.publish(subject, b, headers=h) for b, h in messages)
+                return list(
+                    await asyncio.gather(*(self._acks.publish(subject, b, h) for b, h in messages))
                 )
-                return [int(ack.seq) for ack in acks]
             except (nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError):
                 if attempt == PUBLISH_TRIES_MAX - 1:
                     raise
@@ -423,9 +468,28 @@ class NatsLogRecords:
         raise AssertionError("unreachable")
 
     async def _announce(self) -> None:
-        """Wake readers (ours at once, other processes' by the core message)."""
-        self._bump()
-        await self._nc.publish(changed_subject(self.bucket), b"")
+        """Wake readers (ours through the token, other processes' by the core
+        message) once this turn of the event loop is over.
+
+        One message per turn of the event loop, however many writes ended in
+        it: with 64 tasks appending, a message per append doubled what the
+        connection sent. Not awaited: the records are stored already, and a
+        lost announcement delays other processes' readers by their wait's
+        timeout, nothing more."""
+        self._unannounced = True
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.ensure_future(self._send_announcements())
+
+    async def _send_announcements(self) -> None:
+        # At most one announcement per ANNOUNCE_INTERVAL_S, and one after
+        # the last write: every other process's reader receives each one,
+        # so with many writers they cost the server more than the records.
+        while self._unannounced:
+            self._unannounced = False
+            self._bump()
+            with contextlib.suppress(Exception):
+                await self._nc.publish(changed_subject(self.bucket), b"")
+            await asyncio.sleep(ANNOUNCE_INTERVAL_S)
 
     # --- reading --------------------------------------------------------------
 
@@ -532,11 +596,26 @@ class NatsLogRecords:
             self._token += 1
             self._changed.notify_all()
 
+    def _listen(self) -> None:
+        """Subscribe to other processes' announcements, on the first wait: a
+        process that only writes never receives them (with 16 writing
+        processes, each would receive every other's). An announcement sent
+        before the subscription was missed, so the token moves: the waiting
+        reader looks again at once."""
+        with self._listen_lock:
+            if self._listening:
+                return
+            self._run(self._subscribe_changes, "subscribing to changes")
+            self._listening = True
+        self._bump()
+
     def change_token(self) -> int:
         with self._changed:
             return self._token
 
     def wait_for_change(self, token: int, timeout_s: float) -> int:
+        if not self._listening:
+            self._listen()
         with self._changed:
             self._changed.wait_for(lambda: self._token != token or self._closed, timeout_s)
             return self._token
