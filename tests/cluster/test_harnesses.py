@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -41,6 +42,9 @@ def test_a_single_nats_server_serves_and_leaves_nothing() -> None:
         assert cluster.streams()["KV_single"].replicas == 1
         config = (cluster.nodes[0].directory / "server.conf").read_text()
         assert "sync_interval" not in config and "cluster {" not in config
+        assert cluster.nodes[0].url_at("127.0.0.1") == cluster.url
+        with pytest.raises(UsageError, match=r"listens on 127\.0\.0\.1 only"):
+            cluster.nodes[0].url_at("10.0.0.1")  # loopback only, unless told
         pid = cluster.nodes[0].process.pid if cluster.nodes[0].process else -1
     assert _gone(pid)
     assert not root.exists()  # made by the cluster, removed by it
@@ -63,6 +67,35 @@ def test_a_cluster_node_killed_and_restarted_rejoins(nats_cluster: NatsCluster) 
         nats_cluster.restart(victim.index)
     with pytest.raises(UsageError, match="two nodes"):
         NatsCluster(nodes=2)
+
+
+@pytest.mark.nats
+@pytest.mark.skipif(sys.platform != "linux", reason="network namespaces are Linux's")
+def test_a_nats_server_listening_everywhere_is_reached_from_a_namespace() -> None:
+    require(nats_server_unavailable())
+    require(netns_unavailable())
+    with (
+        NetNamespaces() as nets,
+        NatsCluster(nodes=1, sync_interval=None, listen="0.0.0.0") as nats,
+    ):
+        ns = nets.add("client")
+        url = urlsplit(nats.nodes[0].url_at(ns.host_addr))
+        assert (url.hostname, url.port) == (ns.host_addr, nats.nodes[0].port)
+        hello = "import socket; print(socket.create_connection({!r}, 5).recv(4).decode())"
+        for address in (ns.host_addr, "127.0.0.1"):  # the namespace's loopback is its own
+            probe = nets.run(
+                ns,
+                [sys.executable, "-c", hello.format((address, url.port))],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if address == ns.host_addr:
+                assert probe.stdout.strip() == "INFO", probe  # the server's greeting
+            else:
+                assert "ConnectionRefused" in probe.stderr, probe
+        with KV.open(f"{nats.url}?bucket=everywhere") as kv:  # loopback still serves
+            assert kv.write("a", b"1") == 1
 
 
 @pytest.mark.postgres

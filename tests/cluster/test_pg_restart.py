@@ -14,8 +14,8 @@ Then every stream holds exactly the acknowledged events, once each, in
 order, at dense versions; no append hung; and every error a caller saw was
 a retryable ``Unavailable`` or ``Timeout`` (a ``BackendError``).
 
-The same test for the log (an idempotent producer's retries) waits for the
-log on PostgreSQL: it skips while ``Log.open`` refuses ``postgresql://``.
+The same test for the log: an idempotent producer's retries and a group
+consumer across the restarts, every acknowledged record there exactly once.
 """
 
 from __future__ import annotations

