@@ -1,0 +1,551 @@
+"""The event store's events on NATS JetStream: one stream ``UBES_<bucket>``
+holding every event stream as a subject (``_events_meta`` gives the names
+and the message format; docs/explanation/event-store.md, "On NATS
+JetStream", the guarantees).
+
+Why one JetStream stream for all: the global position must grow in commit
+order without gaps. JetStream numbers a stream's messages in the order its
+leader stores them; every message carries ``end``, the position of the last
+event up to it, and is published with ``Nats-Expected-Last-Sequence`` = the
+sequence of the message it follows. So two writers can never both extend
+the same tail: the loser gets error 10071, reads the tail again and decides
+again. Positions are dense from 1, and ``$all`` is the stream in sequence
+order.
+
+Appending to one stream (``_append``), under a lock of this process (so its
+own writers queue instead of conflicting), in this order:
+
+1. Validate (``_core.check_write``); a call writing several streams is
+   refused with ``NotSupported``: one message holds one subject, and two
+   messages cannot be made visible together on NATS 2.9.
+2. The tail (sequence and ``end``): cached from this process's last write,
+   else the last message of the stream.
+3. The event stream's last message gives its state; ``_core.plan_append``
+   decides as on every backend.
+4. Publish one message with every event of the append (so it is atomic),
+   ``Nats-Expected-Last-Sequence`` = the tail, and ``Nats-Msg-Id`` = a hash
+   of the event ids. Another writer came first (10071): back to 2 with the
+   tail read again. The stream saw the same ids within its duplicate
+   window: it answers with the first message's sequence, which is read and
+   compared (the original result, or ``DuplicateEventId``).
+5. A conflicting expected version (step 3) may be a retry whose first
+   attempt landed: the stream's messages that could hold it are read back
+   (from its end, through each message's ``prev``), and if they hold the
+   same events the original result is returned.
+6. ``ublog.<bucket>.changed`` is announced (the log's; one token for both).
+
+Deleting is the same with a marker message instead of events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from nats.js import errors as js_errors
+from nats.js.api import StorageType, StreamConfig
+
+from ..._ground import Waiter
+from ...errors import (
+    Closed,
+    Error,
+    LimitExceeded,
+    NotSupported,
+    Unavailable,
+    WrongExpectedVersion,
+)
+from ...eventstore import _core
+from ...eventstore._protocol import (
+    NO_STREAM,
+    AppendResult,
+    RecordedEvent,
+    StreamState,
+    StreamWrite,
+)
+from ._events_meta import (
+    APPEND,
+    HARD_DELETE,
+    SOFT_DELETE,
+    Entry,
+    category_subject,
+    decode_entry,
+    encode_entry,
+    events_stream,
+    events_wildcard,
+    stream_subject,
+    subject_stream,
+)
+from ._kv import CONFLICT_RETRIES_MAX, NO_MESSAGE_CODE, WRONG_LAST_CODES
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+STREAM_IN_USE_CODE = 10058
+READ_PIPELINE_MAX = 64  # message gets in flight at once while reading $all
+HEADERS_BYTES_ROOM = 512  # our headers, within the server's max payload
+_Tail = tuple[int, int]  # (sequence, end) of the last message
+
+
+class NatsEvents:
+    """The event-storage methods of :class:`~unbundled.backends.nats.NatsBackend`."""
+
+    bucket: str
+    url: str
+    replicas: int
+    dedupe_window_s: float
+    clock: Callable[[], int]
+    _js: Any
+    _loop: asyncio.AbstractEventLoop
+    _closed: bool
+    _run: Callable[..., Any]
+    _error: Callable[[BaseException, str], Error]
+    _payload_bytes_max: Callable[[], int]
+    _announce: Callable[[], Any]
+    change_token: Callable[[], int]
+    wait_for_change: Callable[[int, float], int]
+
+    def _init_events(self) -> None:
+        self._events_ready = False
+        self._events_tail: _Tail | None = None  # this process's last write
+        self._events_lock: asyncio.Lock | None = None  # made on the loop
+
+    # --- the stream and its messages --------------------------------------
+
+    async def _ensure_events(self) -> None:
+        """Create ``UBES_<bucket>`` if missing (once per backend)."""
+        if self._events_ready:
+            return
+        name = events_stream(self.bucket)
+        try:
+            await self._js.stream_info(name)
+        except js_errors.NotFoundError:
+            config = StreamConfig(
+                name=name,
+                subjects=[events_wildcard(self.bucket)],
+                storage=StorageType.FILE,
+                num_replicas=self.replicas,
+                duplicate_window=self.dedupe_window_s,
+            )
+            try:
+                await self._js.add_stream(config)
+            except js_errors.APIError as exc:
+                if exc.err_code != STREAM_IN_USE_CODE:
+                    raise
+        self._events_ready = True
+
+    async def _events_get(self, seq: int | None = None, subject: str | None = None) -> Any:
+        """The message at ``seq``, or the last one of ``subject`` (None if
+        none), from the stream leader."""
+        try:
+            return await self._js.get_msg(
+                events_stream(self.bucket), seq=seq, subject=subject, direct=False
+            )
+        except js_errors.NotFoundError as exc:
+            if exc.err_code == NO_MESSAGE_CODE:
+                return None
+            raise
+
+    async def _events_next(self, subject: str, seq: int) -> Any:
+        """The first message of ``subject`` at or after ``seq`` (None if none)."""
+        try:
+            return await self._js.get_msg(
+                events_stream(self.bucket), seq=seq, subject=subject, next=True, direct=False
+            )
+        except js_errors.NotFoundError as exc:
+            if exc.err_code == NO_MESSAGE_CODE:
+                return None
+            raise
+
+    async def _last(self, stream: str) -> tuple[int, Entry | None]:
+        msg = await self._events_get(subject=stream_subject(self.bucket, stream))
+        return (0, None) if msg is None else (int(msg.seq), decode_entry(self.bucket, msg))
+
+    async def _tail(self) -> _Tail:
+        msg = await self._events_get(subject=events_wildcard(self.bucket))
+        return (0, 0) if msg is None else (int(msg.seq), decode_entry(self.bucket, msg).end)
+
+    # --- appending ----------------------------------------------------------
+
+    def submit_events(self, writes: Sequence[StreamWrite], done: Waiter) -> None:
+        if self._closed:
+            done(Closed(f"the NATS backend at {self.url} is closed"))
+            return
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._append(writes), self._loop)
+        except RuntimeError:  # the loop closed since the check above
+            done(Closed(f"the NATS backend at {self.url} is closed"))
+            return
+
+        def finished(f: concurrent.futures.Future[list[AppendResult]]) -> None:
+            try:
+                result: object = f.result()
+            except BaseException as exc:
+                try:
+                    result = self._error(exc, "an append of events")
+                except BaseException as bug:  # not a NATS error: a bug, said as it is
+                    result = bug
+            done(result)
+
+        future.add_done_callback(finished)
+
+    async def _append(self, writes: Sequence[StreamWrite]) -> list[AppendResult]:
+        for write in writes:
+            _core.check_write(write)
+        if len(writes) != 1:
+            raise NotSupported(
+                f"an append to {len(writes)} streams at once: the NATS backend appends to one "
+                "stream atomically, not to several (JetStream 2.9 cannot make two messages "
+                f"visible together); append to each stream on its own ({self.url})",
+                url=self.url,
+                streams=[w.stream for w in writes],
+            )
+        write = writes[0]
+        ids = ",".join(e.id for e in write.events)
+        msg_id = "ubes:" + hashlib.sha256(ids.encode()).hexdigest()[:40]
+        await self._ensure_events()
+        if self._events_lock is None:
+            self._events_lock = asyncio.Lock()
+        async with self._events_lock:
+            result = await self._append_one(write, msg_id)
+        await self._announce()
+        return [result]
+
+    async def _append_one(self, write: StreamWrite, msg_id: str) -> AppendResult:
+        subject = stream_subject(self.bucket, write.stream)
+        for _ in range(CONFLICT_RETRIES_MAX):
+            tail = self._events_tail or await self._tail()
+            last_seq, last = await self._last(write.stream)
+            states = {write.stream: last.state()} if last is not None else {}
+            try:
+                plan = _core.plan_append([write], states, {})
+            except WrongExpectedVersion:
+                retried = await self._as_retry(write, last_seq, last)
+                if retried is None:
+                    raise
+                return retried
+            first = plan.first_versions[0]
+            count = len(write.events)
+            entry = Entry(
+                APPEND,
+                write.stream,
+                first + count - 1,
+                last.start if last is not None else 0,
+                tail[1] + count,
+                last_seq,
+                _after(last_seq, last),
+                self.clock(),
+                [(e.id, e.type, e.schema_version, e.data, e.metadata) for e in write.events],
+            )
+            body, headers = encode_entry(entry)
+            self._check_size(write.stream, body)
+            headers[MSG_ID_HEADER] = msg_id
+            headers[EXPECTED_LAST_SEQUENCE] = str(tail[0])
+            try:
+                ack = await self._js.publish(subject, body, headers=headers)
+            except js_errors.APIError as exc:
+                if exc.err_code in WRONG_LAST_CODES:
+                    self._events_tail = None  # another writer came first: decide again
+                    continue
+                raise
+            if ack.duplicate:
+                return await self._duplicate(write, states, int(ack.seq))
+            self._events_tail = (int(ack.seq), entry.end)
+            positions = tuple(range(tail[1] + 1, entry.end + 1))
+            return AppendResult(write.stream, first, entry.version, positions)
+        raise Unavailable(
+            f"the events at {self.url} changed under every one of {CONFLICT_RETRIES_MAX} "
+            f"attempts to append to {write.stream!r}; nothing was appended",
+            url=self.url,
+        )
+
+    def _check_size(self, stream: str, body: bytes) -> None:
+        size_max = self._payload_bytes_max() - HEADERS_BYTES_ROOM
+        if len(body) > size_max:
+            raise LimitExceeded(
+                f"an append to {stream!r} of {len(body)} bytes exceeds the {size_max} bytes "
+                f"one NATS message holds at {self.url} (the server's max_payload): an append "
+                "is one message, so that it is atomic",
+                stream=stream,
+            )
+
+    async def _duplicate(
+        self, write: StreamWrite, states: dict[str, StreamState], seq: int
+    ) -> AppendResult:
+        """The stream already holds a message with these event ids (its
+        duplicate window said so): the original result, or ``DuplicateEventId``."""
+        msg = await self._events_get(seq=seq)
+        if msg is None:
+            raise Unavailable(
+                f"NATS at {self.url} answered an append as a duplicate of message {seq}, "
+                "which is gone",
+                url=self.url,
+            )
+        existing = {e.id: e for e in decode_entry(self.bucket, msg).recorded()}
+        plan = _core.plan_append([write], states, existing)
+        assert plan.duplicate is not None, "existing events make a retry or a conflict"
+        return plan.duplicate[0]
+
+    async def _as_retry(
+        self, write: StreamWrite, last_seq: int, last: Entry | None
+    ) -> AppendResult | None:
+        """Whether an append refused for its expected version had already
+        landed (a retry after its window): read back the stream's messages
+        that could hold it (for an exact expected version ``e``, those down
+        to version ``e + 1``; for the others, down to the stream's first)."""
+        wanted = {e.id for e in write.events}
+        lowest = write.expected_version + 1 if write.expected_version >= 0 else 0
+        existing: dict[str, RecordedEvent] = {}
+        seq, entry = last_seq, last
+        while entry is not None and entry.version >= lowest:
+            for event in entry.recorded():
+                if event.id in wanted:
+                    existing[event.id] = event
+            if not entry.prev or len(existing) == len(wanted):
+                break
+            seq = entry.prev
+            msg = await self._events_get(seq=seq)
+            entry = decode_entry(self.bucket, msg) if msg is not None else None
+        if not existing:
+            return None
+        states = {write.stream: last.state()} if last is not None else {}
+        plan = _core.plan_append([write], states, existing)
+        assert plan.duplicate is not None
+        return plan.duplicate[0]
+
+    # --- deleting -------------------------------------------------------------
+
+    def delete_stream(self, stream: str, expected_version: int, hard: bool) -> None:
+        async def delete() -> None:
+            await self._ensure_events()
+            if self._events_lock is None:
+                self._events_lock = asyncio.Lock()
+            async with self._events_lock:
+                await self._delete(stream, expected_version, hard)
+            await self._announce()
+
+        self._run(delete, f"deleting stream {stream!r}")
+
+    async def _delete(self, stream: str, expected: int, hard: bool) -> None:
+        subject = stream_subject(self.bucket, stream)
+        for _ in range(CONFLICT_RETRIES_MAX):
+            tail = self._events_tail or await self._tail()
+            last_seq, last = await self._last(stream)
+            version = _core.check_expected(stream, expected, last.state() if last else None)
+            entry = Entry(
+                HARD_DELETE if hard else SOFT_DELETE,
+                stream,
+                version,
+                version + 1,
+                tail[1],
+                last_seq,
+                _after(last_seq, last),
+                self.clock(),
+            )
+            body, headers = encode_entry(entry)
+            headers[EXPECTED_LAST_SEQUENCE] = str(tail[0])
+            try:
+                ack = await self._js.publish(subject, body, headers=headers)
+            except js_errors.APIError as exc:
+                if exc.err_code in WRONG_LAST_CODES:
+                    self._events_tail = None
+                    continue
+                raise
+            self._events_tail = (int(ack.seq), entry.end)
+            return
+        raise Unavailable(
+            f"the events at {self.url} changed under every one of {CONFLICT_RETRIES_MAX} "
+            f"attempts to delete {stream!r}; nothing was deleted",
+            url=self.url,
+        )
+
+    # --- reading one stream ---------------------------------------------------
+
+    def read_stream(
+        self, stream: str, from_version: int, limit: int, backwards: bool = False
+    ) -> list[RecordedEvent]:
+        async def read() -> list[RecordedEvent]:
+            await self._ensure_events()
+            last_seq, last = await self._last(stream)
+            _core.check_readable(stream, last.state() if last is not None else None)
+            assert last is not None
+            if backwards:
+                top = min(from_version, last.version)
+                low = max(top - limit + 1, last.start)
+                events = await self._walk_back(last_seq, last, low, top)
+                return events[::-1]
+            low = max(from_version, last.start)
+            top = min(low + limit - 1, last.version)
+            if low > top:
+                return []
+            # From the end through ``prev`` when that reads fewer versions
+            # than forward from the stream's last soft delete.
+            if last.version - low <= top - last.start:
+                return await self._walk_back(last_seq, last, low, top)
+            return await self._walk_forward(stream, last.after, low, top)
+
+        result: list[RecordedEvent] = self._run(read, f"a read of stream {stream!r}")
+        return result
+
+    async def _walk_back(self, seq: int, entry: Entry, low: int, top: int) -> list[RecordedEvent]:
+        """Events with versions ``low..top``, in version order, from the
+        message at ``seq`` back through ``prev``."""
+        out: list[RecordedEvent] = []
+        current: Entry | None = entry
+        while current is not None and current.version >= low:
+            out[:0] = [e for e in current.recorded() if low <= e.version <= top]
+            if not current.prev:
+                break
+            msg = await self._events_get(seq=current.prev)
+            current = decode_entry(self.bucket, msg) if msg is not None else None
+        return out
+
+    async def _walk_forward(
+        self, stream: str, after: int, low: int, top: int
+    ) -> list[RecordedEvent]:
+        subject = stream_subject(self.bucket, stream)
+        out: list[RecordedEvent] = []
+        seq = after + 1
+        while (msg := await self._events_next(subject, seq)) is not None:
+            entry = decode_entry(self.bucket, msg)
+            out.extend(e for e in entry.recorded() if low <= e.version <= top)
+            if entry.version >= top:
+                break
+            seq = int(msg.seq) + 1
+        return out
+
+    def stream_state(self, stream: str) -> StreamState:
+        async def state() -> StreamState:
+            await self._ensure_events()
+            _, last = await self._last(stream)
+            return (
+                last.state() if last is not None else StreamState(stream, NO_STREAM, False, False)
+            )
+
+        result: StreamState = self._run(state, f"the state of stream {stream!r}")
+        return result
+
+    def list_streams(self, after: str, limit: int, category: str | None = None) -> list[str]:
+        """From the stream's subjects (``stream_info`` with a subject filter,
+        one request), then each candidate's last message for its deletion."""
+
+        async def names() -> list[str]:
+            await self._ensure_events()
+            pattern = (
+                events_wildcard(self.bucket)
+                if category is None
+                else category_subject(self.bucket, category)
+            )
+            info = await self._js.stream_info(events_stream(self.bucket), subjects_filter=pattern)
+            found = sorted(subject_stream(self.bucket, s) for s in (info.state.subjects or {}))
+            candidates = [n for n in found if n > after]
+            out: list[str] = []
+            for i in range(0, len(candidates), READ_PIPELINE_MAX):
+                chunk = candidates[i : i + READ_PIPELINE_MAX]
+                lasts = await asyncio.gather(*(self._last(n) for n in chunk))
+                for name, (_, entry) in zip(chunk, lasts, strict=True):
+                    if entry is not None and entry.kind == APPEND:
+                        out.append(name)
+                        if len(out) >= limit:
+                            return out
+            return out
+
+        result: list[str] = self._run(names, "listing streams")
+        return result
+
+    # --- reading $all -----------------------------------------------------------
+
+    def safe_position(self) -> int:
+        async def safe() -> int:
+            await self._ensure_events()
+            return (await self._tail())[1]
+
+        result: int = self._run(safe, "reading the head of $all")
+        return result
+
+    def read_all(
+        self,
+        after_position: int,
+        limit: int,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[RecordedEvent]:
+        """Every message is scanned from the first holding a position after
+        ``after_position`` (found by bisection); one category is a subject
+        filter on the server, several or types are filtered here."""
+        if (categories is not None and not categories) or (types is not None and not types):
+            self._run(self._ensure_events, "reading $all")  # still Closed when closed
+            return []
+        wanted_categories = set(categories) if categories is not None else None
+        wanted_types = set(types) if types is not None else None
+
+        async def read() -> list[RecordedEvent]:
+            await self._ensure_events()
+            tail_seq, end = await self._tail()
+            if after_position >= end:
+                return []
+            seq = await self._first_after(max(after_position, 0), tail_seq)
+            subject = (
+                category_subject(self.bucket, next(iter(wanted_categories)))
+                if wanted_categories is not None and len(wanted_categories) == 1
+                else events_wildcard(self.bucket)
+            )
+            out: list[RecordedEvent] = []
+            while seq <= tail_seq:
+                count = min(READ_PIPELINE_MAX, tail_seq - seq + 1)
+                msgs = await asyncio.gather(
+                    *(self._events_next(subject, seq + i) for i in range(count))
+                )
+                last = seq - 1
+                for msg in msgs:
+                    if msg is None or int(msg.seq) <= last or int(msg.seq) > tail_seq:
+                        continue
+                    last = int(msg.seq)
+                    for event in decode_entry(self.bucket, msg).recorded():
+                        if event.position <= after_position or (
+                            wanted_types is not None and event.type not in wanted_types
+                        ):
+                            continue
+                        if wanted_categories is not None and event.category not in (
+                            wanted_categories
+                        ):
+                            continue
+                        out.append(event)
+                        if len(out) >= limit:
+                            return out
+                if last < seq:
+                    break
+                seq = last + 1
+            return out
+
+        result: list[RecordedEvent] = self._run(read, "a read of $all")
+        return result
+
+    async def _first_after(self, position: int, tail_seq: int) -> int:
+        """The first sequence whose message's ``end`` exceeds ``position``
+        (messages' ends never decrease): a bisection of message gets."""
+        low, high = 1, tail_seq
+        while low < high:
+            middle = (low + high) // 2
+            msg = await self._events_get(seq=middle)
+            if msg is None or decode_entry(self.bucket, msg).end <= position:
+                low = middle + 1
+            else:
+                high = middle
+        return low
+
+    # --- change notification (the log's token) -------------------------------
+
+    def events_change_token(self) -> int:
+        return self.change_token()
+
+    def wait_for_events(self, token: int, timeout_s: float) -> int:
+        return self.wait_for_change(token, timeout_s)
+
+
+def _after(last_seq: int, last: Entry | None) -> int:
+    """The sequence of a stream's last soft delete, as its next message records it."""
+    if last is None:
+        return 0
+    return last_seq if last.kind == SOFT_DELETE else last.after
