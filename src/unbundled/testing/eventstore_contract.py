@@ -133,8 +133,8 @@ def check_multi_stream_append_is_atomic(target: EventStoreTarget) -> None:
         if not target.transactions:
             unchanged = _unchanged(store, ["a-1", "b-1"])
             writes = [("a-1", [new_event()], 0), ("b-1", [new_event()], NO_STREAM)]
-            err = raises(NotSupported, lambda: store.append_many(writes))
-            assert "several" in str(err) and "atomic" in str(err), str(err)
+            refused = raises(NotSupported, lambda: store.append_many(writes))
+            assert "several" in str(refused) and "atomic" in str(refused), str(refused)
             raw = [
                 StreamWrite("b-1", NO_STREAM, [new_event()]),
                 StreamWrite("a-1", 0, [new_event()]),
