@@ -28,8 +28,8 @@ own writers queue instead of conflicting), in this order:
    tail read again. The stream saw the same ids within its duplicate
    window: it answers with the first message's sequence, which is read and
    compared (the original result, or ``DuplicateEventId``).
-5. A conflicting expected version (step 3) may be a retry whose first
-   attempt landed: the stream's messages that could hold it are read back
+5. A conflicting expected version or a deleted stream (step 3) may be a
+   retry whose first attempt landed: the stream's messages that could hold it are read back
    (from its end, through each message's ``prev``), and if they hold the
    same events the original result is returned.
 6. ``ublog.<bucket>.changed`` is announced (the log's; one token for both).
@@ -54,6 +54,7 @@ from ...errors import (
     Error,
     LimitExceeded,
     NotSupported,
+    StreamDeleted,
     Unavailable,
     WrongExpectedVersion,
 )
@@ -220,7 +221,7 @@ class NatsEvents:
             states = {write.stream: last.state()} if last is not None else {}
             try:
                 plan = _core.plan_append([write], states, {})
-            except WrongExpectedVersion:
+            except (WrongExpectedVersion, StreamDeleted):
                 retried = await self._as_retry(write, last_seq, last)
                 if retried is None:
                     raise
