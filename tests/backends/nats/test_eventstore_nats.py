@@ -121,6 +121,23 @@ def test_a_damaged_message_is_a_corruption_error_never_garbage(url: str) -> None
                 call()
 
 
+def test_a_missing_message_is_a_corruption_error_never_skipped(url: str) -> None:
+    """A message deleted by hand (``nats stream rmm``) is lost events: a read
+    of its stream or of ``$all`` across it says so instead of skipping it."""
+    bucket = url.rsplit("bucket=", 1)[1]
+    with EventStore.open(url) as store:
+        for _ in range(3):
+            store.append("acct-1", [new_event()])
+
+        async def delete(js: Any) -> None:
+            await js.delete_msg(f"UBES_{bucket}", 2)
+
+        admin(delete)
+        for call in (lambda: store.read("acct-1"), store.read_all):
+            with pytest.raises(CorruptionError, match="missing"):
+                call()
+
+
 # --- the model-based test, on NATS ----------------------------------------------------
 
 

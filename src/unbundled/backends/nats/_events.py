@@ -51,6 +51,7 @@ from nats.js.api import StorageType, StreamConfig
 from ..._ground import Waiter
 from ...errors import (
     Closed,
+    CorruptionError,
     Error,
     LimitExceeded,
     NotSupported,
@@ -158,6 +159,27 @@ class NatsEvents:
             if exc.err_code == NO_MESSAGE_CODE:
                 return None
             raise
+
+    async def _entry_at(self, seq: int, stream: str) -> Entry:
+        """The message a stream's later one names as its ``prev``: there,
+        or the stream lost a message (``CorruptionError``), never skipped."""
+        msg = await self._events_get(seq=seq)
+        if msg is None:
+            raise CorruptionError(
+                f"message {seq} of stream {stream!r} is missing from NATS stream "
+                f"{events_stream(self.bucket)} (deleted by hand?); its events are lost",
+                stream=stream,
+                sequence=seq,
+            )
+        entry = decode_entry(self.bucket, msg)
+        if entry.stream != stream:
+            raise CorruptionError(
+                f"message {seq} of NATS stream {events_stream(self.bucket)}, named by stream "
+                f"{stream!r} as its previous, belongs to {entry.stream!r}",
+                stream=stream,
+                sequence=seq,
+            )
+        return entry
 
     async def _last(self, stream: str) -> tuple[int, Entry | None]:
         msg = await self._events_get(subject=stream_subject(self.bucket, stream))
@@ -306,8 +328,7 @@ class NatsEvents:
             if not entry.prev or len(existing) == len(wanted):
                 break
             seq = entry.prev
-            msg = await self._events_get(seq=seq)
-            entry = decode_entry(self.bucket, msg) if msg is not None else None
+            entry = await self._entry_at(seq, write.stream)
         if not existing:
             return None
         states = {write.stream: last.state()} if last is not None else {}
@@ -398,8 +419,7 @@ class NatsEvents:
             out[:0] = [e for e in current.recorded() if low <= e.version <= top]
             if not current.prev:
                 break
-            msg = await self._events_get(seq=current.prev)
-            current = decode_entry(self.bucket, msg) if msg is not None else None
+            current = await self._entry_at(current.prev, current.stream)
         return out
 
     async def _walk_forward(
@@ -492,6 +512,10 @@ class NatsEvents:
                 if wanted_categories is not None and len(wanted_categories) == 1
                 else events_wildcard(self.bucket)
             )
+            # Reading every message, from the one before: a gap is lost events.
+            every = subject == events_wildcard(self.bucket)
+            seq = max(seq - 1, 1) if every else seq
+            end_before: int | None = None
             out: list[RecordedEvent] = []
             while seq <= tail_seq:
                 count = min(READ_PIPELINE_MAX, tail_seq - seq + 1)
@@ -502,8 +526,27 @@ class NatsEvents:
                 for msg in msgs:
                     if msg is None or int(msg.seq) <= last or int(msg.seq) > tail_seq:
                         continue
+                    if every and int(msg.seq) != last + 1:
+                        raise CorruptionError(
+                            f"messages {last + 1}..{int(msg.seq) - 1} of NATS stream "
+                            f"{events_stream(self.bucket)} are missing (deleted by hand?): "
+                            "their events are lost, and $all is never read past them",
+                            sequence=last + 1,
+                        )
                     last = int(msg.seq)
-                    for event in decode_entry(self.bucket, msg).recorded():
+                    entry = decode_entry(self.bucket, msg)
+                    if (
+                        every
+                        and end_before is not None
+                        and end_before != entry.end - len(entry.events)
+                    ):
+                        raise CorruptionError(
+                            f"message {last} of NATS stream {events_stream(self.bucket)} holds "
+                            f"positions up to {entry.end}, not following {end_before}",
+                            sequence=last,
+                        )
+                    end_before = entry.end
+                    for event in entry.recorded():
                         if event.position <= after_position or (
                             wanted_types is not None and event.type not in wanted_types
                         ):
@@ -530,7 +573,13 @@ class NatsEvents:
         while low < high:
             middle = (low + high) // 2
             msg = await self._events_get(seq=middle)
-            if msg is None or decode_entry(self.bucket, msg).end <= position:
+            if msg is None:
+                raise CorruptionError(
+                    f"message {middle} of NATS stream {events_stream(self.bucket)} is missing "
+                    "(deleted by hand?): its events are lost",
+                    sequence=middle,
+                )
+            if decode_entry(self.bucket, msg).end <= position:
                 low = middle + 1
             else:
                 high = middle
