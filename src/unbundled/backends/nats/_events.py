@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ from nats.js.api import StorageType, StreamConfig
 
 from ..._ground import Waiter
 from ...errors import (
+    BackendError,
     Closed,
     CorruptionError,
     Error,
@@ -82,6 +84,8 @@ from ._events_meta import (
 )
 from ._kv import CONFLICT_RETRIES_MAX, NO_MESSAGE_CODE, WRONG_LAST_CODES
 
+# The JetStream API's subjects: the backend's context has no domain or prefix.
+JS_API = "$JS.API"
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 STREAM_IN_USE_CODE = 10058
@@ -99,6 +103,8 @@ class NatsEvents:
     dedupe_window_s: float
     clock: Callable[[], int]
     _js: Any
+    _nc: Any
+    timeout_s: float
     _loop: asyncio.AbstractEventLoop
     _closed: bool
     _run: Callable[..., Any]
@@ -221,8 +227,8 @@ class NatsEvents:
                 f"an append to {len(writes)} streams at once: the NATS backend appends to one "
                 "stream atomically, not to several (JetStream 2.9 cannot make two messages "
                 f"visible together); append to each stream on its own ({self.url})",
-                url=self.url,
-                streams=[w.stream for w in writes],
+                backend="nats",
+                part="an append to several streams",
             )
         write = writes[0]
         ids = ",".join(e.id for e in write.events)
@@ -458,8 +464,7 @@ class NatsEvents:
                 if category is None
                 else category_subject(self.bucket, category)
             )
-            info = await self._js.stream_info(events_stream(self.bucket), subjects_filter=pattern)
-            found = sorted(subject_stream(self.bucket, s) for s in (info.state.subjects or {}))
+            found = sorted(subject_stream(self.bucket, s) for s in await self._subjects(pattern))
             candidates = [n for n in found if n > after]
             out: list[str] = []
             for i in range(0, len(candidates), READ_PIPELINE_MAX):
@@ -474,6 +479,30 @@ class NatsEvents:
 
         result: list[str] = self._run(names, "listing streams")
         return result
+
+    async def _subjects(self, pattern: str) -> list[str]:
+        """Every subject of the events stream matching ``pattern``: stream
+        info with a subject filter, page by page (the server sends at most
+        100,000 a page; nats-py's ``stream_info`` reads the first page only)."""
+        subjects: list[str] = []
+        while True:
+            request = {"subjects_filter": pattern, "offset": len(subjects)}
+            reply = await self._nc.request(
+                f"{JS_API}.STREAM.INFO.{events_stream(self.bucket)}",
+                json.dumps(request).encode(),
+                timeout=self.timeout_s,
+            )
+            answer = json.loads(reply.data)
+            if "error" in answer:
+                raise BackendError(
+                    f"NATS at {self.url} refused the stream info of "
+                    f"{events_stream(self.bucket)}: {answer['error']}",
+                    url=self.url,
+                )
+            page = list((answer.get("state") or {}).get("subjects") or {})
+            subjects += page
+            if not page or len(subjects) >= int(answer.get("total", 0)):
+                return subjects
 
     # --- reading $all -----------------------------------------------------------
 

@@ -285,7 +285,8 @@ class NatsEventDocuments:
             "checkpoint in one transaction (JetStream 2.9 has no transaction over several "
             "subjects); keep read models on SQLite or PostgreSQL, reading the events from "
             f"NATS ({self.url})",
-            url=self.url,
+            backend="nats",
+            part="projections",
         )
 
     def project(
