@@ -18,11 +18,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
+from nats.js.api import StreamConfig
 
 from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
+from tests.eventstore.projections._helpers import EVENTS, Deposited, append_in_thread
+from tests.eventstore.projections.test_subscriptions import collect
 from tests.eventstore.test_model import EventStoreMachine, event_specs, expected_versions, streams
 from unbundled.backends.nats._events_meta import CRC_HEADER, Entry, stream_subject
-from unbundled.errors import CorruptionError, NotSupported, WrongExpectedVersion
+from unbundled.errors import CorruptionError, NotSupported, UsageError, WrongExpectedVersion
 from unbundled.eventstore import ANY, NO_STREAM, EventStore
 from unbundled.testing.eventstore_contract import everything, new_event
 
@@ -137,6 +140,38 @@ def test_a_missing_message_is_a_corruption_error_never_skipped(url: str) -> None
             store.read("acct-1")
         with pytest.raises(CorruptionError, match="missing"):
             store.read_all()
+
+
+def test_an_events_stream_that_drops_messages_is_refused(url: str) -> None:
+    bucket = url.rsplit("bucket=", 1)[1]
+
+    async def create(js: Any) -> None:
+        config = StreamConfig(name=f"UBES_{bucket}", subjects=[f"ubes.{bucket}.>"], max_age=60)
+        await js.add_stream(config)
+
+    admin(create)
+    with EventStore.open(url) as store, pytest.raises(UsageError, match="max_age=60"):
+        store.append("acct-1", [new_event()])
+
+
+def test_a_subscription_catches_up_then_follows_two_connections(url: str) -> None:
+    """Guarantee 6 on NATS: every event once, in position order, while
+    writers in this connection and another append (N3, N9)."""
+    with EventStore.open(url, events=EVENTS) as store, EventStore.open(url, events=EVENTS) as other:
+        for i in range(10):
+            store.append(f"account-{i % 2}", [Deposited(amount=i)])
+        writers = [
+            append_in_thread(store, 30, lambda i: f"mine-{i % 3}", start=100),
+            append_in_thread(other, 30, lambda i: f"theirs-{i % 3}", start=200),
+        ]
+        with store.subscribe() as subscription:
+            events = collect(subscription, 70)
+            for writer in writers:
+                writer.join()
+    assert [e.position for e in events] == list(range(1, 71))
+    for prefix, start in (("mine-", 100), ("theirs-", 200)):
+        amounts = [e.event.amount for e in events if e.stream.startswith(prefix)]
+        assert amounts == list(range(start, start + 30)), prefix
 
 
 # --- the model-based test, on NATS ----------------------------------------------------

@@ -59,6 +59,7 @@ from ...errors import (
     NotSupported,
     StreamDeleted,
     Unavailable,
+    UsageError,
     WrongExpectedVersion,
 )
 from ...eventstore import _core
@@ -127,7 +128,7 @@ class NatsEvents:
             return
         name = events_stream(self.bucket)
         try:
-            await self._js.stream_info(name)
+            info = await self._js.stream_info(name)
         except js_errors.NotFoundError:
             config = StreamConfig(
                 name=name,
@@ -141,6 +142,26 @@ class NatsEvents:
             except js_errors.APIError as exc:
                 if exc.err_code != STREAM_IN_USE_CODE:
                     raise
+            info = await self._js.stream_info(name)
+        config = info.config
+        limited = [
+            f"{field}={value}"
+            for field, value in (
+                ("max_age", config.max_age),
+                ("max_msgs", config.max_msgs),
+                ("max_bytes", config.max_bytes),
+                ("max_msgs_per_subject", config.max_msgs_per_subject),
+            )
+            if value not in (None, 0, -1)
+        ]
+        if config.subjects != [events_wildcard(self.bucket)] or limited:
+            raise UsageError(
+                f"NATS stream {name!r} at {self.url} is not the event store's: its subjects "
+                f"are {config.subjects} (expected [{events_wildcard(self.bucket)!r}])"
+                + (f" and it drops messages ({', '.join(limited)})" if limited else "")
+                + "; events are never removed, so a stream with limits cannot hold them",
+                stream=name,
+            )
         self._events_ready = True
 
     async def _events_get(self, seq: int | None = None, subject: str | None = None) -> Any:
