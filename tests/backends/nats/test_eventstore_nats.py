@@ -156,7 +156,7 @@ def test_an_events_stream_that_drops_messages_is_refused(url: str) -> None:
 
 def test_a_subscription_catches_up_then_follows_two_connections(url: str) -> None:
     """Guarantee 6 on NATS: every event once, in position order, while
-    writers in this connection and another append (N3, N9)."""
+    writers in this connection and another append (N4, N10)."""
     with EventStore.open(url, events=EVENTS) as store, EventStore.open(url, events=EVENTS) as other:
         for i in range(10):
             store.append(f"account-{i % 2}", [Deposited(amount=i)])

@@ -1,6 +1,6 @@
 """The event store's events on NATS JetStream: one stream ``UBES_<bucket>``
 holding every event stream as a subject (``_events_meta`` gives the names
-and the message format; docs/explanation/event-store.md, "On NATS
+and the message format; docs/explanation/eventstore.md, "On NATS
 JetStream", the guarantees).
 
 Why one JetStream stream for all: the global position must grow in commit
