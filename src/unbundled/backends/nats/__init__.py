@@ -35,8 +35,8 @@ one more (``_events``).
   of the streams it creates.
 
 * The event store: every event stream a subject of one stream,
-  ``UBES_<bucket>`` (``_events``, ``_events_meta``; its guarantees are in
-  docs/explanation/eventstore.md, "On NATS JetStream"). An append is one
+  ``UBES_<bucket>`` (``_events``, ``_events_read``, ``_events_meta``; its
+  guarantees are in docs/explanation/eventstore.md, "On NATS JetStream"). An append is one
   message (atomic) published with ``Nats-Expected-Last-Sequence``, so
   expected versions hold and positions are dense and in commit order across
   processes; an append to several streams and projections (a read model
