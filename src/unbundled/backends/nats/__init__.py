@@ -36,12 +36,12 @@ one more (``_events``).
 
 * The event store: every event stream a subject of one stream,
   ``UBES_<bucket>`` (``_events``, ``_events_read``, ``_events_meta``; its
-  guarantees are in docs/explanation/eventstore.md, "On NATS JetStream"). An append is one
-  message (atomic) published with ``Nats-Expected-Last-Sequence``, so
-  expected versions hold and positions are dense and in commit order across
-  processes; an append to several streams and projections (a read model
-  with its checkpoint) raise ``NotSupported``. Snapshots and subject keys
-  are documents in the bucket.
+  guarantees are in docs/explanation/eventstore.md, "On NATS JetStream").
+  An append is one message (atomic) published with
+  ``Nats-Expected-Last-Sequence``, so expected versions hold and positions
+  are dense and in commit order across processes; an append to several
+  streams and projections (a read model with its checkpoint) raise
+  ``NotSupported``. Snapshots and subject keys are documents in the bucket.
 """
 
 from __future__ import annotations
