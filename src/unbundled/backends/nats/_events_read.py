@@ -178,14 +178,14 @@ class NatsEventReads:
     async def _walk_back(self, seq: int, entry: Entry, low: int, top: int) -> list[RecordedEvent]:
         """Events with versions ``low..top``, in version order, from the
         message at ``seq`` back through ``prev``."""
-        out: list[RecordedEvent] = []
-        current: Entry | None = entry
-        while current is not None and current.version >= low:
-            out[:0] = [e for e in current.recorded() if low <= e.version <= top]
+        newest_first: list[RecordedEvent] = []
+        current = entry
+        while current.version >= low:
+            newest_first += [e for e in reversed(current.recorded()) if low <= e.version <= top]
             if not current.prev:
                 break
             current = await self._entry_at(current.prev, current.stream)
-        return out
+        return newest_first[::-1]
 
     async def _walk_forward(
         self, stream: str, after: int, low: int, top: int
