@@ -91,6 +91,7 @@ class NatsEvents(NatsEventReads):
 
     def _init_events(self) -> None:
         self._events_ready = False
+        self._events_direct = False  # reads by direct get (R1 streams)
         self._events_tail: Tail | None = None  # this process's last write
         self._events_lock: asyncio.Lock | None = None  # made on the loop
 
