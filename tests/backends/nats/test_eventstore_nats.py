@@ -25,7 +25,13 @@ from tests.eventstore.projections._helpers import EVENTS, Deposited, append_in_t
 from tests.eventstore.projections.test_subscriptions import collect
 from tests.eventstore.test_model import EventStoreMachine, event_specs, expected_versions, streams
 from unbundled.backends.nats._events_meta import CRC_HEADER, Entry, stream_subject
-from unbundled.errors import CorruptionError, NotSupported, UsageError, WrongExpectedVersion
+from unbundled.errors import (
+    CorruptionError,
+    LimitExceeded,
+    NotSupported,
+    UsageError,
+    WrongExpectedVersion,
+)
 from unbundled.eventstore import ANY, NO_STREAM, EventStore
 from unbundled.testing.eventstore_contract import everything, new_event
 
@@ -140,6 +146,16 @@ def test_a_missing_message_is_a_corruption_error_never_skipped(url: str) -> None
             store.read("acct-1")
         with pytest.raises(CorruptionError, match="missing"):
             store.read_all()
+
+
+def test_an_append_larger_than_a_message_is_refused_whole(url: str) -> None:
+    """N3: an append is one message, so it must fit the server's max_payload
+    (1 MB by default), though an event may have 16 MB elsewhere."""
+    with EventStore.open(url) as store:
+        big = new_event(data=b'{"x":"' + b"x" * 1_100_000 + b'"}')
+        with pytest.raises(LimitExceeded, match="max_payload"):
+            store.append("acct-1", [new_event(), big])
+        assert store.safe_position() == 0
 
 
 def test_an_events_stream_that_drops_messages_is_refused(url: str) -> None:
