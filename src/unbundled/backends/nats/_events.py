@@ -23,15 +23,15 @@ own writers queue instead of conflicting), in this order:
 3. The event stream's last message gives its state; ``_core.plan_append``
    decides as on every backend.
 4. Publish one message with every event of the append (so it is atomic),
-   ``Nats-Expected-Last-Sequence`` = the tail, and ``Nats-Msg-Id`` = a hash
-   of the event ids. Another writer came first (10071): back to 2 with the
-   tail read again. The stream saw the same ids within its duplicate
-   window: it answers with the first message's sequence, which is read and
-   compared (the original result, or ``DuplicateEventId``).
+   ``Nats-Expected-Last-Sequence`` = the tail, and ``Nats-Msg-Id`` = a
+   hash of the sorted event ids. Another writer came first (10071): back
+   to 2 with the tail read again. The stream saw the same ids within its
+   duplicate window: it answers with the first message's sequence, which
+   is read and compared (the original result, or ``DuplicateEventId``).
 5. A conflicting expected version or a deleted stream (step 3) may be a
-   retry whose first attempt landed: the stream's messages that could hold it are read back
-   (from its end, through each message's ``prev``), and if they hold the
-   same events the original result is returned.
+   retry whose first attempt landed: the stream's messages that could hold
+   it are read back (``_as_retry``), and if they hold the same events the
+   original result is returned.
 6. ``ublog.<bucket>.changed`` is announced (the log's; one token for both).
 
 Deleting is the same with a marker message instead of events.
@@ -131,7 +131,9 @@ class NatsEvents(NatsEventReads):
                 part="an append to several streams",
             )
         write = writes[0]
-        ids = ",".join(e.id for e in write.events)
+        # The ids as a set: the same ids in another order are a conflict
+        # (DuplicateEventId) the stream should answer too, not a new append.
+        ids = ",".join(sorted(e.id for e in write.events))
         msg_id = "ubes:" + hashlib.sha256(ids.encode()).hexdigest()[:40]
         await self._ensure_events()
         if self._events_lock is None:
