@@ -34,6 +34,7 @@ import msgspec
 
 from ..._ground import crc32
 from ...errors import CorruptionError, LimitExceeded, NotSupported, SubjectForgotten, UsageError
+from ...eventstore import _core
 from ...eventstore._protocol import (
     NO_STREAM,
     ProjectionTxn,
@@ -194,7 +195,7 @@ class NatsEventDocuments:
     _payload_bytes_max: Callable[[], int]
 
     def _snapshot_subject(self, stream: str) -> str:
-        return f"$KV.{self.bucket}._events.snap.{encode_key(stream)}"
+        return f"$KV.{self.bucket}._events.snap.{encode_key(_core.check_stream_name(stream))}"
 
     def _key_subject(self, subject: str) -> str:
         return f"$KV.{self.bucket}._events.key.{encode_key(_check_subject(subject))}"
