@@ -18,10 +18,12 @@ own writers queue instead of conflicting), in this order:
 1. Validate (``_core.check_write``); a call writing several streams is
    refused with ``NotSupported``: one message holds one subject, and two
    messages cannot be made visible together on NATS 2.9.
-2. The tail (sequence and ``end``): cached from this process's last write,
-   else the last message of the stream.
-3. The event stream's last message gives its state; ``_core.plan_append``
-   decides as on every backend.
+2. The tail (sequence and ``end``) and the event stream's last message,
+   as this backend knows them from its last write (one round trip saved
+   each), else read (the tail first).
+3. ``_core.plan_append`` decides on the stream's state, as on every
+   backend. A refusal decided on what was known is decided again on what
+   is read: only a publish checks that what was known is still true.
 4. Publish one message with every event of the append (so it is atomic),
    ``Nats-Expected-Last-Sequence`` = the tail, and ``Nats-Msg-Id`` = a
    hash of the sorted event ids. Another writer came first (10071): back
@@ -78,6 +80,7 @@ from ._kv import CONFLICT_RETRIES_MAX, WRONG_LAST_CODES
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 HEADERS_BYTES_ROOM = 512  # our headers, within the server's max payload
+KNOWN_STREAMS_MAX = 10_000  # streams whose last message a backend remembers
 
 
 class NatsEvents(NatsEventReads):
@@ -92,7 +95,12 @@ class NatsEvents(NatsEventReads):
     def _init_events(self) -> None:
         self._events_ready = False
         self._events_direct = False  # reads by direct get (R1 streams)
-        self._events_tail: Tail | None = None  # this process's last write
+        # The tail and the last messages of streams as this backend last
+        # knew them. Every publish is conditional on that tail, so a decision
+        # taken on them lands only if they are still true; a refusal is
+        # never decided on them (step 3 of the docstring reads again).
+        self._events_tail: Tail | None = None
+        self._events_known: dict[str, tuple[int, Entry | None]] = {}
         self._events_lock: asyncio.Lock | None = None  # made on the loop
 
     # --- appending ----------------------------------------------------------
@@ -146,12 +154,15 @@ class NatsEvents(NatsEventReads):
     async def _append_one(self, write: StreamWrite, msg_id: str) -> AppendResult:
         subject = stream_subject(self.bucket, write.stream)
         for _ in range(CONFLICT_RETRIES_MAX):
-            tail = self._events_tail or await self._tail()
-            last_seq, last = await self._last(write.stream)
+            cached = self._events_tail is not None and write.stream in self._events_known
+            tail, (last_seq, last) = await self._events_known_last(write.stream)
             states = {write.stream: last.state()} if last is not None else {}
             try:
                 plan = _core.plan_append([write], states, {})
             except (WrongExpectedVersion, StreamDeleted):
+                if cached:  # refuse on what is stored, not on what we knew
+                    self._events_forget()
+                    continue
                 retried = await self._as_retry(write, last_seq, last)
                 if retried is None:
                     raise
@@ -172,17 +183,11 @@ class NatsEvents(NatsEventReads):
             body, headers = encode_entry(entry)
             self._check_size(write.stream, body)
             headers[MSG_ID_HEADER] = msg_id
-            headers[EXPECTED_LAST_SEQUENCE] = str(tail[0])
-            try:
-                ack = await self._js.publish(subject, body, headers=headers)
-            except js_errors.APIError as exc:
-                if exc.err_code in WRONG_LAST_CODES:
-                    self._events_tail = None  # another writer came first: decide again
-                    continue
-                raise
+            ack = await self._events_publish(subject, body, headers, tail, write.stream, entry)
+            if ack is None:
+                continue  # another writer came first: decide again
             if ack.duplicate:
                 return await self._duplicate(write, states, int(ack.seq))
-            self._events_tail = (int(ack.seq), entry.end)
             positions = tuple(range(tail[1] + 1, entry.end + 1))
             return AppendResult(write.stream, first, entry.version, positions)
         raise Unavailable(
@@ -190,6 +195,51 @@ class NatsEvents(NatsEventReads):
             f"attempts to append to {write.stream!r}; nothing was appended",
             url=self.url,
         )
+
+    async def _events_known_last(self, stream: str) -> tuple[Tail, tuple[int, Entry | None]]:
+        """The tail and ``stream``'s last message (sequence and entry), as
+        known, else read (the tail first: a later read is as new or newer)."""
+        if self._events_tail is None:
+            self._events_known.clear()
+            self._events_tail = await self._tail()
+        found = self._events_known.get(stream)
+        if found is None:
+            found = await self._last(stream)
+            if len(self._events_known) >= KNOWN_STREAMS_MAX:
+                self._events_known.clear()
+            self._events_known[stream] = found
+        return self._events_tail, found
+
+    def _events_forget(self) -> None:
+        self._events_tail = None
+        self._events_known.clear()
+
+    async def _events_publish(
+        self,
+        subject: str,
+        body: bytes,
+        headers: dict[str, str],
+        tail: Tail,
+        stream: str,
+        entry: Entry,
+    ) -> Any:
+        """Publish if the tail is still ``tail``: the ack, or None if another
+        writer came first. What is known moves with the new message."""
+        headers[EXPECTED_LAST_SEQUENCE] = str(tail[0])
+        try:
+            ack = await self._js.publish(subject, body, headers=headers)
+        except js_errors.APIError as exc:
+            self._events_forget()
+            if exc.err_code in WRONG_LAST_CODES:
+                return None
+            raise
+        except BaseException:
+            self._events_forget()  # landed or not: unknown
+            raise
+        if not ack.duplicate:
+            self._events_tail = (int(ack.seq), entry.end)
+            self._events_known[stream] = (int(ack.seq), entry)
+        return ack
 
     def _check_size(self, stream: str, body: bytes) -> None:
         size_max = self._payload_bytes_max() - HEADERS_BYTES_ROOM
@@ -288,9 +338,15 @@ class NatsEvents(NatsEventReads):
     async def _delete(self, stream: str, expected: int, hard: bool) -> None:
         subject = stream_subject(self.bucket, stream)
         for _ in range(CONFLICT_RETRIES_MAX):
-            tail = self._events_tail or await self._tail()
-            last_seq, last = await self._last(stream)
-            version = _core.check_expected(stream, expected, last.state() if last else None)
+            cached = self._events_tail is not None and stream in self._events_known
+            tail, (last_seq, last) = await self._events_known_last(stream)
+            try:
+                version = _core.check_expected(stream, expected, last.state() if last else None)
+            except (WrongExpectedVersion, StreamDeleted):
+                if cached:
+                    self._events_forget()
+                    continue
+                raise
             entry = Entry(
                 HARD_DELETE if hard else SOFT_DELETE,
                 stream,
@@ -302,16 +358,8 @@ class NatsEvents(NatsEventReads):
                 self.clock(),
             )
             body, headers = encode_entry(entry)
-            headers[EXPECTED_LAST_SEQUENCE] = str(tail[0])
-            try:
-                ack = await self._js.publish(subject, body, headers=headers)
-            except js_errors.APIError as exc:
-                if exc.err_code in WRONG_LAST_CODES:
-                    self._events_tail = None
-                    continue
-                raise
-            self._events_tail = (int(ack.seq), entry.end)
-            return
+            if await self._events_publish(subject, body, headers, tail, stream, entry) is not None:
+                return
         raise Unavailable(
             f"the events at {self.url} changed under every one of {CONFLICT_RETRIES_MAX} "
             f"attempts to delete {stream!r}; nothing was deleted",
