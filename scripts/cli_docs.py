@@ -33,17 +33,18 @@ messages and progress go to stderr.
 
 **Stores.** Every command takes a SQLite file (a path or `sqlite:///path.db`)
 or `memory://`, and so does `postgresql://` (the log, the event store,
-idempotency keys and the key-value store; `cdc` and `streams` too). The
-other server URLs serve some commands only: `redis://` idempotency keys;
-`nats://` the log (`topics`, `produce`, `consume`, `groups`...), idempotency
-keys and the key-value store. Any other pairing fails at once with status 8,
-naming the command and the URLs it takes. Commands that only read (`topics list` and
-`describe`, `groups list` and `describe`, `consume` without `--group`,
-`events read`, `streams` and `subscribe`, `projections status`,
+idempotency keys and the key-value store; `cdc` and `streams` too). The other
+server URLs serve some commands only: `redis://` idempotency keys; `nats://`
+the log (`topics`, `produce`, `consume`, `groups`...), the event store
+(`events`; projections are refused there: keep them on SQLite or PostgreSQL),
+idempotency keys and the key-value store. Any other pairing fails at once with
+status 8, naming the command and the URLs it takes. Commands that only read
+(`topics list` and `describe`, `groups list` and `describe`, `consume` without
+`--group`, `events read`, `streams` and `subscribe`, `projections status`,
 `idempotency show` and `list`, `kv get`) open a SQLite file read-only
 (`sqlite:///path.db?mode=ro`): they create and write nothing, and work on a
-read-only file system. A read of a file that does not exist says which
-command makes one.
+read-only file system. A read of a file that does not exist says which command
+makes one.
 
 **Exit status.** 0 on success. A typed error prints `error: <message>` on
 stderr (one line) and exits with a status by kind: 2 usage, 3 not found,

@@ -38,7 +38,7 @@ SERVES = {
     "sqlite": ("log", "events", "idempotency", "kv"),
     "postgres": ("events", "idempotency", "kv"),
     "redis": ("idempotency",),
-    "nats": ("kv",),
+    "nats": ("events", "kv"),
 }
 
 
@@ -109,11 +109,13 @@ def _nats_exists(url: str) -> bool:
 
     async def look() -> bool:
         nc = await nats.connect(nats_server())
+        found = False
         try:
-            await nc.jetstream().stream_info(f"KV_{bucket}")
-            return True
-        except nats.js.errors.NotFoundError:
-            return False
+            for stream in (f"KV_{bucket}", f"UBES_{bucket}"):  # the bucket, the events
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await nc.jetstream().stream_info(stream)
+                    found = True
+            return found
         finally:
             await nc.close()
 

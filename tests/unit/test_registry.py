@@ -86,8 +86,12 @@ def test_every_part_opens_through_one_open_and_the_old_names_still_work() -> Non
     assert isinstance(_registry.open("memory://", serving=backends.LOG), MemoryBackend)
     assert isinstance(backends.open_backend("memory://"), MemoryBackend)
     assert isinstance(backends.open_kv_backend("memory://"), MemoryBackend)
-    with pytest.raises(NotSupported, match="nats:// serves the log, idempotency keys and the"):
-        _registry.open("nats://127.0.0.1:4222", serving=backends.EVENTS)
+    assert backends.SERVES["nats"] == (
+        backends.LOG,
+        backends.EVENTS,
+        backends.IDEMPOTENCY,
+        backends.KV,
+    )
     with pytest.raises(UsageError, match="unknown backend URL scheme 'toy'"):
         _registry.open("toy://x")
     with pytest.raises(UsageError, match="a backend URL or path is required"):

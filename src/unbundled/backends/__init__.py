@@ -16,9 +16,11 @@ goes through; :func:`open_backend` and :func:`open_kv_backend` are its aliases.
   :class:`~unbundled.backends.redis.RedisBackend`, idempotency keys only
   (needs ``pip install 'unbundled[redis]'``); the log and the event store refuse it.
 * ``nats://host:port?bucket=name`` — :class:`~unbundled.backends.nats.NatsBackend`,
-  the log, idempotency keys and the key-value store (needs ``pip install
-  'unbundled[nats]'``); the event store refuses it with ``NotSupported``
-  (it does not run on NATS yet), never a silent fallback.
+  the log, the event store, idempotency keys and the key-value store (needs
+  ``pip install 'unbundled[nats]'``). What JetStream cannot do atomically
+  (an append to several streams, a projection's read model with its
+  checkpoint, a log batch with offset commits) is refused with
+  ``NotSupported``, never a silent fallback.
 
 :data:`SERVES` says the same as a table, which the CLI's ``--db`` help and
 its errors are made from.
@@ -41,7 +43,7 @@ from .._registry import KV as KV
 from .._registry import LOG as LOG
 from .._registry import SERVES as SERVES
 from .._registry import URL_FORMS as URL_FORMS
-from .._registry import listed, refuse
+from .._registry import refuse
 from .._registry import url_scheme as url_scheme
 from .._registry import urls_serving as urls_serving
 from ..errors import BackendError, NotSupported
@@ -147,17 +149,7 @@ def _open_nats(url: str, *, sync: SyncLevel, clock: Callable[[], int], **options
     return nats(url, sync=sync, clock=clock, **options)
 
 
-_NATS_SERVES = (LOG, IDEMPOTENCY, KV)
-
-
-def _refuse_nats(url: str) -> NotSupported:
-    """Said before connecting: what a NATS URL does not serve."""
-    return NotSupported(
-        f"{url!r}: nats:// serves {listed(_NATS_SERVES, 'and')} "
-        f"(Log.open, Idempotency.open, KV.open), "
-        f"not {listed(tuple(w for w in _EVERYTHING if w not in _NATS_SERVES), 'or')}",
-        url=url,
-    )
+_NATS_SERVES = (LOG, EVENTS, IDEMPOTENCY, KV)
 
 
 # The order of registration is the order of SERVES (and of the CLI's help).
@@ -188,7 +180,6 @@ _registry.register(
     _open_nats,
     _NATS_SERVES,
     form="nats://host:port?bucket=name",
-    refuse_early=_refuse_nats,
 )
 
 

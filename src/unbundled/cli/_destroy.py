@@ -51,7 +51,8 @@ def destroy(url: str, yes: bool, dry_run: bool, as_json: bool) -> None:
     URL names one store: a SQLite path (the file and its -wal/-shm), a
     postgresql://...?schema=NAME (the schema and unbundled's tables in it),
     a redis://...?prefix=P (the idempotency records under the prefix) or a
-    nats://...?bucket=B (the log's streams and the key-value bucket). It is
+    nats://...?bucket=B (the log's and the event store's streams and the
+    key-value bucket). It is
     refused when the store is not unbundled's, holds things that are not (your own tables, keys or
     messages), or is still open where that can be seen (PostgreSQL and Redis
     connections, the SQLite file's lock; NATS cannot tell).

@@ -28,11 +28,23 @@ class EventStoreTarget:
     """The backend under test: ``open(clock)`` returns an :class:`EventStore`
     whose backend uses ``clock`` for recorded times. Every check gets a fresh,
     empty store; for a ``durable`` target, opening again after closing reaches
-    the same store and sees everything committed."""
+    the same store and sees everything committed.
+
+    ``transactions`` says whether one transaction may span several streams
+    and documents (memory, SQLite, PostgreSQL): an append to several streams
+    is atomic, a projection commits its documents with its checkpoint, and
+    every append checks its event ids against the whole store. Where it
+    cannot (NATS), the checks that need it check the documented weaker
+    behaviour instead: those appends and projections are refused with
+    ``NotSupported`` and write nothing, and a reused event id is caught when
+    the append repeats an earlier one's ids (within the duplicate window) or
+    its expected version conflicts and the stream holds the ids.
+    """
 
     name: str
     open: Callable[[Clock], EventStore]
     durable: bool
+    transactions: bool = True
 
 
 def durable_only(check: Check) -> Check:

@@ -23,7 +23,7 @@ from nats.js.api import KeyValueConfig
 
 from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bucket, server
 from tests.consistency.kv._workload import KEYS, run_threads
-from unbundled import EventStore, limits
+from unbundled import limits
 from unbundled.backends.nats import decode_key, encode_key
 from unbundled.consistency import KV, Versioned
 from unbundled.consistency.checker import check
@@ -31,7 +31,6 @@ from unbundled.consistency.kv.model import model
 from unbundled.errors import (
     CorruptionError,
     LimitExceeded,
-    NotSupported,
     Timeout,
     Unavailable,
     UsageError,
@@ -269,14 +268,6 @@ def test_bad_urls_are_usage_errors_without_the_password() -> None:
         KV.open("nats://127.0.0.1:4222?bucket=a&bucket=b")
     with pytest.raises(UsageError, match="timeout_s"):
         KV.open("nats://127.0.0.1:4222", timeout_s=0)
-
-
-def test_the_event_store_does_not_run_on_nats() -> None:
-    """Whatever opens it, the message says what nats:// serves, before
-    connecting (the log, idempotency keys and the key-value store run on it)."""
-    with pytest.raises(NotSupported, match="nats:// serves the log, idempotency keys and the"):
-        EventStore.open("nats://127.0.0.1:1")  # no server there: refused before connecting
-    assert not nats_threads()
 
 
 # --- failures ---------------------------------------------------------------------------

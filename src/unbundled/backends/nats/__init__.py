@@ -1,7 +1,8 @@
 """The NATS backend (nats-py): the linearizable key-value store and
-idempotency keys (``_idempotency``) on a JetStream KV bucket, and the log on
+idempotency keys (``_idempotency``) on a JetStream KV bucket, the log on
 JetStream streams (``_log``, ``_log_groups``, ``_log_meta``; its guarantees
-are in docs/explanation/log.md, "On NATS JetStream").
+are in docs/explanation/log.md, "On NATS JetStream") and the event store on
+one more (``_events``).
 
 * ``nats://[user:password@]host:port?bucket=name&replicas=N`` (default bucket
   ``unbundled``, one replica): the bucket is created if missing (history 1,
@@ -33,8 +34,14 @@ are in docs/explanation/log.md, "On NATS JetStream").
   decides leases and retention; ``dedupe_window_s`` is the duplicate window
   of the streams it creates.
 
-The event store is not served on NATS yet: ``EventStore.open`` refuses
-``nats://`` with ``NotSupported``.
+* The event store: every event stream a subject of one stream,
+  ``UBES_<bucket>`` (``_events``, ``_events_read``, ``_events_meta``; its
+  guarantees are in docs/explanation/eventstore.md, "On NATS JetStream").
+  An append is one message (atomic) published with
+  ``Nats-Expected-Last-Sequence``, so expected versions hold and positions
+  are dense and in commit order across processes; an append to several
+  streams and projections (a read model with its checkpoint) raise
+  ``NotSupported``. Snapshots and subject keys are documents in the bucket.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from ..._bounds import check_seconds
 from ..._ground import SyncLevel, now_ms
 from ...errors import BackendError, Closed, Error, Timeout, Unavailable, UsageError
+from ._events import NatsEvents
+from ._events_meta import NatsEventDocuments
 from ._idempotency import NatsIdempotency
 from ._kv import NatsKV
 from ._log import DEDUPE_WINDOW_S_DEFAULT
@@ -106,22 +108,25 @@ def url_replicas(url: str) -> int | None:
     return int(given[0])
 
 
-class NatsBackend(NatsKV, NatsIdempotency, NatsLogGroups, NatsLogMaintenance):
-    """The key-value store, idempotency keys and the log in one bucket of a
-    NATS JetStream server (2.9+); the log's records in streams named after
-    the bucket (``_log_meta`` says how).
+class NatsBackend(
+    NatsKV, NatsIdempotency, NatsLogGroups, NatsLogMaintenance, NatsEvents, NatsEventDocuments
+):
+    """The key-value store, idempotency keys, the log and the event store in
+    one bucket of a NATS JetStream server (2.9+); the log's records in streams
+    named after the bucket (``_log_meta`` says how), the events in the stream
+    ``UBES_<bucket>`` (``_events_meta``).
 
     ``timeout_s`` bounds connecting and every request; raises ``Unavailable``
     if the server cannot be reached, ``UsageError`` for a bad URL or bucket.
     ``clock`` decides group leases, retention and idempotency leases and
     expiry (as on the other backends). ``dedupe_window_s`` is the duplicate
-    window of the record streams this backend creates (NATS's default, two
-    minutes). ``replicas`` (or ``replicas=N`` in the URL) is the replication
+    window of the record streams and the events stream this backend creates
+    (NATS's default, two minutes). ``replicas`` (or ``replicas=N`` in the URL) is the replication
     factor of the bucket and the record streams it creates (R1 by default;
     R3 on a cluster survives losing a node); an existing bucket is used as it is.
     """
 
-    serves = "the key-value store, idempotency keys and the log"
+    serves = "the key-value store, idempotency keys, the log and the event store"
 
     def __init__(
         self,
@@ -153,6 +158,7 @@ class NatsBackend(NatsKV, NatsIdempotency, NatsLogGroups, NatsLogMaintenance):
         self.clock = clock
         self.dedupe_window_s = float(dedupe_window_s)
         self._init_records()
+        self._init_events()
         server, self.bucket, self.url = parse_url(url)
         self._server = server  # with its password, for the loop writers' connections
         self.sync = sync

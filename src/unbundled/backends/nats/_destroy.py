@@ -1,14 +1,15 @@
 """Destroy a NATS store: delete the log's record streams
-(``UBLOG_<bucket>_<incarnation>_<partition>``) and the key-value bucket
-(its stream ``KV_<bucket>``, which holds the log's catalog, producers and
-groups too).
+(``UBLOG_<bucket>_<incarnation>_<partition>``), the event store's stream
+(``UBES_<bucket>``) and the key-value bucket (its stream ``KV_<bucket>``,
+which holds the log's catalog, producers and groups, and the event store's
+snapshots and subject keys too).
 
 1. The bucket must exist (``NotFound``) and be a KV bucket: its stream
    carries the subjects ``$KV.<bucket>.>``.
 2. It must be ours: empty, or its first and last messages carry
    unbundled's version header (every message we write does). A bucket
    written by other NATS clients is refused (``UsageError``).
-3. Delete the record streams named after the bucket, then the bucket's
+3. Delete the record and event streams named after the bucket, then the bucket's
    stream (so a failure half-way leaves the bucket, and running it again
    finishes).
 
@@ -66,7 +67,8 @@ async def _check(admin: Any) -> tuple[int, int]:
 
 
 async def _record_streams(admin: Any) -> list[tuple[str, int, int]]:
-    """The log's record streams of the bucket: name, messages, bytes."""
+    """The log's record streams and the events stream of the bucket: name,
+    messages, bytes."""
     pattern = re.compile(stream_pattern(admin.bucket))
     found = []
     offset = 0

@@ -94,8 +94,10 @@ def group_subject(bucket: str, group: str) -> str:
 
 
 def stream_pattern(bucket: str) -> str:
-    """A regular expression matching every record stream of ``bucket`` (and no other)."""
-    return rf"UBLOG_{bucket}_[0-9a-f]{{16}}_[0-9]+"
+    """A regular expression matching every stream of ``bucket`` but its KV
+    stream (and no other bucket's): the log's record streams and the event
+    store's ``UBES_<bucket>`` (``_events_meta``)."""
+    return rf"UBLOG_{bucket}_[0-9a-f]{{16}}_[0-9]+|UBES_{bucket}"
 
 
 class Documents:
