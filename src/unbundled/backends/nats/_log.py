@@ -318,7 +318,7 @@ class NatsLogRecords:
         if batch.producer is None and not batch.commits and len(appends) == 1:
             ((name, items),) = appends.items()
             if len(items) == 1:
-                return await self._append_one(batch, name, items[0])
+                return await self._append_record(batch, name, items[0])
         return await self._write_batch(batch)
 
     async def _write_batch(self, batch: WriteBatch) -> list[Position]:
@@ -366,7 +366,9 @@ class NatsLogRecords:
         await self._announce()
         return positions
 
-    async def _append_one(self, batch: WriteBatch, name: str, item: AppendItem) -> list[Position]:
+    async def _append_record(
+        self, batch: WriteBatch, name: str, item: AppendItem
+    ) -> list[Position]:
         """``_write`` of one record without a producer (``Log.append``), with
         less bookkeeping: with 64 tasks appending, the client's CPU per
         record is what limits throughput."""
@@ -468,14 +470,15 @@ class NatsLogRecords:
         raise AssertionError("unreachable")
 
     async def _announce(self) -> None:
-        """Wake readers (ours through the token, other processes' by the core
-        message) once this turn of the event loop is over.
+        """Wake readers: ours through the token at once, other processes' by
+        the core message, sent once this turn of the event loop is over.
 
         One message per turn of the event loop, however many writes ended in
         it: with 64 tasks appending, a message per append doubled what the
         connection sent. Not awaited: the records are stored already, and a
         lost announcement delays other processes' readers by their wait's
         timeout, nothing more."""
+        self._bump()  # before the write returns: its caller may look at the token
         self._unannounced = True
         if self._announcer is None or self._announcer.done():
             self._announcer = asyncio.ensure_future(self._send_announcements())
@@ -486,7 +489,6 @@ class NatsLogRecords:
         # so with many writers they cost the server more than the records.
         while self._unannounced:
             self._unannounced = False
-            self._bump()
             with contextlib.suppress(Exception):
                 await self._nc.publish(changed_subject(self.bucket), b"")
             await asyncio.sleep(ANNOUNCE_INTERVAL_S)
@@ -597,19 +599,19 @@ class NatsLogRecords:
             self._changed.notify_all()
 
     def _listen(self) -> None:
-        """Subscribe to other processes' announcements, on the first wait: a
-        process that only writes never receives them (with 16 writing
-        processes, each would receive every other's). An announcement sent
-        before the subscription was missed, so the token moves: the waiting
-        reader looks again at once."""
+        """Subscribe to other processes' announcements when this process
+        first asks for the token: a process that only writes never receives
+        them (with 16 writing processes, each would receive every other's).
+        A reader takes the token before it reads, so no announcement of a
+        write it did not see can be missed."""
         with self._listen_lock:
-            if self._listening:
-                return
-            self._run(self._subscribe_changes, "subscribing to changes")
-            self._listening = True
-        self._bump()
+            if not self._listening:
+                self._run(self._subscribe_changes, "subscribing to changes")
+                self._listening = True
 
     def change_token(self) -> int:
+        if not self._listening:
+            self._listen()
         with self._changed:
             return self._token
 
