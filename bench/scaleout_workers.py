@@ -11,7 +11,9 @@ shared barrier so every process starts together, does its share and puts
 * :func:`consume_unbundled`: one member of a consumer group polls until the group
   as a whole has read every record (a shared counter), committing as it goes.
 * :func:`append_nats_raw`: the same shape with nats-py's ``js.publish`` (waits for
-  the PubAck) on one connection per process: the raw floor of the NATS backend.
+  the PubAck) on one connection per process: the raw floor of the NATS backend;
+  with ``partitions``, messages shaped as the backend's (a stream per partition,
+  a message id and a CRC header each): what the server's deduplication costs.
 * :func:`append_pg_raw`: the same shape with psycopg, one INSERT and one COMMIT
   per record, the tasks sharing a pool of connections: the raw floor of
   PostgreSQL for one acknowledged record at a time.
@@ -78,22 +80,39 @@ def consume_unbundled(
 
 
 def append_nats_raw(
-    url: str, subject: str, process: int, tasks: int, per_task: int, barrier: Any, queue: Any
+    url: str,
+    subject: str,
+    process: int,
+    tasks: int,
+    per_task: int,
+    partitions: int,
+    barrier: Any,
+    queue: Any,
 ) -> None:
+    """``partitions`` > 0: the backend's message shape, to ``<subject>.<p>``
+    round-robin (a stream each) with a unique ``Nats-Msg-Id`` and a CRC header."""
+    import zlib
+
     import nats
+
+    crc = str(zlib.crc32(VALUE))
 
     async def main() -> tuple[float, float, int]:
         nc = await nats.connect(url)
         try:
             js = nc.jetstream()
 
-            async def work() -> None:
-                for _ in range(per_task):
-                    await js.publish(subject, VALUE)  # returns once the server acked it
+            async def work(task: int) -> None:
+                for i in range(per_task):
+                    if not partitions:
+                        await js.publish(subject, VALUE)  # returns once the server acked it
+                        continue
+                    headers = {"Nats-Msg-Id": f"{process}-{task}-{i}", "Ub-Crc": crc}
+                    await js.publish(f"{subject}.{(task + i) % partitions}", VALUE, headers=headers)
 
             await asyncio.to_thread(barrier.wait)
             started = time.time()
-            await asyncio.gather(*(work() for _ in range(tasks)))
+            await asyncio.gather(*(work(t) for t in range(tasks)))
             return started, time.time(), tasks * per_task
         finally:
             await nc.close()

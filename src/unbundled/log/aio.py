@@ -70,7 +70,15 @@ class AsyncLog(LogBase):
     ) -> AsyncLog:
         """Async twin of :meth:`unbundled.Log.open`; the backend is opened in a worker thread."""
         opening = partial(_registry.open, url, serving=LOG, sync=sync, **options)
-        return cls(await asyncio.to_thread(opening))
+        log = cls(await asyncio.to_thread(opening))
+        try:
+            # A backend with a writer for this loop (NATS) connects it now,
+            # so a bad server fails here and the first append pays nothing.
+            await log._loop_writer()
+        except BaseException:
+            await log.close()
+            raise
+        return log
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         self._check_open()

@@ -440,7 +440,9 @@ class NatsLogRecords:
     ) -> list[int]:
         """Stream sequences of ``messages``, published in order (pipelined)."""
         subject = record_subject(self.bucket, entry.incarnation, partition)
-        lock = self._partition_locks.setdefault(subject, asyncio.Lock())
+        lock = self._partition_locks.get(subject)
+        if lock is None:
+            lock = self._partition_locks[subject] = asyncio.Lock()
         if len(messages) == 1 and not lock.locked():
             # One record cannot be split, and nats-py writes it before this
             # task first yields: nothing can come between the check and the
