@@ -359,5 +359,5 @@ class OpensLoopWriter(Protocol):
     backend's own loop thread and back, two thread switches per append that
     cost more than the publish itself."""
 
-    async def open_loop_writer(self) -> LoopWriter:
+    async def _open_loop_writer(self) -> LoopWriter:
         """A writer bound to the running event loop."""

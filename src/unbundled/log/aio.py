@@ -100,7 +100,7 @@ class AsyncLog(LogBase):
         loop = asyncio.get_running_loop()
         if self._writer is None:
             backend = cast(OpensLoopWriter, self.backend)
-            self._writer = asyncio.ensure_future(backend.open_loop_writer())
+            self._writer = asyncio.ensure_future(backend._open_loop_writer())
             self._writer_loop = loop
         elif self._writer_loop is not loop:
             return None

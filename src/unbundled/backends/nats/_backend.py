@@ -185,7 +185,7 @@ class NatsBackend(
             self.close()
             raise
 
-    async def open_loop_writer(self) -> NatsLoopWriter:
+    async def _open_loop_writer(self) -> NatsLoopWriter:
         """Appends from the running event loop on a connection of its own
         (``AsyncLog`` uses it; ``_log_loop`` says why)."""
         if self._closed:

@@ -112,7 +112,9 @@ class NatsLogRecords:
 
     bucket: str
     url: str
+    timeout_s: float
     clock: Callable[[], int]
+    _connect: Callable[[str], Awaitable[None]]  # NatsBackend's (a loop writer connects too)
     dedupe_window_s: float
     replicas: int
     _js: Any

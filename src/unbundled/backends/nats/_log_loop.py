@@ -22,30 +22,28 @@ import asyncio
 import contextlib
 import copy
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.aio.client import Client
 
 from ...errors import Closed, Error
 from ...log._protocol import Position, WriteBatch
+from ._log import NatsLogRecords
 from ._log_meta import Documents
 from ._publish import Acks
-
-if TYPE_CHECKING:
-    from ._backend import NatsBackend
 
 
 class NatsLoopWriter:
     """Writes of one event loop on a connection of that loop (see the module)."""
 
-    def __init__(self, backend: NatsBackend, view: NatsBackend) -> None:
+    def __init__(self, backend: NatsLogRecords, view: NatsLogRecords) -> None:
         self._backend = backend
         self._view = view
         self._loop = asyncio.get_running_loop()
         self._closed = False
 
     @classmethod
-    async def open(cls, backend: NatsBackend, server: str) -> NatsLoopWriter:
+    async def open(cls, backend: NatsLogRecords, server: str) -> NatsLoopWriter:
         # A shallow copy shares the backend's configuration and caches that
         # are safe across threads (the direct-get flags); what belongs to a
         # loop is replaced below. The view is never closed as a backend: its
