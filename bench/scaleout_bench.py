@@ -426,12 +426,18 @@ def plot(lines: list[Line], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, what in zip(axes, ("append", "consume"), strict=True):
         for target in dict.fromkeys(ln.target for ln in lines):
-            for kind, style in ((what, "-o"), ("raw", "--s")):
+            for kind, style in ((what, "-o"), ("raw", "--s"), (SHAPED, ":^")):
                 chosen = sorted(
-                    (ln for ln in lines if ln.target == target and ln.what.startswith(kind)),
+                    (
+                        ln
+                        for ln in lines
+                        if ln.target == target
+                        and ln.what.startswith(kind)
+                        and (kind == SHAPED or ln.what != SHAPED)
+                    ),
                     key=lambda ln: ln.processes,
                 )
-                if not chosen or (kind == "raw" and what != "append"):
+                if not chosen or what not in (kind, "append"):  # baselines: appends only
                     continue
                 label = target if kind == what else f"{chosen[0].what} ({target})"
                 ax.plot([c.processes for c in chosen], [c.rate for c in chosen], style, label=label)
@@ -499,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     lines = run(sizes, console, notes, args.only)
     table = rows(lines)
+    notes.append(
+        f"'{SHAPED}': raw nats-py publishing what the backend publishes (a stream per "
+        "partition, each message with a Nats-Msg-Id and a CRC header); its ratio is our "
+        "append's to it, so the client's cost shows apart from what those messages cost the server"
+    )
     notes.append(f"total time of the run: {time.perf_counter() - started:,.0f} s")
     facts = machine_facts(sizes)
     show_results(
