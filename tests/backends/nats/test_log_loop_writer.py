@@ -164,3 +164,18 @@ def test_acks_time_out_and_report_refusals_and_missing_streams() -> None:
             await nc.close()
 
     asyncio.run(main())
+
+
+def test_a_process_that_only_writes_never_subscribes_to_announcements(url: str) -> None:
+    """N9: announcements reach only processes that read (took the token)."""
+    with Log.open(url) as writer, Log.open(url) as reader:
+        writer.create_topic("t")
+        writer.append("t", b"a")
+        backend = writer.backend
+        assert isinstance(backend, NatsBackend) and not backend._listening
+        token = reader.backend.change_token()  # the reader subscribes here
+        started = time.monotonic()
+        writer.append("t", b"b")
+        assert reader.backend.wait_for_change(token, 10.0) != token
+        assert time.monotonic() - started < 5, "woken by the announcement, not the timeout"
+        assert not backend._listening

@@ -9,7 +9,7 @@ import contextlib
 import math
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -20,7 +20,7 @@ from nats.js import errors as js_errors
 from nats.js.api import KeyValueConfig, StorageType
 
 from ..._bounds import check_seconds
-from ..._ground import SyncLevel, now_ms
+from ..._ground import SyncLevel, Waiter, now_ms
 from ...errors import BackendError, Closed, Error, Timeout, Unavailable, UsageError
 from ._events import NatsEvents
 from ._events_meta import NatsEventDocuments
@@ -311,6 +311,32 @@ class NatsBackend(
             raise self._error(exc, what) from exc
         except BaseException as exc:
             raise self._error(exc, what) from exc
+
+    def _hand_over(
+        self, make: Callable[[], Coroutine[Any, Any, Any]], done: Waiter, what: str
+    ) -> None:
+        """Start ``make()`` on the loop thread and answer ``done`` with its
+        result or our error for it (``submit`` of records and of events)."""
+        if self._closed:
+            done(Closed(f"the NATS backend at {self.url} is closed"))
+            return
+        try:
+            future = asyncio.run_coroutine_threadsafe(make(), self._loop)
+        except RuntimeError:  # the loop closed since the check above
+            done(Closed(f"the NATS backend at {self.url} is closed"))
+            return
+
+        def finished(f: concurrent.futures.Future[Any]) -> None:
+            try:
+                result: object = f.result()
+            except BaseException as exc:
+                try:
+                    result = self._error(exc, what)
+                except BaseException as bug:  # not a NATS error: a bug, said as it is
+                    result = bug
+            done(result)
+
+        future.add_done_callback(finished)
 
     def _error(self, exc: BaseException, what: str) -> Error:
         """Our error for what ``what`` raised (chain it: ``raise ... from exc``).

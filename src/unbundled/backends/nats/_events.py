@@ -42,7 +42,6 @@ Deleting is the same with a marker message instead of events.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,7 +50,6 @@ from nats.js import errors as js_errors
 
 from ..._ground import Waiter
 from ...errors import (
-    Closed,
     LimitExceeded,
     NotSupported,
     StreamDeleted,
@@ -91,6 +89,7 @@ class NatsEvents(NatsEventReads):
     _closed: bool
     _payload_bytes_max: Callable[[], int]
     _announce: Callable[[], Any]
+    _hand_over: Callable[[Callable[[], Any], Waiter, str], None]
 
     def _init_events(self) -> None:
         self._events_ready = False
@@ -106,26 +105,7 @@ class NatsEvents(NatsEventReads):
     # --- appending ----------------------------------------------------------
 
     def submit_events(self, writes: Sequence[StreamWrite], done: Waiter) -> None:
-        if self._closed:
-            done(Closed(f"the NATS backend at {self.url} is closed"))
-            return
-        try:
-            future = asyncio.run_coroutine_threadsafe(self._append(writes), self._loop)
-        except RuntimeError:  # the loop closed since the check above
-            done(Closed(f"the NATS backend at {self.url} is closed"))
-            return
-
-        def finished(f: concurrent.futures.Future[list[AppendResult]]) -> None:
-            try:
-                result: object = f.result()
-            except BaseException as exc:
-                try:
-                    result = self._error(exc, "an append of events")
-                except BaseException as bug:  # not a NATS error: a bug, said as it is
-                    result = bug
-            done(result)
-
-        future.add_done_callback(finished)
+        self._hand_over(lambda: self._append(writes), done, "an append of events")
 
     async def _append(self, writes: Sequence[StreamWrite]) -> list[AppendResult]:
         for write in writes:

@@ -39,7 +39,6 @@ Writing a batch (``_write``), in this order:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import itertools
 import threading
@@ -55,7 +54,6 @@ from nats.js.api import StorageType, StreamConfig
 from ... import limits
 from ..._ground import Waiter, crc32
 from ...errors import (
-    Closed,
     CorruptionError,
     Error,
     LimitExceeded,
@@ -124,6 +122,7 @@ class NatsLogRecords:
     _loop: asyncio.AbstractEventLoop
     _docs: Documents
     _run: Callable[..., Any]
+    _hand_over: Callable[[Callable[[], Any], Waiter, str], None]
     _error: Callable[[BaseException, str], Error]
     _closed: bool
     _payload_bytes_max: Callable[[], int]
@@ -293,27 +292,7 @@ class NatsLogRecords:
     # --- writing --------------------------------------------------------------
 
     def submit(self, batch: WriteBatch, done: Waiter) -> None:
-        what = "an append"
-        if self._closed:
-            done(Closed(f"the NATS backend at {self.url} is closed"))
-            return
-        try:
-            future = asyncio.run_coroutine_threadsafe(self._write(batch), self._loop)
-        except RuntimeError:  # the loop closed since the check above
-            done(Closed(f"the NATS backend at {self.url} is closed"))
-            return
-
-        def finished(f: concurrent.futures.Future[list[Position]]) -> None:
-            try:
-                result: object = f.result()
-            except BaseException as exc:
-                try:
-                    result = self._error(exc, what)
-                except BaseException as bug:  # not a NATS error: a bug, said as it is
-                    result = bug
-            done(result)
-
-        future.add_done_callback(finished)
+        self._hand_over(lambda: self._write(batch), done, "an append")
 
     async def _write(self, batch: WriteBatch) -> list[Position]:
         appends = batch.appends
