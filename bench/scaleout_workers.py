@@ -12,8 +12,8 @@ shared barrier so every process starts together, does its share and puts
   as a whole has read every record (a shared counter), committing as it goes.
 * :func:`append_nats_raw`: the same shape with nats-py's ``js.publish`` (waits for
   the PubAck) on one connection per process: the raw floor of the NATS backend;
-  with ``partitions``, messages shaped as the backend's (a stream per partition,
-  a message id and a CRC header each): what the server's deduplication costs.
+  with ``partitions``, messages shaped as the backend's single appends (a stream
+  per partition, the body led by its CRC-32): the client's cost shows apart.
 * :func:`append_pg_raw`: the same shape with psycopg, one INSERT and one COMMIT
   per record, the tasks sharing a pool of connections: the raw floor of
   PostgreSQL for one acknowledged record at a time.
@@ -90,12 +90,10 @@ def append_nats_raw(
     queue: Any,
 ) -> None:
     """``partitions`` > 0: the backend's message shape, to ``<subject>.<p>``
-    round-robin (a stream each) with a unique ``Nats-Msg-Id`` and a CRC header."""
+    round-robin (a stream each), each body led by its CRC-32, as the backend's."""
     import zlib
 
     import nats
-
-    crc = str(zlib.crc32(VALUE))
 
     async def main() -> tuple[float, float, int]:
         nc = await nats.connect(url)
@@ -107,8 +105,8 @@ def append_nats_raw(
                     if not partitions:
                         await js.publish(subject, VALUE)  # returns once the server acked it
                         continue
-                    headers = {"Nats-Msg-Id": f"{process}-{task}-{i}", "Ub-Crc": crc}
-                    await js.publish(f"{subject}.{(task + i) % partitions}", VALUE, headers=headers)
+                    body = zlib.crc32(VALUE).to_bytes(4, "big") + VALUE  # per message, as ours
+                    await js.publish(f"{subject}.{(task + i) % partitions}", body)
 
             await asyncio.to_thread(barrier.wait)
             started = time.time()

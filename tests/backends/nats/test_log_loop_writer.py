@@ -67,17 +67,18 @@ def test_a_batch_whose_caller_is_cancelled_is_still_written_whole(url: str) -> N
         async with await AsyncLog.open(url) as log:
             await log.create_topic("t")
             await log.append("t", b"warm")  # the writer is open
-            task = asyncio.ensure_future(log.append_batch("t", [b"%d" % i for i in range(300)]))
-            await asyncio.sleep(0.01)  # the batch has started going out
+            task = asyncio.ensure_future(log.append_batch("t", [b"%d" % i for i in range(2000)]))
+            for _ in range(3):  # a few turns of the loop: the batch has started going out,
+                await asyncio.sleep(0)  # and 2,000 acknowledgements take longer than that
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             deadline = time.monotonic() + 10
-            while (await log.end_offsets("t"))[0] < 301:
+            while (await log.end_offsets("t"))[0] < 2001:
                 assert time.monotonic() < deadline, await log.end_offsets("t")
                 await asyncio.sleep(0.05)
-            values = [r.value for r in await log.read("t", 0, 1, records_max=1000)]
-            assert values == [b"%d" % i for i in range(300)], "in order, once each"
+            values = [r.value for r in await log.read("t", 0, 1, records_max=5000)]
+            assert values == [b"%d" % i for i in range(2000)], "in order, once each"
 
     asyncio.run(main())
 

@@ -14,6 +14,7 @@ import asyncio
 import re
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -204,22 +205,51 @@ def test_a_reader_wakes_when_another_connection_appends(url: str) -> None:
 
 
 def test_a_damaged_record_is_corruption(url: str) -> None:
+    """A record's CRC is the first 4 bytes of its body; records written before
+    that kept it in a ``Ub-Crc`` header and still read. A damaged one of
+    either form is ``CorruptionError``."""
     with Log.open(url) as log:
         log.create_topic("t")
-        log.append("t", b"good")
+        log.append("t", b"new")
         backend = nats(log)
         entry = backend._run(lambda: backend._entry("t"), "reading the catalog")
         subject = record_subject(backend.bucket, entry.incarnation, 0)
-        body = msgspec.msgpack.encode((None, b"evil", [], 0))
+        old = msgspec.msgpack.encode((None, b"old", [], 0))
+        evil = msgspec.msgpack.encode((None, b"evil", [], 0))
 
-        async def tamper(js: Any) -> None:
-            await js.publish(subject, body, headers={"Ub-Crc": "12345"})
+        async def write(js: Any) -> None:
+            await js.publish(subject, old, headers={"Ub-Crc": str(zlib.crc32(old))})
+            await js.publish(subject, evil, headers={"Ub-Crc": "12345"})
+            await js.publish(subject, (zlib.crc32(evil) ^ 1).to_bytes(4, "big") + evil)
+            await js.publish(subject, b"\x00")  # shorter than a CRC
 
-        admin(tamper)
-        assert [r.value for r in log.read("t", 0, 0, records_max=1)] == [b"good"]
-        with pytest.raises(CorruptionError) as info:
-            log.read("t", 0, 1)
-        assert info.value.details["offset"] == 1
+        admin(write)
+        assert [r.value for r in log.read("t", 0, 0, records_max=2)] == [b"new", b"old"]
+        for offset in (2, 3, 4):
+            with pytest.raises(CorruptionError) as info:
+                log.read("t", 0, offset)
+            assert info.value.details["offset"] == offset
+
+
+def test_a_single_append_carries_no_headers_and_a_batch_carries_message_ids(url: str) -> None:
+    """Why: a message id costs the server about a sixth of its throughput, so
+    only records that may be sent again (a batch's, a producer's) carry one."""
+    with Log.open(url) as log:
+        log.create_topic("t")
+        log.append("t", b"one")
+        log.append_batch("t", [b"a", b"b"])
+        log.producer("p").append_batch("t", [b"c"], sequence=0)
+        backend = nats(log)
+        entry = backend._run(lambda: backend._entry("t"), "reading the catalog")
+        stream = stream_name(backend.bucket, entry.incarnation, 0)
+
+        async def headers(js: Any) -> list[Any]:
+            return [(await js.get_msg(stream, seq)).headers for seq in range(1, 5)]
+
+        got = admin(headers)
+        assert got[0] is None
+        assert [h.keys() for h in got[1:]] == [{"Nats-Msg-Id"}] * 3
+        assert got[3]["Nats-Msg-Id"] == "p:0:0"
 
 
 def test_two_connections_appending_keep_offsets_dense(url: str) -> None:

@@ -10,14 +10,17 @@ delete messages (``purge`` below a sequence, ``delete`` of one), which leaves ga
 below or among the offsets, as Kafka's do; a read skips them
 (``next_by_subj``).
 
-A record is one message: the body is msgpack ``[key, value, headers,
-timestamp]`` (``value`` nil for a tombstone) and the ``Ub-Crc`` header its
-CRC-32, checked on every read (``CorruptionError``). Every message carries
-``Nats-Msg-Id``: ``<producer id>:<sequence>:<index>`` for an idempotent
-producer's batch, else ``<process's random id>.<batch number>:<index>``; the stream drops a
-message whose id it saw within its duplicate window and answers with the
-first one's sequence, so a batch published again (our retry after a lost
-connection, or the caller's retry through its producer) lands once.
+A record is one message (``_log_format``: the body led by its CRC-32). A
+batch's messages carry ``Nats-Msg-Id``: ``<producer id>:<sequence>:<index>``
+for an idempotent producer's, else ``<process's random id>.<batch number>:<index>``;
+the stream drops a message whose id it saw within its duplicate window and
+answers with the first one's sequence, so a batch published again (our
+retry after a lost connection, or the caller's retry through its producer)
+lands once. A single record without a producer (``Log.append``) carries no
+header: a message id cost about a sixth of the server's throughput, and
+headers as much again of the client's. Without an id it is never sent
+again: after a lost acknowledgement the caller gets ``Timeout`` (outcome
+unknown), as a lost COMMIT gives on PostgreSQL (N2).
 
 Writing a batch (``_write``), in this order:
 
@@ -52,14 +55,13 @@ from nats.js import errors as js_errors
 from nats.js.api import StorageType, StreamConfig
 
 from ... import limits
-from ..._ground import Waiter, crc32
+from ..._ground import Waiter
 from ...errors import (
-    CorruptionError,
     Error,
     LimitExceeded,
     NotSupported,
     OffsetOutOfRange,
-    RecordTooLarge,
+    Timeout,
     TopicExists,
     TopicNotFound,
 )
@@ -76,6 +78,7 @@ from ...log._protocol import (
     TopicPartition,
     WriteBatch,
 )
+from . import _log_format
 from ._log_meta import (
     Catalog,
     Documents,
@@ -88,8 +91,6 @@ from ._log_meta import (
 )
 from ._publish import Acks
 
-CRC_HEADER = "Ub-Crc"
-MSG_ID_HEADER = "Nats-Msg-Id"
 NO_MESSAGE_CODE = 10037
 # Publishing a batch again after a lost connection; each try republishes
 # with the same ids, so the stream keeps one copy of each record.
@@ -100,8 +101,6 @@ ANNOUNCE_INTERVAL_S = 0.005
 READ_PIPELINE_MAX = 64  # message gets in flight at once during a read
 # NATS's own default; a store may ask for another (``dedupe_window_s=``).
 DEDUPE_WINDOW_S_DEFAULT = 120.0
-_ENCODER = msgspec.msgpack.Encoder()
-_BODY = msgspec.msgpack.Decoder(tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int])
 _CATALOG = msgspec.json.Decoder(Catalog)
 
 
@@ -132,7 +131,10 @@ class NatsLogRecords:
     _producer_record: Callable[[ProducerStamp, list[Position]], Awaitable[None]]
 
     def _init_records(self) -> None:
-        self._catalog: Catalog | None = None  # cached; refreshed when a stream is missing
+        # The last catalog read, refreshed when a topic or stream is missing;
+        # a list of one so that loop writers' views (shallow copies) share it.
+        self._catalog: list[Catalog | None] = [None]
+        self._first_catalog: asyncio.Future[Catalog] | None = None  # see _entry
         self._partition_locks: dict[str, asyncio.Lock] = {}
         self._direct: dict[str, bool] = {}  # per stream: reads by direct get
         self._token = 0
@@ -150,11 +152,18 @@ class NatsLogRecords:
 
     async def _load_catalog(self) -> Catalog:
         body, _ = await self._docs.load(catalog_subject(self.bucket))
-        self._catalog = _CATALOG.decode(body) if body else Catalog()
-        return self._catalog
+        catalog = self._catalog[0] = _CATALOG.decode(body) if body else Catalog()
+        return catalog
 
     async def _entry(self, name: str, fresh: bool = False) -> TopicEntry:
-        catalog = self._catalog if self._catalog is not None and not fresh else None
+        catalog = None if fresh else self._catalog[0]
+        if catalog is None and not fresh:
+            # The first writes of a process (64 tasks, say) share one load
+            # of the catalog: each loading it was a burst of 64 reads per
+            # process at the start, which delayed every first append.
+            if self._first_catalog is None or self._first_catalog.done():  # done: it failed
+                self._first_catalog = asyncio.ensure_future(self._load_catalog())
+            catalog = await asyncio.shield(self._first_catalog)
         if catalog is None or name not in catalog.topics:
             catalog = await self._load_catalog()
         entry = catalog.topics.get(name)
@@ -356,15 +365,24 @@ class NatsLogRecords:
         entry = await self._entry(name)
         _core.check_partition_count(name, batch.partitions, entry.config.partitions)
         _core.check_partition(name, item.partition, entry.config.partitions)
-        msg_id = f"{self._batch_prefix}.{next(self._batch_numbers)}:0"
         try:
             (seq,) = await self._publish_partition(
-                entry, item.partition, [self._message(name, item, msg_id)]
+                entry, item.partition, [self._message(name, item, None)]
             )
         except nats.errors.NoRespondersError:
             # No stream: nothing was stored. The general path finds the
             # topic's new incarnation, or says it is gone.
             return await self._write_batch(batch)
+        except nats.errors.TimeoutError:
+            raise Timeout(
+                f"no acknowledgement of an append to {name}[{item.partition}] within "
+                f"{self.timeout_s} s from the NATS server at {self.url}: the record may or "
+                "may not be stored, and it was not sent again (it has no message id to "
+                "deduplicate it); append through an idempotent producer to retry safely",
+                backend="nats",
+                topic=name,
+                partition=item.partition,
+            ) from None
         await self._announce()
         return [Position(name, item.partition, seq - 1)]
 
@@ -400,24 +418,16 @@ class NatsLogRecords:
                 out[i] = Position(name, partition, seq - 1)
         return [p for p in out if p is not None]
 
-    def _message(self, topic: str, item: AppendItem, msg_id: str) -> tuple[bytes, dict[str, str]]:
-        body = _ENCODER.encode((item.key, item.value, list(item.headers), item.timestamp))
-        headers = {MSG_ID_HEADER: msg_id, CRC_HEADER: str(crc32(body, 0))}
-        limit = self._payload_bytes_max() - 200  # the headers, at their largest
-        if len(body) > limit:
-            raise RecordTooLarge(
-                f"a record of {len(body)} bytes (encoded) does not fit this NATS server's "
-                f"message limit ({limit} bytes beside unbundled's headers; raise the "
-                "server's max_payload for larger records)",
-                topic=topic,
-                size=len(body),
-                limit=limit,
-                backend="nats",
-            )
-        return body, headers
+    def _message(
+        self, topic: str, item: AppendItem, msg_id: str | None
+    ) -> tuple[bytes, dict[str, str] | None]:
+        return _log_format.encode(topic, item, msg_id, self._payload_bytes_max())
 
     async def _publish_partition(
-        self, entry: TopicEntry, partition: int, messages: list[tuple[bytes, dict[str, str]]]
+        self,
+        entry: TopicEntry,
+        partition: int,
+        messages: list[tuple[bytes, dict[str, str] | None]],
     ) -> list[int]:
         """Stream sequences of ``messages``, published in order (pipelined)."""
         subject = record_subject(self.bucket, entry.incarnation, partition)
@@ -434,9 +444,11 @@ class NatsLogRecords:
             return await self._publish_tries(subject, messages)
 
     async def _publish_tries(
-        self, subject: str, messages: list[tuple[bytes, dict[str, str]]]
+        self, subject: str, messages: list[tuple[bytes, dict[str, str] | None]]
     ) -> list[int]:
-        for attempt in range(PUBLISH_TRIES_MAX):
+        # A message without an id is sent once: sent again, it could be stored twice.
+        tries = PUBLISH_TRIES_MAX if all(h is not None for _, h in messages) else 1
+        for attempt in range(tries):
             try:
                 if len(messages) == 1:  # in this task: written before it yields
                     body, headers = messages[0]
@@ -447,7 +459,7 @@ class NatsLogRecords:
                     await asyncio.gather(*(self._acks.publish(subject, b, h) for b, h in messages))
                 )
             except (nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError):
-                if attempt == PUBLISH_TRIES_MAX - 1:
+                if attempt == tries - 1:
                     raise
                 await asyncio.sleep(0.1 * (attempt + 1))  # let nats-py reconnect
         raise AssertionError("unreachable")
@@ -552,21 +564,8 @@ class NatsLogRecords:
             raise
 
     def _decode_record(self, topic: str, entry: TopicEntry, partition: int, msg: Any) -> Record:
-        body: bytes = msg.data or b""
-        headers: dict[str, str] = msg.headers or {}
-        offset = int(msg.seq) - 1
-        crc = headers.get(CRC_HEADER)
-        if crc is None or crc != str(crc32(body, 0)):
-            raise CorruptionError(
-                f"record {topic}[{partition}]@{offset} in NATS stream "
-                f"{stream_name(self.bucket, entry.incarnation, partition)} fails its checksum "
-                f"(stored {crc!r}, computed {crc32(body, 0)})",
-                topic=topic,
-                partition=partition,
-                offset=offset,
-            )
-        key, value, rheaders, timestamp = _BODY.decode(body)
-        return Record(topic, partition, offset, key, value, tuple(rheaders), timestamp)
+        stream = stream_name(self.bucket, entry.incarnation, partition)
+        return _log_format.decode(topic, partition, stream, msg)
 
     # --- change notification --------------------------------------------------
 

@@ -53,7 +53,7 @@ class NatsLoopWriter:
         view._nc = Client()
         view._partition_locks = {}
         view._announcer = None
-        view._catalog = backend._catalog
+        view._first_catalog = None  # a future of the backend's loop
         # Readers of this process wait on the backend's token: bump that one.
         view._bump = backend._bump  # type: ignore[method-assign]
         await view._connect(server)

@@ -83,7 +83,7 @@ class Acks:
         if waiting is not None and not waiting[0].done():
             waiting[0].set_result(msg)
 
-    async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> int:
+    async def publish(self, subject: str, body: bytes, headers: dict[str, str] | None) -> int:
         """The stream sequence the message got (or had: a duplicate's)."""
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
