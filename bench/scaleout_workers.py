@@ -13,7 +13,8 @@ shared barrier so every process starts together, does its share and puts
 * :func:`append_nats_raw`: the same shape with nats-py's ``js.publish`` (waits for
   the PubAck) on one connection per process: the raw floor of the NATS backend;
   with ``partitions``, messages shaped as the backend's single appends (a stream
-  per partition, the body led by its CRC-32): the client's cost shows apart.
+  per partition, each task's to the partition of its key as ours, the body
+  led by its CRC-32): the client's cost shows apart.
 * :func:`append_pg_raw`: the same shape with psycopg, one INSERT and one COMMIT
   per record, the tasks sharing a pool of connections: the raw floor of
   PostgreSQL for one acknowledged record at a time.
@@ -95,18 +96,22 @@ def append_nats_raw(
 
     import nats
 
+    from unbundled.log._core import partition_for_key
+
     async def main() -> tuple[float, float, int]:
         nc = await nats.connect(url)
         try:
             js = nc.jetstream()
 
             async def work(task: int) -> None:
-                for i in range(per_task):
+                # The partition ours gives this task's key: some streams busier than others.
+                to = f"{subject}.{partition_for_key(_key(process, task), max(1, partitions))}"
+                for _ in range(per_task):
                     if not partitions:
                         await js.publish(subject, VALUE)  # returns once the server acked it
                         continue
                     body = zlib.crc32(VALUE).to_bytes(4, "big") + VALUE  # per message, as ours
-                    await js.publish(f"{subject}.{(task + i) % partitions}", body)
+                    await js.publish(to, body)
 
             await asyncio.to_thread(barrier.wait)
             started = time.time()
