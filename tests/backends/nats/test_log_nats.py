@@ -415,3 +415,20 @@ def test_a_transaction_across_the_parts_refuses_log_records(url: str) -> None:
             tx.append("t", b"x")
         assert "nats://" in str(refused.value)
         assert db.log.read("t") == []
+
+
+def test_a_scan_may_outlast_the_guard_while_a_stuck_call_times_out(url: str) -> None:
+    """describe_topic and maintain read whole partitions, which takes as long
+    as the partitions are big: they wait while the loop thread answers;
+    anything else past 3 x timeout_s + the guard is a stuck loop (Timeout)."""
+    with Log.open(url, timeout_s=0.1) as log:
+        backend = nats(log)
+        backend.guard_extra_s = 0.2  # the guard: 0.5 s
+
+        async def slow() -> str:
+            await asyncio.sleep(1.0)
+            return "done"
+
+        assert backend._run(slow, "a long scan", long=True) == "done"
+        with pytest.raises(unbundled.Timeout):
+            backend._run(slow, "a request")

@@ -127,6 +127,9 @@ class NatsBackend(
     """
 
     serves = "the key-value store, idempotency keys, the log and the event store"
+    # How long past 3 x timeout_s a call may take before the loop thread is
+    # taken for stuck (nats-py times out each request itself).
+    guard_extra_s = 5.0
 
     def __init__(
         self,
@@ -286,10 +289,13 @@ class NatsBackend(
         server = int(self._nc.max_payload)
         return server if self._msg_bytes_max < 0 else min(server, self._msg_bytes_max)
 
-    def _run(self, make: Callable[[], Awaitable[Any]], what: str) -> Any:
+    def _run(self, make: Callable[[], Awaitable[Any]], what: str, *, long: bool = False) -> Any:
         """Run ``make()`` on the loop thread and wait for it; nats-py's errors
         become ours, chained. A request nats-py gave up on had an unknown
-        outcome: ``Unavailable`` says so."""
+        outcome: ``Unavailable`` says so. ``long``: work whose time grows
+        with the data (a scan of whole partitions), waited for as long as
+        the loop thread still answers; each of its requests is bounded by
+        ``timeout_s`` on its own."""
         if self._closed:
             raise Closed(f"the NATS backend at {self.url} is closed")
 
@@ -303,14 +309,29 @@ class NatsBackend(
         try:
             # nats-py times out each request itself; this bound only guards
             # against a loop that stopped answering.
-            return future.result(timeout=self.timeout_s * 3 + 5)
+            while True:
+                try:
+                    return future.result(timeout=self.timeout_s * 3 + self.guard_extra_s)
+                except concurrent.futures.TimeoutError:
+                    if not (long and self._loop_answers()):
+                        raise
         except Error:
             raise
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
             raise self._error(exc, what) from exc
         except BaseException as exc:
+            future.cancel()  # Ctrl-C: a long scan stops too
             raise self._error(exc, what) from exc
+
+    def _loop_answers(self) -> bool:
+        """Whether the loop thread runs a callback within ``timeout_s``."""
+        answered = threading.Event()
+        try:
+            self._loop.call_soon_threadsafe(answered.set)
+        except RuntimeError:  # closed
+            return False
+        return answered.wait(self.timeout_s)
 
     def _hand_over(
         self, make: Callable[[], Coroutine[Any, Any, Any]], done: Waiter, what: str

@@ -120,7 +120,7 @@ class NatsLogRecords:
     _stream: str  # the KV bucket's stream, which holds the documents
     _loop: asyncio.AbstractEventLoop
     _docs: Documents
-    _run: Callable[..., Any]
+    _run: Callable[..., Any]  # (make, what, *, long=False)
     _hand_over: Callable[[Callable[[], Any], Waiter, str], None]
     _error: Callable[[BaseException, str], Error]
     _closed: bool
@@ -284,7 +284,7 @@ class NatsLogRecords:
                 infos.append(PartitionInfo(p, start, end, count, size))
             return TopicInfo(name, entry.config, tuple(infos))
 
-        result: TopicInfo = self._run(describe, f"describing topic {name!r}")
+        result: TopicInfo = self._run(describe, f"describing topic {name!r}", long=True)
         return result
 
     def offset_bounds(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:

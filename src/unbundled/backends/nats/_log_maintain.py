@@ -42,7 +42,7 @@ class NatsLogMaintenance(NatsLogRecords):
                 await self._announce()
             return MaintenanceReport(removed)
 
-        result: MaintenanceReport = self._run(maintain, "maintenance")
+        result: MaintenanceReport = self._run(maintain, "maintenance", long=True)
         return result
 
     async def _maintain_partition(
