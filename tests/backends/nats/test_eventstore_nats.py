@@ -7,6 +7,7 @@ model-based test of tests/eventstore/test_model.py with NATS as the real store.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -246,3 +247,50 @@ TestNatsEventStoreModel.settings = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_pipelined_appends_of_two_connections_keep_versions_and_positions_dense(url: str) -> None:
+    """Each connection sends its next append before the last one's answer
+    (conditional on it having landed, by its message id); two connections
+    whose tasks race for the same streams make some of those fail. Whatever
+    fails is decided again: every event lands once, versions and positions
+    stay dense, exact expected versions are honoured, and each stream's
+    order is the order of ``$all``."""
+    from unbundled.eventstore.aio import AsyncEventStore
+
+    tasks, appends, shared = 16, 12, 4
+
+    async def connection(n: int, results: list[Any]) -> None:
+        async with await AsyncEventStore.open(url) as store:
+
+            async def work(t: int) -> None:
+                version = NO_STREAM
+                for i in range(appends):
+                    events = [new_event() for _ in range(1 + (t + i) % 3)]
+                    if t % 2:  # an exact version of a stream of its own
+                        result = await store.append(f"own-{n}-{t}", events, version)
+                        version = result.last_version
+                    else:  # racing the other connection's tasks
+                        result = await store.append(f"shared-{(t + i) % shared}", events, ANY)
+                    results.append((result, [e.id for e in events]))
+
+            await asyncio.gather(*(work(t) for t in range(tasks)))
+
+    results: list[Any] = []
+
+    async def both() -> None:
+        await asyncio.gather(connection(0, results), connection(1, results))
+
+    asyncio.run(both())
+    with EventStore.open(url) as store:
+        stored = everything(store)
+        assert [e.position for e in stored] == list(range(1, len(stored) + 1))
+        ids = [e.id for e in stored]
+        assert sorted(ids) == sorted(i for _, batch in results for i in batch), "each once"
+        by_id = {e.id: e for e in stored}
+        for result, batch in results:
+            assert [by_id[i].position for i in batch] == list(result.positions)
+            assert [by_id[i].version for i in batch][-1] == result.last_version
+        for name in {e.stream for e in stored}:
+            versions = [e.version for e in stored if e.stream == name]
+            assert versions == list(range(len(versions))), name

@@ -12,8 +12,9 @@ the same tail: the loser gets error 10071, reads the tail again and decides
 again. Positions are dense from 1, and ``$all`` is the stream in sequence
 order.
 
-Appending to one stream (``_append``), under a lock of this process (so its
-own writers queue instead of conflicting), in this order:
+Appending to one stream (``_append``), deciding and sending under a lock of
+this process (so its own writers queue instead of conflicting), but not
+waiting under it for the answer, in this order:
 
 1. Validate (``_core.check_write``); a call writing several streams is
    refused with ``NotSupported``: one message holds one subject, and two
@@ -26,8 +27,12 @@ own writers queue instead of conflicting), in this order:
    is read: only a publish checks that what was known is still true.
 4. Publish one message with every event of the append (so it is atomic),
    ``Nats-Expected-Last-Sequence`` = the tail, and ``Nats-Msg-Id`` = a
-   hash of the sorted event ids. Another writer came first (10071): back
-   to 2 with the tail read again. The stream saw the same ids within its
+   hash of the sorted event ids; if the tail is a message of ours that was
+   sent but not yet answered, also ``Nats-Expected-Last-Msg-Id`` = its id,
+   so this one lands only after it (the next append is decided as if it
+   landed, and sent at once: appends are pipelined). Another writer came
+   first (10071), or the message before did not land (10070): back to 2
+   with the tail read again. The stream saw the same ids within its
    duplicate window: it answers with the first message's sequence, which
    is read and compared (the original result, or ``DuplicateEventId``).
 5. A conflicting expected version or a deleted stream (step 3) may be a
@@ -44,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nats.js import errors as js_errors
@@ -74,9 +80,12 @@ from ._events_meta import (
 )
 from ._events_read import NatsEventReads, Tail
 from ._kv import CONFLICT_RETRIES_MAX, WRONG_LAST_CODES
+from ._publish import Acks, PubAck
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+WRONG_LAST_MSG_ID_CODE = 10070  # JSStreamWrongLastMsgIDErrF
 HEADERS_BYTES_ROOM = 512  # our headers, within the server's max payload
 KNOWN_STREAMS_MAX = 10_000  # streams whose last message a backend remembers
 
@@ -90,6 +99,7 @@ class NatsEvents(NatsEventReads):
     _payload_bytes_max: Callable[[], int]
     _announce: Callable[[], Any]
     _hand_over: Callable[[Callable[[], Any], Waiter, str], None]
+    _acks: Acks
 
     def _init_events(self) -> None:
         self._events_ready = False
@@ -100,6 +110,10 @@ class NatsEvents(NatsEventReads):
         # never decided on them (step 3 of the docstring reads again).
         self._events_tail: Tail | None = None
         self._events_known: dict[str, tuple[int, Entry | None]] = {}
+        # The message id of the message the known tail is, if it is one of
+        # ours whose answer may not have come yet (see _events_send).
+        self._events_tail_id: str | None = None
+        self._events_epoch = 0  # moves on each forget (_events_known_last)
         self._events_lock: asyncio.Lock | None = None  # made on the loop
 
     # --- appending ----------------------------------------------------------
@@ -126,99 +140,150 @@ class NatsEvents(NatsEventReads):
         await self._ensure_events()
         if self._events_lock is None:
             self._events_lock = asyncio.Lock()
-        async with self._events_lock:
-            result = await self._append_one(write, msg_id)
+        result = await self._append_one(write, msg_id)
         await self._announce()
         return [result]
 
     async def _append_one(self, write: StreamWrite, msg_id: str) -> AppendResult:
-        subject = stream_subject(self.bucket, write.stream)
         for _ in range(CONFLICT_RETRIES_MAX):
-            cached = self._events_tail is not None and write.stream in self._events_known
-            tail, (last_seq, last) = await self._events_known_last(write.stream)
-            states = {write.stream: last.state()} if last is not None else {}
-            try:
-                plan = _core.plan_append([write], states, {})
-            except (WrongExpectedVersion, StreamDeleted):
-                if cached:  # refuse on what is stored, not on what we knew
-                    self._events_forget()
-                    continue
-                retried = await self._as_retry(write, last_seq, last)
-                if retried is None:
-                    raise
-                return retried
-            first = plan.first_versions[0]
-            count = len(write.events)
-            entry = Entry(
-                APPEND,
-                write.stream,
-                first + count - 1,
-                last.start if last is not None else 0,
-                tail[1] + count,
-                last_seq,
-                _after(last_seq, last),
-                self.clock(),
-                [(e.id, e.type, e.schema_version, e.data, e.metadata) for e in write.events],
-            )
-            body, headers = encode_entry(entry)
-            self._check_size(write.stream, body)
-            headers[MSG_ID_HEADER] = msg_id
-            ack = await self._events_publish(subject, body, headers, tail, write.stream, entry)
-            if ack is None:
-                continue  # another writer came first: decide again
-            if ack.duplicate:
-                return await self._duplicate(write, states, int(ack.seq))
-            positions = tuple(range(tail[1] + 1, entry.end + 1))
-            return AppendResult(write.stream, first, entry.version, positions)
+            assert self._events_lock is not None
+            async with self._events_lock:  # decide and send; the next may follow at once
+                sent = await self._append_send(write, msg_id)
+            if isinstance(sent, _Sent):
+                result = await self._append_settle(write, sent)
+            else:
+                result = sent
+            if result is not None:
+                return result
         raise Unavailable(
             f"the events at {self.url} changed under every one of {CONFLICT_RETRIES_MAX} "
             f"attempts to append to {write.stream!r}; nothing was appended",
             url=self.url,
         )
 
-    async def _events_known_last(self, stream: str) -> tuple[Tail, tuple[int, Entry | None]]:
-        """The tail and ``stream``'s last message (sequence and entry), as
-        known, else read (the tail first: a later read is as new or newer)."""
-        if self._events_tail is None:
-            self._events_known.clear()
-            self._events_tail = await self._tail()
-        found = self._events_known.get(stream)
-        if found is None:
-            found = await self._last(stream)
-            if len(self._events_known) >= KNOWN_STREAMS_MAX:
+    async def _append_send(self, write: StreamWrite, msg_id: str) -> AppendResult | _Sent | None:
+        """Decide on what is known and send: what was sent, or the result
+        (a retry that had landed), or None to decide again on what is read."""
+        cached = self._events_tail is not None and write.stream in self._events_known
+        tail, tail_id, (last_seq, last) = await self._events_known_last(write.stream)
+        states = {write.stream: last.state()} if last is not None else {}
+        try:
+            plan = _core.plan_append([write], states, {})
+        except (WrongExpectedVersion, StreamDeleted):
+            if cached:  # refuse on what is stored, not on what we knew
+                self._events_forget()
+                return None
+            retried = await self._as_retry(write, last_seq, last)
+            if retried is None:
+                raise
+            return retried
+        first = plan.first_versions[0]
+        count = len(write.events)
+        entry = Entry(
+            APPEND,
+            write.stream,
+            first + count - 1,
+            last.start if last is not None else 0,
+            tail[1] + count,
+            last_seq,
+            _after(last_seq, last),
+            self.clock(),
+            [(e.id, e.type, e.schema_version, e.data, e.metadata) for e in write.events],
+        )
+        body, headers = encode_entry(entry)
+        self._check_size(write.stream, body)
+        headers[MSG_ID_HEADER] = msg_id
+        subject = stream_subject(self.bucket, write.stream)
+        ack = self._events_send(subject, body, headers, tail, tail_id)
+        self._events_predict(tail, write.stream, entry, msg_id)
+        positions = tuple(range(tail[1] + 1, entry.end + 1))
+        return _Sent(ack, states, AppendResult(write.stream, first, entry.version, positions))
+
+    async def _append_settle(self, write: StreamWrite, sent: _Sent) -> AppendResult | None:
+        """The result once the server answered; None if another writer came first."""
+        ack = await self._events_ack(sent.ack)
+        if ack is None:
+            return None
+        if ack.duplicate:
+            return await self._duplicate(write, sent.states, ack.seq)
+        return sent.result
+
+    async def _events_known_last(
+        self, stream: str
+    ) -> tuple[Tail, str | None, tuple[int, Entry | None]]:
+        """The tail, the message id it must have if it is a message of ours
+        (``_events_send``) and ``stream``'s last message (sequence and entry),
+        as known, else read (the tail first: a later read is as new or
+        newer). One consistent view: what was forgotten while reading (an
+        answer came outside the lock) is read again."""
+        if stream not in self._events_known and len(self._events_known) >= KNOWN_STREAMS_MAX:
+            # Forget the tail too: a stream read now is only as new as a
+            # tail read before it (a message of ours may be in flight).
+            self._events_forget()
+        while True:
+            epoch = self._events_epoch
+            if self._events_tail is None:
                 self._events_known.clear()
-            self._events_known[stream] = found
-        return self._events_tail, found
+                tail = await self._tail()
+                if epoch != self._events_epoch:
+                    continue
+                self._events_tail, self._events_tail_id = tail, None
+            found = self._events_known.get(stream)
+            if found is None:
+                found = await self._last(stream)
+                if epoch != self._events_epoch:
+                    continue
+                self._events_known[stream] = found
+            assert self._events_tail is not None
+            return self._events_tail, self._events_tail_id, found
 
     def _events_forget(self) -> None:
+        self._events_epoch += 1
         self._events_tail = None
+        self._events_tail_id = None
         self._events_known.clear()
 
-    async def _events_publish(
+    def _events_send(
         self,
         subject: str,
         body: bytes,
         headers: dict[str, str],
         tail: Tail,
-        stream: str,
-        entry: Entry,
-    ) -> Any:
-        """Publish if the tail is still ``tail``: the ack, or None if another
-        writer came first. What is known moves with the new message."""
+        tail_id: str | None,
+    ) -> asyncio.Future[PubAck]:
+        """Publish if the tail is still ``tail``; when that tail is a message
+        of ours that may still be in flight (``tail_id``, its message id),
+        also only if it landed. Sent in the order of the calls."""
         headers[EXPECTED_LAST_SEQUENCE] = str(tail[0])
+        if tail_id is not None:
+            headers[EXPECTED_LAST_MSG_ID] = tail_id
+        # A task per publish: tasks start in the order they are made, and a
+        # task writes its message before it first yields, so the order holds.
+        return asyncio.ensure_future(self._acks.publish_ack(subject, body, headers))
+
+    def _events_predict(self, tail: Tail, stream: str, entry: Entry, msg_id: str | None) -> None:
+        """What is known, as if the message just sent landed: the next append
+        follows it at once, conditional on it (``_events_send``)."""
+        seq = tail[0] + 1
+        self._events_tail = (seq, entry.end)
+        self._events_tail_id = msg_id
+        self._events_known[stream] = (seq, entry)
+
+    async def _events_ack(self, sending: asyncio.Future[PubAck]) -> PubAck | None:
+        """The answer to a publish; None if another writer came first (or a
+        message it followed did not land)."""
         try:
-            ack = await self._js.publish(subject, body, headers=headers)
+            ack = await sending
         except js_errors.APIError as exc:
             self._events_forget()
-            if exc.err_code in WRONG_LAST_CODES:
+            if exc.err_code in WRONG_LAST_CODES or exc.err_code == WRONG_LAST_MSG_ID_CODE:
                 return None
             raise
         except BaseException:
             self._events_forget()  # landed or not: unknown
             raise
-        if not ack.duplicate:
-            self._events_tail = (int(ack.seq), entry.end)
-            self._events_known[stream] = (int(ack.seq), entry)
+        if ack.duplicate:
+            self._events_forget()  # not stored again: what was predicted is wrong
         return ack
 
     def _check_size(self, stream: str, body: bytes) -> None:
@@ -319,7 +384,7 @@ class NatsEvents(NatsEventReads):
         subject = stream_subject(self.bucket, stream)
         for _ in range(CONFLICT_RETRIES_MAX):
             cached = self._events_tail is not None and stream in self._events_known
-            tail, (last_seq, last) = await self._events_known_last(stream)
+            tail, tail_id, (last_seq, last) = await self._events_known_last(stream)
             try:
                 version = _core.check_expected(stream, expected, last.state() if last else None)
             except (WrongExpectedVersion, StreamDeleted):
@@ -338,13 +403,25 @@ class NatsEvents(NatsEventReads):
                 self.clock(),
             )
             body, headers = encode_entry(entry)
-            if await self._events_publish(subject, body, headers, tail, stream, entry) is not None:
+            sending = self._events_send(subject, body, headers, tail, tail_id)
+            self._events_predict(tail, stream, entry, None)  # a marker has no message id
+            if await self._events_ack(sending) is not None:
                 return
         raise Unavailable(
             f"the events at {self.url} changed under every one of {CONFLICT_RETRIES_MAX} "
             f"attempts to delete {stream!r}; nothing was deleted",
             url=self.url,
         )
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """An append sent and not yet answered: its answer to come, the states it
+    was decided on, and its result if it lands."""
+
+    ack: asyncio.Future[PubAck]
+    states: dict[str, StreamState]
+    result: AppendResult
 
 
 def _after(last_seq: int, last: Entry | None) -> int:

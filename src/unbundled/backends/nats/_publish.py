@@ -29,13 +29,15 @@ from nats.js import errors as js_errors
 NO_RESPONDERS = "503"
 
 
-class _PubAck(msgspec.Struct):
+class PubAck(msgspec.Struct):
+    """A stream's answer to a publish (its ``error`` set if it refused)."""
+
     seq: int = 0
     duplicate: bool = False
     error: dict[str, Any] | None = None
 
 
-_ACK = msgspec.json.Decoder(_PubAck)
+_ACK = msgspec.json.Decoder(PubAck)
 
 
 class Acks:
@@ -85,6 +87,12 @@ class Acks:
 
     async def publish(self, subject: str, body: bytes, headers: dict[str, str] | None) -> int:
         """The stream sequence the message got (or had: a duplicate's)."""
+        return (await self.publish_ack(subject, body, headers)).seq
+
+    async def publish_ack(
+        self, subject: str, body: bytes, headers: dict[str, str] | None
+    ) -> PubAck:
+        """The acknowledgement: the sequence, and whether it was a duplicate."""
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -100,4 +108,4 @@ class Acks:
         if ack.error is not None:
             js_errors.APIError.from_error(ack.error)  # raises the matching APIError
             raise js_errors.APIError(**ack.error)
-        return ack.seq
+        return ack
