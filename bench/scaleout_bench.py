@@ -424,9 +424,12 @@ def plot(lines: list[Line], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 7.5))
+    targets = list(dict.fromkeys(ln.target for ln in lines))
+    # A colour per backend; ours solid, raw dashed, the same-work line dotted.
+    colours = {t: plt.get_cmap("tab10")(i % 10) for i, t in enumerate(targets)}
     for ax, what in zip(axes, ("append", "consume"), strict=True):
-        for target in dict.fromkeys(ln.target for ln in lines):
+        for target in targets:
             for kind, style in ((what, "-o"), ("raw", "--s"), (SHAPED, ":^")):
                 chosen = sorted(
                     (
@@ -441,7 +444,13 @@ def plot(lines: list[Line], path: Path) -> None:
                 if not chosen or what not in (kind, "append"):  # baselines: appends only
                     continue
                 label = target if kind == what else f"{chosen[0].what} ({target})"
-                ax.plot([c.processes for c in chosen], [c.rate for c in chosen], style, label=label)
+                ax.plot(
+                    [c.processes for c in chosen],
+                    [c.rate for c in chosen],
+                    style,
+                    color=colours[target],
+                    label=label,
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel(
             f"processes ({TASKS} asyncio tasks each)"
@@ -451,7 +460,8 @@ def plot(lines: list[Line], path: Path) -> None:
         ax.set_ylabel("records/s")
         ax.set_title(f"{what} throughput")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        # Below the plot: inside, it hid the lines.
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
