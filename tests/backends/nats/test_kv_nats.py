@@ -25,6 +25,7 @@ from tests.backends.nats._nats import admin, bucket_url, delete_bucket, fresh_bu
 from tests.consistency.kv._workload import KEYS, run_threads
 from unbundled import limits
 from unbundled.backends.nats import decode_key, encode_key
+from unbundled.backends.nats._backend import parse_url
 from unbundled.consistency import KV, Versioned
 from unbundled.consistency.checker import check
 from unbundled.consistency.kv.model import model
@@ -268,6 +269,32 @@ def test_bad_urls_are_usage_errors_without_the_password() -> None:
         KV.open("nats://127.0.0.1:4222?bucket=a&bucket=b")
     with pytest.raises(UsageError, match="timeout_s"):
         KV.open("nats://127.0.0.1:4222", timeout_s=0)
+
+
+def test_a_url_may_name_several_servers_of_a_cluster() -> None:
+    """A seed list: each server is tried, so one that is down when a
+    process starts does not stop it; the password stays out of messages."""
+    servers, bucket, shown = parse_url("nats://u:pw@10.0.0.1:4222,10.0.0.2:4223?bucket=b")
+    assert servers == ["nats://u:pw@10.0.0.1:4222", "nats://u:pw@10.0.0.2:4223"]
+    assert (bucket, shown) == ("b", "nats://u:***@10.0.0.1:4222,10.0.0.2:4223?bucket=b")
+    for bad in ("nats://h:1,?bucket=b", "nats://h:1,h2:port?bucket=b"):
+        with pytest.raises(UsageError, match="is not host:port"):
+            parse_url(bad)
+    with pytest.raises(UsageError, match="at most 16"):
+        parse_url("nats://" + ",".join(f"h{i}:1" for i in range(17)))
+    bucket = fresh_bucket()
+    try:
+        live = server().removeprefix("nats://")
+        with KV.open(f"nats://127.0.0.1:1,{live}?bucket={bucket}") as kv:
+            kv.write("k", b"v")
+            found = kv.read("k")
+            assert found is not None and found.value == b"v"
+    finally:
+        delete_bucket(bucket)
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="connection refused"):
+        KV.open("nats://127.0.0.1:1,127.0.0.1:2?bucket=b")
+    assert time.monotonic() - started < 4.0, "every server failed: no retrying for minutes"
 
 
 # --- failures ---------------------------------------------------------------------------

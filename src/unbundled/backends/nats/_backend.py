@@ -40,6 +40,7 @@ BUCKET_DEFAULT = "unbundled"
 BUCKET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TIMEOUT_S_DEFAULT = 5.0
 REPLICAS_MAX = 5  # JetStream's own limit
+SERVERS_MAX = 16  # servers one URL may name (a seed list of one cluster)
 STREAM_IN_USE_CODE = 10058  # JSStreamNameExistErr: created by someone else meanwhile
 _UNREACHABLE = (
     OSError,  # ConnectionRefusedError, socket errors
@@ -65,15 +66,38 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def parse_url(url: str) -> tuple[str, str, str]:
-    """``(server URL for nats-py, bucket, URL for messages without the password)``."""
+def parse_url(url: str) -> tuple[list[str], str, str]:
+    """``(server URLs for nats-py, bucket, URL for messages without the password)``.
+
+    ``nats://host:port,host2:port2?bucket=name`` names several servers of one
+    cluster (at most ``SERVERS_MAX``): connecting tries each, so a server
+    that is down when a process starts does not stop it."""
     parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
     shown = url
     if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        shown = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
+        shown = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{hosts}"))
     if parts.scheme != "nats" or not parts.hostname:
         raise UsageError(f"bad NATS URL {shown!r}: write nats://host:port?bucket=name", url=shown)
+    servers = []
+    for host in hosts.split(","):
+        one = urlsplit(f"nats://{host}")
+        try:
+            one.port  # noqa: B018 (a bad port raises here)
+        except ValueError:
+            one = one._replace(netloc="")
+        if not one.hostname:
+            raise UsageError(
+                f"bad NATS URL {shown!r}: {host!r} is not host:port "
+                "(several servers: nats://host:port,host2:port2?bucket=name)",
+                url=shown,
+            )
+        servers.append(urlunsplit(("nats", f"{userinfo}@{host}" if userinfo else host, "", "", "")))
+    if len(servers) > SERVERS_MAX:
+        raise UsageError(
+            f"bad NATS URL {shown!r}: {len(servers)} servers, at most {SERVERS_MAX}",
+            url=shown,
+        )
     query = parse_qsl(parts.query, keep_blank_values=True)
     unknown = sorted({name for name, _ in query} - {"bucket", "replicas"})
     buckets = [value for name, value in query if name == "bucket"]
@@ -90,7 +114,7 @@ def parse_url(url: str) -> tuple[str, str, str]:
             url=shown,
             bucket=bucket,
         )
-    return urlunsplit(parts._replace(query="", fragment="")), bucket, shown
+    return servers, bucket, shown
 
 
 def url_replicas(url: str) -> int | None:
@@ -162,8 +186,8 @@ class NatsBackend(
         self.dedupe_window_s = float(dedupe_window_s)
         self._init_records()
         self._init_events()
-        server, self.bucket, self.url = parse_url(url)
-        self._server = server  # with its password, for the loop writers' connections
+        servers, self.bucket, self.url = parse_url(url)
+        self._servers = servers  # with the password, for the loop writers' connections
         self.sync = sync
         self.timeout_s = float(timeout_s)
         self._stream = f"KV_{self.bucket}"
@@ -178,7 +202,7 @@ class NatsBackend(
         self._thread.start()
         self._nc = Client()
         try:
-            self._run(lambda: self._connect(server), "connecting")
+            self._run(lambda: self._connect(servers), "connecting")
             self._js = self._nc.jetstream(timeout=self.timeout_s)
             self._acks = Acks(self._nc, self.timeout_s)
             self._run(self._acks.subscribe, "subscribing to acknowledgements")
@@ -194,7 +218,7 @@ class NatsBackend(
         if self._closed:
             raise Closed(f"the NATS backend at {self.url} is closed")
         try:
-            return await NatsLoopWriter.open(self, self._server)
+            return await NatsLoopWriter.open(self, self._servers)
         except Error:
             raise
         except Exception as exc:
@@ -209,15 +233,18 @@ class NatsBackend(
     def __repr__(self) -> str:
         return f"NatsBackend({self.url!r}, bucket={self.bucket!r})"
 
-    async def _connect(self, server: str) -> None:
-        """Connect; the first failure ends the attempt (nats-py alone would
-        retry a refused first connection for minutes), while a connection
-        lost later is retried by nats-py for ever."""
+    async def _connect(self, servers: list[str]) -> None:
+        """Connect; a failure of every server ends the attempt (nats-py alone
+        would retry a refused first connection for minutes), while a
+        connection lost later is retried by nats-py for ever."""
         first_failure: asyncio.Future[BaseException] = self._loop.create_future()
+        failures = 0
 
         async def on_error(exc: Exception) -> None:
+            nonlocal failures
             self._last_error = exc  # reported with the next Unavailable
-            if not first_failure.done():
+            failures += 1
+            if failures >= len(servers) and not first_failure.done():
                 first_failure.set_result(exc)
 
         async def on_reconnect() -> None:
@@ -225,7 +252,7 @@ class NatsBackend(
 
         connecting = asyncio.ensure_future(
             self._nc.connect(
-                servers=[server],
+                servers=servers,
                 error_cb=on_error,
                 reconnected_cb=on_reconnect,
                 name="unbundled",

@@ -111,7 +111,7 @@ class NatsLogRecords:
     url: str
     timeout_s: float
     clock: Callable[[], int]
-    _connect: Callable[[str], Awaitable[None]]  # NatsBackend's (a loop writer connects too)
+    _connect: Callable[[list[str]], Awaitable[None]]  # NatsBackend's (a loop writer connects too)
     dedupe_window_s: float
     replicas: int
     _js: Any

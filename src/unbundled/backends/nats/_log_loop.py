@@ -43,7 +43,7 @@ class NatsLoopWriter:
         self._closed = False
 
     @classmethod
-    async def open(cls, backend: NatsLogRecords, server: str) -> NatsLoopWriter:
+    async def open(cls, backend: NatsLogRecords, servers: list[str]) -> NatsLoopWriter:
         # A shallow copy shares the backend's configuration and caches that
         # are safe across threads (the direct-get flags); what belongs to a
         # loop is replaced below. The view is never closed as a backend: its
@@ -56,7 +56,7 @@ class NatsLoopWriter:
         view._first_catalog = None  # a future of the backend's loop
         # Readers of this process wait on the backend's token: bump that one.
         view._bump = backend._bump  # type: ignore[method-assign]
-        await view._connect(server)
+        await view._connect(servers)
         view._js = view._nc.jetstream(timeout=backend.timeout_s)
         view._acks = Acks(view._nc, backend.timeout_s)
         await view._acks.subscribe()
