@@ -8,6 +8,7 @@ import contextlib
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -56,3 +57,30 @@ def delete_bucket(bucket: str) -> None:
                     await js.delete_stream(name.config.name)
 
     admin(delete)
+
+
+HOWTO = Path(__file__).resolve().parents[3] / "docs" / "how-to"
+FENCE = re.compile(r"^```py\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def run_howto(page: str, bucket_word: str, closeable: type) -> int:
+    """Run the ``py`` examples of ``docs/how-to/<page>`` in order, in one
+    namespace, against the real server in a fresh bucket (the page's
+    ``bucket_word`` renamed); close what they left open of ``closeable``
+    and delete the bucket. How many blocks ran."""
+    path = HOWTO / page
+    host_port = server().removeprefix("nats://")
+    bucket = fresh_bucket("test_howto")
+    blocks = FENCE.findall(path.read_text())
+    namespace: dict[str, object] = {"__name__": "__docs__"}
+    try:
+        for number, block in enumerate(blocks, 1):
+            source = re.sub(rf"\b{bucket_word}\b", bucket, block)
+            source = source.replace("127.0.0.1:4222", host_port)
+            exec(compile(source, f"{path.name}:block{number}", "exec"), namespace)
+    finally:
+        for value in namespace.values():
+            if isinstance(value, closeable):
+                value.close()  # type: ignore[attr-defined]
+        delete_bucket(bucket)
+    return len(blocks)
