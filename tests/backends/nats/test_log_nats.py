@@ -11,7 +11,9 @@ appending to one partition; ``destroy`` removing the record streams.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import threading
 import time
 import zlib
@@ -432,3 +434,26 @@ def test_a_scan_may_outlast_the_guard_while_a_stuck_call_times_out(url: str) -> 
         assert backend._run(slow, "a long scan", long=True) == "done"
         with pytest.raises(unbundled.Timeout):
             backend._run(slow, "a request")
+
+
+def test_ctrl_c_during_a_long_scan_cancels_it(url: str) -> None:
+    """N8: Ctrl-C stops describe_topic or maintain: the caller gets
+    KeyboardInterrupt and the scan on the loop thread is cancelled."""
+    with Log.open(url) as log:
+        backend = nats(log)
+        cancelled = threading.Event()
+
+        async def scan() -> None:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        ctrl_c = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        ctrl_c.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            backend._run(scan, "a long scan", long=True)
+        assert time.monotonic() - started < 5.0
+        assert cancelled.wait(5.0), "the scan went on after Ctrl-C"

@@ -80,9 +80,8 @@ from ._events_meta import (
 )
 from ._events_read import NatsEventReads, Tail
 from ._kv import CONFLICT_RETRIES_MAX, WRONG_LAST_CODES
-from ._publish import Acks, PubAck
+from ._publish import MSG_ID_HEADER, Acks, PubAck
 
-MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 WRONG_LAST_MSG_ID_CODE = 10070  # JSStreamWrongLastMsgIDErrF

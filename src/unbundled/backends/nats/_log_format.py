@@ -17,10 +17,10 @@ import msgspec
 from ..._ground import crc32
 from ...errors import CorruptionError, RecordTooLarge
 from ...log._protocol import AppendItem, Record
+from ._publish import MSG_ID_HEADER
 
 CRC_HEADER = "Ub-Crc"  # the earlier format's
 CRC_BYTES = 4
-MSG_ID_HEADER = "Nats-Msg-Id"
 # Room left in the server's max_payload for the subject and headers.
 HEADERS_BYTES_ROOM = 200
 _ENCODER = msgspec.msgpack.Encoder()

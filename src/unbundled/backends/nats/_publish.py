@@ -27,6 +27,8 @@ import nats.errors
 from nats.js import errors as js_errors
 
 NO_RESPONDERS = "503"
+# JetStream drops a message whose id it saw within the stream's duplicate window.
+MSG_ID_HEADER = "Nats-Msg-Id"
 
 
 class PubAck(msgspec.Struct):
