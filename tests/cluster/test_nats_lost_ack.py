@@ -23,6 +23,32 @@ from unbundled import Log, Timeout, Unavailable
 from unbundled.testing.natscluster import NatsCluster, nats_server_unavailable
 
 SETTLE_S = 10.0
+FREEZE_S = 10.0
+
+
+def _freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads is stopped.
+
+    ``kill`` only starts a group stop: one thread is woken to begin it, and
+    on a loaded machine it can wait for a CPU while the server's other
+    threads still read and acknowledge (CI once saw an append acknowledged
+    after the kill returned)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + FREEZE_S
+    tasks = Path(f"/proc/{pid}/task")
+    while True:
+        states = []
+        for task in tasks.iterdir():
+            try:
+                # The state follows the name in parentheses, which may hold spaces.
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                continue  # a thread that just ended
+        if states and all(state in ("T", "t") for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} not stopped after {FREEZE_S} s: {states}")
+        time.sleep(0.001)
 
 
 def _values_once_settled(log: Log, expected: int) -> list[bytes]:
@@ -44,7 +70,7 @@ def test_a_single_append_whose_ack_is_lost_is_not_sent_again(tmp_path: Path) -> 
         pid = cluster.node(0).process.pid  # type: ignore[union-attr]
         with Log.open(f"{cluster.url}?bucket=lostack", timeout_s=1.0) as log:
             log.create_topic("t")
-            os.kill(pid, signal.SIGSTOP)
+            _freeze(pid)
             try:
                 with pytest.raises(Timeout) as single:
                     log.append("t", b"once")

@@ -32,6 +32,7 @@ from ._log_loop import NatsLoopWriter
 from ._log_maintain import NatsLogMaintenance
 from ._log_meta import Documents
 from ._publish import Acks
+from ._streams import ensure_stream
 
 BUCKET_DEFAULT = "unbundled"
 # Bucket names are stream-name safe ([A-Za-z0-9_-]); the bound keeps the
@@ -41,7 +42,6 @@ BUCKET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TIMEOUT_S_DEFAULT = 5.0
 REPLICAS_MAX = 5  # JetStream's own limit
 SERVERS_MAX = 16  # servers one URL may name (a seed list of one cluster)
-STREAM_IN_USE_CODE = 10058  # JSStreamNameExistErr: created by someone else meanwhile
 _UNREACHABLE = (
     OSError,  # ConnectionRefusedError, socket errors
     asyncio.TimeoutError,  # nats.errors.TimeoutError is one too
@@ -284,18 +284,16 @@ class NatsBackend(
 
     async def _ensure_bucket(self) -> None:
         """Create the bucket if it is missing; refuse one with a TTL."""
-        try:
-            info = await self._js.stream_info(self._stream)
-        except js_errors.NotFoundError:
-            config = KeyValueConfig(
-                bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=self.replicas
-            )
-            try:
-                await self._js.create_key_value(config)
-            except js_errors.APIError as exc:
-                if exc.err_code != STREAM_IN_USE_CODE:
-                    raise
-            info = await self._js.stream_info(self._stream)
+        config = KeyValueConfig(
+            bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=self.replicas
+        )
+        info = await ensure_stream(
+            self._js,
+            self._stream,
+            lambda: self._js.create_key_value(config),
+            self.timeout_s,
+            self.url,
+        )
         if f"$KV.{self.bucket}.>" not in (info.config.subjects or []):
             raise UsageError(
                 f"stream {self._stream!r} at {self.url} is not the NATS KV bucket "

@@ -28,10 +28,10 @@ from ._events_meta import (
     subject_stream,
 )
 from ._kv import NO_MESSAGE_CODE
+from ._streams import ensure_stream
 
 # The JetStream API's subjects: the backend's context has no domain or prefix.
 JS_API = "$JS.API"
-STREAM_IN_USE_CODE = 10058
 READ_PIPELINE_MAX = 64  # message gets in flight at once while reading $all
 Tail = tuple[int, int]  # (sequence, end) of the last message
 
@@ -60,23 +60,17 @@ class NatsEventReads:
         if self._events_ready:
             return
         name = events_stream(self.bucket)
-        try:
-            info = await self._js.stream_info(name)
-        except js_errors.NotFoundError:
-            config = StreamConfig(
-                name=name,
-                subjects=[events_wildcard(self.bucket)],
-                storage=StorageType.FILE,
-                num_replicas=self.replicas,
-                duplicate_window=self.dedupe_window_s,
-                allow_direct=True,
-            )
-            try:
-                await self._js.add_stream(config)
-            except js_errors.APIError as exc:
-                if exc.err_code != STREAM_IN_USE_CODE:
-                    raise
-            info = await self._js.stream_info(name)
+        config = StreamConfig(
+            name=name,
+            subjects=[events_wildcard(self.bucket)],
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            duplicate_window=self.dedupe_window_s,
+            allow_direct=True,
+        )
+        info = await ensure_stream(
+            self._js, name, lambda: self._js.add_stream(config), self.timeout_s, self.url
+        )
         config = info.config
         limited = [
             f"{field}={value}"
