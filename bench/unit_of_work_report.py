@@ -175,8 +175,8 @@ CASES = [
     "exact expected version). B: eventsourcing, 64 threads (it has no asyncio API), "
     "`Application.save(account)` after each `account.deposit()`, then the outbox INSERT in "
     "a transaction of its own (two commits per command, as a user of it writes an outbox).",
-    "The same on PostgreSQL, without the log record (the log does not run there yet): "
-    "event + idempotency completion per transaction; A and B likewise (B: eventsourcing's "
+    "The same on PostgreSQL, the outbox record in the log on PostgreSQL: event + record + "
+    "idempotency completion per transaction; A and B likewise (B: eventsourcing's "
     "postgres module, a pool of 64 connections, the outbox INSERT in its own commit). "
     "Each side in a fresh schema of database `test`, dropped after.",
     "The log beside NATS: durable `AsyncLog.append(topic, 100-byte value)` from 64 asyncio "

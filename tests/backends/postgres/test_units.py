@@ -1,10 +1,12 @@
 """Units of work group-committed by the PostgreSQL writer (``_unit_stage``,
-``_batch``): many callers' units share a transaction, a unit that
-conflicts is refused alone, and a batch whose round trip fails is replayed
-one unit per transaction."""
+``_batch``): many callers' units share a transaction, also units with log
+records beside plain appends of the log's own writer, a unit that
+conflicts is refused alone (its records take no offset), and a batch whose
+round trip fails is replayed one unit per transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -21,11 +23,14 @@ from unbundled.errors import (
     CompareFailed,
     DuplicateEventId,
     Error,
+    PartitionNotFound,
     StaleToken,
     StreamNotFound,
+    TopicNotFound,
     WrongExpectedVersion,
 )
 from unbundled.eventstore import ANY, NO_STREAM, AppendResult, Event, NewEvent, StreamWrite
+from unbundled.log._protocol import AppendItem, Position
 from unbundled.transaction import _unit
 
 from .conftest import server_url
@@ -48,8 +53,11 @@ def make_unit(
     events: tuple[StreamWrite, ...] = (),
     idempotency: tuple[_unit.IdemOp, ...] = (),
     kv: tuple[_unit.KvOp, ...] = (),
+    records: dict[str, list[AppendItem]] | None = None,
 ) -> _unit.Unit:
     unit = _unit.Unit()
+    for topic, items in (records or {}).items():
+        unit.appends[topic] = items
     for write in events:
         unit.add_events(write)
     unit.idempotency.extend(idempotency)
@@ -379,3 +387,138 @@ def test_a_batch_that_committed_is_answered_when_the_next_reads_fail(pg_url: str
         assert len(backend.read_stream("held", 0, 10)) == 2
     finally:
         backend.close()
+
+
+def _records(*values: bytes, partition: int = 0) -> list[AppendItem]:
+    return [AppendItem(partition, None, value, (), 7) for value in values]
+
+
+def test_units_with_records_share_a_batch_and_a_refused_one_takes_no_offset(pg_url: str) -> None:
+    with unbundled.open(pg_url, sync="normal") as db:
+        db.log.create_topic("out", partitions=2)
+        backend = db.backend
+        assert isinstance(backend, PostgresBackend)
+        backend.submit_events([StreamWrite("held", NO_STREAM, [event()])], SyncWaiter())
+        with (
+            psycopg.connect(server_url(), autocommit=True) as blocker,
+            psycopg.connect(server_url(), autocommit=True) as admin,
+        ):
+            # As above: the writer waits on held's row, the rest form one batch.
+            blocker.execute("BEGIN")
+            blocker.execute(
+                f'SELECT * FROM "{backend.schema}".streams WHERE stream = %s FOR UPDATE',
+                ("held",),
+            )
+            first = SyncWaiter()
+            backend.submit_events([StreamWrite("held", 0, [event()])], first)
+            writer = backend._writer
+            assert writer._conn is not None
+            wait_until_waiting_for_lock(admin, writer._conn.info.backend_pid)
+            before = writer.transactions
+            requests: list[tuple[str, _unit.Unit | list[StreamWrite]]] = [
+                (
+                    "two records and an event",
+                    make_unit(
+                        (StreamWrite("s-1", NO_STREAM, [event()]),),
+                        records={"out": _records(b"a", b"b")},
+                    ),
+                ),
+                (
+                    "s-1 taken by the unit before: its record is not written",
+                    make_unit(
+                        (StreamWrite("s-1", NO_STREAM, [event()]),),
+                        records={"out": _records(b"never")},
+                    ),
+                ),
+                ("a topic that does not exist", make_unit(records={"ghost": _records(b"x")})),
+                (
+                    "a partition out of range",
+                    make_unit(records={"out": _records(b"x", partition=5)}),
+                ),
+                ("an append between units", [StreamWrite("s-2", NO_STREAM, [event()])]),
+                (
+                    "records after the refusals",
+                    make_unit(
+                        (StreamWrite("s-1", 0, [event()]),),
+                        records={"out": _records(b"c") + _records(b"d", partition=1)},
+                    ),
+                ),
+            ]
+            waiters = [SyncWaiter() for _ in requests]
+            for (_, work), waiter in zip(requests, waiters, strict=True):
+                if isinstance(work, _unit.Unit):
+                    backend.submit_unit(work, waiter)
+                else:
+                    backend.submit_events(work, waiter)
+            blocker.execute("COMMIT")
+        assert isinstance(outcome(first), list)
+        got = [outcome(w) for w in waiters]
+        assert writer.transactions == before + 2, "the requests shared one transaction"
+        assert [type(g) for g in got] == [
+            _unit.Committed,
+            WrongExpectedVersion,
+            TopicNotFound,
+            PartitionNotFound,
+            list,
+            _unit.Committed,
+        ], [(name, g) for (name, _), g in zip(requests, got, strict=True)]
+        ok, later = got[0], got[-1]
+        assert isinstance(ok, _unit.Committed) and isinstance(later, _unit.Committed)
+        assert ok.positions == [Position("out", 0, 0), Position("out", 0, 1)]
+        assert later.positions == [Position("out", 0, 2), Position("out", 1, 0)]
+        assert [r.value for r in db.log.read("out", 0)] == [b"a", b"b", b"c"]
+        assert [r.value for r in db.log.read("out", 1)] == [b"d"]
+        assert db.log.end_offsets("out") == {0: 3, 1: 1}
+        first_unit, last_unit = requests[0][1], requests[-1][1]
+        assert isinstance(first_unit, _unit.Unit) and isinstance(last_unit, _unit.Unit)
+        assert [e.id for e in db.events.read_raw("s-1")] == [
+            first_unit.events[0].events[0].id,
+            last_unit.events[0].events[0].id,
+        ], "the refused unit's event is not stored either"
+
+
+def test_units_with_records_and_plain_appends_to_one_partition_stay_dense(pg_url: str) -> None:
+    """The event writer's batches (units with records) and the log writer's
+    (plain appends) lock the same partition from two connections of one
+    process, and other processes' transactions would too: offsets stay
+    dense, each record is stored once, and nothing deadlocks."""
+    tasks, each = 16, 25
+
+    async def run() -> tuple[list[Position], list[Position]]:
+        db = await unbundled.open_async(pg_url, sync="normal", events=[Deposited])
+        try:
+            await db.log.create_topic("mixed")
+            units: list[Position] = []
+            plain: list[Position] = []
+
+            async def unit_task(n: int) -> None:
+                for i in range(each):
+                    async with db.transaction() as tx:
+                        tx.append_events(f"acc-{n}", [Deposited(amount=i)], i - 1)
+                        await tx.append("mixed", b"u%d-%d" % (n, i))
+                    assert tx.result is not None
+                    units.extend(tx.result.positions)
+
+            async def plain_task(n: int) -> None:
+                for i in range(each):
+                    plain.append(await db.log.append("mixed", b"p%d-%d" % (n, i)))
+
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(unit_task(n) for n in range(tasks)), *(plain_task(n) for n in range(tasks))
+                ),
+                120,
+            )
+            return units, plain
+        finally:
+            await db.close()
+
+    units, plain = asyncio.run(run())
+    total = 2 * tasks * each
+    assert sorted(p.offset for p in units + plain) == list(range(total))
+    with unbundled.open(pg_url, events=[Deposited]) as db:
+        values = [r.value for r in db.log.read("mixed", records_max=total + 10)]
+        assert len(values) == total and len(set(values)) == total
+        for position in units[:5] + plain[:5]:
+            assert values[position.offset] is not None
+        assert db.events.safe_position() == tasks * each

@@ -125,6 +125,7 @@ class PostgresBackend(
             clock,
             self._notifier.bump,
             self._notifier.bump_keys,
+            self._notifier.bump_log,
         )
 
     def __repr__(self) -> str:

@@ -1,13 +1,12 @@
 """The unit of work on PostgreSQL.
 
-A unit that holds only events, idempotency results or phases and key-value
-changes goes to the event writer's queue and is group-committed with the
-other units and appends queued meanwhile (``_batch``, ``_unit_stage``).
-A unit with log records or offset commits, SQL or idempotency effects runs
-in one transaction of its own on a pooled connection, as described next
-(records are not group-committed with the event writer's batches: that
-writer's transactions would then hold partition locks, and the log's own
-writer, ``_log_writer``, group-commits plain appends).
+A unit without SQL or idempotency effects -- records, offset commits,
+events, idempotency results or phases, key-value changes -- goes to the
+event writer's queue and is group-committed with the other units and
+appends queued meanwhile (``_batch``, ``_unit_stage``, ``_log_stage``).
+A unit with SQL or idempotency effects runs in one transaction of its own
+on a pooled connection, as described next: it needs the connection in the
+middle, for the caller's code.
 
 The parts go in the order every backend follows. Events are staged with the
 event store's own steps (stream rows locked, expected versions and ids

@@ -1,11 +1,12 @@
 """Units of work in the writer's batches: their idempotency and key-value rows.
 
-A unit that holds only event appends, idempotency results or phases and
-key-value changes (:func:`staged`) is group-committed by the event writer,
-in one transaction with the batch's other units and appends (``_batch``);
-a unit with SQL or idempotency effects keeps a transaction of its own
-(``_unit``), since it needs the connection in the middle. This module is
-the idempotency and key-value share of a batch, in the writer's three steps:
+A unit without SQL or idempotency effects (:func:`staged`) is
+group-committed by the event writer, in one transaction with the batch's
+other units and appends (``_batch``; its records and offset commits go
+through ``_log_stage``, as the log writer's do); a unit with SQL or
+idempotency effects keeps a transaction of its own (``_unit``), since it
+needs the connection in the middle. This module is the idempotency and
+key-value share of a batch, in the writer's three steps:
 
 1. Reads, queued in the round trip that locks the batch's streams:
 
@@ -69,7 +70,7 @@ _encode = msgspec.json.encode
 
 def staged(unit: _unit.Unit) -> bool:
     """Whether ``unit`` goes through the writer's batches (see the module docstring)."""
-    return not (unit.sql or unit.effects or unit.appends or unit.commits)
+    return not (unit.sql or unit.effects)
 
 
 class UnitStatements:

@@ -1,15 +1,17 @@
 """Group commit on PostgreSQL: one writer thread per backend turns every
-queued append, and every unit of work that holds only events, idempotency
-operations and key-value changes, into part of one transaction (the steps
-are in ``_batch``).
+queued append, and every unit of work without SQL or idempotency effects
+(records, offset commits, events, idempotency operations, key-value
+changes), into part of one transaction (the steps are in ``_batch``).
 
 Units share the event writer's thread and batches rather than a second
 writer: a unit and an append commit in the same transaction, the counter
 lock is still taken by one transaction at a time (two writers of events
 would queue on it anyway), and every lock is taken in one order (streams,
-idempotency keys, key-value keys, counter) by one thread, so the writer
-cannot deadlock with itself. Units with SQL or idempotency effects run on
-a pooled connection, one transaction each (``_unit``).
+idempotency keys, key-value keys, consumer groups, partitions, counter) by
+one thread, so the writer cannot deadlock with itself (nor with the log's
+writer, which takes groups and partitions in the same order). Units with
+SQL or idempotency effects run on a pooled connection, one transaction
+each (``_unit``).
 
 Under load the writer needs one round trip per transaction: the write and
 ``COMMIT`` of one batch go out in one pipeline with ``BEGIN`` and the reads
@@ -92,10 +94,11 @@ class Writer:
         clock: Callable[[], int],
         on_commit: Callable[[], None],
         on_keys: Callable[[], None],
+        on_log: Callable[[], None],
     ) -> None:
         self._conn = conn
         self._connect = connect
-        self._sql = BatchStatements(schema)
+        self._sql = BatchStatements(schema, clock, where)
         self._channel = channel
         self._where = where
         self._clock = clock
@@ -104,6 +107,7 @@ class Writer:
         self._unit_clock = None if clock is now_ms else clock
         self._on_commit = on_commit  # events committed
         self._on_keys = on_keys  # idempotency records committed
+        self._on_log = on_log  # records or offsets committed
         self._existing: set[str] = set()  # streams known to have a committed row
         self._queue: collections.deque[Request | None] = collections.deque()
         self._wake = threading.Event()
@@ -289,6 +293,7 @@ class Writer:
             else:
                 self._complete(opened, self._replay(opened.requests, uncertain))
                 self._on_commit()  # in case the failed round trip committed after all
+                self._on_log()
             return None
         if decided:
             self._complete(opened, self._committed(opened, decided, cursor))
@@ -309,6 +314,8 @@ class Writer:
             self._on_commit()
         if decided.keys_changed():
             self._on_keys()
+        if decided.log_changed():
+            self._on_log()
         return finish(opened, base)
 
     def _lost(self) -> bool:
