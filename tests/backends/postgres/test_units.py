@@ -7,10 +7,12 @@ round trip fails is replayed one unit per transaction."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import psycopg
 import pytest
@@ -101,6 +103,62 @@ def wait_for_events(admin: psycopg.Connection[Any], schema: str, stream: str, co
     raise AssertionError(f"stream {stream!r} never reached {count} events")
 
 
+Requests = list[tuple[str, "_unit.Unit | list[StreamWrite]"]]
+
+
+class Held(NamedTuple):
+    blocker: psycopg.Connection[Any]  # holds held's row: COMMIT lets the writer on
+    admin: psycopg.Connection[Any]
+    first: SyncWaiter  # the append that waits for held's row
+    pid: int  # the writer's server process
+
+
+@contextlib.contextmanager
+def writer_held(backend: PostgresBackend, first: _unit.Unit | None = None) -> Iterator[Held]:
+    """The writer waiting on the lock of stream held's row, which the
+    yielded ``blocker`` holds, with ``first`` (a unit that writes held) or
+    an append to held: every request submitted meanwhile forms one batch,
+    taken once ``blocker`` commits."""
+    done = SyncWaiter()
+    backend.submit_events([StreamWrite("held", ANY, [event()])], done)
+    done.wait()
+    with (
+        psycopg.connect(server_url(), autocommit=True) as blocker,
+        psycopg.connect(server_url(), autocommit=True) as admin,
+    ):
+        blocker.execute("BEGIN")
+        blocker.execute(
+            f'SELECT * FROM "{backend.schema}".streams WHERE stream = %s FOR UPDATE', ("held",)
+        )
+        waiter = SyncWaiter()
+        if first is None:
+            backend.submit_events([StreamWrite("held", ANY, [event()])], waiter)
+        else:
+            backend.submit_unit(first, waiter)
+        conn = backend._writer._conn
+        assert conn is not None
+        wait_until_waiting_for_lock(admin, conn.info.backend_pid)
+        yield Held(blocker, admin, waiter, conn.info.backend_pid)
+
+
+def in_one_batch(backend: PostgresBackend, requests: Requests) -> tuple[list[object], int]:
+    """Submit ``requests`` so that the writer takes them as one batch; their
+    outcomes, and how many transactions the writer committed for them."""
+    writer = backend._writer
+    with writer_held(backend) as held:
+        before = writer.transactions
+        waiters = [SyncWaiter() for _ in requests]
+        for (_, work), waiter in zip(requests, waiters, strict=True):
+            if isinstance(work, _unit.Unit):
+                backend.submit_unit(work, waiter)
+            else:
+                backend.submit_events(work, waiter)
+        held.blocker.execute("COMMIT")
+        assert isinstance(outcome(held.first), list)
+    got = [outcome(w) for w in waiters]
+    return got, writer.transactions - before - 1
+
+
 def test_units_from_64_threads_share_commits(pg_url: str) -> None:
     per_thread = 8
     with unbundled.open(pg_url, sync="normal", events=[Deposited]) as db:
@@ -156,80 +214,52 @@ def test_units_from_64_threads_share_commits(pg_url: str) -> None:
 def test_a_conflicting_unit_fails_alone_in_its_batch(pg_url: str) -> None:
     backend = PostgresBackend(pg_url, sync="normal")  # the server's clock decides
     try:
-        backend.submit_events([StreamWrite("held", NO_STREAM, [event()])], SyncWaiter())
         tokens = {key: claim(backend, key) for key in ("k1", "k2", "k5")}
-        with (
-            psycopg.connect(server_url(), autocommit=True) as blocker,
-            psycopg.connect(server_url(), autocommit=True) as admin,
-        ):
-            # Hold the lock on held's row: the writer's next transaction
-            # waits, and every request submitted meanwhile forms one batch.
-            blocker.execute("BEGIN")
-            blocker.execute(
-                f'SELECT * FROM "{backend.schema}".streams WHERE stream = %s FOR UPDATE',
-                ("held",),
-            )
-            first = SyncWaiter()
-            backend.submit_events([StreamWrite("held", 0, [event()])], first)
-            writer = backend._writer
-            assert writer._conn is not None
-            wait_until_waiting_for_lock(admin, writer._conn.info.backend_pid)
-            before = writer.transactions
-            requests: list[tuple[str, _unit.Unit | list[StreamWrite]]] = [
-                (
-                    "ok",
-                    make_unit(
-                        (StreamWrite("s-1", NO_STREAM, [event()]),),
-                        (complete("k1", tokens["k1"]),),
-                        (_unit.KvOp("write", "a", b"1"),),
+        requests: Requests = [
+            (
+                "ok",
+                make_unit(
+                    (StreamWrite("s-1", NO_STREAM, [event()]),),
+                    (complete("k1", tokens["k1"]),),
+                    (_unit.KvOp("write", "a", b"1"),),
+                ),
+            ),
+            (
+                "stream taken by the unit before",
+                make_unit(
+                    (StreamWrite("s-1", NO_STREAM, [event()]),),
+                    (complete("k2", tokens["k2"]),),
+                    (_unit.KvOp("write", "b", b"never"),),
+                ),
+            ),
+            (
+                "completed by the first unit",
+                make_unit((), (complete("k1", tokens["k1"]),), (_unit.KvOp("write", "c", b"x"),)),
+            ),
+            ("an append between units", [StreamWrite("s-2", NO_STREAM, [event()])]),
+            (
+                "a written by the first unit: at version 1",
+                make_unit(
+                    (StreamWrite("s-4", NO_STREAM, [event()]),),
+                    (),
+                    (_unit.KvOp("cas", "a", b"2", Expect(0, None)),),
+                ),
+            ),
+            (
+                "ok after the conflicts",
+                make_unit(
+                    (StreamWrite("s-1", 0, [event()]),),
+                    (complete("k5", tokens["k5"]),),
+                    (
+                        _unit.KvOp("cas", "a", b"2", Expect(1, None)),
+                        _unit.KvOp("delete", "ghost"),
                     ),
                 ),
-                (
-                    "stream taken by the unit before",
-                    make_unit(
-                        (StreamWrite("s-1", NO_STREAM, [event()]),),
-                        (complete("k2", tokens["k2"]),),
-                        (_unit.KvOp("write", "b", b"never"),),
-                    ),
-                ),
-                (
-                    "completed by the first unit",
-                    make_unit(
-                        (), (complete("k1", tokens["k1"]),), (_unit.KvOp("write", "c", b"x"),)
-                    ),
-                ),
-                ("an append between units", [StreamWrite("s-2", NO_STREAM, [event()])]),
-                (
-                    "a written by the first unit: at version 1",
-                    make_unit(
-                        (StreamWrite("s-4", NO_STREAM, [event()]),),
-                        (),
-                        (_unit.KvOp("cas", "a", b"2", Expect(0, None)),),
-                    ),
-                ),
-                (
-                    "ok after the conflicts",
-                    make_unit(
-                        (StreamWrite("s-1", 0, [event()]),),
-                        (complete("k5", tokens["k5"]),),
-                        (
-                            _unit.KvOp("cas", "a", b"2", Expect(1, None)),
-                            _unit.KvOp("delete", "ghost"),
-                        ),
-                    ),
-                ),
-                ("an absent key, unchanged", make_unit((), (), (_unit.KvOp("delete", "none"),))),
-            ]
-            waiters = [SyncWaiter() for _ in requests]
-            for (_, work), waiter in zip(requests, waiters, strict=True):
-                if isinstance(work, _unit.Unit):
-                    backend.submit_unit(work, waiter)
-                else:
-                    backend.submit_events(work, waiter)
-            blocker.execute("COMMIT")
-        assert isinstance(outcome(first), list)
-        got = [outcome(w) for w in waiters]
-        assert writer.transactions == before + 2, "the requests shared one transaction"
+            ),
+            ("an absent key, unchanged", make_unit((), (), (_unit.KvOp("delete", "none"),))),
+        ]
+        got, transactions = in_one_batch(backend, requests)
+        assert transactions == 1, "the requests shared one transaction"
         assert [type(g) for g in got] == [
             _unit.Committed,
             WrongExpectedVersion,
@@ -267,25 +297,14 @@ def test_a_conflicting_unit_fails_alone_in_its_batch(pg_url: str) -> None:
 def test_a_failed_batch_is_replayed_one_unit_per_transaction(pg_url: str) -> None:
     backend = PostgresBackend(pg_url, sync="normal")
     try:
-        backend.submit_events([StreamWrite("held", NO_STREAM, [event()])], SyncWaiter())
         tokens = {key: claim(backend, key) for key in ("k1", "k2", "k3")}
         taken = event()  # another process stores this id while the batch is in flight
         schema = backend.schema
+        writer = backend._writer
         with (
-            psycopg.connect(server_url(), autocommit=True) as blocker,
+            writer_held(backend) as held,
             psycopg.connect(server_url(), autocommit=True) as rival,
-            psycopg.connect(server_url(), autocommit=True) as admin,
         ):
-            blocker.execute("BEGIN")
-            blocker.execute(
-                f'SELECT * FROM "{schema}".streams WHERE stream = %s FOR UPDATE', ("held",)
-            )
-            first = SyncWaiter()
-            backend.submit_events([StreamWrite("held", ANY, [event()])], first)
-            writer = backend._writer
-            assert writer._conn is not None
-            pid = writer._conn.info.backend_pid
-            wait_until_waiting_for_lock(admin, pid)
             units = [
                 make_unit(
                     (StreamWrite("s-1", NO_STREAM, [taken]),), (complete("k1", tokens["k1"]),)
@@ -309,11 +328,11 @@ def test_a_failed_batch_is_replayed_one_unit_per_transaction(pg_url: str) -> Non
                 (taken.id,),
             )
             before = writer.transactions
-            blocker.execute("COMMIT")
+            held.blocker.execute("COMMIT")
             # Answered after the round trip that also read for the units'
             # batch: the lock the writer waits for next is the rival's.
-            assert isinstance(outcome(first), list)
-            wait_until_waiting_for_lock(admin, pid)
+            assert isinstance(outcome(held.first), list)
+            wait_until_waiting_for_lock(held.admin, held.pid)
             rival.execute("COMMIT")
         got = [outcome(w) for w in waiters]
         assert isinstance(got[0], DuplicateEventId), got
@@ -336,29 +355,17 @@ def test_a_batch_that_committed_is_answered_when_the_next_reads_fail(pg_url: str
     # is read again on a new connection.
     backend = PostgresBackend(pg_url, sync="normal")
     try:
-        backend.submit_events([StreamWrite("held", NO_STREAM, [event()])], SyncWaiter())
         token = claim(backend, "k1")
         schema = backend.schema
+        writer = backend._writer
+        unit = make_unit(
+            (StreamWrite("held", 0, [event()]),), (), (_unit.KvOp("write", "a", b"1"),)
+        )
         with (
-            psycopg.connect(server_url(), autocommit=True) as blocker,
+            writer_held(backend, unit) as held,
             psycopg.connect(server_url(), autocommit=True) as keeper,
-            psycopg.connect(server_url(), autocommit=True) as admin,
         ):
-            blocker.execute("BEGIN")
-            blocker.execute(
-                f'SELECT * FROM "{schema}".streams WHERE stream = %s FOR UPDATE', ("held",)
-            )
-            first = SyncWaiter()
-            backend.submit_unit(
-                make_unit(
-                    (StreamWrite("held", 0, [event()]),), (), (_unit.KvOp("write", "a", b"1"),)
-                ),
-                first,
-            )
-            writer = backend._writer
-            assert writer._conn is not None
-            pid = writer._conn.info.backend_pid
-            wait_until_waiting_for_lock(admin, pid)
+            admin, pid = held.admin, held.pid
             keeper.execute("BEGIN")  # the next batch's reads will wait for k1's row
             keeper.execute(
                 f'SELECT * FROM "{schema}".idempotency WHERE key = %s FOR UPDATE', ("k1",)
@@ -370,12 +377,12 @@ def test_a_batch_that_committed_is_answered_when_the_next_reads_fail(pg_url: str
             )
             backend.submit_unit(make_unit((), (), (_unit.KvOp("write", "b", b"1"),)), waiters[1])
             before = writer.transactions
-            blocker.execute("COMMIT")
+            held.blocker.execute("COMMIT")
             # The first batch committed; then the next batch's reads wait for k1.
             wait_for_events(admin, schema, "held", 2)
             wait_until_waiting_for_lock(admin, pid)
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            done = outcome(first)
+            done = outcome(held.first)
             keeper.execute("COMMIT")
         assert isinstance(done, _unit.Committed), done
         assert done.events == [AppendResult("held", 1, 1, (2,))] and done.kv == [1]
@@ -398,62 +405,37 @@ def test_units_with_records_share_a_batch_and_a_refused_one_takes_no_offset(pg_u
         db.log.create_topic("out", partitions=2)
         backend = db.backend
         assert isinstance(backend, PostgresBackend)
-        backend.submit_events([StreamWrite("held", NO_STREAM, [event()])], SyncWaiter())
-        with (
-            psycopg.connect(server_url(), autocommit=True) as blocker,
-            psycopg.connect(server_url(), autocommit=True) as admin,
-        ):
-            # As above: the writer waits on held's row, the rest form one batch.
-            blocker.execute("BEGIN")
-            blocker.execute(
-                f'SELECT * FROM "{backend.schema}".streams WHERE stream = %s FOR UPDATE',
-                ("held",),
-            )
-            first = SyncWaiter()
-            backend.submit_events([StreamWrite("held", 0, [event()])], first)
-            writer = backend._writer
-            assert writer._conn is not None
-            wait_until_waiting_for_lock(admin, writer._conn.info.backend_pid)
-            before = writer.transactions
-            requests: list[tuple[str, _unit.Unit | list[StreamWrite]]] = [
-                (
-                    "two records and an event",
-                    make_unit(
-                        (StreamWrite("s-1", NO_STREAM, [event()]),),
-                        records={"out": _records(b"a", b"b")},
-                    ),
+        requests: Requests = [
+            (
+                "two records and an event",
+                make_unit(
+                    (StreamWrite("s-1", NO_STREAM, [event()]),),
+                    records={"out": _records(b"a", b"b")},
                 ),
-                (
-                    "s-1 taken by the unit before: its record is not written",
-                    make_unit(
-                        (StreamWrite("s-1", NO_STREAM, [event()]),),
-                        records={"out": _records(b"never")},
-                    ),
+            ),
+            (
+                "s-1 taken by the unit before: its record is not written",
+                make_unit(
+                    (StreamWrite("s-1", NO_STREAM, [event()]),),
+                    records={"out": _records(b"never")},
                 ),
-                ("a topic that does not exist", make_unit(records={"ghost": _records(b"x")})),
-                (
-                    "a partition out of range",
-                    make_unit(records={"out": _records(b"x", partition=5)}),
+            ),
+            ("a topic that does not exist", make_unit(records={"ghost": _records(b"x")})),
+            (
+                "a partition out of range",
+                make_unit(records={"out": _records(b"x", partition=5)}),
+            ),
+            ("an append between units", [StreamWrite("s-2", NO_STREAM, [event()])]),
+            (
+                "records after the refusals",
+                make_unit(
+                    (StreamWrite("s-1", 0, [event()]),),
+                    records={"out": _records(b"c") + _records(b"d", partition=1)},
                 ),
-                ("an append between units", [StreamWrite("s-2", NO_STREAM, [event()])]),
-                (
-                    "records after the refusals",
-                    make_unit(
-                        (StreamWrite("s-1", 0, [event()]),),
-                        records={"out": _records(b"c") + _records(b"d", partition=1)},
-                    ),
-                ),
-            ]
-            waiters = [SyncWaiter() for _ in requests]
-            for (_, work), waiter in zip(requests, waiters, strict=True):
-                if isinstance(work, _unit.Unit):
-                    backend.submit_unit(work, waiter)
-                else:
-                    backend.submit_events(work, waiter)
-            blocker.execute("COMMIT")
-        assert isinstance(outcome(first), list)
-        got = [outcome(w) for w in waiters]
-        assert writer.transactions == before + 2, "the requests shared one transaction"
+            ),
+        ]
+        got, transactions = in_one_batch(backend, requests)
+        assert transactions == 1, "the requests shared one transaction"
         assert [type(g) for g in got] == [
             _unit.Committed,
             WrongExpectedVersion,
