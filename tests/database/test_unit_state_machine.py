@@ -13,9 +13,8 @@ must be refused (or accepted) alike; every commit must end alike (the same
 ``Committed``, or the same exception type with the same details); after every
 step the invariant compares everything a user can observe.
 
-PostgreSQL gets a fresh schema per example and no log records or offsets
-(the log does not run there yet: the contract suite checks that it says
-``NotSupported``).
+PostgreSQL gets a fresh schema per example; its transactions hold every
+part too, the log's records and offsets included.
 """
 
 from __future__ import annotations
@@ -128,8 +127,6 @@ ops = st.one_of(events_op, record_op, offsets_op, idem_op, idem_op, kv_op)
 class UnitPair(RuleBasedStateMachine):
     """A database on the backend under test and one on memory, one clock."""
 
-    has_log = True
-
     def __init__(self) -> None:
         super().__init__()
         self.clock = SimClock()
@@ -141,10 +138,9 @@ class UnitPair(RuleBasedStateMachine):
         self.ids = 0
         self.jobs = 0
         self.last_write: tuple[str, list[int], int, list[str]] | None = None
-        if self.has_log:
-            for name, partitions in TOPICS.items():
-                self.model.log.create_topic(name, partitions)
-                self.real.log.create_topic(name, partitions)
+        for name, partitions in TOPICS.items():
+            self.model.log.create_topic(name, partitions)
+            self.real.log.create_topic(name, partitions)
 
     def open_real(self) -> Database:
         raise NotImplementedError
@@ -163,8 +159,6 @@ class UnitPair(RuleBasedStateMachine):
 
     @rule(ops=st.lists(ops, max_size=8), boom=st.sampled_from([False, False, False, False, True]))
     def transaction(self, ops: list[tuple[Any, ...]], boom: bool) -> None:
-        if not self.has_log:
-            ops = [op for op in ops if op[0] not in ("record", "offsets")]
         txs = (self.model.transaction(), self.real.transaction())
         pending: dict[str, int | None] = {}  # stream -> version after this tx's writes
         for op in ops:
@@ -380,11 +374,10 @@ class UnitPair(RuleBasedStateMachine):
             seen[f"events {stream}"] = outcome(lambda: events(stream))  # noqa: B023
             seen[f"state {stream}"] = db.events.state(stream)
         seen["$all"] = [(e.position, e.stream, e.version, e.id) for e in db.events.read_all()]
-        if self.has_log:
-            for name, partitions in TOPICS.items():
-                for partition in range(partitions):
-                    seen[f"log {name}[{partition}]"] = db.log.read(name, partition)
-            seen["groups"] = {g: db.log.describe_group(g).committed for g in db.log.groups()}
+        for name, partitions in TOPICS.items():
+            for partition in range(partitions):
+                seen[f"log {name}[{partition}]"] = db.log.read(name, partition)
+        seen["groups"] = {g: db.log.describe_group(g).committed for g in db.log.groups()}
         for key in KEYS:
             seen[f"kv {key}"] = db.kv.read(key)
         seen["keys"] = db.idempotency.records()
@@ -412,8 +405,6 @@ class SqlitePair(UnitPair):
 
 
 class PostgresPair(UnitPair):
-    has_log = False
-
     def __init__(self) -> None:
         from tests.backends.postgres.conftest import server_url
 
