@@ -15,7 +15,9 @@ order, at dense versions; no append hung; and every error a caller saw was
 a retryable ``Unavailable`` or ``Timeout`` (a ``BackendError``).
 
 The same test for the log: an idempotent producer's retries and a group
-consumer across the restarts, every acknowledged record there exactly once.
+consumer across the restarts, every acknowledged record there exactly once;
+and for transactions of an event and its outbox record: each there whole
+or not at all.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
+import unbundled
 from tests.cluster._logcheck import log_or_skip, run_producers_through
 from unbundled import Event, EventStore
 from unbundled.consistency import KV
-from unbundled.errors import BackendError
+from unbundled.errors import BackendError, StreamNotFound
 from unbundled.testing.pginstance import PostgresInstance
 
 pytestmark = pytest.mark.postgres
@@ -204,3 +207,99 @@ def test_connections_detect_a_silent_server(pg_instance: PostgresInstance) -> No
 
     assert options(pg_instance.url) == (1, 10, 40_000)
     assert options(f"{pg_instance.url}?tcp_user_timeout=2000&keepalives_idle=1") == (1, 1, 2000)
+
+
+def test_units_with_records_across_restarts(pg_instance: PostgresInstance) -> None:
+    """Transactions of an event and its outbox record, group-committed by
+    the event writer, while the server restarts. A caller that gets
+    ``Unavailable`` or ``Timeout`` does what the transactions page says:
+    checks whether its transaction committed (its event id is there), and
+    retries only if not. Afterwards every stream holds the acknowledged
+    events once each, and the outbox holds exactly one record per event:
+    no event without its record, no record without its event."""
+    url = f"{pg_instance.url}?schema=unitrestart"
+    writers = [Writer(f"order-{i}") for i in range(WRITERS)]
+    stop = threading.Event()
+
+    with unbundled.open(url, events=[Deposited]) as db:
+        db.log.create_topic("outbox", partitions=2)
+
+        def committed(stream: str, event_id: str) -> bool:
+            while True:
+                try:
+                    return any(e.id == event_id for e in db.events.iter_stream(stream))
+                except StreamNotFound:
+                    return False
+                except BackendError:
+                    time.sleep(RETRY_S)  # the server is still down: ask again
+
+        def work(writer: Writer) -> None:
+            version, n = -1, 0
+            try:
+                while not stop.is_set():
+                    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{writer.stream}.{n}"))
+                    failed = False
+                    while True:
+                        started = time.monotonic()
+                        try:
+                            with db.transaction() as tx:
+                                tx.append_events(
+                                    writer.stream, [Deposited(amount=n)], version, ids=[event_id]
+                                )
+                                tx.append("outbox", event_id.encode(), key=writer.stream.encode())
+                        except BackendError as exc:
+                            writer.errors[type(exc).__name__] += 1
+                            failed = True
+                            if committed(writer.stream, event_id):
+                                break
+                            time.sleep(RETRY_S)
+                            continue
+                        finally:
+                            writer.slowest_s = max(writer.slowest_s, time.monotonic() - started)
+                        break
+                    version += 1
+                    writer.acked.append(event_id)
+                    writer.retried_ok += failed
+                    n += 1
+            except BaseException as exc:  # an untyped or wrong error: reported below
+                writer.crashed = exc
+
+        threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in writers]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(RUN_S)
+            _restarts(pg_instance)
+            time.sleep(RUN_S)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(CALL_S_MAX + 10)
+        assert not any(thread.is_alive() for thread in threads), "a transaction hung"
+
+    summary = ", ".join(
+        f"{w.stream}: {len(w.acked)} acked, errors {dict(w.errors)}, "
+        f"{w.retried_ok} after an error, slowest {w.slowest_s:.2f} s"
+        for w in writers
+    )
+    print(summary)  # shown with -s
+    crashed = [w.crashed for w in writers if w.crashed is not None]
+    assert not crashed, f"{crashed!r}; {summary}"
+    seen = sum((w.errors for w in writers), Counter[str]())
+    assert seen, f"no caller saw the restarts: {summary}"
+    assert set(seen) <= {"Unavailable", "Timeout"}, summary
+    assert all(len(w.acked) >= 5 for w in writers), summary
+
+    with unbundled.open(url, events=[Deposited]) as db:
+        events = []
+        for writer in writers:
+            stored = [e.id for e in db.events.iter_stream(writer.stream)]
+            assert stored == writer.acked, writer.stream
+            events += stored
+        records = [
+            r.value.decode()
+            for partition in range(2)
+            for r in db.log.read("outbox", partition, records_max=100_000)
+            if r.value is not None
+        ]
+        assert sorted(records) == sorted(events), "one outbox record per event, no other"
