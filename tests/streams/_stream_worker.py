@@ -6,9 +6,9 @@ test's in-process reference run build exactly the same ones.
 
 Run as ``python -m tests.streams._stream_worker <db> <instance> <epoch_records>
 <poll_records> <lease_ms> <mode> <die>`` from the repository root (with
-``PYTHONPATH`` naming the ``src`` to test). It opens the SQLite file, says
-``ready``, runs :func:`unbundled.streams.run` on :func:`build_flow` and says
-``epoch <n>`` after each epoch it committed. ``instance`` is the static
+``PYTHONPATH`` naming the ``src`` to test). It opens ``<db>`` (a SQLite file
+or a PostgreSQL URL), says ``ready``, runs :func:`unbundled.streams.run` on
+:func:`build_flow` and says ``epoch <n>`` after each epoch it committed. ``instance`` is the static
 member's instance id, or ``-`` for a dynamic member (which leaves the group
 when it stops). ``mode`` is ``end`` (stop at the input's end, then say
 ``done``) or ``forever`` (until SIGTERM, which sets the ``stop`` event: a
@@ -16,7 +16,7 @@ clean stop). ``die`` is ``none`` or ``<moment>:<n>``: at its ``n``-th epoch
 commit the worker kills itself with SIGKILL
 
 - ``before``: the transaction is built, nothing was sent;
-- ``inside``: inside the SQLite transaction, after the epoch's records,
+- ``inside``: inside the database's transaction, after the epoch's records,
   offsets and state were written and before COMMIT (a ``tx.sql`` part runs
   last in the writer's transaction);
 - ``during``: from a timer thread, a random fraction of a typical commit's

@@ -1,4 +1,6 @@
-"""Stream jobs killed, rescaled and re-batched compute the same bytes.
+"""Stream jobs killed, rescaled and re-batched compute the same bytes, on
+SQLite and on PostgreSQL (the workers run the flow on either; the reference
+run is on SQLite).
 
 Guarantee (issue 12; src/unbundled/streams/_runner.py): the output topics
 and side outputs of a flow are a function of its input log alone. Whatever
@@ -19,7 +21,8 @@ session windows collecting event numbers (late events to the default
 four partitions with bounded disorder and some events far later than the
 bound, closed by a final heartbeat.
 
-``UNBUNDLED_STREAM_KILLS`` sets the number of kills (default 32);
+``UNBUNDLED_STREAM_KILLS`` sets the number of kills on SQLite (default 32),
+``UNBUNDLED_STREAM_PG_KILLS`` on PostgreSQL (default 24);
 ``UNBUNDLED_CRASH_SEED`` replays a seed printed by a failure (the plan
 replays; the interleaving depends on timing).
 """
@@ -39,6 +42,7 @@ from typing import Any
 import pytest
 
 import unbundled
+from tests import matrix
 from unbundled import streams
 from unbundled.log._protocol import Message
 from unbundled.streams._store import read_manifest
@@ -50,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("UNBUNDLED_CRASH_SEED", random.SystemRandom().randrange(2**32)))
 KILLS = int(os.environ.get("UNBUNDLED_STREAM_KILLS", "32"))
 EVENTS = 3000
-CRASH_EVENTS = max(EVENTS, 100 * KILLS)  # about 100 new events for each worker to work on
+PG_KILLS = int(os.environ.get("UNBUNDLED_STREAM_PG_KILLS", "24"))
 LEASE_MS = 1000  # rebalances (a dead static member's partitions move) within a second or so
 START_TIMEOUT_S = 60.0
 FINISH_TIMEOUT_S = 120.0
@@ -60,7 +64,7 @@ PLANS = ("startup", "random", "before", "inside", "during", "after")
 # --- the reference, the oracle and the comparisons ------------------------------------------
 
 
-def fresh(path: Path, messages: list[Message], *, end: bool = True) -> unbundled.Database:
+def fresh(path: Path | str, messages: list[Message], *, end: bool = True) -> unbundled.Database:
     db = unbundled.open(str(path), sync="normal")
     w.populate(db.log, messages, end=end)
     return db
@@ -173,7 +177,7 @@ def child_env() -> dict[str, str]:
 
 
 def spawn(
-    path: Path,
+    path: Path | str,
     instance: str,
     *,
     epoch_records: int = 7,
@@ -220,33 +224,44 @@ def test_batch_sizes_change_no_byte_and_the_oracle_agrees(tmp_path: Path) -> Non
         check_same(got, expected, f"epoch_records={epoch_records} poll_records={poll_records}")
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def crash_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where the killed workers run the flow: a SQLite file, or a fresh
+    PostgreSQL schema (the reference always runs on SQLite)."""
+    with matrix.isolated(request.param, tmp_path, "crash") as url:
+        yield url
+
+
 @pytest.mark.slow
-def test_sigkill_anywhere_changes_no_byte(tmp_path: Path) -> None:
+def test_sigkill_anywhere_changes_no_byte(tmp_path: Path, crash_url: str) -> None:
     """Workers SIGKILLed at random moments and inside the epoch commit, while
     the input keeps coming; after each kill every output partition is a
-    prefix of the reference; at the end they are equal."""
-    print(f"stream crash test: UNBUNDLED_CRASH_SEED={SEED} kills={KILLS}")
+    prefix of the reference; at the end they are equal. On PostgreSQL
+    (guarantee 11 of docs/explanation/streams.md) the same, with ``inside``
+    killing the worker within the PostgreSQL transaction, before COMMIT."""
+    kills = KILLS if crash_url.endswith(".db") else PG_KILLS
+    print(f"stream crash test: UNBUNDLED_CRASH_SEED={SEED} kills={kills} on {crash_url}")
     rng = random.Random(SEED)
-    messages = w.workload(SEED, CRASH_EVENTS)
+    messages = w.workload(SEED, max(EVENTS, 100 * kills))
     expected = reference(tmp_path / "ref.db", messages)
     check_oracle(expected, messages)
-    plans = [PLANS[i % len(PLANS)] for i in range(KILLS)]
+    plans = [PLANS[i % len(PLANS)] for i in range(kills)]
     rng.shuffle(plans)
     moments = dict.fromkeys(PLANS, 0)
     moments["die plan not reached"] = moments["during (timer too late: after)"] = 0
-    chunk = -(-len(messages) // KILLS)
+    chunk = -(-len(messages) // kills)
     started = time.monotonic()
-    with fresh(tmp_path / "crash.db", [], end=False) as db:
+    with fresh(crash_url, [], end=False) as db:
         for kill, plan in enumerate(plans, 1):
-            w.populate(db.log, messages[(kill - 1) * chunk : kill * chunk], end=kill == KILLS)
-            moment = kill_once(tmp_path / "crash.db", rng, plan, f"kill {kill} ({plan})")
+            w.populate(db.log, messages[(kill - 1) * chunk : kill * chunk], end=kill == kills)
+            moment = kill_once(crash_url, rng, plan, f"kill {kill} ({plan})")
             moments[moment] += 1
             check_prefix(w.dump(db.log), expected, f"after kill {kill} ({moment})")
         killing_s = time.monotonic() - started
         finish(db, "w0", "after the kills")
-        check_same(w.dump(db.log), expected, f"after {KILLS} kills")
+        check_same(w.dump(db.log), expected, f"after {kills} kills")
     print(f"moments: {moments}; {killing_s:.1f} s killing, {time.monotonic() - started:.1f} s")
-    assert sum(moments.values()) == KILLS
+    assert sum(moments.values()) == kills
     # Each kind of moment was hit, not merely planned ("during" lands after
     # the commit now and then: the commit takes about a millisecond).
     moments["during"] += moments["during (timer too late: after)"]
@@ -254,7 +269,7 @@ def test_sigkill_anywhere_changes_no_byte(tmp_path: Path) -> None:
         assert moments[plan] > 0, f"seed={SEED}: no kill at moment {plan}: {moments}"
 
 
-def kill_once(path: Path, rng: random.Random, plan: str, what: str) -> str:
+def kill_once(path: Path | str, rng: random.Random, plan: str, what: str) -> str:
     """Start a worker (now and then two), kill it as ``plan`` says; returns
     the moment the kill actually hit."""
     instance = rng.choice(["w0", "w0", "w0", "w1"])
@@ -300,13 +315,13 @@ def kill_once(path: Path, rng: random.Random, plan: str, what: str) -> str:
 
 
 @pytest.mark.slow
-def test_three_worker_processes_write_the_bytes_of_one(tmp_path: Path) -> None:
+def test_three_worker_processes_write_the_bytes_of_one(tmp_path: Path, crash_url: str) -> None:
     """Three dynamic workers with different epoch and poll sizes, started a
     little apart (so partitions move while they run), each until the end of
     its partitions: the same bytes as one in-process worker."""
     messages = w.workload(SEED, EVENTS)
     expected = reference(tmp_path / "ref.db", messages)
-    path = tmp_path / "three.db"
+    path = crash_url
     with fresh(path, messages) as db:
         children = []
         took: list[int] = []  # input records each worker processed
@@ -334,14 +349,14 @@ def test_three_worker_processes_write_the_bytes_of_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_workers_added_and_removed_mid_run_change_no_byte(tmp_path: Path) -> None:
+def test_workers_added_and_removed_mid_run_change_no_byte(tmp_path: Path, crash_url: str) -> None:
     """While the input keeps coming: one static worker, then two more (one
     static, one dynamic), then the static newcomer SIGKILLed (its partitions
     move when its lease runs out) and the dynamic one stopped cleanly (it
     leaves the group); the first finishes alone."""
     messages = w.workload(SEED, EVENTS)
     expected = reference(tmp_path / "ref.db", messages)
-    path = tmp_path / "rescale.db"
+    path = crash_url
     chunks = 12
     size = -(-len(messages) // chunks)
     owned: dict[str, set[str]] = {"a": set(), "b": set(), "c": set()}
@@ -401,7 +416,7 @@ def assignments(read: Callable[[float], list[str]]) -> list[str]:
 
 @pytest.mark.slow
 def test_a_worker_paused_past_its_lease_inside_the_commit_is_fenced_and_goes_on(
-    tmp_path: Path,
+    tmp_path: Path, crash_url: str
 ) -> None:
     """A zombie: worker b stalls inside an epoch commit for three leases (a
     pause, a slow disk), so the group expires it and a takes its partitions;
@@ -409,7 +424,7 @@ def test_a_worker_paused_past_its_lease_inside_the_commit_is_fenced_and_goes_on(
     goes on working (on input appended after that); no byte changes."""
     messages = w.workload(SEED, EVENTS)
     expected = reference(tmp_path / "ref.db", messages)
-    path = tmp_path / "zombie.db"
+    path = crash_url
     half = len(messages) // 2
     with fresh(path, messages[:half], end=False) as db:
         with contextlib.ExitStack() as children:
