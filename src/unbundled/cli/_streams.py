@@ -83,8 +83,8 @@ def streams() -> None:
     A flow (unbundled.streams.Flow) is defined in your Python module; its
     state (key-value entries streams/NAME/...) and its consumer group
     (streams.NAME) live in the store beside the log, and every epoch commits
-    outputs, state and input offsets in one transaction. SQLite and memory://
-    (the stores that serve the log).
+    outputs, state and input offsets in one transaction: SQLite, PostgreSQL
+    and memory:// (not NATS, whose writes cannot share a transaction).
 
     \b
       unbundled --db clicks.db streams run myapp.flows:clicks --until-end
