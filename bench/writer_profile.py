@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from unbundled.backends.sqlite import _events, _unit, _writer
+from unbundled.backends.sqlite import _events, _log_stage, _unit, _writer
 
 _now = time.perf_counter_ns
 _cpu = time.thread_time_ns
@@ -125,9 +125,9 @@ class _TimedEvent:
 
 # (owner, attribute, step): the methods timed while profiling.
 _METHODS: list[tuple[Any, str, str]] = [
-    (_writer.Stage, "begin", "PRAGMA data_version (another process wrote?)"),
-    (_writer.Stage, "stage", "stage log records (offsets, CRCs)"),
-    (_writer.Stage, "flush", "flush log records (INSERT + UPDATE partitions)"),
+    (_log_stage.Stage, "begin", "PRAGMA data_version (another process wrote?)"),
+    (_log_stage.Stage, "stage", "stage log records (offsets, CRCs)"),
+    (_log_stage.Stage, "flush", "flush log records (INSERT + UPDATE partitions)"),
     (_events.EventStage, "prepare", "events: read stream versions and ids"),
     (_events.EventStage, "stage", "events: decide versions, CRCs"),
     (_events.EventStage, "flush", "events: INSERT"),

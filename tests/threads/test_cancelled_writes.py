@@ -25,7 +25,7 @@ import pytest
 from tests.backends.postgres.conftest import server_url
 from tests.backends.postgres.test_backend import wait_until_waiting_for_lock
 from unbundled import AsyncEventStore, AsyncLog, Position
-from unbundled.backends.sqlite._writer import Stage
+from unbundled.backends.sqlite._log_stage import Stage
 from unbundled.eventstore import AppendResult, Event
 
 TASKS = 500

@@ -30,7 +30,7 @@ from unbundled._waiters import SyncWaiter
 from unbundled.backends.postgres import PostgresBackend
 from unbundled.backends.postgres import _writer as pg_writer
 from unbundled.backends.sqlite import _log as sqlite_log
-from unbundled.backends.sqlite._writer import Stage
+from unbundled.backends.sqlite._log_stage import Stage
 from unbundled.consistency.causal import Replica
 from unbundled.eventstore import ANY, Event, NewEvent, StreamWrite
 

@@ -17,9 +17,10 @@ from ._events import SqliteEvents, SqliteProjections
 from ._idempotency import SqliteIdempotency
 from ._kv import SqliteKV
 from ._log import SqliteLog
+from ._log_stage import Stage
 from ._unit import SqliteUnit
 from ._unit_stage import WriterStages
-from ._writer import ExtraStage, Stage
+from ._writer import ExtraStage
 
 
 class SqliteBackend(

@@ -36,7 +36,8 @@ from ...eventstore._protocol import (
 from . import _events_read
 from ._events_read import HEADER as _HEADER
 from ._events_read import stream_row_crc, to_events
-from ._writer import Request, Stage, Writer
+from ._log_stage import Stage
+from ._writer import Request, Writer
 
 _IN_MAX = 500  # ids or streams per "IN (...)" lookup
 _ROWS_MAX = 256  # events per multi-row INSERT (11 columns each)

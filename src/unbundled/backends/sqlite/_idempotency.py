@@ -23,7 +23,8 @@ from ...idempotency import _core
 from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
 from ...transaction import _unit
 from ._integrity import corrupt, row_crc
-from ._writer import Stage, Writer
+from ._log_stage import Stage
+from ._writer import Writer
 
 _COLUMNS = "key, state, expires_ms, record, crc"
 _SELECT = f"SELECT {_COLUMNS} FROM idempotency WHERE key = ?"

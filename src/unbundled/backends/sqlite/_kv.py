@@ -28,7 +28,7 @@ from typing import Any
 from ...consistency.kv import _core
 from ...consistency.kv._protocol import Expect, Versioned
 from ._integrity import corrupt, row_crc
-from ._writer import Stage
+from ._log_stage import Stage
 
 _SELECT = "SELECT key, value, version, crc FROM kv WHERE key = ?"
 _UPSERT = (

@@ -45,6 +45,7 @@ from ...log._protocol import (
 )
 from . import _group_rows, _log_read
 from ._integrity import row_crc
+from ._log_stage import Stage
 from ._maintain import maintain as _maintain
 from ._readonly import ReadOnlyWriter, check_read_only_file, read_only_connector
 from ._schema import (
@@ -56,7 +57,7 @@ from ._schema import (
     translate,
     translated,
 )
-from ._writer import ExtraStage, Request, Stage, Writer
+from ._writer import ExtraStage, Request, Writer
 
 _decode_positions = msgspec.json.Decoder(list[tuple[str, int, int]]).decode
 _WATCH_INTERVAL_S = 0.05

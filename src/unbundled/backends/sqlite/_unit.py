@@ -23,8 +23,9 @@ from ...eventstore._protocol import AppendResult
 from ...log._protocol import Position, WriteBatch
 from ...transaction import _unit
 from . import _idempotency, _kv
+from ._log_stage import Stage
 from ._unit_stage import WriterStages, staged
-from ._writer import Request, Stage, Writer
+from ._writer import Request, Writer
 
 
 class SqliteUnit:

@@ -27,7 +27,8 @@ from ...transaction import _unit
 from . import _idempotency, _kv
 from ._events import EventStage
 from ._integrity import corrupt, row_crc
-from ._writer import Request, Stage
+from ._log_stage import Stage
+from ._writer import Request
 
 _IN_MAX = 500  # keys per "IN (...)" lookup
 
