@@ -23,13 +23,12 @@ from typing import Any, TypeVar, cast
 from .. import _registry, limits
 from .._ground.waiters import AsyncWaiter
 from .._registry import LOG
-from ..errors import Error, PartitionNotFound, TopicExists, TopicNotFound, UsageError
+from ..errors import Error, PartitionNotFound, TopicExists, TopicNotFound
 from . import _core
 from ._base import LogBase, _consumer_core, group_lag, partition_bounds
 from ._consumer import ConsumerCore, OffsetReset, Steps
 from ._producer import ProducerCore
 from ._protocol import (
-    AppendItem,
     CleanupPolicy,
     GroupInfo,
     Headers,
@@ -48,6 +47,7 @@ from ._protocol import (
     TopicPartition,
     WriteBatch,
 )
+from ._transaction import LogTxnCore
 
 T = TypeVar("T")
 
@@ -540,11 +540,7 @@ class AsyncTransaction:
     def __init__(self, log: AsyncLog, producer: AsyncProducer | None) -> None:
         self._log = log
         self._producer = producer
-        self._appends: dict[str, list[AppendItem]] = {}
-        self._commits: list[OffsetCommit] = []
-        self._partitions: dict[str, int] = {}
-        self._consumers: list[tuple[AsyncConsumer, OffsetCommit]] = []
-        self._done = False
+        self._core = LogTxnCore()
         self.positions: list[Position] = []
 
     async def __aenter__(self) -> AsyncTransaction:
@@ -556,16 +552,12 @@ class AsyncTransaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._done:
+        if self._core.done:
             return
         if exc_type is None:
             await self.commit()
         else:
             self.abort()
-
-    def _check(self) -> None:
-        if self._done:
-            raise UsageError("the transaction is already committed or aborted")
 
     async def append(
         self,
@@ -584,12 +576,10 @@ class AsyncTransaction:
 
     async def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
         """Async twin of :meth:`unbundled.Transaction.append_batch`."""
-        self._check()
+        self._core.check()
         log = self._log
         config = log._configs.get(topic) or await log._config(topic)
-        items = log._items(topic, config, messages)
-        self._appends.setdefault(topic, []).extend(items)
-        self._partitions[topic] = config.partitions
+        self._core.add_items(topic, log._items(topic, config, messages), config.partitions)
 
     def commit_offsets(
         self,
@@ -601,37 +591,23 @@ class AsyncTransaction:
         """Twin of
         :meth:`unbundled.Transaction.commit_offsets` (not a coroutine: nothing is written
         until :meth:`commit`)."""
-        self._check()
-        if consumer is not None:
-            commit = consumer.offset_commit(offsets)
-            self._consumers.append((consumer, commit))
-            self._commits.append(commit)
-        elif group is not None and offsets is not None:
-            _core.check_group_name(group)
-            self._commits.append(OffsetCommit(group, None, _core.check_offsets(offsets), {}))
-        else:
-            raise UsageError("commit_offsets needs a consumer, or a group and offsets")
+        self._core.add_offsets(consumer, group, offsets)
 
     async def commit(self) -> list[Position]:
         """Async twin of :meth:`unbundled.Transaction.commit`."""
-        self._check()
-        self._done = True
-        if not self._appends and not self._commits:
+        batch = self._core.finish()
+        if batch is None:
             return []
-        batch = WriteBatch(self._appends, tuple(self._commits), None, self._partitions)
         if self._producer is not None:
             self.positions = await self._producer._write(batch)
         else:
             self.positions = await self._log._submit(batch)
-        for consumer, commit in self._consumers:
-            consumer._core.mark_committed(commit.offsets)
+        self._core.committed()
         return self.positions
 
     def abort(self) -> None:
         """Twin of :meth:`unbundled.Transaction.abort` (not a coroutine)."""
-        self._done = True
-        self._appends.clear()
-        self._commits.clear()
+        self._core.abort()
 
 
 __all__ = ["AsyncConsumer", "AsyncLog", "AsyncProducer", "AsyncTransaction", "LogBackend"]

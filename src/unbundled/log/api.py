@@ -19,13 +19,12 @@ from typing import Any
 from .. import _registry, limits
 from .._ground.waiters import SyncWaiter
 from .._registry import LOG
-from ..errors import PartitionNotFound, TopicExists, TopicNotFound, UsageError
+from ..errors import PartitionNotFound, TopicExists, TopicNotFound
 from . import _core
 from ._base import LogBase, _consumer_core, group_lag, partition_bounds
 from ._consumer import ConsumerCore, OffsetReset, run_sync
 from ._producer import ProducerCore
 from ._protocol import (
-    AppendItem,
     CleanupPolicy,
     GroupInfo,
     Headers,
@@ -41,6 +40,7 @@ from ._protocol import (
     TopicPartition,
     WriteBatch,
 )
+from ._transaction import LogTxnCore
 
 
 class Log(LogBase):
@@ -544,11 +544,7 @@ class Transaction:
     def __init__(self, log: Log, producer: Producer | None) -> None:
         self._log = log
         self._producer = producer
-        self._appends: dict[str, list[AppendItem]] = {}
-        self._commits: list[OffsetCommit] = []
-        self._partitions: dict[str, int] = {}
-        self._consumers: list[tuple[Consumer, OffsetCommit]] = []
-        self._done = False
+        self._core = LogTxnCore()
         self.positions: list[Position] = []
 
     def __enter__(self) -> Transaction:
@@ -560,16 +556,12 @@ class Transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._done:
+        if self._core.done:
             return
         if exc_type is None:
             self.commit()
         else:
             self.abort()
-
-    def _check(self) -> None:
-        if self._done:
-            raise UsageError("the transaction is already committed or aborted")
 
     def append(
         self,
@@ -592,11 +584,9 @@ class Transaction:
     def append_batch(self, topic: str, messages: Iterable[bytes | Message]) -> None:
         """Add records for ``topic``, in order, to the transaction; checked
         now as in :meth:`append`, written only by :meth:`commit`."""
-        self._check()
-        log = self._log
-        config = log._config(topic)
-        self._appends.setdefault(topic, []).extend(log._items(topic, config, messages))
-        self._partitions[topic] = config.partitions
+        self._core.check()
+        config = self._log._config(topic)
+        self._core.add_items(topic, self._log._items(topic, config, messages), config.partitions)
 
     def commit_offsets(
         self,
@@ -608,16 +598,7 @@ class Transaction:
         """Commit a consumer's consumed positions (fenced by its generation) as
         part of this transaction: the exactly-once consume-transform-produce step.
         ``group`` with ``offsets`` commits for a group without members."""
-        self._check()
-        if consumer is not None:
-            commit = consumer.offset_commit(offsets)
-            self._consumers.append((consumer, commit))
-            self._commits.append(commit)
-        elif group is not None and offsets is not None:
-            _core.check_group_name(group)
-            self._commits.append(OffsetCommit(group, None, _core.check_offsets(offsets), {}))
-        else:
-            raise UsageError("commit_offsets needs a consumer, or a group and offsets")
+        self._core.add_offsets(consumer, group, offsets)
 
     def commit(self) -> list[Position]:
         """Write everything added, atomically, and return the appended
@@ -632,19 +613,14 @@ class Transaction:
         transaction is finished: a second ``commit()`` raises ``UsageError``;
         start a new transaction to try again.
         """
-        self._check()
-        self._done = True
-        if not self._appends and not self._commits:
+        batch = self._core.finish()
+        if batch is None:
             return []
-        batch = WriteBatch(self._appends, tuple(self._commits), None, self._partitions)
         self.positions = self._log._submit(batch, self._producer)
-        for consumer, commit in self._consumers:
-            consumer._core.mark_committed(commit.offsets)
+        self._core.committed()
         return self.positions
 
     def abort(self) -> None:
         """Discard everything; nothing of this transaction becomes visible.
         The ``with`` block calls it when it ends with an exception. Idempotent."""
-        self._done = True
-        self._appends.clear()
-        self._commits.clear()
+        self._core.abort()

@@ -18,8 +18,8 @@ from ..consistency.kv import _core as _kv_core
 from ..errors import UsageError
 from ..eventstore._protocol import ANY
 from ..idempotency import _core as _idem_core
-from ..log import _core as _log_core
 from ..log._protocol import AppendItem, OffsetCommit, TopicPartition
+from ..log._transaction import offset_commit
 from . import _unit
 
 if TYPE_CHECKING:
@@ -120,17 +120,10 @@ class TransactionCore:
     ) -> None:
         self.check()
         self.require(_unit.OFFSETS)
+        commit = offset_commit(consumer, group, offsets)
         if consumer is not None:
-            commit = consumer.offset_commit(offsets)
             self.consumers.append((consumer._core, commit))
-            self.unit.commits.append(commit)
-        elif group is not None and offsets is not None:
-            _log_core.check_group_name(group)
-            self.unit.commits.append(
-                OffsetCommit(group, None, _log_core.check_offsets(offsets), {})
-            )
-        else:
-            raise UsageError("commit_offsets needs a consumer, or a group and offsets")
+        self.unit.commits.append(commit)
 
     def add_events(
         self,
