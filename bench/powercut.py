@@ -39,7 +39,7 @@ from unbundled import NotFound, TopicPartition
 from unbundled.database import Database
 from unbundled.eventstore import NewEvent, Projection
 from unbundled.eventstore.read_models import Documents
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 from unbundled.testing.lazyfs import LazyFS
 
 REPO = Path(__file__).resolve().parent.parent

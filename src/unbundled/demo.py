@@ -36,7 +36,7 @@ from rich.table import Table
 
 from .errors import Error, NotFound, StaleGeneration
 from .log.api import Log
-from .testing.crash import ChildProcess
+from .testing.child import ChildProcess
 
 SOURCE = "orders"
 TARGET = "orders.processed"

@@ -37,7 +37,7 @@ from .database import open as open_database
 from .demo_events import Check, report_checks
 from .errors import Error
 from .log import Record
-from .testing.crash import ChildProcess
+from .testing.child import ChildProcess
 
 ROWS = 1000
 ROUNDS = 4

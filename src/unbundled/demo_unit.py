@@ -34,7 +34,7 @@ from .database import open as open_database
 from .demo_events import Check, report_checks
 from .errors import Error, StreamNotFound, WrongExpectedVersion
 from .eventstore import NO_STREAM, Event
-from .testing.crash import ChildProcess
+from .testing.child import ChildProcess
 
 THREADS, COMMANDS = 8, 40  # commands per thread
 KILLS = 3

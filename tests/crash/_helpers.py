@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 

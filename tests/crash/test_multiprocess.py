@@ -12,7 +12,7 @@ from pathlib import Path
 
 from unbundled import Log, NotFound, TopicPartition
 from unbundled.backends import SqliteBackend
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 
 from ._helpers import check_alive, reaped, spawn, wait_until
 

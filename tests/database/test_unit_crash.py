@@ -45,7 +45,7 @@ from tests import matrix
 from tests.crash._helpers import ROOT, check_alive, reaped, wait_until
 from unbundled import Message, StreamNotFound
 from unbundled.idempotency import IdempotencyRecord
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 
 from ._unit_worker import Counted, committed, key, open_db, result
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from unbundled.errors import WrongExpectedVersion
 from unbundled.eventstore import ANY, NO_STREAM, EventStore, NewEvent
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITERS, SUBSCRIBERS, ROUNDS = 8, 2, 30

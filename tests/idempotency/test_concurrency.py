@@ -30,7 +30,7 @@ import pytest
 from unbundled.errors import RequestInProgress
 from unbundled.eventstore import ANY, NewEvent, StreamWrite
 from unbundled.idempotency import Attempt, EffectsTxn, Idempotency
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 from unbundled.testing.idempotency_contract import events_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import unbundled
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 from unbundled.testing.lazyfs import LazyFS
 
 from .conftest import MakeLazyFS

@@ -46,7 +46,7 @@ from tests import matrix
 from unbundled import streams
 from unbundled.log._protocol import Message
 from unbundled.streams._store import read_manifest
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 
 from . import _stream_worker as w
 

@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--control", required=True, help="Unix socket for power-cut commands")
     run.add_argument("--parent", type=int, default=0, help="exit (and unmount) when it dies")
     args = parser.parse_args(argv)
-    from ._lazyfs_ops import serve
+    from ._lazyfs_serve import serve
 
     return serve(args.backing, args.mount, args.control, args.parent or os.getppid())
 

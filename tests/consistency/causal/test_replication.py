@@ -27,7 +27,7 @@ from unbundled import (
 )
 from unbundled.consistency.causal import Replica, Session
 from unbundled.consistency.causal._core import merge
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[3]
 NAMES = ["a", "b", "c"]

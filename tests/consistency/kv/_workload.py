@@ -31,7 +31,7 @@ from typing import IO, Any
 
 from unbundled.consistency import KV
 from unbundled.consistency.history import UNKNOWN, History, Operation, Recorder
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 
 KEYS = ("a", "b", "c")
 ROOT = Path(__file__).resolve().parents[3]

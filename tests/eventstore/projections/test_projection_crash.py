@@ -41,7 +41,7 @@ from unbundled.eventstore import (
 )
 from unbundled.eventstore.api import StoredEvent
 from unbundled.eventstore.read_models import Documents, raw_documents
-from unbundled.testing.crash import ChildProcess
+from unbundled.testing.child import ChildProcess
 
 from ._helpers import EVENTS, Deposited, Opened, Withdrawn
 
