@@ -6,8 +6,13 @@ window) order, so the same log always gives the same output order -- and
 then advances its children: a window's results reach the next operator
 before that operator's watermark moves past them, as in Flink.
 
-State lives in ``BUCKETS`` dicts per stateful operator, split by
-a hash of the key, so an epoch rewrites only the buckets it touched.
+State lives in buckets (dicts) per stateful operator, split by a hash of
+the key, so an epoch rewrites only the buckets it touched. An operator
+starts with ``BUCKETS`` of them and doubles their number (up to
+``BUCKETS_MAX``) when one would be stored larger than ``BUCKET_SPLIT_BYTES``:
+state grows past what 64 entries could hold, and a touched key rewrites a
+bounded bucket, not a sixty-fourth of all the state. The layout changes
+where state is stored, never what a flow outputs.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ TIME_HEADER = "unbundled.time"
 TIME_KEY = b"unbundled.time"  # its key: compacted topics need one; compaction keeps the newest
 _BUCKET_CACHE_MAX = 100_000
 LATE_SINK = -1  # the sink id of late events no one routed: the topic <flow name>.late
-BUCKETS = 64  # KV entries per task per stateful operator: an epoch rewrites the touched ones
+BUCKETS = (
+    64  # KV entries per task per stateful operator at first: an epoch rewrites the touched ones
+)
+BUCKETS_MAX = 1 << 14  # a power of two, as every count is; the manifest lists the stored ones
+BUCKET_SPLIT_BYTES = 256 * 1024  # a larger bucket doubles its operator's buckets
 _enc = msgspec.msgpack.Encoder()
 
 
@@ -64,8 +73,10 @@ def key_sort(key: Any) -> tuple[int, Any]:
     return (3, key)
 
 
-def bucket_of(key: Any) -> int:
-    return zlib.crc32(_enc.encode(key)) % BUCKETS
+def bucket_of(key: Any, buckets: int = BUCKETS) -> int:
+    """The bucket of ``key`` among ``buckets`` (a power of two): doubling the
+    count splits each bucket in two, its keys staying or moving up by the old count."""
+    return zlib.crc32(_enc.encode(key)) & (buckets - 1)
 
 
 def encode_key(key: Any) -> bytes | None:
@@ -171,9 +182,30 @@ class StatefulOp(Op):
 
     def __init__(self, node: Node, ctx: Ctx) -> None:
         super().__init__(node, ctx)
+        self.nbuckets = BUCKETS
         self.buckets: list[dict[Any, Any]] = [{} for _ in range(BUCKETS)]
         self._marks = [(node.id, b) for b in range(BUCKETS)]
         self._bucket_of: dict[Any, int] = {}  # a cache: the hash is the hot path's cost
+
+    def bucket_index(self, key: Any) -> int:
+        return bucket_of(key, self.nbuckets)
+
+    def resize(self, buckets: int) -> None:
+        """Spread the state over ``buckets`` (a power of two, not fewer than now),
+        every bucket marked as changed, so the epoch stores the new layout whole."""
+        if buckets & (buckets - 1) or not self.nbuckets <= buckets <= BUCKETS_MAX:
+            raise ValueError(
+                f"{buckets} buckets: not a power of two in {self.nbuckets}..{BUCKETS_MAX}"
+            )
+        spread: list[dict[Any, Any]] = [{} for _ in range(buckets)]
+        for bucket in self.buckets:
+            for key, value in bucket.items():
+                spread[bucket_of(key, buckets)][key] = value
+        self.nbuckets = buckets
+        self.buckets = spread
+        self._marks = [(self.node.id, b) for b in range(buckets)]
+        self._bucket_of.clear()
+        self.ctx.dirty.update(self._marks)
 
     def touch(self, key: Any) -> dict[Any, Any]:
         """The key's bucket, marked as changed in this epoch."""
@@ -182,7 +214,7 @@ class StatefulOp(Op):
         if b is None:
             if len(cache) >= _BUCKET_CACHE_MAX:
                 cache.clear()
-            b = cache[key] = bucket_of(key)
+            b = cache[key] = bucket_of(key, self.nbuckets)
         self.ctx.dirty.add(self._marks[b])
         return self.buckets[b]
 

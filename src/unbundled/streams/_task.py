@@ -28,7 +28,16 @@ from ._build import build
 from ._flow import Flow
 from ._join import JoinOp, WindowJoinOp
 from ._merge import SRC_HEADER, MergeOp, RepartitionOp
-from ._ops import NO_TIME, TIME_HEADER, Ctx, OperatorFailed, StatefulOp
+from ._ops import (
+    BUCKET_SPLIT_BYTES,
+    BUCKETS,
+    BUCKETS_MAX,
+    NO_TIME,
+    TIME_HEADER,
+    Ctx,
+    OperatorFailed,
+    StatefulOp,
+)
 
 DEAD_SINK = -2  # records that cannot be decoded or timed: the topic <flow name>.dead
 _enc = msgspec.msgpack.Encoder()
@@ -51,6 +60,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     table_times: tuple[int, int, int] = (NO_TIME, NO_TIME, NO_TIME)  # max, wm, out wm
     keys: int = 0  # keys with state, over every stateful operator (for status)
     timers: int = 0  # timers pending (derived from the state; for status)
+    # Operators (node id) whose state grew past BUCKETS buckets, and their count.
+    layout: dict[int, int] = msgspec.field(default_factory=dict)
 
 
 def fingerprint(flow: Flow) -> str:
@@ -230,16 +241,15 @@ class Task:
 
     # --- state -----------------------------------------------------------------
 
-    def dump(self) -> tuple[bytes, dict[tuple[int, int], bytes | None]]:
-        """The manifest and the touched buckets (``None``: now empty), encoded
-        and checked against the KV store's bounds; clears the dirty set."""
+    def _dump_buckets(self) -> dict[tuple[int, int], bytes | None] | None:
+        """The touched buckets encoded, or None after an operator grew (encode again)."""
         changed: dict[tuple[int, int], bytes | None] = {}
         for node_id, bucket in sorted(self.ctx.dirty):
             op = self.by_id[node_id]
             entries = op.dump(bucket)
             if not entries:
-                changed[(node_id, bucket)] = None
-                self.stored.discard((node_id, bucket))
+                if (node_id, bucket) in self.stored:  # a bucket never stored needs no delete
+                    changed[(node_id, bucket)] = None
                 continue
             try:
                 blob = _enc.encode(entries)
@@ -256,6 +266,9 @@ class Task:
                     "accumulators to None, bool, int, float, str, bytes, lists and dicts",
                     node=op.node.label,
                 )
+            if len(blob) > BUCKET_SPLIT_BYTES and op.nbuckets < BUCKETS_MAX and len(entries) > 1:
+                op.resize(op.nbuckets * 2)
+                return None
             if len(blob) > limits.kv_value_bytes_max:
                 raise LimitExceeded(
                     f"{op.node.label}: one state bucket holds {len(blob)} bytes, more than "
@@ -264,7 +277,22 @@ class Task:
                     bytes=len(blob),
                 )
             changed[(node_id, bucket)] = blob
-            self.stored.add((node_id, bucket))
+        return changed
+
+    def dump(self) -> tuple[bytes, dict[tuple[int, int], bytes | None]]:
+        """The manifest and the touched buckets (``None``: now empty), encoded
+        and checked against the KV store's bounds; clears the dirty set. An
+        operator with a bucket larger than ``BUCKET_SPLIT_BYTES`` gets twice
+        the buckets first (all of them stored in this epoch)."""
+        while True:
+            changed = self._dump_buckets()
+            if changed is not None:
+                break
+        for where, blob in changed.items():
+            if blob is None:
+                self.stored.discard(where)
+            else:
+                self.stored.add(where)
         self.ctx.dirty.clear()
         manifest = Manifest(
             self.fingerprint,
@@ -279,6 +307,7 @@ class Task:
             self.join.times() if self.join is not None else (NO_TIME, NO_TIME, NO_TIME),
             self.state_size(),
             self.timer_count(),
+            {op.node.id: op.nbuckets for op in self.stateful if op.nbuckets != BUCKETS},
         )
         return _enc.encode(manifest), changed
 
@@ -299,10 +328,21 @@ class Task:
                 "flow (operators or settings changed); reset it (`unbundled streams reset`)",
                 flow=self.flow.name,
             )
+        for node_id, count in manifest.layout.items():
+            op = self.by_id.get(node_id)
+            if op is None or count & (count - 1) or not BUCKETS <= count <= BUCKETS_MAX:
+                raise CorruptionError(
+                    f"stream state {where}: the manifest gives operator #{node_id} {count} buckets"
+                )
+            op.resize(count)
         for (node_id, bucket), blob in buckets.items():
             op = self.by_id.get(node_id)
             if op is None:
                 raise CorruptionError(f"stream state {where}: no operator #{node_id}")
+            if not 0 <= bucket < op.nbuckets:
+                raise CorruptionError(
+                    f"stream state {where}: operator #{node_id} has no bucket {bucket}"
+                )
             try:
                 op.load(bucket, _dec.decode(blob))
             except (msgspec.DecodeError, TypeError, ValueError) as exc:

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import _windows as w
 from ._flow import Node
-from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, bucket_of, detached, key_sort
+from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, detached, key_sort
 
 # Timer kinds, in the order they fire at one instant.
 _EARLY, _ON_TIME, _PURGE = 0, 1, 2
@@ -176,7 +176,7 @@ class SessionOp(WindowOp):
 
     def push(self, key: Any, value: Any, ts: int) -> None:
         gap, agg = self.gap, self.agg
-        bucket = self.buckets[bucket_of(key)]
+        bucket = self.buckets[self.bucket_index(key)]
         sessions: list[list[Any]] = bucket.get(key, [])
         touching = [s for s in sessions if s[0] < ts + gap and ts < s[1] + gap]
         start = min([ts, *(s[0] for s in touching)])
@@ -214,7 +214,7 @@ class SessionOp(WindowOp):
             self.timer(at, _PURGE if fired else _ON_TIME, key, start)
 
     def _find(self, key: Any, start: int) -> tuple[list[list[Any]], list[Any]] | None:
-        sessions = self.buckets[bucket_of(key)].get(key)
+        sessions = self.buckets[self.bucket_index(key)].get(key)
         if sessions:
             for s in sessions:
                 if s[0] == start:
@@ -244,7 +244,7 @@ class SessionOp(WindowOp):
             return
         sessions.remove(s)
         if not sessions:
-            del self.buckets[bucket_of(key)][key]
+            del self.buckets[self.bucket_index(key)][key]
 
     def restored(self, wm: int) -> None:
         self.wm = wm
