@@ -44,6 +44,7 @@ pytestmark = pytest.mark.nats
 REPLICAS_QUERY = "replicas=3"  # how the NATS log is asked for R3 streams
 RECORDS_BEFORE = 600  # for the consumption test
 RETRY_S = 0.1
+OUTAGE_S = 1.0  # an append this slow waited through the failover
 
 
 def log_url(cluster: NatsCluster) -> str:
@@ -88,8 +89,13 @@ def test_leader_killed_during_appends(nats_cluster: NatsCluster) -> None:
         print(run.summary())
         run.assert_no_loss_no_duplicates(consumed=True)
     assert len(run.acked) >= 50, run.summary()
-    # The outage was felt, as retryable errors only.
-    assert run.errors, f"no producer saw the node's death: {run.summary()}"
+    # The outage was felt, and only so: as retryable errors, or as an append
+    # held until a new leader took it (the client waits through a short
+    # election: CI once saw no error and a 5 s append). Appends take
+    # milliseconds otherwise, so a second marks an append that spanned it.
+    assert run.errors or run.slowest_s > OUTAGE_S, (
+        f"no producer saw the node's death: {run.summary()}"
+    )
     assert set(run.errors) <= {"Unavailable", "Timeout"}, run.summary()
 
 
