@@ -118,6 +118,12 @@ def test_grown_state_on_sqlite_survives_reopening(
         assert all(n > _ops.BUCKETS and n & (n - 1) == 0 for n in manifest.layout.values())
         for node_id, bucket in manifest.stored:
             assert db.kv.read(f"streams/grow/0/{node_id}/{bucket}") is not None
+        restored = _store.restore(db, flow(), 0)
+        assert restored is not None
+        assert {op.node.id: op.nbuckets for op in restored.stateful if op.nbuckets > 64} == {
+            int(k): v for k, v in manifest.layout.items()
+        }
+        assert not restored.ctx.dirty  # a restored layout is not written again
     with unbundled.open(path) as db:
         produce(db, items[half:])
         streams.heartbeat(db.log, "in", 10**12)

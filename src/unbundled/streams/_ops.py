@@ -190,9 +190,10 @@ class StatefulOp(Op):
     def bucket_index(self, key: Any) -> int:
         return bucket_of(key, self.nbuckets)
 
-    def resize(self, buckets: int) -> None:
+    def resize(self, buckets: int, *, mark: bool = True) -> None:
         """Spread the state over ``buckets`` (a power of two, not fewer than now),
-        every bucket marked as changed, so the epoch stores the new layout whole."""
+        every bucket marked as changed (with ``mark``), so the epoch stores the
+        new layout whole; a restore sets the stored layout unmarked."""
         if buckets & (buckets - 1) or not self.nbuckets <= buckets <= BUCKETS_MAX:
             raise ValueError(
                 f"{buckets} buckets: not a power of two in {self.nbuckets}..{BUCKETS_MAX}"
@@ -205,7 +206,8 @@ class StatefulOp(Op):
         self.buckets = spread
         self._marks = [(self.node.id, b) for b in range(buckets)]
         self._bucket_of.clear()
-        self.ctx.dirty.update(self._marks)
+        if mark:
+            self.ctx.dirty.update(self._marks)
 
     def touch(self, key: Any) -> dict[Any, Any]:
         """The key's bucket, marked as changed in this epoch."""

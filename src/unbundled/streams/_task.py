@@ -334,7 +334,7 @@ class Task:
                 raise CorruptionError(
                     f"stream state {where}: the manifest gives operator #{node_id} {count} buckets"
                 )
-            op.resize(count)
+            op.resize(count, mark=False)  # stored so: nothing to write again
         for (node_id, bucket), blob in buckets.items():
             op = self.by_id.get(node_id)
             if op is None:
