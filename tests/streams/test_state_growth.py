@@ -183,3 +183,54 @@ def test_state_past_sixty_four_full_buckets_no_longer_raises(
         (op,) = restored.stateful
         state = {k: v for bucket in op.buckets for k, v in bucket.items()}
         assert state == {f"k{i}": f"{i:0100d}" for i in range(keys)}
+
+
+def kept_or_dropped(state: str, value: int) -> tuple[str | None, int]:
+    """About 100 bytes per key while values are positive; a negative one drops the key."""
+    return (None if value < 0 else f"{value:0100d}"), value
+
+
+def test_state_that_shrinks_gets_its_first_layout_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grown by 3,000 keys, then emptied key by key: the buckets halve back to
+    64 (no bucket past them left stored, in the manifest or the store), the
+    outputs are those of a run that never changed its layout, and a restart
+    in between changes nothing."""
+    keys = 3000
+
+    def build() -> Flow:
+        f = Flow("shrink", out_of_orderness_ms=0)
+        f.source("in").map_with_state(kept_or_dropped, init=str).to_topic("seen")
+        return f
+
+    def messages(sign: int, first_ts: int) -> list[unbundled.Message]:
+        return [
+            unbundled.Message(b"%d" % (sign * (i + 1)), b"k%d" % i, (), first_ts + i, 0)
+            for i in range(keys)
+        ]
+
+    def run_all(url: str, layouts: list[dict[int, int]]) -> list[Any]:
+        with unbundled.open(url) as db:
+            db.log.create_topic("in", 1)
+            for sign, first_ts in ((1, 0), (-1, keys)):
+                db.log.append_batch("in", messages(sign, first_ts))
+                streams.run(db, build(), until_end=True, epoch_records=500)
+                manifest = read_manifest(db, "shrink", 0)
+                assert manifest is not None
+                layouts.append(dict(manifest.layout))
+                assert all(b < manifest.layout.get(n, 64) for n, b in manifest.stored)
+                for node_id, bucket in manifest.stored:
+                    assert db.kv.read(f"streams/shrink/0/{node_id}/{bucket}") is not None
+                for bucket in range(manifest.layout.get(1, 64), 4096):
+                    assert db.kv.read(f"streams/shrink/0/1/{bucket}") is None
+            return [(r.key, r.value) for r in db.log.scan("seen", 0)]
+
+    expected = run_all("memory://", [])
+    monkeypatch.setattr(_task, "BUCKET_SPLIT_BYTES", 2 * 1024)
+    layouts: list[dict[int, int]] = []
+    got = run_all(str(tmp_path / "shrink.db"), layouts)
+    assert got == expected and len(got) == 2 * keys
+    grown, after = layouts
+    assert grown and max(grown.values()) > _ops.BUCKETS, layouts
+    assert after == {}, layouts  # back to the first layout

@@ -11,8 +11,10 @@ the key, so an epoch rewrites only the buckets it touched. An operator
 starts with ``BUCKETS`` of them and doubles their number (up to
 ``BUCKETS_MAX``) when one would be stored larger than ``BUCKET_SPLIT_BYTES``:
 state grows past what 64 entries could hold, and a touched key rewrites a
-bounded bucket, not a sixty-fourth of all the state. The layout changes
-where state is stored, never what a flow outputs.
+bounded bucket, not a sixty-fourth of all the state. When every pair of
+buckets that halving would merge holds less than a quarter of that, the
+count halves again (down to ``BUCKETS``). The layout changes where state is
+stored, never what a flow outputs.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ class StatefulOp(Op):
         super().__init__(node, ctx)
         self.nbuckets = BUCKETS
         self.buckets: list[dict[Any, Any]] = [{} for _ in range(BUCKETS)]
+        self.sizes = [0] * BUCKETS  # each bucket's bytes as last stored or loaded
         self._marks = [(node.id, b) for b in range(BUCKETS)]
         self._bucket_of: dict[Any, int] = {}  # a cache: the hash is the hot path's cost
 
@@ -191,23 +194,32 @@ class StatefulOp(Op):
         return bucket_of(key, self.nbuckets)
 
     def resize(self, buckets: int, *, mark: bool = True) -> None:
-        """Spread the state over ``buckets`` (a power of two, not fewer than now),
-        every bucket marked as changed (with ``mark``), so the epoch stores the
-        new layout whole; a restore sets the stored layout unmarked."""
-        if buckets & (buckets - 1) or not self.nbuckets <= buckets <= BUCKETS_MAX:
-            raise ValueError(
-                f"{buckets} buckets: not a power of two in {self.nbuckets}..{BUCKETS_MAX}"
-            )
+        """Spread the state over ``buckets`` (a power of two), every bucket of
+        the old and the new layout marked as changed (with ``mark``), so the
+        epoch stores the new layout whole and deletes what it no longer has; a
+        restore sets the stored layout unmarked."""
+        if buckets & (buckets - 1) or not BUCKETS <= buckets <= BUCKETS_MAX:
+            raise ValueError(f"{buckets} buckets: not a power of two in {BUCKETS}..{BUCKETS_MAX}")
         spread: list[dict[Any, Any]] = [{} for _ in range(buckets)]
         for bucket in self.buckets:
             for key, value in bucket.items():
                 spread[bucket_of(key, buckets)][key] = value
+        if mark:
+            self.ctx.dirty.update(self._marks)
         self.nbuckets = buckets
         self.buckets = spread
+        self.sizes = [0] * buckets
         self._marks = [(self.node.id, b) for b in range(buckets)]
         self._bucket_of.clear()
         if mark:
             self.ctx.dirty.update(self._marks)
+
+    def shrinkable(self, small: int) -> bool:
+        """Whether half the buckets would each hold less than ``small`` bytes
+        (as last stored): then the state has shrunk well below its layout."""
+        half = self.nbuckets // 2
+        sizes = self.sizes
+        return half >= BUCKETS and all(sizes[b] + sizes[b + half] < small for b in range(half))
 
     def touch(self, key: Any) -> dict[Any, Any]:
         """The key's bucket, marked as changed in this epoch."""

@@ -246,8 +246,10 @@ class Task:
         changed: dict[tuple[int, int], bytes | None] = {}
         for node_id, bucket in sorted(self.ctx.dirty):
             op = self.by_id[node_id]
-            entries = op.dump(bucket)
+            entries = op.dump(bucket) if bucket < op.nbuckets else []  # gone when it shrank
             if not entries:
+                if bucket < op.nbuckets:
+                    op.sizes[bucket] = 0
                 if (node_id, bucket) in self.stored:  # a bucket never stored needs no delete
                     changed[(node_id, bucket)] = None
                 continue
@@ -277,17 +279,27 @@ class Task:
                     bytes=len(blob),
                 )
             changed[(node_id, bucket)] = blob
+            op.sizes[bucket] = len(blob)
         return changed
 
     def dump(self) -> tuple[bytes, dict[tuple[int, int], bytes | None]]:
         """The manifest and the touched buckets (``None``: now empty), encoded
         and checked against the KV store's bounds; clears the dirty set. An
         operator with a bucket larger than ``BUCKET_SPLIT_BYTES`` gets twice
-        the buckets first (all of them stored in this epoch)."""
+        the buckets first, and one whose state would fit in half of them with
+        each under a quarter of that gets half (either way, all of them are
+        stored in this epoch)."""
+        grew = False
         while True:
             changed = self._dump_buckets()
-            if changed is not None:
+            if changed is None:
+                grew = True
+                continue
+            small = [op for op in self.stateful if op.shrinkable(BUCKET_SPLIT_BYTES // 4)]
+            if grew or not small:
                 break
+            for op in small:  # merged pairs stay below the split: no growth follows
+                op.resize(op.nbuckets // 2)
         for where, blob in changed.items():
             if blob is None:
                 self.stored.discard(where)
@@ -343,6 +355,7 @@ class Task:
                 raise CorruptionError(
                     f"stream state {where}: operator #{node_id} has no bucket {bucket}"
                 )
+            op.sizes[bucket] = len(blob)
             try:
                 op.load(bucket, _dec.decode(blob))
             except (msgspec.DecodeError, TypeError, ValueError) as exc:
