@@ -38,9 +38,7 @@ TIME_HEADER = "unbundled.time"
 TIME_KEY = b"unbundled.time"  # its key: compacted topics need one; compaction keeps the newest
 _BUCKET_CACHE_MAX = 100_000
 LATE_SINK = -1  # the sink id of late events no one routed: the topic <flow name>.late
-BUCKETS = (
-    64  # KV entries per task per stateful operator at first: an epoch rewrites the touched ones
-)
+BUCKETS = 64  # KV entries per task per stateful operator at first (see above)
 BUCKETS_MAX = 1 << 14  # a power of two, as every count is; the manifest lists the stored ones
 BUCKET_SPLIT_BYTES = 256 * 1024  # a larger bucket doubles its operator's buckets
 _enc = msgspec.msgpack.Encoder()

@@ -342,11 +342,15 @@ class Task:
             )
         for node_id, count in manifest.layout.items():
             op = self.by_id.get(node_id)
-            if op is None or count & (count - 1) or not BUCKETS <= count <= BUCKETS_MAX:
+            try:
+                if op is None:
+                    raise ValueError("no such operator")
+                op.resize(count, mark=False)  # stored so: nothing to write again
+            except ValueError as exc:
                 raise CorruptionError(
-                    f"stream state {where}: the manifest gives operator #{node_id} {count} buckets"
-                )
-            op.resize(count, mark=False)  # stored so: nothing to write again
+                    f"stream state {where}: the manifest gives operator #{node_id} "
+                    f"{count} buckets: {exc}"
+                ) from exc
         for (node_id, bucket), blob in buckets.items():
             op = self.by_id.get(node_id)
             if op is None:

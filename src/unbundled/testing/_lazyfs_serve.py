@@ -37,6 +37,17 @@ def _answer(ops: LazyOperations, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": False, "error": f"unknown command {command!r}"}
 
 
+def recv_line(conn: socket.socket) -> bytes:
+    """One message of the control protocol: bytes up to a newline (or the peer's close)."""
+    raw = b""
+    while not raw.endswith(b"\n"):
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            break
+        raw += chunk
+    return raw
+
+
 def _control_loop(ops: LazyOperations, server: socket.socket) -> None:
     """Answer one JSON line per connection with one JSON line."""
     while True:
@@ -44,13 +55,7 @@ def _control_loop(ops: LazyOperations, server: socket.socket) -> None:
         with conn:
             try:
                 conn.settimeout(10.0)
-                raw = b""
-                while not raw.endswith(b"\n"):
-                    chunk = conn.recv(1 << 16)
-                    if not chunk:
-                        break
-                    raw += chunk
-                reply = _answer(ops, json.loads(raw))
+                reply = _answer(ops, json.loads(recv_line(conn)))
             except Exception as e:
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             with contextlib.suppress(OSError):
@@ -90,4 +95,4 @@ def serve(backing: str, mount: str, control: str, parent: int) -> int:
     return 0
 
 
-__all__ = ["serve"]
+__all__ = ["recv_line", "serve"]

@@ -69,6 +69,7 @@ from types import TracebackType
 from typing import IO, Any, NoReturn
 
 from ..errors import BackendError, Timeout, Unavailable, UsageError
+from ._lazyfs_serve import recv_line, serve
 
 __all__ = ["CutReport", "LazyFS", "fuse_unavailable", "main"]
 
@@ -259,12 +260,7 @@ class LazyFS:
                 conn.settimeout(CONTROL_TIMEOUT_S)
                 conn.connect(self.control)
                 conn.sendall(json.dumps(request).encode() + b"\n")
-                raw = b""
-                while not raw.endswith(b"\n"):
-                    chunk = conn.recv(1 << 16)
-                    if not chunk:
-                        break
-                    raw += chunk
+                raw = recv_line(conn)
         except TimeoutError as e:
             raise Timeout(f"lazyfs did not answer {request['op']!r}") from e
         except OSError as e:
@@ -311,8 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--control", required=True, help="Unix socket for power-cut commands")
     run.add_argument("--parent", type=int, default=0, help="exit (and unmount) when it dies")
     args = parser.parse_args(argv)
-    from ._lazyfs_serve import serve
-
     return serve(args.backing, args.mount, args.control, args.parent or os.getppid())
 
 

@@ -119,14 +119,7 @@ class Stage:
                     _core.check_partition_count(name, batch.partitions, config.partitions)
                     _core.check_partition(name, items.partition, config.partitions)
                     return self._stage_run(name, tid, items)
-        for name, items in appends.items():
-            _, config = self.topic(name)
-            _core.check_partition_count(name, batch.partitions, config.partitions)
-            if type(items) is ValueRun:
-                _core.check_partition(name, items.partition, config.partitions)
-                continue
-            for item in items:
-                _core.check_partition(name, item.partition, config.partitions)
+        self.check(batch)  # all of it before any of it is staged
         positions: list[Position] = []
         for name, items in batch.appends.items():
             tid, _ = self.topic(name)
