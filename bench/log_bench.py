@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from unbundled import AsyncLog, Log
 from unbundled.backends import SqliteBackend
@@ -539,24 +539,27 @@ def _raw_select(conn: sqlite3.Connection, sql: str, records: int) -> float:
     return count / elapsed
 
 
-def records_table_of(conn: sqlite3.Connection, topic: str, partition: int) -> str:
-    """The log's table for one partition, found as a user of the file would."""
-    row: Any = conn.execute("SELECT id FROM topics WHERE name = ?", (topic,)).fetchone()
-    if row is None:
-        raise LookupError(f"topic {topic!r} not in the file")
-    return f"log_{int(row[0])}_{partition}"
+def _raw_fill(path: Path, records: int) -> None:
+    """The same values stored as a hand-written log would: a row per record."""
+    conn = raw_create(path)
+    try:
+        conn.execute("BEGIN")
+        conn.executemany(RAW_INSERT, ((i, None, v, 0) for i, v in enumerate(values(records))))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def bench_sequential_read(parent: Path | None, *, records: int, repeats: int) -> list[Row]:
-    """Case 3: read a partition of ``records`` x 100 B, vs a raw SELECT of the same table."""
+    """Case 3: read a partition of ``records`` x 100 B, vs a raw SELECT of the
+    same records stored a row each (the log stores a ``delete`` topic's records
+    in batches: its own table is no longer the hand-written baseline)."""
     with scratch_dir(parent, "read") as directory:
         path = directory / "read.db"
         _fill(path, records)
-        raw = raw_connect(path)
-        sql = (
-            "SELECT offset, key, value, headers, ts, crc FROM "
-            f"{records_table_of(raw, TOPIC, 0)} ORDER BY offset"
-        )
+        _raw_fill(directory / "raw.db", records)
+        raw = raw_connect(directory / "raw.db")
+        sql = "SELECT offset, key, value, ts FROM log ORDER BY offset"
         lib_read: list[float] = []
         lib_scan: list[float] = []
         raw_rates: list[float] = []
@@ -570,7 +573,9 @@ def bench_sequential_read(parent: Path | None, *, records: int, repeats: int) ->
         finally:
             raw.close()
     note = f"{records:,} records"
-    base = baseline_row("3", "raw sqlite3 SELECT ... ORDER BY offset", "records", raw_rates, note)
+    base = baseline_row(
+        "3", "raw sqlite3 SELECT ... ORDER BY offset, a row each", "records", raw_rates, note
+    )
     floor = Floor(ratio_min=0.5)
     return [
         measured_row("3", "Log.read loop, 10,000/call", lib_read, base, floor, note),

@@ -86,18 +86,6 @@ def test_sequential_read(tmp_path: Path) -> None:
     ]
 
 
-def test_records_table_is_found_as_a_user_would(tmp_path: Path) -> None:
-    path = tmp_path / "t.db"
-    with log_bench.open_log(path) as log:
-        log.append_batch(log_bench.TOPIC, [b"x"] * 3)
-    conn = log_bench.raw_connect(path)
-    try:
-        table = log_bench.records_table_of(conn, log_bench.TOPIC, 0)
-        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 3
-    finally:
-        conn.close()
-
-
 def test_crash_result_and_markdown(tmp_path: Path) -> None:
     seen: list[int] = []
     crash = log_bench.bench_crash(tmp_path, kills=2, seed=7, progress=seen.append)

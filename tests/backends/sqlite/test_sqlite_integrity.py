@@ -1,5 +1,9 @@
 """Guarantee 7 (integrity) on SQLite: damaged records raise CorruptionError,
-never come back as data; files that are not ours are refused and untouched."""
+never come back as data; files that are not ours are refused and untouched.
+
+The records here are stored a row per record (format 5: compacted topics, and
+``delete`` topics of files written before format 6), which these tests damage
+column by column; ``test_sqlite_batches`` does the same to record batches."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from hypothesis import strategies as st
 
 from bench import fuzzer as _fuzzer
 from tests import _sqlite_pages
-from tests._formats import downgrade
+from tests._formats import downgrade, unbatch
 from unbundled import CorruptionError, Idempotency, Log, Message, NotSupported
 from unbundled.backends.sqlite import _schema
 from unbundled.cli import cli
@@ -33,6 +37,7 @@ def _write(path: Path, count: int = 200) -> list[bytes]:
         log.append_batch(
             "t", [Message(v, key=b"k%d" % i, headers=(("h", b"x"),)) for i, v in enumerate(values)]
         )
+    unbatch(path)
     return values
 
 
@@ -137,6 +142,7 @@ def _plain_log(path: Path, count: int = 400) -> list[bytes]:
     with Log.open(path, sync="off", maintenance_interval_s=None) as log:
         log.create_topic("t")
         log.append_batch("t", values)
+    unbatch(path)
     return values
 
 
@@ -231,8 +237,8 @@ def test_a_damaged_format_version_names_the_file(tmp_path: Path) -> None:
         Log.open(path)
     assert str(path) in str(caught.value)
     _sqlite_pages.damage(path, 60, 0x80)
-    _sqlite_pages.damage(path, 63, 0x01)  # 5 -> 4: the header and meta disagree
-    with pytest.raises(CorruptionError, match="header says 4, meta says 5"):
+    _sqlite_pages.damage(path, 63, 0x01)  # 6 -> 7: the header and meta disagree
+    with pytest.raises(CorruptionError, match="header says 7, meta says 6"):
         Log.open(path)
 
 

@@ -49,10 +49,10 @@ from ._log_stage import Stage
 from ._maintain import maintain as _maintain
 from ._readonly import ReadOnlyWriter, check_read_only_file, read_only_connector
 from ._schema import (
-    RECORDS_FORMAT,
     connect,
     open_file,
     records_ddl,
+    records_format,
     records_table,
     translate,
     translated,
@@ -254,7 +254,9 @@ class SqliteLog:
             count = conn.execute("SELECT count(*) FROM topics").fetchone()[0]
             if count >= limits.topics_max:
                 raise LimitExceeded(f"at most {limits.topics_max} topics", topic=name)
-            raw, created, fmt = msgspec.json.encode(config).decode(), self.clock(), RECORDS_FORMAT
+            compact = config.cleanup_policy == "compact"
+            raw, created = msgspec.json.encode(config).decode(), self.clock()
+            fmt = records_format(compact)
             cur = conn.execute(
                 "INSERT INTO topics(name, partitions, config, created_ms, records_format) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -264,7 +266,7 @@ class SqliteLog:
             crc = row_crc("topics", tid, name, config.partitions, raw, created, fmt)
             conn.execute("UPDATE topics SET crc = ? WHERE id = ?", (crc, tid))
             for p in range(config.partitions):
-                for ddl in records_ddl(tid, p, config.cleanup_policy == "compact"):
+                for ddl in records_ddl(tid, p, compact):
                     conn.execute(ddl)
                 conn.execute("INSERT INTO partitions VALUES (?, ?, 0, 0, 0, 0)", (tid, p))
             stage.forget_topics()

@@ -22,8 +22,9 @@ from ..._ground import crc32 as _crc32
 from ...errors import CorruptionError, OffsetOutOfRange, TopicNotFound
 from ...log import _core
 from ...log._protocol import PartitionInfo, Record, TopicConfig
+from . import _log_batch
 from ._integrity import corrupt, int_check, row_crc
-from ._schema import TS_HIGH_SQL, records_table
+from ._schema import BATCHED_FORMAT, TS_HIGH_SQL, records_table
 
 _decode_headers = msgspec.msgpack.Decoder(list[tuple[str, bytes]]).decode
 _decode_config = msgspec.json.Decoder(TopicConfig).decode
@@ -37,6 +38,9 @@ _READ_SQL = {
     5: "SELECT offset, key, value, headers, ts, crc FROM {} "
     f"WHERE offset >= ? AND ts_high = {TS_HIGH_SQL} ORDER BY offset LIMIT ?",
 }
+
+
+_FORMATS = {*_READ_SQL, BATCHED_FORMAT}
 
 
 class Topic(NamedTuple):
@@ -81,7 +85,7 @@ def _verify_topic(path: str, row: tuple[Any, ...]) -> Topic:
 def _check_topic(path: str, row: Sequence[Any]) -> Topic:
     tid, name, partitions, raw, created_ms, records_format, crc = row
     if crc != row_crc("topics", tid, name, partitions, raw, created_ms, records_format) or (
-        records_format not in _READ_SQL
+        records_format not in _FORMATS
     ):
         raise corrupt(path, f"the row of topic {name!r} failed its checksum", topic=name)
     try:
@@ -202,13 +206,18 @@ def partition_infos(
 
 
 def check_out_of_range(
-    conn: sqlite3.Connection, path: str, tid: int, topic: str, partition: int, bounds: range
+    conn: sqlite3.Connection, path: str, found: Topic, topic: str, partition: int, bounds: range
 ) -> None:
     """Before answering ``OffsetOutOfRange``: the table must agree with the
     partition row's range (a damaged start offset would hide every record)."""
-    low, high = conn.execute(
-        f"SELECT min(offset), max(offset) FROM {records_table(tid, partition)}"
-    ).fetchone()
+    table = records_table(found.id, partition)
+    if found.records_format == BATCHED_FORMAT:
+        low, high = conn.execute(f"SELECT min(base), max(last) FROM {table}").fetchone()
+        if low is not None and low < bounds.start:
+            # Retention keeps the batch its cut fell in, records before the start too.
+            low = min(bounds.start, high)
+    else:
+        low, high = conn.execute(f"SELECT min(offset), max(offset) FROM {table}").fetchone()
     if low is not None and (low not in bounds or high not in bounds):
         raise corrupt(
             path,
@@ -376,7 +385,7 @@ def read_partition(
     snapshot."""
     found, (start, end, _, _) = topic_and_partition(conn, path, topic, partition)
     if offset < start or offset > end:
-        check_out_of_range(conn, path, found.id, topic, partition, range(start, end))
+        check_out_of_range(conn, path, found, topic, partition, range(start, end))
         raise OffsetOutOfRange(
             f"offset {offset} is outside {topic}[{partition}]'s range {start}..{end}",
             topic=topic,
@@ -384,6 +393,10 @@ def read_partition(
             offset=offset,
             start_offset=start,
             end_offset=end,
+        )
+    if found.records_format == BATCHED_FORMAT:
+        return _log_batch.read(
+            conn, path, found.id, topic, partition, offset, end, records_max, bytes_max
         )
     rows = read_rows(conn, found, partition, offset, records_max)
     explain = gap_explainer(conn, path, found.id, topic, partition)

@@ -20,8 +20,8 @@ from ..._ground import crc32 as _crc32
 from ...errors import CorruptionError
 from ...log import _core
 from ...log._protocol import Position, TopicConfig, ValueRun, WriteBatch
-from . import _log_read
-from ._schema import records_table
+from . import _log_batch, _log_read
+from ._schema import BATCHED_FORMAT, records_table
 
 _encode_headers = msgspec.msgpack.encode
 
@@ -54,6 +54,7 @@ class Stage:
         self.ends: dict[tuple[int, int], int] = {}
         self.deltas: dict[tuple[int, int], list[int]] = {}
         self.rows: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
+        self.batched: set[int] = set()  # ids of topics that store record batches
         self._version = -1
 
     def begin(self) -> bool:
@@ -68,6 +69,7 @@ class Stage:
 
     def invalidate(self) -> None:
         self.topics.clear()
+        self.batched.clear()
         self.ends.clear()
         self.deltas.clear()
         self.rows.clear()
@@ -80,6 +82,8 @@ class Stage:
             topic = _log_read.topic_row(self.conn, self.path, name)
             found = (topic.id, topic.config)
             self.topics[name] = found
+            if topic.records_format == BATCHED_FORMAT:
+                self.batched.add(topic.id)
         return found
 
     def end(self, key: tuple[int, int]) -> int:
@@ -126,9 +130,18 @@ class Stage:
             if type(items) is ValueRun:
                 positions.extend(self._stage_run(name, tid, items))
                 continue
+            batched = tid in self.batched
             for part, key, value, headers, ts in items:
                 slot = (tid, part)
                 off = self.end(slot)
+                if batched:  # checked as a batch at flush
+                    self.rows[slot].append((off, key, value, headers or (), ts))
+                    self.ends[slot] = off + 1
+                    delta = self.deltas[slot]
+                    delta[0] += 1
+                    delta[1] += _core.payload_size(key, value)
+                    positions.append(Position(name, part, off))
+                    continue
                 hblob = _encode_headers(headers) if headers else None
                 crc = _crc32(hblob or b"", (off ^ ts) & 0xFFFFFFFF)
                 if key is not None:
@@ -149,10 +162,15 @@ class Stage:
         values = run.values
         ts = run.timestamp
         offsets = range(first, first + len(values))
-        crcs = [_crc32(v, (o ^ ts) & 0xFFFFFFFF) for o, v in zip(offsets, values, strict=True)]
-        self.rows[slot].extend(
-            zip(offsets, repeat(None), values, repeat(None), repeat(ts), crcs, strict=False)
-        )
+        if tid in self.batched:
+            self.rows[slot].extend(
+                zip(offsets, repeat(None), values, repeat(()), repeat(ts), strict=False)
+            )
+        else:
+            crcs = [_crc32(v, (o ^ ts) & 0xFFFFFFFF) for o, v in zip(offsets, values, strict=True)]
+            self.rows[slot].extend(
+                zip(offsets, repeat(None), values, repeat(None), repeat(ts), crcs, strict=False)
+            )
         self.ends[slot] = first + len(values)
         delta = self.deltas[slot]
         delta[0] += len(values)
@@ -189,6 +207,14 @@ class Stage:
     def flush(self) -> None:
         conn = self.conn
         for (tid, part), rows in self.rows.items():
+            if tid in self.batched:
+                if rows:
+                    table = records_table(tid, part)
+                    conn.executemany(
+                        f"INSERT INTO {table} VALUES (?,?,?,?,?,?)", _log_batch.encode(table, rows)
+                    )
+                    rows.clear()
+                continue
             total = len(rows)
             done = 0
             while done < total:

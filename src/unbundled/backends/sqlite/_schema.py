@@ -21,7 +21,7 @@ from ._integrity import int_check_sql, rebuild_removed, row_crc
 
 # 'unbd' in the SQLite header: tools like `file` and our open() recognise it.
 APPLICATION_ID = 0x756E6264
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 BUSY_TIMEOUT_MS = 60_000
 _WAL_HEADER_BYTES = 32  # a WAL file this long or shorter holds no frames
 
@@ -269,6 +269,11 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     3: IDEMPOTENCY_SCHEMA,
     4: KV_SCHEMA,
     5: _migrate_5,
+    # Format 6 adds record batches for topics created from now on; a topic
+    # keeps the format it was created with (topics.records_format), so
+    # nothing stored changes. The version moves so that an older unbundled
+    # refuses the file as newer instead of failing on a batched topic.
+    6: lambda conn: None,
 }
 
 EXPECTED_TABLES = {
@@ -296,20 +301,32 @@ def records_table(topic_id: int, partition: int) -> str:
 # before); a read selects only rows where the two agree, so a damaged one
 # leaves a gap, which the read's gap check reports (see _log_read).
 TS_HIGH_SQL = "ts >> 32"
-RECORDS_FORMAT = 5  # the records_format of topics created now (4: without `ts_high`)
+# The records_format of topics created now: a ``delete`` topic stores record
+# batches (6, see _log_batch), a compacted one a row per record (5; 4 is 5
+# without `ts_high`).
+BATCHED_FORMAT = 6
+ROW_FORMAT = 5
+
+
+def records_format(compact: bool) -> int:
+    return ROW_FORMAT if compact else BATCHED_FORMAT
 
 
 def records_ddl(topic_id: int, partition: int, compact: bool) -> list[str]:
     table = records_table(topic_id, partition)
-    ddl = [
+    if not compact:
+        return [
+            f"CREATE TABLE {table}(base INTEGER PRIMARY KEY, last INTEGER NOT NULL, "
+            "ts_max INTEGER NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL, "
+            "crc INTEGER NOT NULL)"
+        ]
+    return [
         f"CREATE TABLE {table}("
         "offset INTEGER PRIMARY KEY, key BLOB, value BLOB, headers BLOB, "
         "ts INTEGER NOT NULL, crc INTEGER NOT NULL, "
-        f"ts_high INTEGER GENERATED ALWAYS AS ({TS_HIGH_SQL}) STORED)"
+        f"ts_high INTEGER GENERATED ALWAYS AS ({TS_HIGH_SQL}) STORED)",
+        f"CREATE INDEX {table}_key ON {table}(key)",
     ]
-    if compact:
-        ddl.append(f"CREATE INDEX {table}_key ON {table}(key)")
-    return ddl
 
 
 T = TypeVar("T")
