@@ -187,6 +187,10 @@ class StatefulOp(Op):
         self.sizes = [0] * BUCKETS  # each bucket's bytes as last stored or loaded
         self._marks = [(node.id, b) for b in range(BUCKETS)]
         self._bucket_of: dict[Any, int] = {}  # a cache: the hash is the hot path's cost
+        # True when this operator alone builds its state, of values msgpack
+        # gives back unchanged (ints, bools, lists, dicts of them, and keys
+        # as checked by record_key): storing it needs no round-trip check.
+        self.plain_state = False
 
     def bucket_index(self, key: Any) -> int:
         return bucket_of(key, self.nbuckets)

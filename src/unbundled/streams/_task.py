@@ -35,9 +35,11 @@ from ._ops import (
     NO_TIME,
     TIME_HEADER,
     Ctx,
+    Op,
     OperatorFailed,
     StatefulOp,
 )
+from ._window_ops import WindowOp
 
 DEAD_SINK = -2  # records that cannot be decoded or timed: the topic <flow name>.dead
 _enc = msgspec.msgpack.Encoder()
@@ -88,6 +90,19 @@ class Task:
         self.ctx = Ctx()
         self.source, self.stateful = build(flow, self.ctx, segment, sources)
         self.merge = self.source if isinstance(self.source, MergeOp) else None
+        # The hot path's watermark: when the source's one watermark child is a
+        # window with none below it, a rise of the watermark only sets the
+        # window's, unless one of its timers comes due (what advance() does).
+        below = self.source.wm_children
+        self.lone_window: WindowOp | None = None
+        if (
+            len(below) == 1
+            and isinstance(below[0], WindowOp)
+            and not below[0].wm_children
+            and type(self.source).advance is Op.advance
+            and type(below[0]).advance is WindowOp.advance
+        ):
+            self.lone_window = below[0]
         self.by_id: dict[int, StatefulOp] = {op.node.id: op for op in self.stateful}
         src = next(n for n in flow.nodes if n.kind == "source")
         self.decode = src.args["decode"]
@@ -120,6 +135,8 @@ class Task:
         kids = self.source.children
         push = kids[0].push if len(kids) == 1 else self.source.push
         ooo = self.ooo
+        win = self.lone_window
+        timers = win.timers if win is not None else []
         offset = self.offset  # kept in locals in the loop, written back as it goes on
         for rec in records:
             at = rec.offset
@@ -155,8 +172,13 @@ class Task:
             if ts > self.max_ts:  # observe(ts), inlined: the hot path
                 self.max_ts = ts
                 if ts - ooo > self.wm:
-                    self.wm = ts - ooo
-                    self.source.advance(ts - ooo)
+                    wm = self.wm = ts - ooo
+                    if win is None:
+                        self.source.advance(wm)
+                    elif timers and timers[0][0] <= wm:
+                        win.advance(wm)
+                    else:
+                        win.wm = wm
         self.records += taken
         return taken
 
@@ -261,7 +283,7 @@ class Task:
                     "state and accumulators must be msgpack-encodable",
                     node=op.node.label,
                 ) from exc
-            if not survives(entries, _dec.decode(blob)):
+            if not op.plain_state and not survives(entries, _dec.decode(blob)):
                 raise OperatorFailed(
                     f"{op.node.label}: its state would come back changed after a restart "
                     "(a tuple or set comes back a list, a Struct a dict): keep state and "

@@ -28,6 +28,7 @@ class WindowOp(StatefulOp):
         self.wm = NO_TIME
         self.timers: list[tuple[Any, ...]] = []
         self.counting = self.agg.name == "count"
+        self.plain_state = self.counting  # window bounds, int counts, fired flags
 
     def emit_late(self, key: Any, value: Any, ts: int) -> None:
         self.ctx.late_count += 1
