@@ -161,8 +161,10 @@ CASES = [
     "record per transaction (BEGIN IMMEDIATE, INSERT, COMMIT); the ratios are to the best of "
     "them.",
     "Sequential read of one partition: `log.read(topic, 0, offset, records_max=10_000)` in a "
-    "loop, and `log.scan`; raw: `SELECT offset, key, value, headers, ts, crc FROM "
-    "log_<topic id>_0 ORDER BY offset` over every row of the same file.",
+    "loop, and `log.scan` (the log stores a `delete` topic's records in batches of up to 512, "
+    "each checked by one CRC); raw: `SELECT offset, key, value, ts FROM log ORDER BY offset` "
+    "over the same values stored a row per record (the table of case 1), as a hand-written "
+    "log would.",
     "fsync floor: how many times a second this disk persists a 1-byte write.",
 ]
 
