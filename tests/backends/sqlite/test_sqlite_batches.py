@@ -312,3 +312,16 @@ def test_a_format_5_file_keeps_its_rows_and_new_topics_store_batches(tmp_path: P
     raw.close()
     assert formats == {"t": _schema.ROW_FORMAT, "new": _schema.BATCHED_FORMAT}
     assert version == _schema.FORMAT_VERSION == 6
+
+
+def test_a_format_5_file_opens_read_only_without_the_upgrade(tmp_path: Path) -> None:
+    """Version 6 only added a layout for new topics: a version-5 file reads
+    as it is, where an older one needs the (writing) upgrade first."""
+    path = tmp_path / "old.db"
+    values = _write(path, 600)
+    downgrade(path, 5)
+    with Log.open(f"sqlite:///{path}?mode=ro") as log:
+        assert [r.value for r in log.scan("t", 0)] == values
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (5,), "left as it was"
+    raw.close()

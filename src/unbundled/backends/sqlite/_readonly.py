@@ -25,7 +25,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from ...errors import BackendError, CorruptionError, NotFound, NotSupported, UsageError
-from ._schema import FORMAT_VERSION, check_existing, connect, read_header, translated
+from ._schema import FORMAT_VERSION, READABLE_FROM, check_existing, connect, read_header, translated
 
 Connector = Callable[[], sqlite3.Connection]
 
@@ -93,7 +93,7 @@ def check_read_only_file(conn: sqlite3.Connection, path: str) -> None:
     if header.app_id == 0 and not header.tables:
         raise CorruptionError(f"{path} is not an unbundled database (it is empty)", path=path)
     check_existing(header, path)
-    if header.version < FORMAT_VERSION:
+    if header.version < READABLE_FROM:
         raise NotSupported(
             f"{path} has format version {header.version}; reading it needs the upgrade to "
             f"version {FORMAT_VERSION}, which writes: open it once without mode=ro",

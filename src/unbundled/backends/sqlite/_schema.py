@@ -22,6 +22,9 @@ from ._integrity import int_check_sql, rebuild_removed, row_crc
 # 'unbd' in the SQLite header: tools like `file` and our open() recognise it.
 APPLICATION_ID = 0x756E6264
 FORMAT_VERSION = 6
+# The oldest format a read-only open takes as it is: version 6 only added a
+# records layout for new topics, so a version-5 file reads without the upgrade.
+READABLE_FROM = 5
 BUSY_TIMEOUT_MS = 60_000
 _WAL_HEADER_BYTES = 32  # a WAL file this long or shorter holds no frames
 
