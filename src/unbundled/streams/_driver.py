@@ -109,7 +109,7 @@ class TestDriver:
 
     def send_table(self, row: Any, *, key: str | bytes, ts: int = 0, partition: int = 0) -> None:
         """One record of the joined table's topic (``row=None`` deletes the key's row)."""
-        task = self._task(partition)
+        task = self._joining(self._task(partition).partition)
         if task.join is None:
             raise UsageError("send_table needs a flow with join_table")
         try:
@@ -125,7 +125,14 @@ class TestDriver:
         """A heartbeat of event time ``ts`` on the joined table's topic."""
         targets = self.tasks if partition is None else [self._task(partition)]
         for task in targets:
-            self._feed_table(task, b"", None, ts, ((TIME_HEADER, str(ts).encode()),))
+            joining = self._joining(task.partition)
+            self._feed_table(joining, b"", None, ts, ((TIME_HEADER, str(ts).encode()),))
+
+    def _joining(self, partition: int) -> Task:
+        """The task that joins partition ``partition`` of the table: in the
+        source's segment, or in the one after a repartitioning key_by."""
+        segment = self.flow.join_segment
+        return self.down[segment][partition] if segment else self.tasks[partition]
 
     def _feed_table(
         self, task: Task, raw: bytes | None, key: bytes | None, ts: int, headers: Any
@@ -182,7 +189,8 @@ class TestDriver:
     def _repartition(self, task: Task, segment: int, key: Any, value: Any, ts: int) -> None:
         n = len(self.tasks)
         label = self.flow.nodes[segment].label
-        for msg in repartition_messages(label, task.partition, key, value, ts, n):
+        log_keyed = segment == self.flow.join_segment
+        for msg in repartition_messages(label, task.partition, key, value, ts, n, log_keyed):
             q = msg.partition or 0
             offsets = self._down_next[segment]
             rec = Record(

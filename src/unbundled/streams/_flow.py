@@ -153,6 +153,14 @@ class Flow:
                 return str(node.args["topic"])
         return None
 
+    @property
+    def join_segment(self) -> int | None:
+        """The segment the join runs in (0, or a repartitioning key_by's id)."""
+        for node in self.nodes:
+            if node.kind in ("join", "wjoin"):
+                return node.segment
+        return None
+
     def sinks(self) -> list[Node]:
         """The flow's sink operators, in the order they were added."""
         return [n for n in self.nodes if n.kind == "sink"]
@@ -209,7 +217,8 @@ class Stream:
 
         With ``repartition`` (the default) the items go through the topic
         ``<flow>.by-<n>`` (as many partitions as the source, partition by a
-        hash of the key), so each key's items meet in one task downstream;
+        hash of the key; before a join, the log's keyed partitioning of the
+        key's text), so each key's items meet in one task downstream;
         values must be msgpack-encodable. Downstream tasks take the items of
         the upstream partitions in a fixed order (by the upstream watermark
         they carry, then partition, then offset), so the result stays a
@@ -279,6 +288,11 @@ class Stream:
         partition count, keyed the same way) *as of the item's event time*;
         emit ``fn(value, row)`` (default ``[value, row]``). ``how="inner"``
         drops items whose key has no row then; ``"left"`` passes ``row=None``.
+
+        After a repartitioning ``key_by`` the items are sent to the partition
+        the log's keyed partitioning gives their key's text, as the table's
+        records were: key by the table's key (a ``str`` or ``bytes``; an
+        ``int`` key is ``OperatorFailed``, the table's keys being text).
 
         Items wait until the table's watermark passes them (table records'
         event times - ``out_of_orderness_ms``; heartbeats on the table topic
@@ -369,9 +383,6 @@ class Stream:
 def _one_join(stream: Stream) -> None:
     if any(n.kind in ("join", "wjoin") for n in stream.flow.nodes):
         raise UsageError("a flow joins one other topic (several: not yet)")
-    node = stream.node
-    if node.segment != 0 or (node.kind == "key_by" and node.args["repartition"]):
-        raise UsageError("a join comes before any repartitioning key_by (after: not yet)")
 
 
 def _pair(value: Any, row: Any) -> list[Any]:

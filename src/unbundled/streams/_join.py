@@ -22,7 +22,17 @@ import heapq
 from typing import Any
 
 from ._flow import Node
-from ._ops import LATE_SINK, NO_TIME, Ctx, StatefulOp, detached, key_sort
+from ._ops import LATE_SINK, NO_TIME, Ctx, OperatorFailed, StatefulOp, detached, key_sort
+
+
+def _int_key(op: StatefulOp, key: int) -> OperatorFailed:
+    # The joined topic's keys are the text (or bytes) of its records' keys: an
+    # int would meet no row, silently. key_by must give str or bytes here.
+    return OperatorFailed(
+        f"{op.node.label}: key {key!r} is an int, and the joined topic's keys are "
+        "text or bytes: key the stream by str or bytes before the join",
+        node=op.node.label,
+    )
 
 
 class JoinOp(StatefulOp):
@@ -51,6 +61,8 @@ class JoinOp(StatefulOp):
     # --- the stream side -------------------------------------------------------
 
     def push(self, key: Any, value: Any, ts: int) -> None:
+        if type(key) is int:
+            raise _int_key(self, key)
         if ts < self.wm:  # behind the stream's own watermark: its place is decided
             self.ctx.late_count += 1
             if not self.late:
@@ -187,6 +199,8 @@ class WindowJoinOp(StatefulOp):
         self.seq += 1
 
     def push(self, key: Any, value: Any, ts: int) -> None:
+        if type(key) is int:
+            raise _int_key(self, key)
         self._arrive(0, key, value, ts, self.wm)
 
     def table(self, key: Any, value: Any, ts: int) -> None:

@@ -27,6 +27,7 @@ import msgspec
 
 from .. import limits
 from ..errors import LimitExceeded
+from ..log._core import partition_for_key
 from ..log._protocol import Message
 from ._flow import Node
 from ._ops import (
@@ -136,11 +137,16 @@ class MergeOp(StatefulOp):
 
 
 def repartition_messages(
-    label: str, src: int, key: Any, value: Any, ts: int, partitions: int
+    label: str, src: int, key: Any, value: Any, ts: int, partitions: int, log_keyed: bool = False
 ) -> list[Message]:
     """The records a repartition output becomes: a forwarded watermark goes
     to every partition; an item to ``crc32(key) % partitions``, as
-    msgpack ``[key, value]`` (the key keeps its type), stamped with ``src``."""
+    msgpack ``[key, value]`` (the key keeps its type), stamped with ``src``.
+
+    ``log_keyed`` (the segment joins a table): an item with a key goes where
+    the log's keyed partitioning puts its text instead, as it put the
+    table's records; other segments keep the hash their stored state was
+    spread by."""
     srch = (SRC_HEADER, str(src).encode())
     if key is FORWARD:
         headers = ((TIME_HEADER, str(ts).encode()), srch)
@@ -153,5 +159,9 @@ def repartition_messages(
             "values after a repartitioning key_by must be msgpack-encodable",
             node=label,
         ) from exc
-    q = zlib.crc32(_enc.encode(key)) % partitions
-    return [Message(raw, encode_key(key), (srch,), max(0, ts), q)]
+    bkey = encode_key(key)
+    if log_keyed and bkey is not None:
+        q = partition_for_key(bkey, partitions) if partitions > 1 else 0
+    else:
+        q = zlib.crc32(_enc.encode(key)) % partitions
+    return [Message(raw, bkey, (srch,), max(0, ts), q)]

@@ -104,6 +104,7 @@ class Runner:
             for g, topic in self.topics.items()
         }
         self.table = flow.table_topic
+        self.join_segment = flow.join_segment
         if self.table is not None:
             table_parts = len(db.log.describe_topic(self.table).partitions)
             if table_parts != self.partitions:
@@ -145,13 +146,15 @@ class Runner:
             return
         for key in [k for k in self.tasks if k[0] == g]:
             del self.tasks[key]
+        starts: dict[int, int] = {}
         for p in sorted(assigned):
             tp = TopicPartition(topic, p)
             recs = polled.get(p, [])
             task = restore(self.db, self.flow, p, g, self.partitions)
             if task is None:  # no epoch yet: from where the group's offset says
                 task = Task(self.flow, p, g, self.partitions)
-                task.offset = recs[0].offset if recs else consumer.position(tp)
+                starts = starts or self._starts(g)
+                task.offset = starts[p]
             if not recs or recs[0].offset != task.offset:
                 polled.pop(p, None)
                 consumer.seek(tp, task.offset)
@@ -160,6 +163,21 @@ class Runner:
         for p in [p for p in polled if p not in assigned]:
             polled.pop(p)
         self.report.partitions = sorted(p for (sg, p) in self.tasks if sg == 0)
+
+    def _starts(self, g: int) -> dict[int, int]:
+        """Where each partition of segment ``g`` without an epoch starts: the
+        group's committed offset, else the partition's start (the consumers'
+        "earliest"). Not the consumer's position: a partition it kept through
+        a rebalance is read on from where the dropped task had got to, and
+        the records before would never be processed."""
+        topic = self.topics[g]
+        committed = self.db.log.describe_group(group_name(self.flow, g)).committed
+        starts = {}
+        for info in self.db.log.describe_topic(topic).partitions:
+            at = committed.get(TopicPartition(topic, info.partition))
+            usable = at is not None and info.start_offset <= at <= info.end_offset
+            starts[info.partition] = at if usable and at is not None else info.start_offset
+        return starts
 
     def step(self, timeout_s: float) -> int:
         """One poll of each segment and what it brings; commits an epoch
@@ -170,10 +188,7 @@ class Runner:
             for g, consumer in self.consumers.items():
                 records: list[Record] = consumer.poll(wait, records_max=self.poll_records)
                 polled += len(records)
-                got = self._take(g, records)
-                taken += got
-                if g == 0:
-                    self.pending_in += got
+                taken += self._take(g, records)
             if polled or taken:
                 break
         self.pending += taken
@@ -188,14 +203,19 @@ class Runner:
         for rec in records:
             by_part.setdefault(rec.partition, []).append(rec)
         self.sync_assignment(g, by_part)
-        if g == 0 and self.table is not None:
+        if g == self.join_segment and self.table is not None:
             for (sg, p), task in self.tasks.items():
-                if sg == 0:
-                    taken += task.feed_table(self._table_records(p, task))
+                if sg == g:
+                    got = task.feed_table(self._table_records(p, task))
+                    taken += got
+                    self.pending_in += got
         for p, recs in by_part.items():
-            got = self.tasks.get((g, p))
-            if got is not None:
-                taken += got.feed(recs)
+            fed = self.tasks.get((g, p))
+            if fed is not None:
+                got = fed.feed(recs)
+                taken += got
+                if g == 0:
+                    self.pending_in += got
         return taken
 
     def _table_records(self, p: int, task: Task) -> list[Record]:
@@ -289,7 +309,15 @@ class Runner:
             elif sink_id in self.topics:  # a repartitioning key_by
                 topic = self.topics[sink_id]
                 label = self.flow.nodes[sink_id].label
-                msgs = repartition_messages(label, task.partition, key, value, ts, self.partitions)
+                msgs = repartition_messages(
+                    label,
+                    task.partition,
+                    key,
+                    value,
+                    ts,
+                    self.partitions,
+                    log_keyed=sink_id == self.join_segment,
+                )
                 batches.setdefault(topic, []).extend(msgs)
                 continue
             else:
@@ -350,12 +378,12 @@ class Runner:
         """A heartbeat of the wall clock into this worker's source partitions
         (and the joined topic's)."""
         mine = sorted(p for g, p in self.tasks if g == 0)
-        if not mine:
-            return
         now = int(time.time() * 1000)
-        heartbeat(self.db.log, self.flow.source_topic, now, partitions=mine)
-        if self.table is not None:
-            heartbeat(self.db.log, self.table, now, partitions=mine)
+        if mine:
+            heartbeat(self.db.log, self.flow.source_topic, now, partitions=mine)
+        joined = sorted(p for g, p in self.tasks if g == self.join_segment)
+        if self.table is not None and joined:
+            heartbeat(self.db.log, self.table, now, partitions=joined)
 
     def close(self) -> None:
         for consumer in self.consumers.values():
