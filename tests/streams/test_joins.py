@@ -20,6 +20,7 @@ import unbundled
 from unbundled import streams
 from unbundled.errors import UsageError
 from unbundled.log._core import partition_for_key
+from unbundled.streams._flow import JOINS_MAX
 
 Event = tuple[str, Any, int]  # (key, value, ts)
 
@@ -150,9 +151,11 @@ def test_join_arguments_are_checked() -> None:
         src.join_table("t", how="outer")  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="within_ms"):
         src.join_window("t", -1)
-    src.join_table("t")
-    with pytest.raises(UsageError, match="one other topic"):
-        src.join_window("u", 5)
+    joined = src.join_table("t")
+    for n in range(1, JOINS_MAX):
+        joined = joined.join_table(f"t{n}", how="left")
+    with pytest.raises(UsageError, match=f"at most {JOINS_MAX} joins"):
+        joined.join_window("u", 5)
 
 
 def test_table_join_runs_over_a_compacted_topic(tmp_path: Path) -> None:
@@ -212,6 +215,28 @@ def _orders(rnd: random.Random, n: int, users: int) -> list[tuple[str, dict[str,
     ]
 
 
+def _drive_keyed(
+    d: streams.TestDriver, feed: list[tuple[str, Any]], parts: int, rnd: random.Random
+) -> list[Any]:
+    """Feed ``(side, event)`` pairs, each to the partition of its key: side
+    ``"s"`` the source, else the joined topic of that name; two restarts at
+    random; then every watermark to the end. The outputs come sorted: the
+    driver lists what every downstream task emitted in one list, in the order
+    it ran them (per task the order is fixed; the SQLite tests compare that)."""
+    restarts = set(rnd.sample(range(len(feed)), 2))
+    for n, (side, (key, value, ts)) in enumerate(feed):
+        if n in restarts:
+            d.restart()
+        p = partition_for_key(key.encode(), parts)
+        if side == "s":
+            d.send(value, key=key, ts=ts, partition=p)
+        else:
+            d.send_table(value, key=key, ts=ts, partition=p, topic=side)
+    d.advance(10**9)
+    d.advance_table(10**9)
+    return sorted(d.output("out"), key=repr)
+
+
 def _by_user_flow(name: str) -> streams.Flow:
     flow = streams.Flow(name, out_of_orderness_ms=30)
     (
@@ -244,26 +269,11 @@ def test_a_join_after_key_by_meets_the_rows_of_the_new_key(seed: int) -> None:
         ((f"u{rnd.randrange(6)}", {"plan": f"p{i}"}, 900 + i * 25) for i in range(30)),
         key=lambda e: e[2],
     )
-    partitions = 3
     outs = []
     for _ in range(2):
-        d = streams.TestDriver(_by_user_flow("kj"), partitions=partitions)
-        order = _interleave([("s", e) for e in orders], [("t", e) for e in table], rnd)
-        restarts = set(rnd.sample(range(len(order)), 2))
-        for n, (side, (key, value, ts)) in enumerate(order):
-            if n in restarts:
-                d.restart()
-            p = partition_for_key(key.encode(), partitions)
-            if side == "s":
-                d.send(value, key=key, ts=ts, partition=p)
-            else:
-                d.send_table(value, key=key, ts=ts, partition=p)
-        d.advance(10**9)
-        d.advance_table(10**9)
-        # One list of what every downstream task emitted, in the order the
-        # driver ran them; per task the order is fixed (the SQLite test below
-        # compares it byte for byte).
-        outs.append(sorted(d.output("out"), key=repr))
+        d = streams.TestDriver(_by_user_flow("kj"), partitions=3)
+        order = _interleave([("s", e) for e in orders], [("users", e) for e in table], rnd)
+        outs.append(_drive_keyed(d, order, 3, rnd))
     assert outs[0] == outs[1]
     got = sorted((o.key, o.value[0], o.value[1]) for o in outs[0])
     assert got == _plans_oracle(orders, table)
@@ -325,9 +335,10 @@ def _load_kj(db: Any) -> None:
     streams.heartbeat(db.log, "users", now_ms=10**7)
 
 
-def _out_bytes(db: Any) -> list[list[tuple[Any, ...]]]:
+def _out_bytes(db: Any, parts: int = 3) -> list[list[tuple[Any, ...]]]:
     return [
-        [(r.offset, r.key, r.value, r.timestamp) for r in db.log.scan("out", p)] for p in range(3)
+        [(r.offset, r.key, r.value, r.timestamp) for r in db.log.scan("out", p)]
+        for p in range(parts)
     ]
 
 
@@ -373,3 +384,111 @@ def test_a_join_after_key_by_is_the_same_bytes_whatever_the_epochs_and_a_crash(
         results.append(_out_bytes(db))
     assert results[0] == results[1] == results[2] == results[3]
     assert sum(len(p) for p in results[0]) > 100
+
+
+# --- several joins ------------------------------------------------------------------
+
+
+def _with_price(order: dict[str, Any], product: dict[str, Any] | None) -> list[Any]:
+    return [order["order"], order["plan"], None if product is None else product["price"]]
+
+
+def _two_tables_flow(name: str) -> streams.Flow:
+    """Orders joined with their user's row, re-keyed by product, joined with
+    the product's row: two tables, one before and one after a key_by."""
+    flow = streams.Flow(name, out_of_orderness_ms=30)
+    (
+        flow.source("orders")
+        .join_table("users", lambda o, u: {**o, "plan": u["plan"]})
+        .key_by(lambda v: v["product"])
+        .join_table("products", _with_price, how="left")
+        .to_topic("out")
+    )
+    return flow
+
+
+def _two_tables_oracle(
+    orders: list[Any], users: list[Event], products: list[Event]
+) -> list[tuple[str, int, str, Any]]:
+    def row(table: list[Event], key: str, ts: int) -> Any:
+        rows = [(t, v) for k, v, t in table if k == key and t <= ts]
+        return max(rows, key=lambda r: r[0])[1] if rows else None
+
+    out = []
+    for user, value, ts in orders:
+        u = row(users, user, ts)
+        if u is None:
+            continue
+        p = row(products, value["product"], ts)
+        out.append((value["product"], value["order"], u["plan"], None if p is None else p["price"]))
+    return sorted(out, key=repr)
+
+
+def _two_tables_input(rnd: random.Random) -> tuple[list[Any], list[Event], list[Event]]:
+    orders = [
+        (f"u{rnd.randrange(5)}", {"order": i, "product": f"x{rnd.randrange(4)}"}, 1000 + i * 10)
+        for i in range(80)
+    ]
+    users = sorted(
+        ((f"u{rnd.randrange(5)}", {"plan": f"p{i}"}, 900 + i * 40) for i in range(20)),
+        key=lambda e: e[2],
+    )
+    products = sorted(
+        ((f"x{rnd.randrange(4)}", {"price": i}, 950 + i * 50) for i in range(15)),
+        key=lambda e: e[2],
+    )
+    return orders, users, products
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10**6))
+def test_two_joins_meet_each_table_as_of_each_event(seed: int) -> None:
+    rnd = random.Random(seed)
+    orders, users, products = _two_tables_input(rnd)
+    parts = 2
+    outs = []
+    for _ in range(2):
+        d = streams.TestDriver(_two_tables_flow("tt"), partitions=parts)
+        feed = _interleave(
+            [("s", e) for e in orders],
+            _interleave([("users", e) for e in users], [("products", e) for e in products], rnd),
+            rnd,
+        )
+        outs.append(_drive_keyed(d, feed, parts, rnd))
+    assert outs[0] == outs[1]
+    got = sorted(((o.key, *o.value) for o in outs[0]), key=repr)
+    assert got == _two_tables_oracle(orders, users, products)
+    with pytest.raises(UsageError, match="name one"):
+        streams.TestDriver(_two_tables_flow("tt")).send_table({}, key="u1")
+
+
+def test_two_joins_on_sqlite_are_the_same_bytes_whatever_the_epochs(tmp_path: Path) -> None:
+    orders, users, products = _two_tables_input(random.Random(3))
+    enc = msgspec.json.encode
+    results = []
+    for n, (epoch, poll) in enumerate([(10_000, 5000), (7, 3)]):
+        with unbundled.open(tmp_path / f"tt{n}.db") as db:
+            db.log.create_topic("orders", 2)
+            for name, rows in (("users", users), ("products", products)):
+                db.log.create_topic(name, 2, cleanup_policy="compact")
+                db.log.append_batch(
+                    name, [unbundled.Message(enc(v), k.encode(), timestamp=ts) for k, v, ts in rows]
+                )
+                streams.heartbeat(db.log, name, now_ms=10**7)
+            db.log.append_batch(
+                "orders",
+                [unbundled.Message(enc(v), k.encode(), timestamp=ts) for k, v, ts in orders],
+            )
+            streams.heartbeat(db.log, "orders", now_ms=10**7)
+            flow = _two_tables_flow("tt")
+            streams.run(db, flow, until_end=True, epoch_records=epoch, poll_records=poll)
+            assert streams.run(db, flow, until_end=True).records_out == 0
+            results.append(_out_bytes(db, 2))
+    assert results[0] == results[1]
+    got = sorted(
+        ((r[1] or b"").decode(), *msgspec.json.decode(r[2] or b""))
+        for part in results[0]
+        for r in part
+        if r[1] is not None
+    )
+    assert sorted(got, key=repr) == _two_tables_oracle(orders, users, products)

@@ -17,7 +17,7 @@ import msgspec
 
 from ..errors import UsageError
 from ..log._protocol import Record
-from ._flow import Flow
+from ._flow import Flow, Node
 from ._merge import repartition_messages
 from ._ops import LATE_SINK, TIME_HEADER
 from ._task import DEAD_SINK, Task, _check_ts
@@ -58,7 +58,7 @@ class TestDriver:
         }
         self._down_next = {g: [0] * partitions for g in self.down}
         self._next = [0] * partitions
-        self._table_next = [0] * partitions
+        self._table_next: dict[int, list[int]] = {}  # by join node: next offsets
         self._sinks = {n.id: n for n in flow.sinks()}
         self._out: dict[str, list[Output]] = {}
         self.callbacks: list[Output] = []
@@ -107,40 +107,62 @@ class TestDriver:
         for task in targets:
             self._feed(task, b"", None, ts, ((TIME_HEADER, str(ts).encode()),))
 
-    def send_table(self, row: Any, *, key: str | bytes, ts: int = 0, partition: int = 0) -> None:
-        """One record of the joined table's topic (``row=None`` deletes the key's row)."""
-        task = self._joining(self._task(partition).partition)
-        if task.join is None:
-            raise UsageError("send_table needs a flow with join_table")
+    def send_table(
+        self,
+        row: Any,
+        *,
+        key: str | bytes,
+        ts: int = 0,
+        partition: int = 0,
+        topic: str | None = None,
+    ) -> None:
+        """One record of a joined topic (``row=None`` deletes the key's row):
+        of ``topic``, which a flow with several joins must name."""
+        self._task(partition)  # the partition checked
+        joins = self._joins(topic)
         try:
             _check_ts(ts)
         except ValueError as exc:
             raise UsageError(str(exc), value=ts) from None
-        decode = task.join.node.args["decode"]
-        raw = None if row is None else (msgspec.json.encode(row) if decode == "json" else row)
         bkey = key.encode() if isinstance(key, str) else key
-        self._feed_table(task, raw, bkey, ts, ())
+        for node in joins:
+            decode = node.args["decode"]
+            raw = None if row is None else (msgspec.json.encode(row) if decode == "json" else row)
+            self._feed_table(node, partition, raw, bkey, ts, ())
 
-    def advance_table(self, ts: int, *, partition: int | None = None) -> None:
-        """A heartbeat of event time ``ts`` on the joined table's topic."""
-        targets = self.tasks if partition is None else [self._task(partition)]
-        for task in targets:
-            joining = self._joining(task.partition)
-            self._feed_table(joining, b"", None, ts, ((TIME_HEADER, str(ts).encode()),))
+    def advance_table(
+        self, ts: int, *, partition: int | None = None, topic: str | None = None
+    ) -> None:
+        """A heartbeat of event time ``ts`` on a joined topic (``topic``;
+        None: every joined topic)."""
+        parts = range(len(self.tasks)) if partition is None else [self._task(partition).partition]
+        nodes = self.flow.joins if topic is None else self._joins(topic)
+        for node in nodes:
+            for p in parts:
+                self._feed_table(node, p, b"", None, ts, ((TIME_HEADER, str(ts).encode()),))
 
-    def _joining(self, partition: int) -> Task:
-        """The task that joins partition ``partition`` of the table: in the
-        source's segment, or in the one after a repartitioning key_by."""
-        segment = self.flow.join_segment
-        return self.down[segment][partition] if segment else self.tasks[partition]
+    def _joins(self, topic: str | None) -> list[Node]:
+        joins = self.flow.joins
+        if not joins:
+            raise UsageError("send_table needs a flow with join_table or join_window")
+        if topic is None:
+            if len({n.args["topic"] for n in joins}) > 1:
+                raise UsageError("the flow joins several topics: name one (topic=...)")
+            return joins
+        named = [n for n in joins if n.args["topic"] == topic]
+        if not named:
+            raise UsageError(f"the flow joins no topic {topic!r}", value=topic)
+        return named
 
     def _feed_table(
-        self, task: Task, raw: bytes | None, key: bytes | None, ts: int, headers: Any
+        self, node: Node, p: int, raw: bytes | None, key: bytes | None, ts: int, headers: Any
     ) -> None:
-        p = task.partition
-        rec = Record(self.flow.table_topic or "", p, self._table_next[p], key, raw, headers, ts)
-        self._table_next[p] += 1
-        task.feed_table([rec])
+        """A record of join ``node``'s topic, to the task of its segment."""
+        task = self.down[node.segment][p] if node.segment else self.tasks[p]
+        nexts = self._table_next.setdefault(node.id, [0] * len(self.tasks))
+        rec = Record(str(node.args["topic"]), p, nexts[p], key, raw, headers, ts)
+        nexts[p] += 1
+        task.feed_table([rec], node.id)
         self._collect(task)
 
     def _task(self, partition: int) -> Task:
@@ -189,7 +211,7 @@ class TestDriver:
     def _repartition(self, task: Task, segment: int, key: Any, value: Any, ts: int) -> None:
         n = len(self.tasks)
         label = self.flow.nodes[segment].label
-        log_keyed = segment == self.flow.join_segment
+        log_keyed = segment in self.flow.join_segments
         for msg in repartition_messages(label, task.partition, key, value, ts, n, log_keyed):
             q = msg.partition or 0
             offsets = self._down_next[segment]

@@ -146,20 +146,20 @@ class Flow:
         return Stream(self, self._add("source", None, topic=topic, decode=decode, ts=timestamp))
 
     @property
-    def table_topic(self) -> str | None:
-        """The other topic a ``join_table`` or ``join_window`` reads, if any."""
-        for node in self.nodes:
-            if node.kind in ("join", "wjoin"):
-                return str(node.args["topic"])
-        return None
+    def joins(self) -> list[Node]:
+        """The flow's ``join_table`` and ``join_window`` operators, in order."""
+        return [n for n in self.nodes if n.kind in ("join", "wjoin")]
 
     @property
-    def join_segment(self) -> int | None:
-        """The segment the join runs in (0, or a repartitioning key_by's id)."""
-        for node in self.nodes:
-            if node.kind in ("join", "wjoin"):
-                return node.segment
-        return None
+    def table_topic(self) -> str | None:
+        """The other topic the flow's first join reads, if any."""
+        joins = self.joins
+        return str(joins[0].args["topic"]) if joins else None
+
+    @property
+    def join_segments(self) -> set[int]:
+        """The segments with a join (0, or a repartitioning key_by's id)."""
+        return {n.segment for n in self.joins}
 
     def sinks(self) -> list[Node]:
         """The flow's sink operators, in the order they were added."""
@@ -297,7 +297,7 @@ class Stream:
         Items wait until the table's watermark passes them (table records'
         event times - ``out_of_orderness_ms``; heartbeats on the table topic
         move it too), so the result depends on the two logs only."""
-        _one_join(self)
+        _join_bound(self)
         if not isinstance(topic, str) or not topic:
             raise UsageError(f"join_table needs a topic name, got {topic!r}", value=topic)
         if fn is not None:
@@ -331,7 +331,7 @@ class Stream:
         Items wait until both watermarks pass them; the other topic's
         watermark is its event times - ``out_of_orderness_ms`` (and its
         heartbeats). Items later than their own side's watermark go to ``.late``."""
-        _one_join(self)
+        _join_bound(self)
         if not isinstance(topic, str) or not topic:
             raise UsageError(f"join_window needs a topic name, got {topic!r}", value=topic)
         _check_bound("within_ms", within_ms, 0, limits.stream_window_ms_max)
@@ -380,9 +380,12 @@ class Stream:
         return self
 
 
-def _one_join(stream: Stream) -> None:
-    if any(n.kind in ("join", "wjoin") for n in stream.flow.nodes):
-        raise UsageError("a flow joins one other topic (several: not yet)")
+JOINS_MAX = 16  # each join reads its topic beside the source, every poll
+
+
+def _join_bound(stream: Stream) -> None:
+    if len(stream.flow.joins) >= JOINS_MAX:
+        raise UsageError(f"a flow has at most {JOINS_MAX} joins", value=JOINS_MAX)
 
 
 def _pair(value: Any, row: Any) -> list[Any]:

@@ -103,15 +103,16 @@ class Runner:
             )
             for g, topic in self.topics.items()
         }
-        self.table = flow.table_topic
-        self.join_segment = flow.join_segment
-        if self.table is not None:
-            table_parts = len(db.log.describe_topic(self.table).partitions)
+        # Each join's node id, the topic it reads, and its segment.
+        self.joins = [(n.id, str(n.args["topic"]), n.segment) for n in flow.joins]
+        self.join_segments = flow.join_segments
+        for _, table, _ in self.joins:
+            table_parts = len(db.log.describe_topic(table).partitions)
             if table_parts != self.partitions:
                 raise UsageError(
-                    f"table topic {self.table!r} has {table_parts} partitions, the source "
+                    f"table topic {table!r} has {table_parts} partitions, the source "
                     f"{flow.source_topic!r} {self.partitions}: they must be co-partitioned",
-                    topic=self.table,
+                    topic=table,
                 )
         self.tasks: dict[Key, Task] = {}
         self.sinks: dict[int, Node] = {n.id: n for n in flow.sinks()}
@@ -203,10 +204,12 @@ class Runner:
         for rec in records:
             by_part.setdefault(rec.partition, []).append(rec)
         self.sync_assignment(g, by_part)
-        if g == self.join_segment and self.table is not None:
+        for node_id, table, segment in self.joins:
+            if segment != g:
+                continue
             for (sg, p), task in self.tasks.items():
                 if sg == g:
-                    got = task.feed_table(self._table_records(p, task))
+                    got = task.feed_table(self._table_records(p, task, node_id, table), node_id)
                     taken += got
                     self.pending_in += got
         for p, recs in by_part.items():
@@ -218,14 +221,13 @@ class Runner:
                     self.pending_in += got
         return taken
 
-    def _table_records(self, p: int, task: Task) -> list[Record]:
-        assert self.table is not None
-        read = self.db.log.read
+    def _table_records(self, p: int, task: Task, node_id: int, table: str) -> list[Record]:
+        offsets, read = task.table_offsets, self.db.log.read
         try:
-            return read(self.table, p, task.table_offset, records_max=self.poll_records)  # type: ignore[no-any-return]
+            return read(table, p, offsets[node_id], records_max=self.poll_records)  # type: ignore[no-any-return]
         except OffsetOutOfRange:  # compacted or expired below: from what is stored
-            task.table_offset = self.db.log.describe_topic(self.table).partitions[p].start_offset
-            return read(self.table, p, task.table_offset, records_max=self.poll_records)  # type: ignore[no-any-return]
+            offsets[node_id] = self.db.log.describe_topic(table).partitions[p].start_offset
+            return read(table, p, offsets[node_id], records_max=self.poll_records)  # type: ignore[no-any-return]
 
     def has_work(self) -> bool:
         """Whether anything is processed but not committed yet."""
@@ -316,7 +318,7 @@ class Runner:
                     value,
                     ts,
                     self.partitions,
-                    log_keyed=sink_id == self.join_segment,
+                    log_keyed=sink_id in self.join_segments,
                 )
                 batches.setdefault(topic, []).extend(msgs)
                 continue
@@ -381,9 +383,10 @@ class Runner:
         now = int(time.time() * 1000)
         if mine:
             heartbeat(self.db.log, self.flow.source_topic, now, partitions=mine)
-        joined = sorted(p for g, p in self.tasks if g == self.join_segment)
-        if self.table is not None and joined:
-            heartbeat(self.db.log, self.table, now, partitions=joined)
+        for table, segment in sorted({(table, segment) for _, table, segment in self.joins}):
+            joined = sorted(p for g, p in self.tasks if g == segment)
+            if joined:
+                heartbeat(self.db.log, table, now, partitions=joined)
 
     def close(self) -> None:
         for consumer in self.consumers.values():

@@ -58,8 +58,10 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     late: int
     dead: int
     stored: list[tuple[int, int]]  # (operator node id, bucket) with state
-    table_offset: int = 0  # the next offset of the joined table's partition
+    table_offset: int = 0  # the next offset of the first join's topic's partition
     table_times: tuple[int, int, int] = (NO_TIME, NO_TIME, NO_TIME)  # max, wm, out wm
+    # The other joins of the task, by node id: (next offset, max, wm, out wm).
+    joins: dict[int, tuple[int, int, int, int]] = msgspec.field(default_factory=dict)
     keys: int = 0  # keys with state, over every stateful operator (for status)
     timers: int = 0  # timers pending (derived from the state; for status)
     # Operators (node id) whose state grew past BUCKETS buckets, and their count.
@@ -116,10 +118,12 @@ class Task:
         self.dead = 0
         self.stored: set[tuple[int, int]] = set()
         self._keys: dict[bytes, Any] = {}  # record key -> its str (decoding is the hot path)
-        self.join = next(
-            (op for op in self.stateful if isinstance(op, JoinOp | WindowJoinOp)), None
-        )
-        self.table_offset = 0
+        # The joins of this task's segment, by node id, and where each reads
+        # its topic's partition next.
+        self.joins: dict[int, JoinOp | WindowJoinOp] = {
+            op.node.id: op for op in self.stateful if isinstance(op, JoinOp | WindowJoinOp)
+        }
+        self.table_offsets = dict.fromkeys(self.joins, 0)
 
     # --- processing ------------------------------------------------------------
 
@@ -216,17 +220,24 @@ class Task:
         self.wm = merge.wm
         return taken
 
-    def feed_table(self, records: Iterable[Record]) -> int:
-        """Process records of the joined table's partition ``partition``."""
-        join = self.join
+    @property
+    def join(self) -> JoinOp | WindowJoinOp | None:
+        """The task's first join, if any."""
+        return next(iter(self.joins.values()), None)
+
+    def feed_table(self, records: Iterable[Record], node_id: int | None = None) -> int:
+        """Process records of the topic join ``node_id`` (default: the first)
+        reads, of this task's partition."""
+        join = self.join if node_id is None else self.joins.get(node_id)
         if join is None:
             return 0
         decode = _decoder(join.node.args["decode"])
+        offsets, at = self.table_offsets, join.node.id
         taken = 0
         for rec in records:
-            if rec.offset < self.table_offset:
+            if rec.offset < offsets[at]:
                 continue
-            self.table_offset = rec.offset + 1
+            offsets[at] = rec.offset + 1
             taken += 1
             time = None
             try:
@@ -328,6 +339,8 @@ class Task:
             else:
                 self.stored.add(where)
         self.ctx.dirty.clear()
+        # The first join where a flow of one join has always kept it; the others beside.
+        first, *others = self.joins.values() if self.joins else (None,)
         manifest = Manifest(
             self.fingerprint,
             self.offset,
@@ -337,11 +350,12 @@ class Task:
             self.ctx.late_count,
             self.dead,
             sorted(self.stored),
-            self.table_offset,
-            self.join.times() if self.join is not None else (NO_TIME, NO_TIME, NO_TIME),
-            self.state_size(),
-            self.timer_count(),
-            {op.node.id: op.nbuckets for op in self.stateful if op.nbuckets != BUCKETS},
+            table_offset=self.table_offsets[first.node.id] if first is not None else 0,
+            table_times=first.times() if first is not None else (NO_TIME, NO_TIME, NO_TIME),
+            joins={op.node.id: (self.table_offsets[op.node.id], *op.times()) for op in others},
+            keys=self.state_size(),
+            timers=self.timer_count(),
+            layout={op.node.id: op.nbuckets for op in self.stateful if op.nbuckets != BUCKETS},
         )
         return _enc.encode(manifest), changed
 
@@ -395,9 +409,16 @@ class Task:
         self.ctx.late_count = manifest.late
         self.dead = manifest.dead
         self.stored = set(map(tuple, manifest.stored))  # type: ignore[arg-type]
-        self.table_offset = manifest.table_offset
-        if self.join is not None:
-            self.join.set_times(*manifest.table_times)
+        first, *others = self.joins.values() if self.joins else (None,)
+        if first is not None:
+            self.table_offsets[first.node.id] = manifest.table_offset
+            first.set_times(*manifest.table_times)
+        for op in others:
+            got = manifest.joins.get(op.node.id)
+            if got is None:
+                raise CorruptionError(f"stream state {where}: no progress of join #{op.node.id}")
+            self.table_offsets[op.node.id] = got[0]
+            op.set_times(*got[1:])
         for op in self.stateful:
             op.restored(self.wm)
         for op in _all_ops(self.source):
