@@ -58,24 +58,35 @@ def encode(table: str, rows: Sequence[Staged]) -> list[tuple[int, int, int, int,
     out = []
     at, total = 0, len(rows)
     while at < total:
-        stop, size = at, 0
-        limit = min(total, at + BATCH_RECORDS)
-        while stop < limit:  # at least one record, then up to the bounds
-            key, value = rows[stop][1], rows[stop][2]
-            grown = size + (len(key) if key is not None else 0)
-            grown += len(value) if value is not None else 0
-            if grown > BATCH_BYTES and stop > at:
-                break
-            size = grown
-            stop += 1
-        chunk = rows[at:stop]
-        ts = [r[4] for r in chunk]
-        data = _encode(([r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk], ts))
-        base, last, ts_max = chunk[0][0], chunk[-1][0], max(ts)
+        chunk = rows[at : at + BATCH_RECORDS]
+        _, keys, values, headers, stamps = zip(*chunk, strict=True)
+        size = _payload(keys, values)
+        if size > BATCH_BYTES and len(chunk) > 1:  # rare: big records
+            chunk = chunk[: _fitting(chunk)]
+            _, keys, values, headers, stamps = zip(*chunk, strict=True)
+            size = _payload(keys, values)
+        # Tuples encode as the arrays lists do: the same bytes.
+        data = _encode((keys, values, headers, stamps))
+        base, last, ts_max = chunk[0][0], chunk[-1][0], max(stamps)
         crc = batch_crc(table, base, last, ts_max, size, data)
         out.append((base, last, ts_max, size, data, crc))
-        at = stop
+        at += len(chunk)
     return out
+
+
+def _payload(keys: Sequence[bytes | None], values: Sequence[bytes | None]) -> int:
+    # None and b"" both count 0: filter(None, ...) drops both.
+    return sum(map(len, filter(None, keys))) + sum(map(len, filter(None, values)))
+
+
+def _fitting(chunk: Sequence[Staged]) -> int:
+    """How many records from the start fit in BATCH_BYTES (at least one)."""
+    size = 0
+    for n, (_, key, value, _, _) in enumerate(chunk):
+        size += (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
+        if size > BATCH_BYTES:
+            return max(n, 1)
+    return len(chunk)
 
 
 def _damaged(path: str, topic: str, partition: int, offset: int, what: str) -> CorruptionError:
