@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Any
 
 import msgspec
@@ -172,8 +173,27 @@ def read(
             skip = offset - base if expected < 0 else 0
             expected = last + 1
             take = min(len(stamps) - skip, records_max - len(out))
-            offsets = range(base + skip, base + skip + take)
-            for i, at in zip(range(skip, skip + take), offsets, strict=True):
+            stop = skip + take
+            if size + row[3] <= bytes_max:  # the whole batch fits: no cut in it
+                out.extend(
+                    map(
+                        Record,
+                        repeat(topic, take),
+                        repeat(partition, take),
+                        range(base + skip, base + stop),
+                        keys[skip:stop],
+                        values[skip:stop],
+                        headers[skip:stop],
+                        stamps[skip:stop],
+                    )
+                )
+                whole = skip == 0 and stop == len(stamps)
+                size += row[3] if whole else _payload(keys[skip:stop], values[skip:stop])
+                if len(out) >= records_max or expected >= end:
+                    return out
+                continue
+            offsets = range(base + skip, base + stop)
+            for i, at in zip(range(skip, stop), offsets, strict=True):
                 key, value = keys[i], values[i]
                 size += (len(key) if key is not None else 0) + (
                     len(value) if value is not None else 0
