@@ -176,8 +176,9 @@ class Runner:
         starts = {}
         for info in self.db.log.describe_topic(topic).partitions:
             at = committed.get(TopicPartition(topic, info.partition))
-            usable = at is not None and info.start_offset <= at <= info.end_offset
-            starts[info.partition] = at if usable and at is not None else info.start_offset
+            if at is None or not info.start_offset <= at <= info.end_offset:
+                at = info.start_offset
+            starts[info.partition] = at
         return starts
 
     def step(self, timeout_s: float) -> int:

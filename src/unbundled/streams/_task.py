@@ -35,11 +35,9 @@ from ._ops import (
     NO_TIME,
     TIME_HEADER,
     Ctx,
-    Op,
     OperatorFailed,
     StatefulOp,
 )
-from ._window_ops import WindowOp
 
 DEAD_SINK = -2  # records that cannot be decoded or timed: the topic <flow name>.dead
 _enc = msgspec.msgpack.Encoder()
@@ -92,19 +90,6 @@ class Task:
         self.ctx = Ctx()
         self.source, self.stateful = build(flow, self.ctx, segment, sources)
         self.merge = self.source if isinstance(self.source, MergeOp) else None
-        # The hot path's watermark: when the source's one watermark child is a
-        # window with none below it, a rise of the watermark only sets the
-        # window's, unless one of its timers comes due (what advance() does).
-        below = self.source.wm_children
-        self.lone_window: WindowOp | None = None
-        if (
-            len(below) == 1
-            and isinstance(below[0], WindowOp)
-            and not below[0].wm_children
-            and type(self.source).advance is Op.advance
-            and type(below[0]).advance is WindowOp.advance
-        ):
-            self.lone_window = below[0]
         self.by_id: dict[int, StatefulOp] = {op.node.id: op for op in self.stateful}
         src = next(n for n in flow.nodes if n.kind == "source")
         self.decode = src.args["decode"]
@@ -139,8 +124,6 @@ class Task:
         kids = self.source.children
         push = kids[0].push if len(kids) == 1 else self.source.push
         ooo = self.ooo
-        win = self.lone_window
-        timers = win.timers if win is not None else []
         offset = self.offset  # kept in locals in the loop, written back as it goes on
         for rec in records:
             at = rec.offset
@@ -176,13 +159,8 @@ class Task:
             if ts > self.max_ts:  # observe(ts), inlined: the hot path
                 self.max_ts = ts
                 if ts - ooo > self.wm:
-                    wm = self.wm = ts - ooo
-                    if win is None:
-                        self.source.advance(wm)
-                    elif timers and timers[0][0] <= wm:
-                        win.advance(wm)
-                    else:
-                        win.wm = wm
+                    self.wm = ts - ooo
+                    self.source.advance(ts - ooo)
         self.records += taken
         return taken
 
@@ -220,15 +198,9 @@ class Task:
         self.wm = merge.wm
         return taken
 
-    @property
-    def join(self) -> JoinOp | WindowJoinOp | None:
-        """The task's first join, if any."""
-        return next(iter(self.joins.values()), None)
-
-    def feed_table(self, records: Iterable[Record], node_id: int | None = None) -> int:
-        """Process records of the topic join ``node_id`` (default: the first)
-        reads, of this task's partition."""
-        join = self.join if node_id is None else self.joins.get(node_id)
+    def feed_table(self, records: Iterable[Record], node_id: int) -> int:
+        """Process records of the topic join ``node_id`` reads, of this task's partition."""
+        join = self.joins.get(node_id)
         if join is None:
             return 0
         decode = _decoder(join.node.args["decode"])

@@ -32,7 +32,7 @@ import msgspec
 from ..._ground import crc32 as _crc32
 from ...errors import CorruptionError
 from ...log._protocol import Headers, Record
-from ._integrity import row_crc
+from ._integrity import corrupt, row_crc
 from ._schema import records_table
 
 # A batch closes at this many records or payload bytes (a single bigger
@@ -91,13 +91,8 @@ def _fitting(chunk: Sequence[Staged]) -> int:
 
 
 def _damaged(path: str, topic: str, partition: int, offset: int, what: str) -> CorruptionError:
-    return CorruptionError(
-        f"{path}: {what} in {topic}[{partition}] at offset {offset}: the file is damaged",
-        path=path,
-        topic=topic,
-        partition=partition,
-        offset=offset,
-    )
+    where = {"topic": topic, "partition": partition, "offset": offset}
+    return corrupt(path, f"{what} in {topic}[{partition}] at offset {offset}", **where)
 
 
 def columns(

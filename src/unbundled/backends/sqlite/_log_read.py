@@ -269,13 +269,8 @@ def gap_explainer(
 
 
 def _bad_record(path: str, topic: str, partition: int, offset: int, what: str) -> CorruptionError:
-    return CorruptionError(
-        f"{path}: record {topic}[{partition}]@{offset} {what}: the file is damaged",
-        path=path,
-        topic=topic,
-        partition=partition,
-        offset=offset,
-    )
+    where = {"topic": topic, "partition": partition, "offset": offset}
+    return corrupt(path, f"record {topic}[{partition}]@{offset} {what}", **where)
 
 
 def decode(

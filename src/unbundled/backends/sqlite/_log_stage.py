@@ -136,19 +136,14 @@ class Stage:
                 off = self.end(slot)
                 if batched:  # checked as a batch at flush
                     self.rows[slot].append((off, key, value, headers or (), ts))
-                    self.ends[slot] = off + 1
-                    delta = self.deltas[slot]
-                    delta[0] += 1
-                    delta[1] += _core.payload_size(key, value)
-                    positions.append(Position(name, part, off))
-                    continue
-                hblob = _encode_headers(headers) if headers else None
-                crc = _crc32(hblob or b"", (off ^ ts) & 0xFFFFFFFF)
-                if key is not None:
-                    crc = _crc32(key, crc)
-                if value is not None:
-                    crc = _crc32(value, crc)
-                self.rows[slot].append((off, key, value, hblob, ts, crc))
+                else:
+                    hblob = _encode_headers(headers) if headers else None
+                    crc = _crc32(hblob or b"", (off ^ ts) & 0xFFFFFFFF)
+                    if key is not None:
+                        crc = _crc32(key, crc)
+                    if value is not None:
+                        crc = _crc32(value, crc)
+                    self.rows[slot].append((off, key, value, hblob, ts, crc))
                 self.ends[slot] = off + 1
                 delta = self.deltas[slot]
                 delta[0] += 1
