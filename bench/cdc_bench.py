@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import glob
 import json
 import os
-import platform
 import resource
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -48,15 +45,19 @@ if str(REPO) not in sys.path:  # run as a script: bench/ itself is on sys.path, 
     sys.path.insert(0, str(REPO))
 
 import unbundled  # noqa: E402
-from bench.common import git_commit, markdown_table, scratch_parent, write_results  # noqa: E402
+from bench.cdc_report import (  # noqa: E402
+    HEADERS,
+    machine_facts,
+    markdown,
+    table_rows,
+)
+from bench.common import scratch_parent, write_results  # noqa: E402
 from unbundled.cdc import CDCProducer, ConnectorConfig, add_connector  # noqa: E402
 from unbundled.cdc import _pg_admin as admin  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "cdc.md"
 PG_URL = os.environ.get("UNBUNDLED_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLE = "orders"
-RATIO_FLOOR = 0.8
-LAG_P99_FLOOR_MS = 100.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class Scratch:
         self.schema = f"cdcbench_{tag}"
         self.connector = f"bench{tag}"
         self.raw_slot = f"cdcbench_raw_{tag}"
+        self.recv_slot = f"cdcbench_recv_{tag}"
         self.dir = Path(tempfile.mkdtemp(prefix="cdcbench-", dir=parent))
         self.log_path = self.dir / "log.db"
         self.table = f'"{self.schema}"."{TABLE}"'
@@ -151,7 +153,8 @@ class Scratch:
     def add_raw_slot(self) -> None:
         self._raw = True
         pg(f"CREATE PUBLICATION {self.raw_slot} FOR TABLE {self.table}")
-        pg("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", self.raw_slot)
+        for slot in (self.raw_slot, self.recv_slot):
+            pg("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", slot)
 
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
@@ -159,8 +162,9 @@ class Scratch:
         with contextlib.suppress(Exception):
             admin.drop_publication(PG_URL, self.connector)
         if self._raw:
-            with contextlib.suppress(Exception):
-                _drop_raw_slot(self.raw_slot)
+            for slot in (self.raw_slot, self.recv_slot):
+                with contextlib.suppress(Exception):
+                    _drop_raw_slot(slot)
             with contextlib.suppress(Exception):
                 pg(f"DROP PUBLICATION IF EXISTS {self.raw_slot}")
         with contextlib.suppress(Exception):
@@ -211,6 +215,7 @@ def write_rows(table: str, rows: int, txn_rows: int, first: int = 1) -> str:
 class Throughput:
     raw: tuple[float, ...]  # pg_recvlogical changes/s per repeat
     ours: tuple[float, ...]  # CDCProducer changes/s per repeat
+    recv: tuple[float, ...]  # psycopg2 receiving only, changes/s per repeat
 
     @property
     def ratio(self) -> float:
@@ -243,6 +248,36 @@ def time_recvlogical(binary: str, scratch: Scratch, endpos: str) -> float:
     return seconds
 
 
+def time_receive_only(scratch: Scratch, rows: int) -> float:
+    """Seconds until psycopg2 has received ``rows`` inserts of the raw publication on
+    the third slot, doing nothing with them: the least a Python producer spends."""
+    import select
+
+    import psycopg2
+    import psycopg2.extras
+
+    started = time.perf_counter()
+    conn = psycopg2.connect(PG_URL, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    try:
+        cur = conn.cursor()
+        cur.start_replication(
+            slot_name=scratch.recv_slot,
+            decode=False,
+            options={"proto_version": "1", "publication_names": scratch.raw_slot},
+        )
+        inserts = 0
+        while inserts < rows:
+            message = cur.read_message()
+            if message is None:
+                select.select([cur], [], [], 0.05)
+                continue
+            if bytes(message.payload)[:1] == b"I":
+                inserts += 1
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
 def time_producer(scratch: Scratch, config: ConnectorConfig, rows: int) -> float:
     started = time.perf_counter()
     with unbundled.open(str(scratch.log_path)) as db, CDCProducer(db, config) as producer:
@@ -254,20 +289,22 @@ def time_producer(scratch: Scratch, config: ConnectorConfig, rows: int) -> float
 
 
 def bench_throughput(parent: Path, sizes: Sizes, binary: str) -> Throughput:
-    raw: list[float] = []
-    ours: list[float] = []
+    rates: dict[str, list[float]] = {"raw": [], "ours": [], "recv": []}
     for repeat in range(sizes.repeats):
         with Scratch(parent) as scratch:
             config = scratch.add_connector()
             scratch.add_raw_slot()
             endpos = write_rows(scratch.table, sizes.rows, sizes.txn_rows)
-            if repeat % 2 == 0:
-                raw.append(sizes.rows / time_recvlogical(binary, scratch, endpos))
-                ours.append(sizes.rows / time_producer(scratch, config, sizes.rows))
-            else:
-                ours.append(sizes.rows / time_producer(scratch, config, sizes.rows))
-                raw.append(sizes.rows / time_recvlogical(binary, scratch, endpos))
-    return Throughput(tuple(raw), tuple(ours))
+            timed = {
+                "raw": lambda: time_recvlogical(binary, scratch, endpos),  # noqa: B023
+                "ours": lambda: time_producer(scratch, config, sizes.rows),  # noqa: B023
+                "recv": lambda: time_receive_only(scratch, sizes.rows),
+            }
+            names = list(timed)
+            turn = repeat % len(names)  # the order rotates: no side always goes first
+            for name in names[turn:] + names[:turn]:
+                rates[name].append(sizes.rows / timed[name]())
+    return Throughput(tuple(rates["raw"]), tuple(rates["ours"]), tuple(rates["recv"]))
 
 
 # --- the producer in a child process (lag and memory) ------------------------------------
@@ -447,145 +484,6 @@ def bench_memory(parent: Path, rows: int) -> Memory:
     return Memory(rows, report["rss_before_kb"], report["rss_peak_kb"], seconds)
 
 
-# --- the report ----------------------------------------------------------------------------
-
-HEADERS = ["#", "measured", "median", "min to max", "ratio", "floor", "result", "notes"]
-
-
-def _rate(value: float) -> str:
-    return f"{value:,.0f} changes/s"
-
-
-def table_rows(
-    sizes: Sizes, thr: Throughput | None, lag: Lag | None, mems: list[Memory]
-) -> list[list[str]]:
-    rows: list[list[str]] = []
-    if thr is not None:
-        each = f"{sizes.rows:,} inserts in transactions of {sizes.txn_rows}"
-        rows.append(
-            [
-                "1",
-                "pg_recvlogical, pgoutput protocol 1, to /dev/null",
-                _rate(statistics.median(thr.raw)),
-                f"{min(thr.raw):,.0f} to {max(thr.raw):,.0f}",
-                "",
-                "",
-                "baseline",
-                each,
-            ]
-        )
-        verdict = "PASS" if thr.ratio >= RATIO_FLOOR else "BELOW FLOOR"
-        rows.append(
-            [
-                "1",
-                'CDCProducer, commit to durable in the log (sync="full")',
-                _rate(statistics.median(thr.ours)),
-                f"{min(thr.ours):,.0f} to {max(thr.ours):,.0f}",
-                f"{thr.ratio:.2f}x",
-                f">= {RATIO_FLOOR:g}x",
-                verdict,
-                each,
-            ]
-        )
-    if lag is not None:
-        at = f"writer kept {lag.rate:,.0f} changes/s; {lag.seen:,} rows seen"
-        rows.append(["2", "lag, commit to derived view: p50", f"{lag.p50_ms:.1f} ms"] + [""] * 4)
-        rows[-1].append(at)
-        verdict = "PASS" if lag.p99_ms < LAG_P99_FLOOR_MS else "BELOW FLOOR"
-        rows.append(
-            [
-                "2",
-                "lag, commit to derived view: p99",
-                f"{lag.p99_ms:.1f} ms",
-                f"max {lag.max_ms:.1f} ms",
-                "",
-                f"< {LAG_P99_FLOOR_MS:g} ms",
-                verdict,
-                at,
-            ]
-        )
-    for mem in mems:
-        rows.append(
-            [
-                "3",
-                f"memory: peak RSS growth, one {mem.rows:,}-row transaction",
-                f"{mem.growth_kb / 1024:,.1f} MiB",
-                f"{mem.before_kb / 1024:,.1f} -> {mem.peak_kb / 1024:,.1f} MiB",
-                "",
-                "",
-                "measured",
-                f"captured in {mem.seconds:,.1f} s ({mem.rows / mem.seconds:,.0f} changes/s)",
-            ]
-        )
-    return rows
-
-
-def machine_facts(sizes: Sizes, binary: str | None) -> list[tuple[str, str]]:
-    server = "unknown"
-    with contextlib.suppress(Exception):
-        server = str(pg("SHOW server_version")[0][0])
-    return [
-        ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
-        ("commit", git_commit()),
-        ("CPUs", f"{os.cpu_count()} (PostgreSQL, the producer and the baseline share them)"),
-        ("platform", platform.platform()),
-        ("Python", platform.python_version()),
-        ("SQLite", sqlite3.sqlite_version),
-        ("PostgreSQL", f"{server} on 127.0.0.1 (loopback, same machine)"),
-        ("pg_recvlogical", binary or "not found"),
-        (
-            "runs",
-            f"case 1: median of {sizes.repeats} repeats, each on a fresh table with both slots "
-            "created before the writes (the order of the two sides alternates); cases 2 and "
-            "3: one run",
-        ),
-    ]
-
-
-CASES = [
-    "Throughput: a fresh table `(id bigint primary key, item text, qty integer, price "
-    "numeric(10,2), created timestamptz, sent_us bigint)` gets the inserts; then "
-    "`pg_recvlogical --start --no-loop -o proto_version=1 -o publication_names=... -f "
-    "/dev/null -E <LSN after the last commit>` is timed from its start to its exit, and "
-    "`CDCProducer` (a new process's view: open the log, connect, stream) from its start "
-    'until the last change is committed to the log with sync="full", in batches of the '
-    "connector's batch_max (1,000).",
-    "Lag: a writer thread inserts rows at a steady rate (transactions of 10 rows, one "
-    "autocommit INSERT each, paced by the clock), each row carrying `time.time()` taken just "
-    "before the statement is sent; the producer runs "
-    "in a child process; a consumer thread reads the topic from the log file (polling every "
-    "millisecond when idle) and takes the lag of each row when it reads it.",
-    "Memory: one transaction inserts every row at once (`INSERT ... SELECT FROM "
-    "generate_series`); a child process runs the producer until all are stored; growth is "
-    "its peak RSS (`ru_maxrss`) minus its RSS after importing the PostgreSQL drivers and "
-    "opening the log, before the first poll. "
-    "Measured at a tenth of the size and at the full size: growth that does not follow the "
-    "transaction's size is the working set of one batch (batch_max changes), not the "
-    "transaction.",
-]
-
-
-def markdown(facts: list[tuple[str, str]], rows: list[list[str]], notes: list[str]) -> str:
-    parts = [
-        "# CDC benchmarks",
-        "",
-        "Written by `make bench` (`bench/run.py --only cdc`, which runs `bench/cdc_bench.py`). "
-        "`pg_recvlogical` and CDCProducer decoded the same WAL, side by side in one run on "
-        "this machine.",
-        "",
-        *[f"- {name}: {value}" for name, value in facts],
-        "",
-        markdown_table(HEADERS, rows),
-        "",
-        *[f"- {n}" for n in notes],
-        "",
-        "## What each line measures",
-        "",
-        *[f"{i}. {text}" for i, text in enumerate(CASES, 1)],
-    ]
-    return "\n".join(parts) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run; writes nothing")
@@ -623,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     parent = scratch_parent()
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
-    with console.status("1. throughput: pg_recvlogical vs CDCProducer"):
+    with console.status("1. throughput: pg_recvlogical vs CDCProducer vs receiving only"):
         thr = bench_throughput(parent, sizes, binary)
     with console.status(f"2. lag at {sizes.lag_rate:,} changes/s"):
         lag = bench_lag(parent, sizes)
@@ -634,7 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         with console.status(f"3. memory of a {rows_in_txn:,}-row transaction"):
             mems.append(bench_memory(parent, rows_in_txn))
     rows = table_rows(sizes, thr, lag, mems)
-    facts = machine_facts(sizes, binary)
+    server = "unknown"
+    with contextlib.suppress(Exception):
+        server = str(pg("SHOW server_version")[0][0])
+    facts = machine_facts(sizes, binary, server)
     facts.append(
         (
             "load average",

@@ -79,6 +79,34 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["---"] * len(headers)), *map(line, rows)])
 
 
+def results_page(
+    title: str,
+    intro: str,
+    facts: list[tuple[str, str]],
+    table: str,
+    notes: list[str],
+    what: list[str],
+) -> str:
+    """A results page: title, how it was made, the machine facts, the table,
+    the notes, and what each line measures (numbered)."""
+    parts = [
+        f"# {title}",
+        "",
+        intro,
+        "",
+        *[f"- {name}: {value}" for name, value in facts],
+        "",
+        table,
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+        "## What each line measures",
+        "",
+        *[f"{i}. {text}" for i, text in enumerate(what, 1)],
+    ]
+    return "\n".join(parts) + "\n"
+
+
 def show_results(
     console: Any,
     title: str,

@@ -46,6 +46,7 @@ from bench.eventstore_bench import (  # noqa: E402
     postgres_skip_reason,
 )
 from bench.log_bench import Floor, _log_tasks, bench_fsync, run_threads, scratch_dir  # noqa: E402
+from bench.unit_least import least_work  # noqa: E402
 from bench.unit_of_work_report import Line, Versus  # noqa: E402
 from bench.unit_workload import VALUE, profile_log, profile_units, units  # noqa: E402
 
@@ -176,10 +177,39 @@ def _unit_lines(
     return lines
 
 
+def _least_lines(
+    samples: dict[str, list[float]], extra: dict[str, list[float]], w: int, per: int
+) -> list[Line]:
+    """The least work: the rows of A and of 1a written by raw sqlite3 (``bench/unit_least.py``)."""
+    group = statistics.median(extra["units"])
+    least_a = Line(
+        "1L",
+        "least work: A's rows (events) by raw sqlite3, one thread (SQLite)",
+        "events",
+        tuple(samples["least_a"]),
+        "baseline",
+        note=f"{w * per:,} events, {group:.0f} to a commit: SQLite's own cost of A",
+    )
+    least_unit = Line(
+        "1L",
+        "least work: 1a's rows (event + outbox record + idempotency result) by raw "
+        "sqlite3, one thread (SQLite)",
+        "txns",
+        tuple(samples["least_unit"]),
+        "context",
+        (Versus("least A", least_a.rate),),
+        f"{w * per:,} transactions, {group:.0f} to a commit: the ratio is the SQL's own "
+        "share of 1a's ratio to A",
+    )
+    return [least_a, least_unit]
+
+
 def bench_sqlite(parent: Path | None, sizes: Sizes, rival: Any) -> list[Line]:
     """Case 1: the unit of work on SQLite vs A (the event store alone) and B."""
     w = sizes.writers
-    samples: dict[str, list[float]] = {k: [] for k in ("units", "claimed", "append", "rival")}
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("units", "claimed", "append", "rival", "least_a", "least_unit")
+    }
     extra: dict[str, list[float]] = {"units": [], "claims": [], "append": []}
     with scratch_dir(parent, "unit") as d:
         for rep in range(sizes.repeats):
@@ -192,6 +222,11 @@ def bench_sqlite(parent: Path | None, sizes: Sizes, rival: Any) -> list[Line]:
             extra["append"].append(per_commit)
             run = units(str(d / f"claimed-{rep}.db"), w, sizes.units, log=True, claim_inside=True)
             samples["claimed"].append(run.rate)
+            # The same rows by raw sqlite3, grouped as the unit of work's commits were.
+            group = max(1, round(extra["units"][-1]))
+            for key, unit in (("least_a", False), ("least_unit", True)):
+                path = d / f"{key}-{rep}.db"
+                samples[key].append(least_work(path, w, sizes.units, group, unit=unit))
             if rival is None:
                 continue
             app = rival.sqlite_app(d / f"es-{rep}.db")
@@ -203,7 +238,7 @@ def bench_sqlite(parent: Path | None, sizes: Sizes, rival: Any) -> list[Line]:
             finally:
                 rival.close(app)
     base = _rival_line("1", rival, "SQLite", w, sizes.rival, samples["rival"]) if rival else None
-    return _unit_lines(
+    lines = _unit_lines(
         "1",
         "SQLite",
         sizes,
@@ -214,6 +249,7 @@ def bench_sqlite(parent: Path | None, sizes: Sizes, rival: Any) -> list[Line]:
         base,
         "event + outbox record + idempotency result",
     )
+    return lines + _least_lines(samples, extra, w, sizes.units)
 
 
 # --- 2. PostgreSQL ---------------------------------------------------------------------

@@ -174,7 +174,14 @@ CASES = [
     "loop (context). A: the same 64 tasks doing `AsyncEventStore.append` alone (one event, "
     "exact expected version). B: eventsourcing, 64 threads (it has no asyncio API), "
     "`Application.save(account)` after each `account.deposit()`, then the outbox INSERT in "
-    "a transaction of its own (two commits per command, as a user of it writes an outbox).",
+    "a transaction of its own (two commits per command, as a user of it writes an outbox). "
+    "1L, the least work (`bench/unit_least.py`): in a file unbundled made (its real tables, "
+    "indexes, triggers; for 1a the topic and every key claimed), one thread on a plain "
+    "sqlite3 connection (WAL, synchronous=FULL) writes rows built before the clock starts, "
+    "grouped as 1a's commits were: A's events (one multi-row INSERT and the events head), "
+    "and 1a's events plus its outbox batch, partition row and idempotency UPSERTs. No "
+    "checks, checksums, decisions or asyncio: what SQLite alone costs for those rows. "
+    "Their ratio is the share of 1a's ratio to A that the SQL itself sets.",
     "The same on PostgreSQL, the outbox record in the log on PostgreSQL: event + record + "
     "idempotency completion per transaction; A and B likewise (B: eventsourcing's "
     "postgres module, a pool of 64 connections, the outbox INSERT in its own commit). "

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import cdc_bench as cb
+from bench import cdc_report as cr
 from bench import run
 from tests.cdc._pg import need_logical, pg
 
@@ -50,8 +51,8 @@ def test_throughput_both_sides(tmp_path: Path, clean_server: None) -> None:
     binary = cb.recvlogical_path()
     assert binary is not None
     thr = cb.bench_throughput(tmp_path, TINY, binary)
-    assert len(thr.raw) == len(thr.ours) == TINY.repeats
-    assert all(math.isfinite(v) and v > 0 for v in (*thr.raw, *thr.ours))
+    assert len(thr.raw) == len(thr.ours) == len(thr.recv) == TINY.repeats
+    assert all(math.isfinite(v) and v > 0 for v in (*thr.raw, *thr.ours, *thr.recv))
     assert thr.ratio > 0
     assert leftovers() == []
     assert list(tmp_path.iterdir()) == []  # the scratch log is gone too
@@ -76,25 +77,34 @@ def test_a_failing_case_still_drops_what_it_created(tmp_path: Path, clean_server
     with pytest.raises(RuntimeError, match="half-way"), cb.Scratch(tmp_path) as scratch:
         scratch.add_connector()
         scratch.add_raw_slot()
-        assert len(leftovers()) == 5  # two slots, two publications, the schema
+        assert len(leftovers()) == 6  # three slots, two publications, the schema
         raise RuntimeError("half-way")
     assert leftovers() == []
 
 
 def test_report_rows_and_markdown() -> None:
-    thr = cb.Throughput(raw=(100.0, 120.0, 110.0), ours=(90.0, 95.0, 80.0))
+    thr = cb.Throughput(raw=(100.0, 120.0, 110.0), ours=(90.0, 95.0, 80.0), recv=(99.0,))
     assert thr.ratio == pytest.approx(90 / 110)
-    rows = cb.table_rows(
+    rows = cr.table_rows(
         cb.FULL,
         thr,
         cb.Lag(5.0, 40.0, 60.0, 50_000, 5_000.0),
         [cb.Memory(100_000, 10, 20, 1.0), cb.Memory(1_000_000, 10, 20, 2.0)],
     )
-    assert [r[6] for r in rows] == ["baseline", "PASS", "", "PASS", "measured", "measured"]
-    assert all(len(r) == len(cb.HEADERS) for r in rows)
-    slow = cb.table_rows(cb.FULL, cb.Throughput((100.0,), (70.0,)), None, [])
+    assert [r[6] for r in rows] == [
+        "baseline",
+        "PASS",
+        "context",
+        "",
+        "PASS",
+        "measured",
+        "measured",
+    ]
+    assert rows[2][4] == "0.90x"  # receiving only, against pg_recvlogical
+    assert all(len(r) == len(cr.HEADERS) for r in rows)
+    slow = cr.table_rows(cb.FULL, cb.Throughput((100.0,), (70.0,), (100.0,)), None, [])
     assert slow[1][4:7] == ["0.70x", ">= 0.8x", "BELOW FLOOR"]
-    text = cb.markdown([("CPUs", "2")], rows, ["a note"])
+    text = cr.markdown([("CPUs", "2")], rows, ["a note"])
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table) == 2 + len(rows)
     assert "- a note" in text and "3. Memory" in text

@@ -67,7 +67,11 @@ def test_sqlite_case(tmp_path: Path) -> None:
         ("1", "baseline"),
         ("1a", "measured"),
         ("1b", "context"),
+        ("1L", "baseline"),
+        ("1L", "context"),
     ]
+    # The least work: the same rows by raw sqlite3, the unit's held to A's.
+    assert [v.label for v in lines[4].against] == ["least A"]
     measured = lines[1]
     # Without the competitor, only A remains: floor 0.7x, judged on the ratio of medians.
     assert [(v.label, v.floor) for v in measured.against] == [("A", log_bench.Floor(0.7))]
