@@ -26,10 +26,10 @@ from ..eventstore._protocol import ANY
 from ..eventstore.api import EventInput, EventStore
 from ..eventstore.serialization import Metadata
 from ..idempotency.api import Attempt, Idempotency, IdempotencyBase
+from ..log import AsyncConsumer, Consumer
 from ..log._base import LogBase
 from ..log._protocol import Headers, Message, TopicPartition
-from ..log.aio import AsyncConsumer
-from ..log.api import Consumer, Log
+from ..log.api import Log
 from ..transaction import _unit, capabilities
 from ..transaction._core import TransactionCore, TxKV
 

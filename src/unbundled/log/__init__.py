@@ -1,5 +1,6 @@
 """The log: topics, partitions, offsets, consumer groups, transactions."""
 
+from ._async_consumer import AsyncConsumer as AsyncConsumer
 from ._protocol import AppendItem as AppendItem
 from ._protocol import GroupCoordination as GroupCoordination
 from ._protocol import GroupInfo as GroupInfo
@@ -19,11 +20,10 @@ from ._protocol import TopicConfig as TopicConfig
 from ._protocol import TopicInfo as TopicInfo
 from ._protocol import TopicPartition as TopicPartition
 from ._protocol import WriteBatch as WriteBatch
-from .aio import AsyncConsumer as AsyncConsumer
+from ._sync_consumer import Consumer as Consumer
 from .aio import AsyncLog as AsyncLog
 from .aio import AsyncProducer as AsyncProducer
 from .aio import AsyncTransaction as AsyncTransaction
-from .api import Consumer as Consumer
 from .api import Log as Log
 from .api import Producer as Producer
 from .api import Transaction as Transaction

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import (
     InstanceFenced,
@@ -53,7 +54,7 @@ def settle(
 def _settled(consumers: Sequence[Consumer], partitions: set[TopicPartition]) -> bool:
     group = consumers[0].group
     assert group is not None
-    log = consumers[0]._log
+    log: Any = consumers[0]._log  # the Log that opened them
     assigned = {m.member_id: set(m.partitions) for m in log.describe_group(group).members}
     owned = [consumer.assignment() for consumer in consumers]
     if any(assigned.get(c.member_id) != o for c, o in zip(consumers, owned, strict=True)):

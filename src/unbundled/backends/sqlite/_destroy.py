@@ -23,6 +23,7 @@ import sqlite3
 
 from ...errors import NotFound, UsageError
 from .._report import DestroyReport
+from ._errors import translated
 from ._schema import (
     APPLICATION_ID,
     EVENTS_SCHEMA,
@@ -30,7 +31,6 @@ from ._schema import (
     INTEGRITY_SCHEMA,
     KV_SCHEMA,
     SCHEMA,
-    translated,
 )
 from ._url import sqlite_path
 

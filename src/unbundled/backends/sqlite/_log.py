@@ -44,6 +44,7 @@ from ...log._protocol import (
     WriteBatch,
 )
 from . import _group_rows, _log_read
+from ._errors import translate, translated
 from ._integrity import row_crc
 from ._log_stage import Stage
 from ._maintain import maintain as _maintain
@@ -54,8 +55,6 @@ from ._schema import (
     records_ddl,
     records_format,
     records_table,
-    translate,
-    translated,
 )
 from ._writer import ExtraStage, Request, Writer
 

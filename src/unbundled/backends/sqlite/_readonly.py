@@ -25,7 +25,8 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from ...errors import BackendError, CorruptionError, NotFound, NotSupported, UsageError
-from ._schema import FORMAT_VERSION, READABLE_FROM, check_existing, connect, read_header, translated
+from ._errors import translated
+from ._schema import FORMAT_VERSION, READABLE_FROM, check_existing, connect, read_header
 
 Connector = Callable[[], sqlite3.Connection]
 

@@ -31,8 +31,9 @@ from ..._ground import Waiter
 from ..._ground.waiters import Failure, SyncWaiter, complete_all, withdrawn
 from ...errors import Closed, Error, UsageError
 from ...log._protocol import WriteBatch
+from ._errors import translate
 from ._log_stage import Stage
-from ._schema import BUSY_TIMEOUT_MS, translate
+from ._schema import BUSY_TIMEOUT_MS
 
 _encode_headers = msgspec.msgpack.encode
 
