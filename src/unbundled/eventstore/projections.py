@@ -219,13 +219,21 @@ class _Worker:
     def run(self) -> None:
         stopping = self.runner._stopping
         backend = self.runner.store.backend
-        token = backend.events_change_token()
         while not stopping.is_set():
+            # Taken before the step reads anything: a commit after this point
+            # moves it, and the wait below returns at once.
+            token = backend.events_change_token()
             try:
                 if self.step():
-                    token = backend.events_change_token()
                     continue
-                token = self._wait(token)
+                # Nothing new after the checkpoint this worker keeps. A rebuild
+                # elsewhere that committed after its last batch (before the
+                # token above was taken) reset the stored one: sleeping on the
+                # kept one would sleep through the rebuild until the next append.
+                if backend.checkpoints().get(self.name, 0) != self.checkpoint:
+                    self.checkpoint = None
+                    continue
+                self._wait(token)
             except ProjectionConflict:
                 # Another runner advanced it: nothing of ours was applied.
                 self.conflicts += 1
@@ -241,7 +249,7 @@ class _Worker:
                 self.error = exc
                 return
 
-    def _wait(self, token: int) -> int:
+    def _wait(self, token: int) -> None:
         """Until a commit moves the token, a rebuild, or stop()."""
         stopping = self.runner._stopping
         backend = self.runner.store.backend
@@ -251,8 +259,7 @@ class _Worker:
             if moved != token:
                 # Also re-read the checkpoint: a rebuild elsewhere may have reset it.
                 self.checkpoint = None
-                return moved
-        return token
+                return
 
 
 class ProjectionRunner:

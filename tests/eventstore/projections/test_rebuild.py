@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ from unbundled.eventstore import (
     ProjectionTxn,
     StoredEvent,
 )
+from unbundled.eventstore import projections as _projections
 from unbundled.eventstore.read_models import raw_documents
 
 from ._helpers import EVENTS, Deposited, Withdrawn, append_in_thread
@@ -301,6 +303,36 @@ def test_a_rebuild_while_runners_run_in_other_threads_ends_equal(
         projection = make(kind, store)
         got = read_model(store, projection)
         assert got == from_scratch(store, store_url, tmp_path, kind), kind
+
+
+def test_a_rebuild_landing_right_after_a_batch_commits_is_not_slept_through(
+    store: EventStore, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild elsewhere that commits between a runner's batch and its next
+    wait. The runner once read its wake-up token after that rebuild, kept its
+    stale checkpoint, found nothing new and slept until the next append --
+    here never (seen as a rare wait_caught_up timeout on a loaded machine)."""
+    fill(store, 30)
+    elsewhere = store.projections(TypedTotals())
+    step = _projections._Worker.step
+    rebuilt: list[int] = []
+    done = threading.Event()
+
+    def step_then_rebuild(worker: Any) -> bool:
+        applied: bool = step(worker)
+        if applied and not rebuilt and worker.checkpoint == store.backend.safe_position():
+            rebuilt.append(worker.checkpoint)
+            elsewhere.rebuild("typed")  # after this batch's commit, before the wait
+            done.set()
+        return applied
+
+    monkeypatch.setattr(_projections._Worker, "step", step_then_rebuild)
+    with store.projections(TypedTotals(), batch_size=100) as running:
+        assert done.wait(10.0)
+        assert running.wait_caught_up(10.0)
+        assert rebuilt == [30]
+        assert store.backend.checkpoints()["typed"] == 30
+    assert read_model(store, TypedTotals()) == from_scratch(store, store_url, tmp_path, "typed")
 
 
 @pytest.mark.parametrize("backend", SQL_BACKENDS)
