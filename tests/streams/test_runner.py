@@ -11,7 +11,7 @@ import random
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,16 @@ from unbundled import limits, streams
 from unbundled.database import Database
 from unbundled.errors import NotSupported, UsageError
 from unbundled.log._protocol import Message, Record
-from unbundled.streams import TIME_HEADER, Count, Flow, Hopping, OperatorFailed, Session, Tumbling
+from unbundled.streams import (
+    TIME_HEADER,
+    Count,
+    Flow,
+    Hopping,
+    OperatorFailed,
+    Session,
+    TestDriver,
+    Tumbling,
+)
 
 from ._flows import AGGREGATE, END_OF_TIME, window_flow
 from ._oracle import Event, batch_results
@@ -240,6 +249,35 @@ def test_a_raising_function_commits_nothing_of_its_epoch(db: Database) -> None:
             streams.run(db, flow, until_end=True, epoch_records=1, poll_records=1)
         values = [msgspec.json.decode(v or b"") for _k, v, _h, _t in read_topic(db, "out")[0]]
         assert values == [100 // (v - 13) for v in [1, 2, 3]]
+
+
+@pytest.mark.parametrize(
+    ("encode", "out", "why"),
+    [
+        ("json", lambda v: object() if v == 13 else v, "is not JSON"),
+        ("raw", lambda v: str(v).encode() if v != 13 else "13", 'encode="raw" needs bytes'),
+        (lambda v: 7 if v == 13 else b"ok", lambda v: v, "must return bytes"),
+    ],
+    ids=["json", "raw", "function"],
+)
+def test_a_value_its_sink_cannot_encode_fails_the_epoch_naming_the_sink(
+    db: Database, encode: Any, out: Callable[[Any], Any], why: str
+) -> None:
+    """Not a driver's TypeError escaping the run: OperatorFailed naming the
+    sink and the value, and nothing of the epoch committed."""
+    db.log.create_topic("one", 1)
+    db.log.append_batch("one", [msgspec.json.encode(v) for v in [1, 2, 3, 13, 4]])
+    flow = Flow("enc")
+    flow.source("one").map(out).to_topic("out", encode=encode)
+    for _ in range(2):  # a restart meets the same record again
+        with pytest.raises(OperatorFailed, match=why) as caught:
+            streams.run(db, flow, until_end=True, epoch_records=1, poll_records=1)
+        assert caught.value.details["node"].startswith("sink#")
+        assert len(read_topic(db, "out")[0]) == 3  # the three epochs before it
+    driver = TestDriver(flow)  # the test driver refuses it the same way
+    with pytest.raises(OperatorFailed, match=why):
+        for v in [1, 13]:
+            driver.send(v, key="a", ts=v)
 
 
 def test_a_changed_flow_cannot_resume_old_state(db: Database) -> None:

@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..log._protocol import Record
 from ._flow import Flow, Node
 from ._merge import repartition_messages
-from ._ops import LATE_SINK, TIME_HEADER
+from ._ops import LATE_SINK, TIME_HEADER, Ctx, Op, sink_encoder
 from ._task import DEAD_SINK, Task, _check_ts
 
 
@@ -50,16 +50,20 @@ class TestDriver:
         flow.source_topic  # noqa: B018 (raises UsageError for a flow without a source)
         self.flow = flow
         self.topic = flow.source_topic
-        self.tasks = [Task(flow, p) for p in range(partitions)]
+        # Topic outputs kept as values (output() shows them), checked as the runner encodes.
+        self.tasks = [Task(flow, p, encode_sinks=False) for p in range(partitions)]
         # Downstream segments (after a repartitioning key_by): their tasks, by segment.
         self.down = {
-            g: [Task(flow, q, g, partitions) for q in range(partitions)]
+            g: [Task(flow, q, g, partitions, encode_sinks=False) for q in range(partitions)]
             for g in flow.segments()[1:]
         }
         self._down_next = {g: [0] * partitions for g in self.down}
         self._next = [0] * partitions
         self._table_next: dict[int, list[int]] = {}  # by join node: next offsets
         self._sinks = {n.id: n for n in flow.sinks()}
+        self._encoders = {
+            n.id: sink_encoder(Op(n, Ctx())) for n in flow.sinks() if n.args["to"] == "topic"
+        }
         self._out: dict[str, list[Output]] = {}
         self.callbacks: list[Output] = []
         self.late: list[Output] = []
@@ -200,6 +204,7 @@ class TestDriver:
             node = self._sinks[sink_id]
             kind = node.args["to"]
             if kind == "topic":
+                self._encoders[sink_id](value)  # what the runner refuses, refused here too
                 self._out.setdefault(node.args["topic"], []).append(out)
             elif kind == "callback":
                 node.args["fn"](key, value, ts)
@@ -265,7 +270,7 @@ class TestDriver:
                     stored.pop(where, None)
                 else:
                     stored[where] = blob
-            new = Task(self.flow, task.partition, task.segment, len(self.tasks))
+            new = Task(self.flow, task.partition, task.segment, len(self.tasks), encode_sinks=False)
             new.load(Task.read_manifest(manifest, "driver"), dict(stored), "driver")
             new._stored_blobs = stored  # type: ignore[attr-defined]
             fresh.append(new)

@@ -332,8 +332,8 @@ class Runner:
                 if kind == "table":
                     tables.setdefault(node.args["table"], []).append((key, value, ts))
                     continue
-                topic, codec, headers = node.args["topic"], node.args["encode"], ()
-            raw = encode(codec, value)
+                topic, codec, headers = node.args["topic"], None, ()  # encoded by the sink
+            raw = value if codec is None else encode(codec, value)
             batches.setdefault(topic, []).append(
                 self._message(topic, task, encode_key(key), raw, headers, ts)
             )

@@ -83,11 +83,19 @@ def record_key(key: bytes | None) -> Any:
 class Task:
     """The flow's operators for source partition ``partition``."""
 
-    def __init__(self, flow: Flow, partition: int, segment: int = 0, sources: int = 1) -> None:
+    def __init__(
+        self,
+        flow: Flow,
+        partition: int,
+        segment: int = 0,
+        sources: int = 1,
+        *,
+        encode_sinks: bool = True,
+    ) -> None:
         self.flow = flow
         self.partition = partition
         self.segment = segment
-        self.ctx = Ctx()
+        self.ctx = Ctx(encode_sinks=encode_sinks)
         self.source, self.stateful = build(flow, self.ctx, segment, sources)
         self.merge = self.source if isinstance(self.source, MergeOp) else None
         self.by_id: dict[int, StatefulOp] = {op.node.id: op for op in self.stateful}
