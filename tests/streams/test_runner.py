@@ -229,6 +229,34 @@ def test_table_sink_on_sqlite(tmp_path: Path) -> None:
     assert {(k, s, e): (msgspec.json.decode(v), ts) for k, s, e, v, ts in rows} == expected
 
 
+def test_a_value_its_table_cannot_hold_fails_the_epoch_naming_the_sink(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    with unbundled.open(path, sync="off") as db:
+        db.log.create_topic("one", 1)
+        db.log.append_batch("one", [msgspec.json.encode(v) for v in [1, 2, 3, 13, 4]])
+        flow = Flow("t")
+        flow.source("one").map(lambda v: object() if v == 13 else v).to_table("rows")
+        with pytest.raises(OperatorFailed, match="is not JSON") as caught:
+            streams.run(db, flow, until_end=True, epoch_records=1, poll_records=1)
+        assert caught.value.details["node"].startswith("sink#")
+        with pytest.raises(OperatorFailed, match="is not JSON"):
+            TestDriver(flow).send(13, ts=1)  # the test driver refuses it too
+    with sqlite3.connect(path) as conn:  # one row (no key): the epochs before it committed
+        assert conn.execute("SELECT value FROM rows").fetchall() == [("3",)]
+
+
+def test_a_raising_callback_is_operator_failed(db: Database) -> None:
+    """After its epoch committed (callbacks are at least once), but typed and
+    naming the sink, as any function of the flow that raises."""
+    db.log.create_topic("one", 1)
+    db.log.append_batch("one", [msgspec.json.encode(v) for v in [1, 2]])
+    flow = Flow("cb")
+    flow.source("one").to_callback(lambda key, value, ts: 1 // (value - 2))
+    with pytest.raises(OperatorFailed, match="ZeroDivisionError") as caught:
+        streams.run(db, flow, until_end=True)
+    assert caught.value.details["node"].startswith("sink#")
+
+
 def test_table_sink_needs_sql_transactions() -> None:
     with unbundled.open("memory://") as db:
         produce(db, seed=5, n=20)

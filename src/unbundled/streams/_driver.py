@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..log._protocol import Record
 from ._flow import Flow, Node
 from ._merge import repartition_messages
-from ._ops import LATE_SINK, TIME_HEADER, Ctx, Op, sink_encoder
+from ._ops import LATE_SINK, TIME_HEADER, Ctx, Op, row_encoder, sink_encoder
 from ._task import DEAD_SINK, Task, _check_ts
 
 
@@ -61,8 +61,12 @@ class TestDriver:
         self._next = [0] * partitions
         self._table_next: dict[int, list[int]] = {}  # by join node: next offsets
         self._sinks = {n.id: n for n in flow.sinks()}
+        # What the runner's sinks refuse as they encode, refused here too.
+        encoders = {"topic": sink_encoder, "table": row_encoder}
         self._encoders = {
-            n.id: sink_encoder(Op(n, Ctx())) for n in flow.sinks() if n.args["to"] == "topic"
+            n.id: encoders[n.args["to"]](Op(n, Ctx()))
+            for n in flow.sinks()
+            if n.args["to"] in encoders
         }
         self._out: dict[str, list[Output]] = {}
         self.callbacks: list[Output] = []
@@ -204,12 +208,13 @@ class TestDriver:
             node = self._sinks[sink_id]
             kind = node.args["to"]
             if kind == "topic":
-                self._encoders[sink_id](value)  # what the runner refuses, refused here too
+                self._encoders[sink_id](value)
                 self._out.setdefault(node.args["topic"], []).append(out)
             elif kind == "callback":
                 node.args["fn"](key, value, ts)
                 self.callbacks.append(out)
             else:
+                self._encoders[sink_id](value)
                 table = self.tables.setdefault(node.args["table"], {})
                 table[table_key(key, value)] = value
 

@@ -31,6 +31,7 @@ import msgspec
 
 from ..errors import UsageError
 from ._flow import Node
+from ._windows import WindowResult
 
 NO_TIME = -(2**62)  # the watermark before any event
 #: The header of a heartbeat record: the event time (ASCII digits, ms) it stands for.
@@ -184,14 +185,34 @@ class SinkOp(Op):
 
     def __init__(self, node: Node, ctx: Ctx) -> None:
         super().__init__(node, ctx)
-        topic = node.args.get("to") == "topic"
-        self.encoder = sink_encoder(self) if topic and ctx.encode_sinks else None
+        to = node.args.get("to")
+        encoder = sink_encoder if to == "topic" else row_encoder if to == "table" else None
+        self.encoder = encoder(self) if encoder is not None and ctx.encode_sinks else None
 
     def push(self, key: Any, value: Any, ts: int) -> None:
         encoder = self.encoder
         if encoder is not None:
             value = encoder(value)
         self.ctx.outputs.append((self.node.id, key, value, ts))
+
+
+def row_encoder(op: Op) -> Callable[[Any], tuple[int, int, str]]:
+    """How table sink ``op`` turns a value into its row's ``(start, end,
+    JSON text)`` (a window result: its bounds and value; else 0, 0 and the
+    value); what is not JSON raises ``OperatorFailed`` naming the sink."""
+    label = op.node.label
+
+    def to_row(value: Any) -> tuple[int, int, str]:
+        start, end = (value.start, value.end) if isinstance(value, WindowResult) else (0, 0)
+        shown = value.value if isinstance(value, WindowResult) else value
+        try:
+            return start, end, _json.encode(shown).decode()
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            raise OperatorFailed(
+                f"{label}: the value is not JSON ({exc}), got {shown!r:.80}", node=label
+            ) from exc
+
+    return to_row
 
 
 def sink_encoder(op: Op) -> Callable[[Any], bytes | None]:

@@ -17,7 +17,6 @@ it becomes visible.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from ..errors import OffsetOutOfRange, StaleGeneration, TopicExists, UsageError
 from ..log._protocol import Headers, Message, Record, TopicPartition
 from ._flow import Flow, Node
 from ._merge import repartition_messages
-from ._ops import LATE_SINK, encode_key, event_loop
+from ._ops import LATE_SINK, Ctx, Op, encode_key
 from ._store import (
     bucket_key,
     dead_topic,
@@ -280,10 +279,10 @@ class Runner:
             self.tasks = {}
             self.pending = self.pending_in = 0
             return
-        for fn, key, value, ts in callbacks:
-            out = fn(key, value, ts)
-            if inspect.iscoroutine(out):
-                event_loop().run_until_complete(out)
+        for node, key, value, ts in callbacks:
+            # A callback that raises stops the run as any function of the flow
+            # does (its epoch is committed: the calls are at least once).
+            Op(node, Ctx()).call(node.args["fn"], key, value, ts)
         tasks = self.tasks.values()
         self.report.epochs += 1
         self.report.records_in += self.pending_in
@@ -327,7 +326,7 @@ class Runner:
                 node = self.sinks[sink_id]
                 kind = node.args["to"]
                 if kind == "callback":
-                    callbacks.append((node.args["fn"], key, value, ts))
+                    callbacks.append((node, key, value, ts))
                     continue
                 if kind == "table":
                     tables.setdefault(node.args["table"], []).append((key, value, ts))

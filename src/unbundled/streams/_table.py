@@ -7,8 +7,6 @@ from typing import Any
 
 import msgspec
 
-from ._windows import WindowResult
-
 _json = msgspec.json.Encoder()
 
 
@@ -16,8 +14,10 @@ def _marker(conn: Any) -> str:
     return "?" if type(conn).__module__.startswith("sqlite3") else "%s"
 
 
-def upsert(table: str, rows: Sequence[tuple[Any, Any, int]]) -> Callable[[Any], None]:
-    """A ``tx.sql`` call writing ``rows`` (key, value, ts) into ``table``
+def upsert(
+    table: str, rows: Sequence[tuple[Any, tuple[int, int, str], int]]
+) -> Callable[[Any], None]:
+    """A ``tx.sql`` call writing ``rows`` (key, (start, end, JSON text), ts) into ``table``
     (created if missing): one row per key, or per key and window for window
     results. ``table`` was checked to be a plain identifier when the sink was made."""
 
@@ -33,14 +33,9 @@ def upsert(table: str, rows: Sequence[tuple[Any, Any, int]]) -> Callable[[Any], 
             'ON CONFLICT (key, start, "end") DO UPDATE SET value = excluded.value, ts = excluded.ts'
         )
         params = []
-        for key, value, ts in rows:
+        for key, (start, end, value), ts in rows:  # encoded by the sink (row_encoder)
             text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-            if isinstance(value, WindowResult):
-                params.append(
-                    (text, value.start, value.end, _json.encode(value.value).decode(), ts)
-                )
-            else:
-                params.append((text, 0, 0, _json.encode(value).decode(), ts))
+            params.append((text, start, end, value, ts))
         cur = conn.cursor()
         cur.executemany(sql, params)
 
