@@ -219,7 +219,13 @@ def test_random_clients_of_a_stale_cache_are_caught(store_url: str) -> None:
     result = check(history, model(), budget_s=BUDGET_S)
     assert result.verdict is Verdict.NOT_LINEARIZABLE, f"seed {SEED}: {result.verdict}"
     assert result.violation is not None
-    assert result.violation.culprit.input[0] == "read"
+    # The reads are to blame: without them the history is linearizable. (The
+    # culprit -- the return after which no order exists -- is often a stale
+    # read, but may be a later operation whose outcome no order of a stale
+    # read placed early can explain: which one depends on the threads' timing.)
+    assert any(op.input[0] == "read" for op in result.violation.operations)
+    others = [op for op in history if op.input[0] != "read"]
+    assert check(others, model(), budget_s=BUDGET_S).verdict is Verdict.LINEARIZABLE
 
 
 def _pool(url: str) -> dict[str, int]:
