@@ -130,6 +130,14 @@ def test_the_cli_adds_runs_reports_and_removes(tmp_path: Path, source: sqlite3.C
     assert "no CDC connector named 'nope'" in missing.stderr
     cdc(log_db, "add", "shop", "--source", url, code=exit_status(ConflictError("x")))
     cdc(log_db, "add", "bad name", "--source", url, code=exit_status(UsageError("x")))
+    # --tables takes a comma-separated list (the and Debezium's form).
+    cdc(log_db, "add", "listed", "--source", url, "--tables", "orders", "--prefix", "l")
+    statuses = json.loads(cdc(log_db, "status", "--json").stdout)
+    (listed,) = [c for c in statuses if c["name"] == "listed"]
+    assert listed["tables"] == ["orders"]
+    empty = cdc(log_db, "add", "x", "--source", url, "--tables", "orders,,", code=2)
+    assert "an empty name" in empty.stderr
+    cdc(log_db, "remove", "listed")
     cdc(log_db, "remove", "shop")
     assert json.loads(cdc(log_db, "status", "--json").stdout) == []
     triggers = source.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()

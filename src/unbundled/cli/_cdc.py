@@ -66,6 +66,12 @@ def cdc() -> None:
     multiple=True,
     help="A table to capture (SCHEMA.TABLE or TABLE); repeat it. Default: every table.",
 )
+@click.option(
+    "--tables",
+    "table_list",
+    default="",
+    help="Tables to capture, comma-separated (the same as repeating --table).",
+)
 @click.option("--prefix", default="", help="Topic prefix (default: the connector's NAME).")
 @click.option(
     "--partitions",
@@ -116,6 +122,7 @@ def add(
     name: str,
     source: str,
     tables: tuple[str, ...],
+    table_list: str,
     prefix: str,
     partitions: int,
     batch_max: int,
@@ -126,10 +133,13 @@ def add(
     as_json: bool,
 ) -> None:
     """Add connector NAME: check its source, install capture there, and record it."""
+    listed = [t.strip() for t in table_list.split(",")] if table_list else []
+    if any(not t for t in listed):
+        raise click.BadParameter(f"an empty name in {table_list!r}", param_hint="--tables")
     config = ConnectorConfig(
         name=name,
         source=source,
-        tables=list(tables) or None,
+        tables=[*tables, *listed] or None,
         prefix=prefix,
         partitions=partitions,
         batch_max=batch_max,
