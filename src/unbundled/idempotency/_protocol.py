@@ -71,6 +71,18 @@ Effects = Callable[[EffectsTxn], None]
 
 
 @runtime_checkable
+class SubmitsClaims(Protocol):
+    """A backend whose claims an event loop awaits without a worker thread:
+    the claim is queued (for the writer that shares its commits) and ``done``
+    receives the ``Claim`` -- or the error -- as ``claim`` would return it."""
+
+    def submit_claim(
+        self, key: str, fingerprint: str, lease_ms: int, retention_ms: int, done: Any
+    ) -> None:
+        """Queue ``claim(key, fingerprint, lease_ms, retention_ms)``; answer ``done``."""
+
+
+@runtime_checkable
 class IdempotencyBackend(Protocol):
     """Storage for idempotency keys. Every method is one round trip (one
     transaction, one Lua script) and safe to call from any thread."""

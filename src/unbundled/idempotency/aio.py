@@ -39,10 +39,11 @@ import msgspec
 
 from .. import _registry
 from .._ground import SyncLevel
+from .._ground.waiters import AsyncWaiter
 from .._registry import IDEMPOTENCY
 from ..errors import StaleToken, UsageError
 from . import _core
-from ._protocol import Effects, IdempotencyRecord, State
+from ._protocol import Claim, Effects, IdempotencyRecord, State, SubmitsClaims
 from .api import _SETTINGS, Attempt, IdempotencyBase
 
 R = TypeVar("R")
@@ -82,6 +83,19 @@ class AsyncIdempotency(IdempotencyBase):
         opening = partial(_registry.open, url, serving=IDEMPOTENCY, sync=sync, **options)
         backend: Any = await asyncio.to_thread(opening)
         return cls(backend, **settings)
+
+    async def _claim(self, key: str, fingerprint: str) -> Claim:
+        """One claim. A backend that queues claims for its writer answers the
+        loop directly; others are called in a worker thread, of which the loop
+        has few (64 tasks claiming at once would wait for them in turn)."""
+        backend, lease_ms, retention_ms = self.backend, self.lease_ms, self.retention_ms
+        if not isinstance(backend, SubmitsClaims):
+            return await self._run(backend.claim, key, fingerprint, lease_ms, retention_ms)
+        self._check_open()
+        waiter = AsyncWaiter()
+        backend.submit_claim(key, fingerprint, lease_ms, retention_ms, waiter)
+        claim: Claim = await waiter.future
+        return claim
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         self._check_open()
@@ -126,7 +140,7 @@ class AsyncIdempotency(IdempotencyBase):
         wait_s = self._check_wait(wait_s)
         fp = self.fingerprint(payload)
         while True:
-            claim = await self._run(self.backend.claim, key, fp, self.lease_ms, self.retention_ms)
+            claim = await self._claim(key, fp)
             if claim.outcome == "claimed":
                 return Attempt(self, claim.record, replayed=False)
             if claim.outcome == "completed":

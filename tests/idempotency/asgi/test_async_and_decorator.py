@@ -145,6 +145,35 @@ def test_a_block_without_complete_is_released_with_an_error(url: str) -> None:
     run(url, scenario)
 
 
+def test_claims_need_no_worker_thread_and_answer_as_claim_does(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On memory and SQLite a claim is queued for the backend (``submit_claim``),
+    not run in one of the loop's few worker threads: 64 tasks claim at once,
+    sharing the writer's commits, and every outcome is what ``claim`` gives."""
+
+    def no_thread(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a claim took a worker thread")
+
+    async def scenario(idem: AsyncIdempotency) -> None:
+        with monkeypatch.context() as patched:
+            patched.setattr(asyncio, "to_thread", no_thread)
+            firsts = await asyncio.gather(*(idem.attempt(f"k{i}", {"i": i}) for i in range(64)))
+            assert [a.replayed for a in firsts] == [False] * 64
+            assert {a.token for a in firsts} == {1}
+            with pytest.raises(RequestInProgress):
+                await idem.attempt("k0", {"i": 0})
+            with pytest.raises(IdempotencyKeyReused):
+                await idem.attempt("k1", {"i": "another payload"})
+        await idem.complete(firsts[2], {"done": 2})  # (a worker thread, as before)
+        with monkeypatch.context() as patched:
+            patched.setattr(asyncio, "to_thread", no_thread)
+            again = await idem.attempt("k2", {"i": 2})
+        assert (again.replayed, again.result) == (True, {"done": 2})
+
+    run(url, scenario)
+
+
 def test_effects_commit_with_the_result_on_sqlite(tmp_path: Path) -> None:
     path = tmp_path / "idem.db"
 

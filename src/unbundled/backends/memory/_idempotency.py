@@ -6,6 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..._ground import Waiter
+from ..._ground.waiters import complete_all
 from ...errors import Closed
 from ...idempotency import _core
 from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
@@ -39,6 +41,16 @@ class MemoryIdempotency:
                 self._idem[key] = new
                 self._bump()
             return claim
+
+    def submit_claim(
+        self, key: str, fingerprint: str, lease_ms: int, retention_ms: int, done: Waiter
+    ) -> None:
+        """``claim`` answered through ``done`` at once (nothing here waits)."""
+        try:
+            result: object = self.claim(key, fingerprint, lease_ms, retention_ms)
+        except Exception as exc:  # the caller's await raises it, as claim would
+            result = exc
+        complete_all([(done, result)])
 
     def complete(
         self,

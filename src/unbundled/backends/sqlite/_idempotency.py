@@ -18,13 +18,14 @@ from typing import Any
 import msgspec
 
 from ..._ground import Waiter
-from ..._ground.waiters import SyncWaiter
+from ..._ground.waiters import SyncWaiter, complete_all
+from ...errors import Closed
 from ...idempotency import _core
 from ...idempotency._protocol import Claim, Effects, IdempotencyRecord, State
 from ...transaction import _unit
 from ._integrity import corrupt, row_crc
 from ._log_stage import Stage
-from ._writer import Writer
+from ._writer import Request, Writer
 
 _COLUMNS = "key, state, expires_ms, record, crc"
 _SELECT = f"SELECT {_COLUMNS} FROM idempotency WHERE key = ?"
@@ -75,6 +76,8 @@ class SqliteIdempotency:
 
     path: str
     clock: Callable[[], int]
+    _closed: bool
+    read_only: bool
     _writer: Writer
     submit_unit: Callable[[_unit.Unit, Waiter], None]
     _call: Callable[[Callable[[sqlite3.Connection, Stage], Any]], Any]
@@ -95,6 +98,29 @@ class SqliteIdempotency:
             )
             return claim
 
+        result: Claim = self._call(self._decide_claim(key, fingerprint, lease_ms, retention_ms))
+        return result
+
+    def submit_claim(
+        self, key: str, fingerprint: str, lease_ms: int, retention_ms: int, done: Waiter
+    ) -> None:
+        """``claim`` for an event loop: one writer request, answered through
+        ``done`` (no read first: the writer answers a repeated key alike)."""
+        if self._closed:
+            raise Closed(f"the database at {self.path} is closed")
+        if self.read_only:  # a completed key is still answered, from a read
+            try:
+                result: object = self.claim(key, fingerprint, lease_ms, retention_ms)
+            except Exception as exc:  # the caller's await raises it, as claim would
+                result = exc
+            complete_all([(done, result)])
+            return
+        decide = self._decide_claim(key, fingerprint, lease_ms, retention_ms)
+        self._writer.submit(Request(None, decide, done))
+
+    def _decide_claim(
+        self, key: str, fingerprint: str, lease_ms: int, retention_ms: int
+    ) -> Callable[[sqlite3.Connection, Stage], Claim]:
         def decide(conn: sqlite3.Connection, stage: Stage) -> Claim:
             claim, new = _core.decide_claim(
                 _load(conn, self.path, key), key, fingerprint, self.clock(), lease_ms, retention_ms
@@ -103,8 +129,7 @@ class SqliteIdempotency:
                 _store(conn, new)
             return claim
 
-        result: Claim = self._call(decide)
-        return result
+        return decide
 
     def complete(
         self,
