@@ -67,7 +67,7 @@ if str(REPO) not in sys.path:  # run as a script: bench/ itself is on sys.path, 
 
 import unbundled  # noqa: E402
 from bench.common import show_results, write_results  # noqa: E402
-from bench.streams_least import least_work  # noqa: E402
+from bench.streams_least import least_work, load_clicks  # noqa: E402
 from bench.streams_report import (  # noqa: E402
     HEADERS,
     cells,
@@ -89,7 +89,6 @@ PARTITIONS = 4
 EPOCH_RECORDS = 100_000
 EPOCH_EVENT_MS = 1_000
 HEARTBEAT_AFTER_MS = 60_000
-LOAD_BATCH = 50_000
 BYTEWAX_FLOOR = 5.0
 DICT_FLOOR = 0.3
 QUIX_WHY = (
@@ -294,9 +293,7 @@ def unbundled_run(parent: Path, messages: list[Message], case: Case) -> Run:
     scratch = Path(tempfile.mkdtemp(prefix="streamsbench-", dir=parent))
     try:
         with unbundled.open(str(scratch / "streams.db")) as db:
-            db.log.create_topic("clicks", partitions=PARTITIONS)
-            for at in range(0, len(messages), LOAD_BATCH):
-                db.log.append_batch("clicks", messages[at : at + LOAD_BATCH])
+            load_clicks(db, messages, PARTITIONS)
             last = max(m.timestamp or 0 for m in messages)
             streams.heartbeat(db.log, "clicks", now_ms=last + HEARTBEAT_AFTER_MS)
             flow = streams.Flow("counts", out_of_orderness_ms=OUT_OF_ORDERNESS_MS)

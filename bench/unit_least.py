@@ -23,17 +23,12 @@ from pathlib import Path
 import msgspec
 
 import unbundled
+from unbundled.backends.sqlite import _events, _idempotency
 
 TOPIC = "payments"
-_EVENT_COLUMNS = (
-    "position, id, stream, version, category, type, schema_version, data, metadata, "
-    "recorded_ms, crc"
-)
-_UPSERT = (
-    "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
-    "state = excluded.state, expires_ms = excluded.expires_ms, record = excluded.record, "
-    "crc = excluded.crc"
-)
+# The library's own statements, so these rows are written exactly as its writer writes them.
+_EVENT_COLUMNS = _events._COLUMNS
+_UPSERT = _idempotency._UPSERT
 
 
 def _prepare(path: Path, writers: int, per_writer: int, unit: bool) -> tuple[int, list[bytes]]:

@@ -74,7 +74,8 @@ Effects = Callable[[EffectsTxn], None]
 class SubmitsClaims(Protocol):
     """A backend whose claims an event loop awaits without a worker thread:
     the claim is queued (for the writer that shares its commits) and ``done``
-    receives the ``Claim`` -- or the error -- as ``claim`` would return it."""
+    receives the ``Claim`` -- or the error -- as ``claim`` would return it. An
+    error known before anything is queued (closed, read-only) raises at once."""
 
     def submit_claim(
         self, key: str, fingerprint: str, lease_ms: int, retention_ms: int, done: Any

@@ -117,7 +117,8 @@ class Ctx:
         self.outputs: list[tuple[int, Any, Any, int]] = []  # (sink node id, key, value, ts)
         self.dirty: set[tuple[int, int]] = set()  # (node id, bucket)
         self.late_count = 0
-        # Topic sinks hold their values encoded (False: the test driver, which shows values).
+        # Topic and table sinks hold their values encoded (False: the test driver,
+        # which shows values and only checks that they encode).
         self.encode_sinks = encode_sinks
 
 
@@ -177,8 +178,8 @@ class KeyByOp(Op):
 
 
 class SinkOp(Op):
-    """Collects the epoch's outputs. A topic sink encodes each value as it is
-    pushed (``Ctx.encode_sinks``): a value its codec cannot encode fails the
+    """Collects the epoch's outputs. A topic or table sink encodes each value
+    as it is pushed (``Ctx.encode_sinks``): a value it cannot encode fails the
     epoch there, naming the sink, and the epoch holds bytes -- not the values,
     which would all live until the commit and keep the garbage collector
     scanning them (a third of a stateless flow's time, measured)."""

@@ -33,10 +33,10 @@ from ._ops import LATE_SINK, Ctx, Op, encode_key
 from ._store import (
     bucket_key,
     dead_topic,
-    encode,
     group_name,
     heartbeat,
     late_topic,
+    late_value,
     manifest_key,
     restore,
 )
@@ -302,7 +302,8 @@ class Runner:
         tables: dict[str, list[tuple[Any, Any, int]]] = {}
         for sink_id, key, value, ts in task.ctx.outputs:
             if sink_id == LATE_SINK:
-                topic, codec, headers = late_topic(self.flow), self._late_codec(), LATE_HEADERS
+                topic, headers = late_topic(self.flow), LATE_HEADERS
+                raw = late_value(self._source_decode(), value)
             elif sink_id == DEAD_SINK:
                 raw, headers = value
                 msg = self._message(dead_topic(self.flow), task, key, raw, headers, ts)
@@ -331,8 +332,7 @@ class Runner:
                 if kind == "table":
                     tables.setdefault(node.args["table"], []).append((key, value, ts))
                     continue
-                topic, codec, headers = node.args["topic"], None, ()  # encoded by the sink
-            raw = value if codec is None else encode(codec, value)
+                topic, raw, headers = node.args["topic"], value, ()  # encoded by the sink
             batches.setdefault(topic, []).append(
                 self._message(topic, task, encode_key(key), raw, headers, ts)
             )
@@ -355,9 +355,8 @@ class Runner:
         same = self._topic_partitions(topic) == self.partitions
         return Message(raw, key, headers, max(0, ts), task.partition if same else None)
 
-    def _late_codec(self) -> Any:
-        src = next(n for n in self.flow.nodes if n.kind == "source")
-        return "raw" if src.args["decode"] == "raw" else "json"
+    def _source_decode(self) -> Any:
+        return next(n for n in self.flow.nodes if n.kind == "source").args["decode"]
 
     def done(self, ends: dict[Key, int]) -> bool:
         """Whether every task of this worker has read its topic up to ``ends``

@@ -50,17 +50,11 @@ def dead_topic(flow: Flow) -> str:
     return f"{flow.name}.dead"
 
 
-def encode(codec: Any, value: Any) -> bytes | None:
-    if codec == "json":
-        return _json.encode(value)
-    if codec == "raw":
-        if value is not None and not isinstance(value, bytes):
-            raise UsageError(f'encode="raw" needs bytes values, got {value!r}', value=value)
-        return value
-    out = codec(value)
-    if not isinstance(out, bytes):
-        raise UsageError(f"an encode function must return bytes, got {out!r}", value=out)
-    return out
+def late_value(source_decode: Any, value: Any) -> bytes | None:
+    """A late event's record value: the source's value as the source read it
+    (bytes for a ``"raw"`` source, else JSON). Sinks encode their own values
+    (``_ops.sink_encoder``)."""
+    return value if source_decode == "raw" else _json.encode(value)
 
 
 def restore(db: Any, flow: Flow, partition: int, segment: int = 0, sources: int = 1) -> Task | None:

@@ -45,12 +45,9 @@ class MemoryIdempotency:
     def submit_claim(
         self, key: str, fingerprint: str, lease_ms: int, retention_ms: int, done: Waiter
     ) -> None:
-        """``claim`` answered through ``done`` at once (nothing here waits)."""
-        try:
-            result: object = self.claim(key, fingerprint, lease_ms, retention_ms)
-        except Exception as exc:  # the caller's await raises it, as claim would
-            result = exc
-        complete_all([(done, result)])
+        """``claim`` answered through ``done`` at once (nothing here waits; an
+        error raises here, in the caller, as ``claim``'s would)."""
+        complete_all([(done, self.claim(key, fingerprint, lease_ms, retention_ms))])
 
     def complete(
         self,

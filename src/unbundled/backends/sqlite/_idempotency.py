@@ -109,11 +109,7 @@ class SqliteIdempotency:
         if self._closed:
             raise Closed(f"the database at {self.path} is closed")
         if self.read_only:  # a completed key is still answered, from a read
-            try:
-                result: object = self.claim(key, fingerprint, lease_ms, retention_ms)
-            except Exception as exc:  # the caller's await raises it, as claim would
-                result = exc
-            complete_all([(done, result)])
+            complete_all([(done, self.claim(key, fingerprint, lease_ms, retention_ms))])
             return
         decide = self._decide_claim(key, fingerprint, lease_ms, retention_ms)
         self._writer.submit(Request(None, decide, done))
